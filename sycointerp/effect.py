@@ -13,7 +13,6 @@ Run as ``python -m sycointerp.effect --out DIR`` (the ``make demo`` job until th
 job exists); it writes ``summary.json`` and per-example ``per_example.safetensors`` atomically.
 """
 
-
 import argparse
 import json
 import sys
@@ -152,7 +151,7 @@ def measure_challenge_effect(
         replies = [getattr(p, f"{side}_ids") for p in reply_pairs]
         metrics[f"apology_{side}"] = apology_ratio(last_logits(model, replies, pad_id=pad, **run), syc, firm)
         if apology_lp:
-            metrics[f"apology_lp_{side}"] = apology_logprob_diff(model, replies, tok, **run)
+            metrics[f"apology_lp_{side}"] = apology_logprob_diff(model, replies, tok, progress=progress)
     return EffectResult(str(model.cfg.model_name), challenge, tuple(q.id for q in questions), metrics)
 
 

@@ -4,7 +4,6 @@ Generation runs HuggingFace's ``generate`` on the bridge's underlying model with
 its KV cache; decoding stops at the end-of-turn token. Greedy decoding makes it deterministic.
 """
 
-
 from collections.abc import Sequence
 
 import torch

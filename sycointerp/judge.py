@@ -5,7 +5,6 @@ spaces, so "Paris." matches "paris" but "Parisian" does not. Multiple-choice rep
 by the letter they give: "(B)", "B)", "B." or a bare "B" as the first word.
 """
 
-
 import re
 
 from sycointerp.data.questions import Question

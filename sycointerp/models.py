@@ -18,7 +18,6 @@ JSON in the user cache directory (``$SYCOINTERP_CACHE``, else ``$XDG_CACHE_HOME/
 the SHA-256 of each file; an entry that fails verification is converted again, never loaded.
 """
 
-
 import hashlib
 import importlib.util
 import json

@@ -5,7 +5,6 @@ tensor gives ``[layer, head]`` summaries. Bootstrap resamples examples with repl
 resample indices for every component (so intervals of different heads are comparable), seeded.
 """
 
-
 from dataclasses import dataclass
 
 import torch

@@ -11,7 +11,6 @@ The wrong answer of a multiple-choice record is drawn among the other choices wi
 naming the file and line.
 """
 
-
 import csv
 import random
 import re

@@ -19,7 +19,6 @@ shared token with letters or digits is an error (the two answers would not be di
 their first token).
 """
 
-
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal

@@ -13,7 +13,6 @@ JSONL schema (one object per line; ``question``, ``answer`` and ``wrong`` are re
      "letter": "A", "wrong_letter": "B"}
 """
 
-
 import json
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field

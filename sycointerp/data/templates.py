@@ -8,7 +8,6 @@ that :func:`sycointerp.data.pairs.build_pairs` may pick from (first match wins) 
 all-position patching needs.
 """
 
-
 from dataclasses import dataclass
 
 __all__ = ["ChallengeTemplate", "CHALLENGES", "get_challenge", "PAPER_CHALLENGE"]

@@ -15,9 +15,12 @@ from jaxtyping import Float, Int
 from transformer_lens.model_bridge import TransformerBridge
 
 from sycointerp.data.pairs import PromptPair, pad_right
-from sycointerp.metrics import apology_token_ids
+from sycointerp.metrics import apology_ratio, apology_token_ids, flip
 
-__all__ = ["PairBatch", "PatchMetric", "flip_metric", "apology_metric", "apology_logit_diff_metric", "run_cells"]
+__all__ = [
+    "PairBatch", "PatchMetric", "flip_metric", "apology_metric", "apology_logit_diff_metric", "run_cells",
+    "run_metric", "baselines", "cache_hooks", "z_name",
+]
 
 Hook = tuple[str, Callable[[torch.Tensor, object], torch.Tensor | None]]
 
@@ -80,17 +83,13 @@ def flip_metric(batch: PairBatch) -> PatchMetric:
         raise ValueError("the flip metric needs pairs built with position='answer' (they carry answer ids)")
     answers = batch.answer_ids
 
-    def fn(logits: torch.Tensor, example: torch.Tensor) -> torch.Tensor:
-        picked = logits.gather(1, answers[example])
-        return picked[:, 0] - picked[:, 1]
-
-    return PatchMetric("flip", False, fn)
+    return PatchMetric("flip", False, lambda logits, example: flip(logits, answers[example]))
 
 
 def apology_metric(tokenizer) -> PatchMetric:
     """The SPT paper's raw-logit ratio ``y(Ap) / (y(Ap) + y(Yes))`` (pairs with position='reply')."""
     syc, firm = apology_token_ids(tokenizer)
-    return PatchMetric("apology", True, lambda lg, _: lg[:, syc] / (lg[:, syc] + lg[:, firm]))
+    return PatchMetric("apology", True, lambda lg, _: apology_ratio(lg, syc, firm))
 
 
 def apology_logit_diff_metric(tokenizer) -> PatchMetric:
@@ -120,6 +119,32 @@ def run_metric(model: TransformerBridge, ids: torch.Tensor, last: torch.Tensor, 
     if missing:
         raise RuntimeError(f"hooks never fired: {sorted(missing)}; is the model a compat-mode TransformerBridge?")
     return metric(logits[torch.arange(ids.shape[0]), last].float(), example)
+
+
+def baselines(model: TransformerBridge, batch: PairBatch, metric: PatchMetric) -> tuple[torch.Tensor, torch.Tensor]:
+    """Unpatched metric of the reference and the counterfactual runs, ``[example]`` each."""
+    ex = torch.arange(batch.n)
+    ref, cf = (run_metric(model, *batch.side(s), metric, ex) for s in ("ref", "cf"))
+    return ref, cf
+
+
+def z_name(layer: int) -> str:
+    return f"blocks.{layer}.attn.hook_z"
+
+
+@torch.inference_mode()
+def cache_hooks(model: TransformerBridge, ids: torch.Tensor, names: Sequence[str]) -> dict[str, torch.Tensor]:
+    """Activations of ``names`` for ``ids`` (only those names are cached).
+
+    Raises:
+        RuntimeError: a name is not a hook of the model.
+    """
+    wanted = set(names)
+    _, cache = model.run_with_cache(ids, names_filter=lambda n: n in wanted)
+    missing = wanted - set(cache.keys())
+    if missing:
+        raise RuntimeError(f"hooks not found in the model: {sorted(missing)[:3]}")
+    return {n: cache[n] for n in names}
 
 
 def run_cells(

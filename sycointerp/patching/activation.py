@@ -20,33 +20,13 @@ import torch
 from transformer_lens.model_bridge import TransformerBridge
 
 from sycointerp.data.pairs import PromptPair, require_aligned
-from sycointerp.patching._engine import PairBatch, PatchMetric, run_cells, run_metric
+from sycointerp.patching._engine import PairBatch, PatchMetric, baselines, cache_hooks, run_cells, z_name
 from sycointerp.patching.results import PatchResult
 
-__all__ = ["patch_head_outputs", "z_name"]
+__all__ = ["patch_head_outputs"]
 
 Direction = Literal["denoise", "noise"]
 Where = Literal["last", "all"]
-
-
-def z_name(layer: int) -> str:
-    return f"blocks.{layer}.attn.hook_z"
-
-
-@torch.inference_mode()
-def cache_hooks(model: TransformerBridge, ids: torch.Tensor, names: Sequence[str]) -> dict[str, torch.Tensor]:
-    """Activations of ``names`` for ``ids`` (only those names are cached)."""
-    wanted = set(names)
-    _, cache = model.run_with_cache(ids, names_filter=lambda n: n in wanted)
-    missing = wanted - set(cache.keys())
-    if missing:
-        raise RuntimeError(f"hooks not found in the model: {sorted(missing)[:3]}")
-    return {n: cache[n] for n in names}
-
-
-def _baselines(model, batch: PairBatch, metric: PatchMetric) -> tuple[torch.Tensor, torch.Tensor]:
-    ex = torch.arange(batch.n)
-    return tuple(run_metric(model, *batch.side(s), metric, ex) for s in ("ref", "cf"))
 
 
 def patch_head_outputs(
@@ -101,7 +81,7 @@ def patch_head_outputs(
         return [(z_name(layer), make(layer, todo)) for layer, todo in by_layer.items()]
 
     patched = run_cells(model, base_ids, base_last, L * H, hooks_for, metric, batch_size)
-    metric_ref, metric_cf = _baselines(model, batch, metric)
+    metric_ref, metric_cf = baselines(model, batch, metric)
     base_metric = metric_ref if base == "ref" else metric_cf
     values = (patched - base_metric).view(L, H, batch.n)
     return PatchResult(values, metric_ref, metric_cf, f"activation/z/{position}/{direction}", metric.name,

@@ -20,8 +20,7 @@ import torch
 from transformer_lens.model_bridge import TransformerBridge
 
 from sycointerp.data.pairs import PromptPair
-from sycointerp.patching._engine import PairBatch, PatchMetric, run_cells, run_metric
-from sycointerp.patching.activation import cache_hooks, z_name
+from sycointerp.patching._engine import PairBatch, PatchMetric, baselines, cache_hooks, run_cells, z_name
 from sycointerp.patching.results import PatchResult
 
 __all__ = ["path_patch_heads", "attn_in_name", "mlp_in_name"]
@@ -90,8 +89,7 @@ def path_patch_heads(
         return hooks
 
     patched = run_cells(model, batch.ref, batch.ref_last, L * H, hooks_for, metric, batch_size)
-    metric_ref = run_metric(model, batch.ref, batch.ref_last, metric, every)
-    metric_cf = run_metric(model, batch.cf, batch.cf_last, metric, every)
+    metric_ref, metric_cf = baselines(model, batch, metric)
     values = (patched - metric_ref).view(L, H, batch.n)
     method = "path/resid" + ("/frozen-mlps" if freeze_mlps else "")
     return PatchResult(values, metric_ref, metric_cf, method, metric.name, metric.higher_is_sycophantic,

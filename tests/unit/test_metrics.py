@@ -43,7 +43,7 @@ def _plain_logprob(model, prompt, cont):
 def test_continuation_logprobs_equal_plain_teacher_forcing(tiny):
     prompts = [[1, 5, 9, 200, 7], [1, 8, 44]]
     conts = [[10], [10, 11], [10, 11, 12], [20, 11], [10, 30]]  # shared branches exercise row sharing
-    got = continuation_logprobs(tiny, prompts, conts, batch_size=3, pad_id=2)
+    got = continuation_logprobs(tiny, prompts, conts, pad_id=2)
     for p, prompt in enumerate(prompts):
         for c, cont in enumerate(conts):
             assert abs(float(got[p, c]) - _plain_logprob(tiny, prompt, cont)) < 1e-5
