@@ -18,11 +18,41 @@ from sycointerp.data.pairs import PromptPair, pad_right
 from sycointerp.metrics import apology_ratio, apology_token_ids, flip
 
 __all__ = [
-    "PairBatch", "PatchMetric", "flip_metric", "apology_metric", "apology_logit_diff_metric", "run_cells",
+    "PairBatch", "PatchMetric", "RowView", "flip_metric", "apology_metric", "apology_logit_diff_metric", "run_cells",
     "run_metric", "baselines", "cache_hooks", "z_name",
 ]
 
 Hook = tuple[str, Callable[[torch.Tensor, object], torch.Tensor | None]]
+
+
+@dataclass(frozen=True)
+class RowView:
+    """How a chunk's hooks address rows and positions.
+
+    A patched forward may recompute only some positions (e.g. the last one); hooks must address
+    positions through this view, never assume the activation spans the whole prompt.
+
+    Attributes:
+        example: ``[rows]`` the example each row belongs to (global index into the pair list).
+        last: ``[rows]`` local index of each row's metric (last) position in the hooked tensors.
+        pos: ``[rows, local_pos]`` absolute prompt position of every local position (positions
+            past a row's end are clamped to its last position; they never reach the metric).
+        n_ex: examples per cell block: cell ``i`` of the chunk owns rows ``[i * n_ex, (i+1) * n_ex)``.
+    """
+
+    example: Int[torch.Tensor, " rows"]
+    last: Int[torch.Tensor, " rows"]
+    pos: Int[torch.Tensor, "rows local_pos"]
+    n_ex: int
+
+    def rows(self, i: int) -> slice:
+        """Rows of the ``i``-th cell of the chunk."""
+        return slice(i * self.n_ex, (i + 1) * self.n_ex)
+
+    def gather(self, source: torch.Tensor, i: int) -> torch.Tensor:
+        """``source[example, abs_pos, ...]`` (a full-prompt cache) at cell ``i``'s local positions."""
+        rows = self.rows(i)
+        return source[self.example[rows, None], self.pos[rows]]
 
 
 @dataclass(frozen=True)
@@ -152,14 +182,14 @@ def run_cells(
     ids: Int[torch.Tensor, "example pos"],
     last: Int[torch.Tensor, " example"],
     n_cells: int,
-    hooks_for: Callable[[range, torch.Tensor], list[Hook]],
+    hooks_for: Callable[[range, RowView], list[Hook]],
     metric: PatchMetric,
     batch_size: int,
 ) -> Float[torch.Tensor, "cell example"]:
     """Metric of every (cell, example), many cells per forward.
 
-    ``hooks_for(cells, examples)`` returns hooks for a batch whose rows are ``cells x examples``
-    (cell-major); each hook must patch only its cell's rows.
+    ``hooks_for(cells, view)`` returns hooks for a batch whose rows are ``cells x examples``
+    (cell-major, see :class:`RowView`); each hook must patch only its cell's rows.
     """
     if model.training:
         raise RuntimeError("the model is in training mode; call model.eval() before patching")
@@ -172,6 +202,7 @@ def run_cells(
         for cells in _chunks(n_cells, max(1, batch_size // len(ex))):
             rep = len(cells)
             rows_ids, rows_last = ids[ex_idx].repeat(rep, 1), last[ex_idx].repeat(rep)
-            values = run_metric(model, rows_ids, rows_last, metric, ex_idx.repeat(rep), hooks_for(cells, ex_idx))
+            view = RowView(ex_idx.repeat(rep), rows_last, torch.arange(ids.shape[1]).expand(len(rows_ids), -1), len(ex))
+            values = run_metric(model, rows_ids, rows_last, metric, view.example, hooks_for(cells, view))
             out[cells.start : cells.stop, ex.start : ex.stop] = values.view(rep, len(ex))
     return out

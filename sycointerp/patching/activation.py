@@ -20,7 +20,7 @@ import torch
 from transformer_lens.model_bridge import TransformerBridge
 
 from sycointerp.data.pairs import PromptPair, require_aligned
-from sycointerp.patching._engine import PairBatch, PatchMetric, baselines, cache_hooks, run_cells, z_name
+from sycointerp.patching._engine import PairBatch, PatchMetric, RowView, baselines, cache_hooks, run_cells, z_name
 from sycointerp.patching.results import PatchResult
 
 __all__ = ["patch_head_outputs"]
@@ -57,23 +57,22 @@ def patch_head_outputs(
         # Keep only the last position: [example, head, d_head] per layer.
         cached = {n: z[torch.arange(batch.n), src_last] for n, z in cached.items()}
 
-    def hooks_for(cells: range, ex: torch.Tensor):
-        n_ex = len(ex)
+    def hooks_for(cells: range, view: RowView):
         by_layer: dict[int, list[tuple[int, int]]] = {}
         for i, cell in enumerate(cells):
             by_layer.setdefault(cell // H, []).append((i, cell % H))
 
         def make(layer: int, todo: list[tuple[int, int]]):
-            source = cached[z_name(layer)][ex]
+            source = cached[z_name(layer)]
 
             def hook(z: torch.Tensor, hook=None) -> torch.Tensor:
                 z = z.clone()  # activations may alias tensors used elsewhere; never write in place
                 for i, head in todo:
-                    rows = slice(i * n_ex, (i + 1) * n_ex)
+                    rows = view.rows(i)
                     if position == "all":
-                        z[rows, :, head] = source[:, : z.shape[1], head]
+                        z[rows, :, head] = view.gather(source, i)[:, :, head]
                     else:
-                        z[torch.arange(i * n_ex, (i + 1) * n_ex), base_last[ex], head] = source[:, head]
+                        z[torch.arange(rows.start, rows.stop), view.last[rows], head] = source[view.example[rows], head]
                 return z
 
             return hook

@@ -20,7 +20,7 @@ import torch
 from transformer_lens.model_bridge import TransformerBridge
 
 from sycointerp.data.pairs import PromptPair
-from sycointerp.patching._engine import PairBatch, PatchMetric, baselines, cache_hooks, run_cells, z_name
+from sycointerp.patching._engine import PairBatch, PatchMetric, RowView, baselines, cache_hooks, run_cells, z_name
 from sycointerp.patching.results import PatchResult
 
 __all__ = ["path_patch_heads", "attn_in_name", "mlp_in_name"]
@@ -54,19 +54,20 @@ def path_patch_heads(
     frozen_names = [attn_in_name(l) for l in range(L)] + ([mlp_in_name(l) for l in range(L)] if freeze_mlps else [])
     frozen = {n: x[every, batch.ref_last] for n, x in cache_hooks(model, batch.ref, frozen_names).items()}
 
-    def hooks_for(cells: range, ex: torch.Tensor):
-        n_ex, last = len(ex), batch.ref_last[ex]
+    def hooks_for(cells: range, view: RowView):
         senders = [(i, cell // H, cell % H) for i, cell in enumerate(cells)]
 
-        def rows(i: int) -> torch.Tensor:
-            return torch.arange(i * n_ex, (i + 1) * n_ex)
+        def at_last(i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+            rows = view.rows(i)
+            return torch.arange(rows.start, rows.stop), view.last[rows], view.example[rows]
 
         def patch_z(layer: int):
             def hook(z: torch.Tensor, hook=None) -> torch.Tensor:
                 z = z.clone()
                 for i, sl, head in senders:
                     if sl == layer:
-                        z[rows(i), last, head] = z_cf[z_name(layer)][ex, head]
+                        rows, last, ex = at_last(i)
+                        z[rows, last, head] = z_cf[z_name(layer)][ex, head]
                 return z
             return hook
 
@@ -77,7 +78,8 @@ def path_patch_heads(
                 x = x.clone()
                 for i, sl, _ in senders:
                     if layer > sl or (not from_layer_after_sender and layer == sl):
-                        x[rows(i), last] = frozen[name][ex]
+                        rows, last, ex = at_last(i)
+                        x[rows, last] = frozen[name][ex]
                 return x
             return hook
 
