@@ -1,13 +1,21 @@
-"""Patching techniques, one per module, behind one signature: ``f(model, pairs, metric, **options) -> PatchResult``."""
+"""Patching techniques, one per module, behind one signature: ``f(model, pairs, metric, **options) -> PatchResult``.
+
+``knockout`` verifies a ranking instead: the metric (and apology rate) with the top-k heads ablated
+against k random heads (``knockout_curve(model, pairs, metric, ranking, ks) -> KnockoutCurve``).
+"""
 
 from sycointerp.patching._engine import (
     PairBatch, PatchMetric, apology_logit_diff_metric, apology_metric, flip_metric,
 )
 from sycointerp.patching.activation import patch_head_outputs
+from sycointerp.patching.knockout import (
+    KnockoutCurve, ablate_heads, admits_mistake, draw_random_heads, head_means, knockout_curve, knockout_metric,
+)
 from sycointerp.patching.path import path_patch_heads
 from sycointerp.patching.results import HEADS_CSV_COLUMNS, PatchResult
 
 __all__ = [
-    "HEADS_CSV_COLUMNS", "PairBatch", "PatchMetric", "PatchResult", "apology_logit_diff_metric",
-    "apology_metric", "flip_metric", "patch_head_outputs", "path_patch_heads",
+    "HEADS_CSV_COLUMNS", "KnockoutCurve", "PairBatch", "PatchMetric", "PatchResult", "ablate_heads", "admits_mistake",
+    "apology_logit_diff_metric", "apology_metric", "draw_random_heads", "flip_metric", "head_means", "knockout_curve",
+    "knockout_metric", "patch_head_outputs", "path_patch_heads",
 ]
