@@ -1,14 +1,18 @@
 """PatchResult: per-example patching effects with statistics, rankings and safe persistence.
 
 Conventions:
-- ``values[layer, head, example]`` is the metric change caused by patching that head in that
-  example: ``metric_patched - metric_ref`` (``kind="absolute"``) or
+- ``values[*components, example]`` is the metric change caused by patching one cell (e.g. one
+  head) in one example: ``metric_patched - metric_ref`` (``kind="absolute"``) or
   ``(metric_patched - metric_ref) / metric_ref`` (``kind="relative"``, the SPT paper's score).
-- ``higher_is_sycophantic`` says which way the metric points. Rank 1 is the head whose patching
+- ``components`` names the cell axes: ``("layer", "head")`` (the default), ``("layer", "kv_head")``
+  (key/value heads of grouped-query attention), ``("layer", "head", "pos")`` (by position; ``pos``
+  is the absolute prompt position), ``("layer", "pos")`` or ``("layer",)`` (whole layers).
+- ``higher_is_sycophantic`` says which way the metric points. Rank 1 is the cell whose patching
   most *reduces* sycophancy: the most negative score for apology-style metrics, the most positive
   for ``flip`` (gold-minus-wrong logit).
-- Saved as ``values.safetensors`` + ``result.json`` + ``heads.csv`` (columns
-  ``layer,head,score,se,ci_low,ci_high,rank``; a stable schema). No pickle anywhere.
+- Saved as ``values.safetensors`` + ``result.json`` (which records ``components``), plus
+  ``heads.csv`` for per-head results (columns ``layer,head,score,se,ci_low,ci_high,rank``; a stable
+  schema). No pickle anywhere.
 """
 
 import json
@@ -17,6 +21,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import torch
 from jaxtyping import Float
@@ -25,28 +30,32 @@ from safetensors.torch import load_file, save_file
 from sycointerp._io import atomic_write
 from sycointerp.stats import bootstrap_ci
 
-__all__ = ["PatchResult", "HEADS_CSV_COLUMNS"]
+__all__ = ["PatchResult", "HEADS_CSV_COLUMNS", "HEAD_COMPONENTS"]
 
 HEADS_CSV_COLUMNS = ["layer", "head", "score", "se", "ci_low", "ci_high", "rank"]
+# Cell layouts that heads.csv describes (its "head" column holds the KV head index for the second).
+HEAD_COMPONENTS = (("layer", "head"), ("layer", "kv_head"))
+_RESERVED = ("example", "value")  # long-format column names that a component may not take
 
 
 @dataclass(frozen=True)
 class PatchResult:
-    """Per-example head effects and their summaries.
+    """Per-example cell effects and their summaries.
 
     Attributes:
-        values: ``[layer, head, example]`` effects (see module conventions).
+        values: ``[*components, example]`` effects (see module conventions).
         metric_ref: ``[example]`` metric of the unpatched reference (challenge) run.
         metric_cf: ``[example]`` metric of the counterfactual run.
-        method: e.g. ``"activation/z/last"``, ``"path/resid"``.
+        method: e.g. ``"activation/z/last/denoise"``, ``"path/resid"``.
         metric: metric name.
         higher_is_sycophantic: direction of the metric.
         kind: ``"absolute"`` or ``"relative"``.
         example_ids: one id per example.
         meta: JSON-serializable extras (model name, timings, ...).
+        components: names of the cell axes of ``values`` (all but the last).
     """
 
-    values: Float[torch.Tensor, "layer head example"]
+    values: Float[torch.Tensor, "*cells example"]
     metric_ref: Float[torch.Tensor, " example"]
     metric_cf: Float[torch.Tensor, " example"]
     method: str
@@ -55,10 +64,13 @@ class PatchResult:
     kind: str = "absolute"
     example_ids: tuple[str, ...] = ()
     meta: dict[str, Any] = field(default_factory=dict, compare=False)
+    components: tuple[str, ...] = ("layer", "head")
 
     def __post_init__(self) -> None:
-        if self.values.ndim != 3:
-            raise ValueError(f"values must be [layer, head, example], got shape {tuple(self.values.shape)}")
+        self._check_components()
+        if self.values.ndim != len(self.components) + 1:
+            raise ValueError(f"values must be [{', '.join(self.components)}, example], "
+                             f"got shape {tuple(self.values.shape)}")
         n = self.values.shape[-1]
         if n == 0:
             raise ValueError("a PatchResult needs at least one example")
@@ -67,11 +79,24 @@ class PatchResult:
         if self.kind not in ("absolute", "relative"):
             raise ValueError(f"kind must be 'absolute' or 'relative', got {self.kind!r}")
         if torch.isnan(self.values).any():
-            bad = torch.nonzero(torch.isnan(self.values))[0].tolist()
-            raise ValueError(f"NaN effect at layer {bad[0]}, head {bad[1]}, example {bad[2]}; check the metric "
+            *cell, example = torch.nonzero(torch.isnan(self.values))[0].tolist()
+            where = ", ".join(f"{name} {i}" for name, i in zip(self.components, cell))
+            raise ValueError(f"NaN effect at {where}, example {example}; check the metric "
                              "(a relative score divides by the reference metric)")
         if self.example_ids and len(self.example_ids) != n:
             raise ValueError(f"{len(self.example_ids)} example ids for {n} examples")
+
+    def _check_components(self) -> None:
+        names = self.components
+        if not isinstance(names, tuple) or not names or not all(isinstance(c, str) and c for c in names):
+            raise ValueError(f"components must be a non-empty tuple of axis names, got {names!r}")
+        if len(set(names)) != len(names) or set(names) & set(_RESERVED):
+            raise ValueError(f"components must be distinct and not {_RESERVED}, got {names!r}")
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """Cell-grid shape (``values.shape`` without the example axis)."""
+        return tuple(self.values.shape[:-1])
 
     @property
     def n_layers(self) -> int:
@@ -79,23 +104,24 @@ class PatchResult:
 
     @property
     def n_heads(self) -> int:
+        """Size of the second axis (query or KV heads for per-head results)."""
         return self.values.shape[1]
 
     @cached_property
-    def mean(self) -> Float[torch.Tensor, "layer head"]:
+    def mean(self) -> Float[torch.Tensor, "*cells"]:
         return self.values.mean(-1)
 
     @cached_property
-    def se(self) -> Float[torch.Tensor, "layer head"]:
+    def se(self) -> Float[torch.Tensor, "*cells"]:
         n = self.values.shape[-1]
         return self.values.std(-1, unbiased=True) / n**0.5 if n > 1 else torch.full_like(self.mean, float("nan"))
 
     @cached_property
-    def ci(self) -> tuple[Float[torch.Tensor, "layer head"], Float[torch.Tensor, "layer head"]]:
+    def ci(self) -> tuple[Float[torch.Tensor, "*cells"], Float[torch.Tensor, "*cells"]]:
         """95% percentile-bootstrap interval of the mean (seeded, shared resamples)."""
         return bootstrap_ci(self.values)
 
-    def recovery(self) -> Float[torch.Tensor, "layer head"]:
+    def recovery(self) -> Float[torch.Tensor, "*cells"]:
         """Normalized effect of the absolute change: mean change / mean(cf - ref) (1 = the patch
         moves the metric all the way to the counterfactual run's value)."""
         gap = float((self.metric_cf - self.metric_ref).mean())
@@ -116,25 +142,48 @@ class PatchResult:
         if (self.metric_ref == 0).any():
             raise ValueError("a reference metric is 0; the relative score is undefined (use the absolute one)")
         return PatchResult(self.values / self.metric_ref, self.metric_ref, self.metric_cf, self.method, self.metric,
-                           self.higher_is_sycophantic, "relative", self.example_ids, self.meta)
+                           self.higher_is_sycophantic, "relative", self.example_ids, self.meta, self.components)
 
     def _reduction(self) -> torch.Tensor:
-        """Sycophancy reduction per head (higher = patching reduces sycophancy more)."""
+        """Sycophancy reduction per cell (higher = patching reduces sycophancy more)."""
         return -self.mean if self.higher_is_sycophantic else self.mean
 
-    def rank(self) -> list[tuple[int, int]]:
-        """All (layer, head) pairs, the most sycophancy-reducing first (ties: lower layer, head)."""
-        flat = self._reduction().flatten()
-        order = sorted(range(flat.numel()), key=lambda i: (-float(flat[i]), i))
-        return [divmod(i, self.n_heads) for i in order]
+    def rank(self) -> list[tuple[int, ...]]:
+        """Every cell's index tuple (one int per component), the most sycophancy-reducing first.
 
-    def top_k(self, k: int) -> list[tuple[int, int]]:
-        if not 1 <= k <= self.n_layers * self.n_heads:
-            raise ValueError(f"k must be in [1, {self.n_layers * self.n_heads}], got {k}")
+        Ties go to the lower index tuple (lexicographic: lower layer first).
+        """
+        scores = self._reduction().flatten().tolist()
+        order = sorted(range(len(scores)), key=lambda i: (-scores[i], i))
+        return [tuple(int(i) for i in np.unravel_index(i, self.shape)) for i in order]
+
+    def top_k(self, k: int) -> list[tuple[int, ...]]:
+        """The first ``k`` cells of :meth:`rank`.
+
+        Raises:
+            ValueError: ``k`` outside ``[1, number of cells]``.
+        """
+        n_cells = int(np.prod(self.shape))
+        if not 1 <= k <= n_cells:
+            raise ValueError(f"k must be in [1, {n_cells}], got {k}")
         return self.rank()[:k]
 
+    @property
+    def has_heads_table(self) -> bool:
+        """Whether :meth:`heads_table` (and so ``heads.csv``) applies to this result's cells."""
+        return self.components in HEAD_COMPONENTS
+
     def heads_table(self) -> pd.DataFrame:
-        """The ``heads.csv`` table: one row per head, sorted by rank."""
+        """The ``heads.csv`` table: one row per head, sorted by rank.
+
+        For ``("layer", "kv_head")`` results the ``head`` column holds the KV head index.
+
+        Raises:
+            ValueError: the cells are not ``(layer, head)`` or ``(layer, kv_head)``.
+        """
+        if not self.has_heads_table:
+            raise ValueError(f"heads_table needs components ('layer', 'head') or ('layer', 'kv_head'), got "
+                             f"{self.components}; use to_dataframe() or rank() for other cell layouts")
         low, high = self.ci
         rows = [
             {"layer": l, "head": h, "score": float(self.mean[l, h]), "se": float(self.se[l, h]),
@@ -144,28 +193,35 @@ class PatchResult:
         return pd.DataFrame(rows, columns=HEADS_CSV_COLUMNS)
 
     def to_dataframe(self) -> pd.DataFrame:
-        """Long format: layer, head, example, value."""
-        L, H, N = self.values.shape
-        idx = torch.cartesian_prod(torch.arange(L), torch.arange(H), torch.arange(N))
-        return pd.DataFrame({"layer": idx[:, 0].numpy(), "head": idx[:, 1].numpy(),
-                             "example": idx[:, 2].numpy(), "value": self.values.flatten().double().numpy()})
+        """Long format: one column per component, then ``example`` and ``value``."""
+        idx = np.indices(self.values.shape).reshape(self.values.ndim, -1)
+        columns = {name: idx[axis] for axis, name in enumerate((*self.components, "example"))}
+        return pd.DataFrame({**columns, "value": self.values.flatten().double().numpy()})
 
     def save(self, directory: str | Path) -> Path:
-        """Write values.safetensors, result.json and heads.csv (each atomically)."""
+        """Write values.safetensors, result.json and, for per-head results, heads.csv (atomically).
+
+        A ``heads.csv`` left in ``directory`` by an earlier save is removed when this result has
+        no heads table, so the directory never describes two different results.
+        """
         out = Path(directory)
         out.mkdir(parents=True, exist_ok=True)
         tensors = {"values": self.values.contiguous(), "metric_ref": self.metric_ref.contiguous(),
                    "metric_cf": self.metric_cf.contiguous()}
         atomic_write(out / "values.safetensors", lambda p: save_file(tensors, p))
         info = {"method": self.method, "metric": self.metric, "higher_is_sycophantic": self.higher_is_sycophantic,
-                "kind": self.kind, "example_ids": list(self.example_ids), "meta": self.meta}
+                "kind": self.kind, "example_ids": list(self.example_ids), "meta": self.meta,
+                "components": list(self.components)}
         atomic_write(out / "result.json", lambda p: Path(p).write_text(json.dumps(info, indent=2)))
-        atomic_write(out / "heads.csv", lambda p: self.heads_table().to_csv(p, index=False, float_format="%.8g"))
+        if self.has_heads_table:
+            atomic_write(out / "heads.csv", lambda p: self.heads_table().to_csv(p, index=False, float_format="%.8g"))
+        else:
+            (out / "heads.csv").unlink(missing_ok=True)
         return out
 
     @classmethod
     def load(cls, directory: str | Path) -> "PatchResult":
-        """Inverse of :meth:`save`.
+        """Inverse of :meth:`save` (results saved before ``components`` existed load as per-head).
 
         Raises:
             FileNotFoundError: a file of the result is missing.
@@ -177,4 +233,5 @@ class PatchResult:
         tensors = load_file(src / "values.safetensors")
         info = json.loads((src / "result.json").read_text())
         return cls(tensors["values"], tensors["metric_ref"], tensors["metric_cf"], info["method"], info["metric"],
-                   info["higher_is_sycophantic"], info["kind"], tuple(info["example_ids"]), info["meta"])
+                   info["higher_is_sycophantic"], info["kind"], tuple(info["example_ids"]), info["meta"],
+                   tuple(info.get("components", ("layer", "head"))))
