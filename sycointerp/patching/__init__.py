@@ -8,6 +8,7 @@ from sycointerp.patching._engine import (
     PairBatch, PatchMetric, apology_logit_diff_metric, apology_metric, flip_metric,
 )
 from sycointerp.patching.activation import patch_head_outputs
+from sycointerp.patching.attribution import attribution_patch_heads, spearman
 from sycointerp.patching.knockout import (
     KnockoutCurve, ablate_heads, admits_mistake, draw_random_heads, head_means, knockout_curve, knockout_metric,
 )
@@ -18,4 +19,5 @@ __all__ = [
     "HEADS_CSV_COLUMNS", "KnockoutCurve", "PairBatch", "PatchMetric", "PatchResult", "ablate_heads", "admits_mistake",
     "apology_logit_diff_metric", "apology_metric", "draw_random_heads", "flip_metric", "head_means", "knockout_curve",
     "knockout_metric", "patch_head_outputs", "path_patch_heads",
+    "attribution_patch_heads", "spearman",
 ]
