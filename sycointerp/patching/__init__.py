@@ -7,8 +7,9 @@ against k random heads (``knockout_curve(model, pairs, metric, ranking, ks) -> K
 from sycointerp.patching._engine import (
     PairBatch, PatchMetric, apology_logit_diff_metric, apology_metric, flip_metric,
 )
-from sycointerp.patching.activation import patch_head_outputs
+from sycointerp.patching.activation import patch_head_outputs, patch_heads
 from sycointerp.patching.attribution import attribution_patch_heads, spearman
+from sycointerp.patching.layers import patch_layers
 from sycointerp.patching.knockout import (
     KnockoutCurve, ablate_heads, admits_mistake, draw_random_heads, head_means, knockout_curve, knockout_metric,
 )
@@ -18,6 +19,6 @@ from sycointerp.patching.results import HEADS_CSV_COLUMNS, PatchResult
 __all__ = [
     "HEADS_CSV_COLUMNS", "KnockoutCurve", "PairBatch", "PatchMetric", "PatchResult", "ablate_heads", "admits_mistake",
     "apology_logit_diff_metric", "apology_metric", "draw_random_heads", "flip_metric", "head_means", "knockout_curve",
-    "knockout_metric", "patch_head_outputs", "path_patch_heads",
+    "knockout_metric", "patch_head_outputs", "patch_heads", "patch_layers", "path_patch_heads",
     "attribution_patch_heads", "spearman",
 ]

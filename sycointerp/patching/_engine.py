@@ -7,8 +7,10 @@ the metric reads each example's last real position. Memory per forward is ``rows
 logits plus the model's activations for ``rows`` sequences; ``batch_size`` caps ``rows``.
 """
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from jaxtyping import Float, Int
@@ -16,10 +18,11 @@ from transformer_lens.model_bridge import TransformerBridge
 
 from sycointerp.data.pairs import PromptPair, pad_right
 from sycointerp.metrics import apology_ratio, apology_token_ids, flip
+from sycointerp.patching._resume import build_state, resume_logits, supports_resume, unfold_hook
 
 __all__ = [
     "PairBatch", "PatchMetric", "RowView", "flip_metric", "apology_metric", "apology_logit_diff_metric", "run_cells",
-    "run_metric", "baselines", "cache_hooks", "z_name",
+    "run_metric", "baselines", "cache_hooks", "checked_hooks", "z_name", "Engine",
 ]
 
 Hook = tuple[str, Callable[[torch.Tensor, object], torch.Tensor | None]]
@@ -80,6 +83,14 @@ class PairBatch:
     def n(self) -> int:
         return self.ref.shape[0]
 
+    @property
+    def shared_prefix(self) -> Int[torch.Tensor, " example"]:
+        """Per example, the number of leading positions where the two prompts agree (at most
+        the last position of either): a patch between the runs changes nothing before it."""
+        width = min(self.ref.shape[1], self.cf.shape[1])
+        same = (self.ref[:, :width] == self.cf[:, :width]).int().cumprod(1).sum(1)
+        return torch.minimum(same, torch.minimum(self.ref_last, self.cf_last))
+
     def side(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
         """(ids, last positions) of ``"ref"`` or ``"cf"``."""
         return (self.ref, self.ref_last) if name == "ref" else (self.cf, self.cf_last)
@@ -90,12 +101,14 @@ class PatchMetric:
     """A per-example metric of last-position logits.
 
     ``fn(logits [rows, d_vocab], example [rows]) -> [rows]``; ``example`` maps each row to its
-    example so per-example data (answer ids) can be looked up.
+    example so per-example data (answer ids) can be looked up. ``token_ids``, when given, lists
+    every vocabulary column ``fn`` reads: resumed runs unembed only those (the rest are NaN).
     """
 
     name: str
     higher_is_sycophantic: bool
     fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    token_ids: tuple[int, ...] | None = None
 
     def __call__(self, logits: Float[torch.Tensor, "rows d_vocab"], example: Int[torch.Tensor, " rows"]) -> torch.Tensor:
         out = self.fn(logits, example)
@@ -113,41 +126,50 @@ def flip_metric(batch: PairBatch) -> PatchMetric:
         raise ValueError("the flip metric needs pairs built with position='answer' (they carry answer ids)")
     answers = batch.answer_ids
 
-    return PatchMetric("flip", False, lambda logits, example: flip(logits, answers[example]))
+    return PatchMetric("flip", False, lambda logits, example: flip(logits, answers[example]),
+                       tuple(sorted(set(answers.flatten().tolist()))))
 
 
 def apology_metric(tokenizer) -> PatchMetric:
     """The SPT paper's raw-logit ratio ``y(Ap) / (y(Ap) + y(Yes))`` (pairs with position='reply')."""
     syc, firm = apology_token_ids(tokenizer)
-    return PatchMetric("apology", True, lambda lg, _: apology_ratio(lg, syc, firm))
+    return PatchMetric("apology", True, lambda lg, _: apology_ratio(lg, syc, firm), (syc, firm))
 
 
 def apology_logit_diff_metric(tokenizer) -> PatchMetric:
     """``logit(Ap) - logit(Yes)`` = ``log p(Ap) - log p(Yes)`` (pairs with position='reply')."""
     syc, firm = apology_token_ids(tokenizer)
-    return PatchMetric("apology_logit_diff", True, lambda lg, _: lg[:, syc] - lg[:, firm])
+    return PatchMetric("apology_logit_diff", True, lambda lg, _: lg[:, syc] - lg[:, firm], (syc, firm))
 
 
 def _chunks(n: int, size: int) -> list[range]:
     return [range(s, min(s + size, n)) for s in range(0, n, size)]
 
 
+@contextmanager
+def checked_hooks(model: TransformerBridge, hooks: Sequence[Hook]) -> Iterator[None]:
+    """Register ``hooks`` for the block; on a clean exit, raise if any of them never fired."""
+    fired: set[str] = set()
+
+    def counted(name, fn):
+        def wrapper(act, hook):
+            fired.add(name)
+            return fn(act, hook)
+        return wrapper
+
+    with model.hooks(fwd_hooks=[(n, counted(n, f)) for n, f in hooks]):
+        yield
+    missing = {n for n, _ in hooks} - fired
+    if missing:
+        raise RuntimeError(f"hooks never fired: {sorted(missing)}; is the model a compat-mode TransformerBridge?")
+
+
 @torch.inference_mode()
 def run_metric(model: TransformerBridge, ids: torch.Tensor, last: torch.Tensor, metric: PatchMetric,
                example: torch.Tensor, hooks: Sequence[Hook] = ()) -> torch.Tensor:
     """One hooked forward; the metric at each row's last position. Raises if a hook never fired."""
-    fired: dict[str, int] = {}
-
-    def counted(name, fn):
-        def wrapper(act, hook):
-            fired[name] = fired.get(name, 0) + 1
-            return fn(act, hook)
-        return wrapper
-
-    logits = model.run_with_hooks(ids, fwd_hooks=[(n, counted(n, f)) for n, f in hooks])
-    missing = {n for n, _ in hooks} - set(fired)
-    if missing:
-        raise RuntimeError(f"hooks never fired: {sorted(missing)}; is the model a compat-mode TransformerBridge?")
+    with checked_hooks(model, hooks):
+        logits = model(ids)
     return metric(logits[torch.arange(ids.shape[0]), last].float(), example)
 
 
@@ -177,6 +199,10 @@ def cache_hooks(model: TransformerBridge, ids: torch.Tensor, names: Sequence[str
     return {n: cache[n] for n in names}
 
 
+Engine = Literal["auto", "resume", "hooked"]
+_MAX_FOLDED = 512  # positions per example in one resumed forward (cells x recomputed positions)
+
+
 def run_cells(
     model: TransformerBridge,
     ids: Int[torch.Tensor, "example pos"],
@@ -185,24 +211,65 @@ def run_cells(
     hooks_for: Callable[[range, RowView], list[Hook]],
     metric: PatchMetric,
     batch_size: int,
+    *,
+    first_layer: Callable[[int], int] | None = None,
+    start: Int[torch.Tensor, " example"] | None = None,
+    engine: Engine = "auto",
 ) -> Float[torch.Tensor, "cell example"]:
     """Metric of every (cell, example), many cells per forward.
 
     ``hooks_for(cells, view)`` returns hooks for a batch whose rows are ``cells x examples``
     (cell-major, see :class:`RowView`); each hook must patch only its cell's rows.
+
+    Args:
+        first_layer: ``cell -> the earliest layer its hooks change`` (cells in non-decreasing
+            order); resumed runs start there. ``None``: layer 0.
+        start: ``[example]`` the earliest position any cell's hooks change; resumed runs take
+            earlier positions from the cached base run. ``None``: position 0.
+        engine: ``"resume"`` restarts a cached base run (see ``_resume``; exact), ``"hooked"``
+            runs full hooked forwards (the plain path), ``"auto"`` resumes where supported and
+            where the caller declared ``first_layer`` or ``start``.
+
+    Raises:
+        RuntimeError: training mode, or a hook that never fired.
+        ValueError: ``batch_size < 1``, unknown engine, or resume on an unsupported model.
     """
     if model.training:
         raise RuntimeError("the model is in training mode; call model.eval() before patching")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if engine not in ("auto", "resume", "hooked"):
+        raise ValueError(f"engine must be 'auto', 'resume' or 'hooked', got {engine!r}")
+    declared = first_layer is not None or start is not None
+    if engine == "resume" and not declared:
+        raise ValueError("engine='resume' needs first_layer or start (where the cells' patches act)")
+    resume = engine == "resume" or (engine == "auto" and declared and supports_resume(model))
     n = ids.shape[0]
+    start = torch.zeros(n, dtype=torch.long) if start is None else start
     out = torch.empty(n_cells, n)
     for ex in _chunks(n, batch_size):
-        ex_idx = torch.tensor(list(ex))
-        for cells in _chunks(n_cells, max(1, batch_size // len(ex))):
-            rep = len(cells)
-            rows_ids, rows_last = ids[ex_idx].repeat(rep, 1), last[ex_idx].repeat(rep)
-            view = RowView(ex_idx.repeat(rep), rows_last, torch.arange(ids.shape[1]).expand(len(rows_ids), -1), len(ex))
-            values = run_metric(model, rows_ids, rows_last, metric, view.example, hooks_for(cells, view))
-            out[cells.start : cells.stop, ex.start : ex.stop] = values.view(rep, len(ex))
+        ex_idx = torch.arange(ex.start, ex.stop)
+        state = build_state(model, ids[ex_idx], start[ex_idx], last[ex_idx]) if resume else None
+        per_chunk = max(1, batch_size // len(ex))
+        if state is not None:  # folded attention is quadratic in cells x suffix: keep it small
+            per_chunk = min(per_chunk, max(1, _MAX_FOLDED // state.suffix))
+        for cells in _chunks(n_cells, per_chunk):
+            from_layer = min(map(first_layer, cells)) if first_layer else 0
+            values = _run_chunk(model, ids, last, ex_idx, cells, hooks_for, metric, state, from_layer)
+            out[cells.start : cells.stop, ex.start : ex.stop] = values.view(len(cells), len(ex))
     return out
+
+
+def _run_chunk(model, ids, last, ex_idx, cells, hooks_for, metric, state, from_layer) -> torch.Tensor:
+    """One forward for ``cells x ex_idx`` rows: resumed from ``state`` or a full hooked run."""
+    rep = len(cells)
+    example = ex_idx.repeat(rep)
+    if state is None:
+        view = RowView(example, last[example], torch.arange(ids.shape[1]).expand(len(example), -1), len(ex_idx))
+        return run_metric(model, ids[example], view.last, metric, example, hooks_for(cells, view))
+    local = torch.arange(len(ex_idx)).repeat(rep)
+    view = RowView(example, state.last[local] - state.start[local], state.positions(local), len(ex_idx))
+    hooks = [(name, unfold_hook(name, fn, rep, state.suffix)) for name, fn in hooks_for(cells, view)]
+    with torch.inference_mode(), checked_hooks(model, hooks):
+        logits = resume_logits(model, state, rep, from_layer, metric.token_ids)
+    return metric(logits.float(), example)

@@ -28,10 +28,14 @@ Cost: ``n_layers * n_cells_per_layer * n_examples`` patched rows (cells per laye
 the patched hook at every layer: ``n_layers x examples x pos x heads x d_head`` floats
 (``x pos`` more for patterns: ``heads x pos x pos``); the last position only for ``"last"``.
 
-Runs that recompute only some positions: hooks address positions only through ``RowView``.
-``"all"`` and pattern patching need every position from 0 in the hooked tensors (pattern keys
-are read as positions ``0, 1, ...``), and ``"each"`` needs its patched position; a run that lacks
-them raises ``RuntimeError`` rather than patching less than asked.
+Speed: by default a patched run resumes the cached base run at the patched layer (see
+``_resume``) and recomputes only the positions the patch can change: the last position for
+``"last"``; from the first token where the pair differs for ``"all"`` (before it the two runs are
+identical, so patching there changes nothing); every position for ``"each"``. Hooks address
+positions only through ``RowView``. Pattern patching needs every key position from 0 in the
+hooked tensors (pattern keys are read as positions ``0, 1, ...``), so it runs full forwards;
+``"each"`` needs its patched position; a run that lacks them raises ``RuntimeError`` rather than
+patching less than asked.
 
 Reference semantics: those of TransformerLens's ``get_act_patch_attn_head_*_all_pos`` (``"all"``)
 and ``get_act_patch_attn_head_*_by_pos`` (``"each"``, axes reordered to layer, head, pos), which
@@ -48,7 +52,7 @@ from jaxtyping import Float
 from transformer_lens.model_bridge import TransformerBridge
 
 from sycointerp.data.pairs import PromptPair, require_aligned
-from sycointerp.patching._engine import PairBatch, PatchMetric, RowView, baselines, cache_hooks, run_cells
+from sycointerp.patching._engine import Engine, PairBatch, PatchMetric, RowView, baselines, cache_hooks, run_cells
 from sycointerp.patching.results import PatchResult
 
 __all__ = ["patch_heads", "patch_head_outputs", "patch_sites", "Sites"]
@@ -87,6 +91,7 @@ def patch_heads(
     position: Where = "last",
     direction: Direction = "denoise",
     batch_size: int = 64,
+    engine: Engine = "auto",
 ) -> PatchResult:
     """Patch each head's ``component`` activation from the source run into the base run.
 
@@ -95,6 +100,10 @@ def patch_heads(
         position: ``"last"``, ``"all"`` or ``"each"`` (see module doc).
         direction: ``"denoise"`` (counterfactual into reference) or ``"noise"``.
         batch_size: cap on rows per forward.
+        engine: ``"auto"`` resumes the cached base run at the patched layer, recomputing only the
+            positions a patch can change (the last one; from the first differing token for
+            ``"all"``); ``"hooked"`` runs full forwards (the plain path, same numbers). Pattern
+            patching always runs full forwards.
 
     Returns:
         Values ``[layer, head | kv_head, (pos,) example]``.
@@ -110,7 +119,8 @@ def patch_heads(
         n_heads = getattr(model.cfg, "n_key_value_heads", None) or n_heads
     names = tuple(f"blocks.{l}.attn.hook_{component}" for l in range(model.cfg.n_layers))
     sites = Sites(component, names, "kv_head" if component in ("k", "v") else "head", n_heads, component == "pattern")
-    return patch_sites(model, pairs, metric, sites, position=position, direction=direction, batch_size=batch_size)
+    return patch_sites(model, pairs, metric, sites, position=position, direction=direction, batch_size=batch_size,
+                       engine=engine)
 
 
 def patch_head_outputs(
@@ -121,10 +131,11 @@ def patch_head_outputs(
     position: Where = "last",
     direction: Direction = "denoise",
     batch_size: int = 64,
+    engine: Engine = "auto",
 ) -> PatchResult:
     """``patch_heads(..., component="z")``: patch each head's output (``hook_z``)."""
     return patch_heads(model, pairs, metric, component="z", position=position, direction=direction,
-                       batch_size=batch_size)
+                       batch_size=batch_size, engine=engine)
 
 
 def patch_sites(
@@ -136,6 +147,7 @@ def patch_sites(
     position: Where,
     direction: Direction,
     batch_size: int,
+    engine: Engine = "auto",
 ) -> PatchResult:
     """Patch every (layer, unit[, position]) cell of ``sites`` (the engine behind the patchers).
 
@@ -165,7 +177,10 @@ def patch_sites(
         return [(sites.names[l], _patch_hook(source[sites.names[l]], view, cells_l, sites, position))
                 for l, cells_l in todo.items()]
 
-    patched = run_cells(model, base_ids, base_last, L * U * P, hooks_for, metric, batch_size)
+    resume = {} if sites.unit_first else {  # pattern keys must start at 0: full hooked runs
+        "first_layer": lambda cell: cell // (U * P),
+        "start": {"last": base_last, "all": batch.shared_prefix, "each": torch.zeros_like(base_last)}[position]}
+    patched = run_cells(model, base_ids, base_last, L * U * P, hooks_for, metric, batch_size, engine=engine, **resume)
     metric_ref, metric_cf = baselines(model, batch, metric)
     values = (patched - (metric_ref if base == "ref" else metric_cf)).view(L, U, P, batch.n)
     if position == "each":
@@ -210,7 +225,7 @@ def _patch_hook(source: torch.Tensor, view: RowView, todo: list[tuple[int, int, 
         target = act.transpose(1, 2) if sites.unit_first else act  # a view: writes land in act
         src = _fit_keys(source, target.shape[-1]) if sites.unit_first else source
         for i, unit, pos in todo:
-            if position == "all" or sites.unit_first:
+            if sites.unit_first:
                 _require_from_zero(view, i, sites.label)
             _write(target, view, i, src, position, (unit,) if sites.unit else (), pos)
         return act

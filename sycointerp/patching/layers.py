@@ -29,7 +29,7 @@ from typing import Literal
 from transformer_lens.model_bridge import TransformerBridge
 
 from sycointerp.data.pairs import PromptPair
-from sycointerp.patching._engine import PatchMetric
+from sycointerp.patching._engine import Engine, PatchMetric
 from sycointerp.patching.activation import Direction, Sites, Where, patch_sites
 from sycointerp.patching.results import PatchResult
 
@@ -47,6 +47,7 @@ def patch_layers(
     position: Where = "each",
     direction: Direction = "denoise",
     batch_size: int = 64,
+    engine: Engine = "auto",
 ) -> PatchResult:
     """Patch each layer's ``component`` activation from the source run into the base run.
 
@@ -55,6 +56,7 @@ def patch_layers(
         position: ``"each"``, ``"last"`` or ``"all"`` (see module doc).
         direction: ``"denoise"`` (counterfactual into reference) or ``"noise"``.
         batch_size: cap on rows per forward.
+        engine: ``"auto"`` (resumed runs) or ``"hooked"`` (full forwards); see ``patch_heads``.
 
     Returns:
         Values ``[layer, pos, example]`` for ``"each"``, else ``[layer, example]``.
@@ -67,4 +69,4 @@ def patch_layers(
         raise ValueError(f"component must be 'resid_pre', 'attn_out' or 'mlp_out', got {component!r}")
     names = tuple(f"blocks.{l}.hook_{component}" for l in range(model.cfg.n_layers))
     return patch_sites(model, pairs, metric, Sites(component, names), position=position, direction=direction,
-                       batch_size=batch_size)
+                       batch_size=batch_size, engine=engine)

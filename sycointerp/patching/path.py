@@ -20,7 +20,7 @@ import torch
 from transformer_lens.model_bridge import TransformerBridge
 
 from sycointerp.data.pairs import PromptPair
-from sycointerp.patching._engine import PairBatch, PatchMetric, RowView, baselines, cache_hooks, run_cells, z_name
+from sycointerp.patching._engine import Engine, PairBatch, PatchMetric, RowView, baselines, cache_hooks, run_cells, z_name
 from sycointerp.patching.results import PatchResult
 
 __all__ = ["path_patch_heads", "attn_in_name", "mlp_in_name"]
@@ -41,8 +41,13 @@ def path_patch_heads(
     *,
     freeze_mlps: bool = False,
     batch_size: int = 64,
+    engine: Engine = "auto",
 ) -> PatchResult:
     """Score every head by patching its path to the final residual stream (see module doc).
+
+    Every patch touches only the last position at layers >= the sender's, so the default engine
+    resumes the cached reference run at the sender's layer for that one position (see
+    ``_engine.run_cells``); ``engine="hooked"`` runs full forwards instead (same numbers).
 
     Raises:
         ValueError: empty pairs, NaN metric.
@@ -90,7 +95,8 @@ def path_patch_heads(
             hooks += [(mlp_in_name(l), freeze(mlp_in_name(l), l, False)) for l in range(min_layer, L)]
         return hooks
 
-    patched = run_cells(model, batch.ref, batch.ref_last, L * H, hooks_for, metric, batch_size)
+    patched = run_cells(model, batch.ref, batch.ref_last, L * H, hooks_for, metric, batch_size,
+                        first_layer=lambda cell: cell // H, start=batch.ref_last, engine=engine)
     metric_ref, metric_cf = baselines(model, batch, metric)
     values = (patched - metric_ref).view(L, H, batch.n)
     method = "path/resid" + ("/frozen-mlps" if freeze_mlps else "")

@@ -1,0 +1,220 @@
+"""Resumed runs: restart a cached base run at a given layer, recomputing only some positions.
+
+A patch at layer ``l`` and positions ``>= s`` changes nothing at earlier layers or earlier
+positions (causal attention). So a patched run need not start from the tokens: it can start from
+the base run's residual stream entering layer ``l`` at positions ``s..last``, while attention
+reads positions ``< s`` from the base run's KV cache. For last-position patches that is one
+position per row instead of the whole prompt, and ``L - l`` layers instead of ``L``.
+
+The arithmetic is the model's own: the underlying HuggingFace decoder layers run (TransformerLens
+wraps them in place, so every hook still fires), with a read-only view of the cached keys and
+values and an explicit 4-D mask (prefix keys before each row's start, causal within the
+suffix). Results equal a full forward up to float rounding (tests: 1e-5 on tiny models).
+
+Supported: decoder stacks reachable as ``model.model.layers`` (Llama, Mistral, Qwen2, SmolLM,
+Gemma, ... with ``rotary_emb``) or ``transformer.h`` (GPT-2). Others fall back to full hooked
+forwards (:func:`supports_resume` says which).
+
+Memory: the state holds, per example, every layer's prefix keys and values
+(``2 x n_layers x n_kv_heads x prefix x d_head`` floats) and the residual stream at the suffix
+positions (``n_layers x suffix x d_model``); a resumed chunk of ``rows`` rows additionally holds,
+per layer, the prefix keys/values gathered for its rows (``2 x rows x n_kv_heads x (prefix +
+suffix) x d_head``, freed after the layer) and its activations (``rows x suffix x d_model``).
+"""
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from jaxtyping import Float, Int
+from transformer_lens.model_bridge import TransformerBridge
+
+__all__ = ["ResumeState", "supports_resume", "build_state", "resume_logits", "unfold_hook"]
+
+
+@dataclass(frozen=True)
+class _Parts:
+    layers: torch.nn.ModuleList
+    norm: torch.nn.Module
+    rotary: torch.nn.Module | None
+    lm_head: torch.nn.Module
+
+
+def _parts(model: TransformerBridge) -> _Parts | None:
+    hf = getattr(model, "original_model", None)
+    base = getattr(hf, "model", None) or getattr(hf, "transformer", None)
+    layers = getattr(base, "layers", None) or getattr(base, "h", None)
+    norm = getattr(base, "norm", None) or getattr(base, "ln_f", None)
+    head = getattr(hf, "lm_head", None)
+    if layers is None or norm is None or head is None or len(layers) != model.cfg.n_layers:
+        return None
+    return _Parts(layers, norm, getattr(base, "rotary_emb", None), head)
+
+
+def supports_resume(model: TransformerBridge) -> bool:
+    """Whether resumed runs are available for this model's architecture."""
+    return _parts(model) is not None
+
+
+class _ReadOnlyPrefix:
+    """The ``Cache.update`` interface over cached prefix keys/values; never stores anything.
+
+    Patched rows must not write into the shared cache: each call returns the prefix followed by
+    the chunk's fresh keys/values, and forgets them.
+    """
+
+    def __init__(self, keys: Sequence[torch.Tensor], values: Sequence[torch.Tensor]):
+        self._keys, self._values = keys, values
+
+    def update(self, key: torch.Tensor, value: torch.Tensor, layer_idx: int, *args, **kwargs):
+        return torch.cat([self._keys[layer_idx], key], dim=2), torch.cat([self._values[layer_idx], value], dim=2)
+
+
+@dataclass(frozen=True)
+class ResumeState:
+    """A base run cached for resuming (see module doc).
+
+    Attributes:
+        start: ``[example]`` first recomputed position of each example.
+        last: ``[example]`` each example's metric position (``>= start``).
+        keys / values: per layer ``[example, kv_head, prefix, d_head]`` (post-rotary) keys/values
+            of positions ``< max(start)``.
+        resid: per layer ``[example, suffix, d_model]`` residual stream entering the layer at
+            positions ``start + j`` (clamped to the prompt's width).
+    """
+
+    start: Int[torch.Tensor, " example"]
+    last: Int[torch.Tensor, " example"]
+    keys: tuple[torch.Tensor, ...]
+    values: tuple[torch.Tensor, ...]
+    resid: tuple[torch.Tensor, ...]
+
+    @property
+    def prefix(self) -> int:
+        return self.keys[0].shape[2]
+
+    @property
+    def suffix(self) -> int:
+        return self.resid[0].shape[1]
+
+    def positions(self, example: Int[torch.Tensor, " rows"]) -> Int[torch.Tensor, "rows suffix"]:
+        """Absolute positions of each row's local positions (clamped to the row's last)."""
+        pos = self.start[example, None] + torch.arange(self.suffix)
+        return torch.minimum(pos, self.last[example, None])
+
+
+@torch.inference_mode()
+def build_state(model: TransformerBridge, ids: Int[torch.Tensor, "example pos"],
+                start: Int[torch.Tensor, " example"], last: Int[torch.Tensor, " example"]) -> ResumeState:
+    """Run ``ids`` once, keeping what resumed runs need.
+
+    Raises:
+        ValueError: a start after its example's last position.
+    """
+    if (start > last).any() or (start < 0).any():
+        bad = int(torch.nonzero((start > last) | (start < 0))[0])
+        raise ValueError(f"example {bad}: resume start {int(start[bad])} is outside [0, {int(last[bad])}]")
+    L = model.cfg.n_layers
+    captured: dict[int, torch.Tensor] = {}
+
+    def keep(layer: int):
+        def hook(x: torch.Tensor, hook=None) -> None:
+            captured[layer] = x.detach().clone()
+        return hook
+
+    with model.hooks(fwd_hooks=[(f"blocks.{l}.hook_resid_pre", keep(l)) for l in range(L)]):
+        _, cache = model(ids, return_type="logits_and_cache")
+    prefix = int(start.max())
+    suffix = int((last - start).max()) + 1
+    pos = torch.minimum(start[:, None] + torch.arange(suffix), last[:, None])
+    rows = torch.arange(ids.shape[0])[:, None]
+    keys = tuple(cache.layers[l].keys[:, :, :prefix].clone() for l in range(L))
+    values = tuple(cache.layers[l].values[:, :, :prefix].clone() for l in range(L))
+    resid = tuple(captured[l][rows, pos] for l in range(L))
+    return ResumeState(start, last, keys, values, resid)
+
+
+def _mask(state: ResumeState, rep: int) -> torch.Tensor:
+    """``[example, 1, rep*suffix, prefix + rep*suffix]`` bool mask of a folded chunk.
+
+    Prefix keys before the example's start; within the suffix, each cell's block of positions
+    sees only its own block (causally): cells never see each other.
+    """
+    n, P, S = len(state.start), state.prefix, state.suffix
+    prefix = (torch.arange(P) < state.start[:, None])[:, None, :].expand(n, rep * S, P)
+    own = torch.block_diag(*[torch.ones(S, S, dtype=torch.bool).tril()] * rep)[None].expand(n, -1, -1)
+    return torch.cat([prefix, own], dim=-1)[:, None]
+
+
+# Hooked activations of a folded chunk are [example, rep*suffix, ...] (positions at dim 1); the
+# hooks were written for [rep*example rows, suffix, ...]. Attention patterns and scores put
+# positions elsewhere and would need the key axis remapped too: resumed runs refuse them.
+_ATTENTION_LAYOUT = ("hook_pattern", "hook_attn_scores", "hook_rot_q", "hook_rot_k")
+
+
+def unfold_hook(name: str, fn: Callable, rep: int, suffix: int) -> Callable:
+    """Wrap a rows-layout hook so it runs on a folded chunk's activations.
+
+    Raises:
+        ValueError: a hook whose activation does not have positions at dim 1.
+    """
+    if name.endswith(_ATTENTION_LAYOUT):
+        raise ValueError(f"hook {name!r} is not supported by resumed runs (positions are not at dim 1); "
+                         "use engine='hooked'")
+
+    def hook(act: torch.Tensor, hook=None) -> torch.Tensor:
+        n, rest = act.shape[0], act.shape[2:]
+        rows = act.reshape(n, rep, suffix, *rest).transpose(0, 1).reshape(rep * n, suffix, *rest)
+        out = fn(rows, hook)
+        out = rows if out is None else out
+        return out.reshape(rep, n, suffix, *rest).transpose(0, 1).reshape(n, rep * suffix, *rest).contiguous()
+
+    return hook
+
+
+def resume_logits(
+    model: TransformerBridge,
+    state: ResumeState,
+    rep: int,
+    from_layer: int,
+    token_ids: Sequence[int] | None = None,
+) -> Float[torch.Tensor, "rows d_vocab"]:
+    """Logits at each row's metric position for ``rep`` copies of the state, resumed at ``from_layer``.
+
+    The copies (one per patched cell) are folded into the position axis, ``[example, rep *
+    suffix]``, so every copy shares its example's prefix keys/values instead of replicating
+    them; the mask keeps copies apart. Rows of the result are cell-major (``i * n_ex + e``).
+    Hooks must be registered through :func:`unfold_hook`. With ``token_ids`` only those
+    vocabulary columns are computed; the others are NaN, so a metric that reads an undeclared
+    token fails loudly instead of reading garbage.
+
+    Raises:
+        ValueError: an architecture resumed runs do not support.
+    """
+    parts = _parts(model)
+    if parts is None:
+        raise ValueError(f"resumed runs do not support {type(model.original_model).__name__}; use engine='hooked'")
+    n, S = len(state.start), state.suffix
+    pos = (state.start[:, None] + torch.arange(S)).repeat(1, rep)
+    hidden = state.resid[from_layer].repeat(1, rep, 1)
+    kwargs = {"attention_mask": _mask(state, rep), "use_cache": True,
+              "past_key_values": _ReadOnlyPrefix(state.keys, state.values)}
+    if parts.rotary is not None:
+        kwargs.update(position_ids=pos, position_embeddings=parts.rotary(hidden, pos))
+    for layer in parts.layers[from_layer:]:
+        out = layer(hidden, **kwargs)
+        hidden = out[0] if isinstance(out, tuple) else out
+    local_last = (state.last - state.start)[None, :] + S * torch.arange(rep)[:, None]  # [rep, example]
+    final = parts.norm(hidden[torch.arange(n).repeat(rep), local_last.flatten()])
+    return _unembed(parts.lm_head, final, token_ids)
+
+
+def _unembed(lm_head: torch.nn.Module, x: torch.Tensor, token_ids: Sequence[int] | None) -> torch.Tensor:
+    if token_ids is None or not isinstance(getattr(lm_head, "weight", None), torch.Tensor):
+        return lm_head(x)
+    ids = torch.tensor(sorted(set(token_ids)))
+    bias = lm_head.bias[ids] if getattr(lm_head, "bias", None) is not None else None
+    out = torch.full((x.shape[0], lm_head.weight.shape[0]), float("nan"), dtype=x.dtype)
+    out[:, ids] = F.linear(x, lm_head.weight[ids], bias)
+    return out
