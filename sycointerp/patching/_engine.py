@@ -1,10 +1,20 @@
-"""Shared machinery: pair batches, patch metrics, and batched multi-cell hooked runs.
+"""Shared machinery: pair batches, patch metrics, and batched multi-cell patched runs.
 
 Many patches per forward: a chunk of cells (e.g. heads) x a chunk of examples becomes one batch
 of ``cells * examples`` rows, cell ``i`` owning rows ``[i * n_ex, (i + 1) * n_ex)``; each hook
-patches only its own cell's rows. Prompts are right-padded, which is exact for causal models, and
-the metric reads each example's last real position. Memory per forward is ``rows x pos x d_vocab``
-logits plus the model's activations for ``rows`` sequences; ``batch_size`` caps ``rows``.
+patches only its own cell's rows (addressed through :class:`RowView`). Prompts are right-padded,
+which is exact for causal models, and the metric reads each example's last real position.
+
+Two engines compute the same numbers:
+- ``"hooked"``: one full hooked forward per chunk. Memory per forward: ``rows x pos x d_vocab``
+  logits plus the model's activations for ``rows x pos`` tokens; ``batch_size`` caps ``rows``.
+- ``"resume"`` (the default where the caller says where its patches act): one base forward per
+  example chunk builds a :class:`~sycointerp.patching._resume.ResumeState`; each chunk of cells
+  then restarts it at its first patched layer and recomputes only the positions from ``start``,
+  unembedding only the metric's tokens. Memory: the state, ``n_ex x n_layers x (2 x n_kv_heads x
+  prefix x d_head + suffix x d_model)`` floats, plus per resumed layer ``n_ex x n_heads x F x
+  (prefix + F)`` attention weights and ``n_ex x F x d_mlp`` activations, where ``F = cells x
+  suffix <= max(128, suffix)`` folded positions per example. ``batch_size`` caps ``cells x n_ex``.
 """
 
 from collections.abc import Callable, Iterator, Sequence
@@ -200,7 +210,7 @@ def cache_hooks(model: TransformerBridge, ids: torch.Tensor, names: Sequence[str
 
 
 Engine = Literal["auto", "resume", "hooked"]
-_MAX_FOLDED = 512  # positions per example in one resumed forward (cells x recomputed positions)
+_MAX_FOLDED = 128  # positions per example in one resumed forward (cells x recomputed positions)
 
 
 def run_cells(

@@ -55,7 +55,7 @@ from sycointerp.data.pairs import PromptPair, require_aligned
 from sycointerp.patching._engine import Engine, PairBatch, PatchMetric, RowView, baselines, cache_hooks, run_cells
 from sycointerp.patching.results import PatchResult
 
-__all__ = ["patch_heads", "patch_head_outputs", "patch_sites", "Sites"]
+__all__ = ["patch_heads", "patch_head_outputs", "patch_head_list", "patch_sites", "Sites"]
 
 Direction = Literal["denoise", "noise"]
 Where = Literal["last", "all", "each"]
@@ -190,6 +190,53 @@ def patch_sites(
     return PatchResult(values.reshape(shape), metric_ref, metric_cf, f"activation/{sites.label}/{position}/{direction}",
                        metric.name, metric.higher_is_sycophantic, "absolute", batch.ids,
                        {"model": str(model.cfg.model_name)}, components)
+
+
+def patch_head_list(
+    model: TransformerBridge,
+    batch: PairBatch,
+    metric: PatchMetric,
+    heads: Sequence[tuple[int, int]],
+    *,
+    position: Literal["last", "all"] = "last",
+    direction: Direction = "denoise",
+    batch_size: int = 64,
+    engine: Engine = "auto",
+) -> Float[torch.Tensor, "cell example"]:
+    """Patched metric minus base metric of only the listed ``(layer, head)`` outputs (``hook_z``).
+
+    The semantics of ``patch_heads(component="z")`` for a subset of heads (e.g. to verify a ranking
+    exactly). Rows follow ``heads``' order.
+
+    Raises:
+        ValueError: a head out of range, bad options, NaN metric.
+    """
+    L, H = model.cfg.n_layers, model.cfg.n_heads
+    bad = [(l, h) for l, h in heads if not (0 <= l < L and 0 <= h < H)]
+    if bad or not heads:
+        raise ValueError(f"heads must be a non-empty list of (layer < {L}, head < {H}) pairs; bad: {bad[:3]}")
+    if position not in ("last", "all") or direction not in ("denoise", "noise"):
+        raise ValueError(f"position must be 'last'/'all' and direction 'denoise'/'noise', got {position!r}, {direction!r}")
+    order = sorted(range(len(heads)), key=lambda i: heads[i])  # layer order, for resumed runs
+    sites = Sites("z", tuple(f"blocks.{l}.attn.hook_z" for l in range(L)), "head", H)
+    base, src = ("ref", "cf") if direction == "denoise" else ("cf", "ref")
+    base_ids, base_last = batch.side(base)
+    source = _source_cache(model, *batch.side(src), sites, position)
+
+    def hooks_for(cells: range, view: RowView):
+        todo: dict[int, list[tuple[int, int, int]]] = {}
+        for i, cell in enumerate(cells):
+            layer, head = heads[order[cell]]
+            todo.setdefault(layer, []).append((i, head, 0))
+        return [(sites.names[l], _patch_hook(source[sites.names[l]], view, t, sites, position)) for l, t in todo.items()]
+
+    start = base_last if position == "last" else batch.shared_prefix
+    patched = run_cells(model, base_ids, base_last, len(heads), hooks_for, metric, batch_size, engine=engine,
+                        first_layer=lambda cell: heads[order[cell]][0], start=start)
+    base_metric = baselines(model, batch, metric)[0 if base == "ref" else 1]
+    out = torch.empty_like(patched)
+    out[torch.tensor(order)] = patched - base_metric
+    return out
 
 
 def _check_alignment(pairs: Sequence[PromptPair], sites: Sites, position: str) -> None:

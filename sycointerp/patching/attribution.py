@@ -48,7 +48,8 @@ from jaxtyping import Float, Int
 from transformer_lens.model_bridge import TransformerBridge
 
 from sycointerp.data.pairs import PromptPair, require_aligned
-from sycointerp.patching._engine import PairBatch, PatchMetric, RowView, cache_hooks, run_cells, z_name
+from sycointerp.patching._engine import PairBatch, PatchMetric, cache_hooks, z_name
+from sycointerp.patching.activation import patch_head_list
 from sycointerp.patching.results import PatchResult
 
 __all__ = ["attribution_patch_heads", "spearman"]
@@ -198,43 +199,6 @@ def _attribute_chunk(
     return torch.stack(per_layer).transpose(1, 2).float().cpu(), base_metric.cpu(), src_metric.cpu()
 
 
-def _exact_effects(
-    model: TransformerBridge, batch: PairBatch, metric: PatchMetric, heads: list[tuple[int, int]],
-    base: str, position: Where, base_metric: torch.Tensor, batch_size: int,
-) -> Float[torch.Tensor, "cell example"]:
-    """Activation patching (``patch_head_outputs`` semantics) of only the listed heads."""
-    base_ids, base_last = batch.side(base)
-    src_ids, src_last = batch.side("cf" if base == "ref" else "ref")
-    cached = cache_hooks(model, src_ids, [z_name(l) for l in sorted({l for l, _ in heads})])
-    if position == "last":
-        cached = {n: z[torch.arange(batch.n), src_last] for n, z in cached.items()}
-
-    def hooks_for(cells: range, view: RowView):
-        by_layer: dict[int, list[tuple[int, int]]] = {}
-        for i, cell in enumerate(cells):
-            layer, head = heads[cell]
-            by_layer.setdefault(layer, []).append((i, head))
-
-        def make(layer: int, todo: list[tuple[int, int]]):
-            source = cached[z_name(layer)]
-
-            def hook(z: torch.Tensor, hook=None) -> torch.Tensor:
-                z = z.clone()  # activations may alias tensors used elsewhere; never write in place
-                for i, head in todo:
-                    rows = view.rows(i)
-                    if position == "all":
-                        z[rows, :, head] = view.gather(source, i)[:, :, head]
-                    else:
-                        z[torch.arange(rows.start, rows.stop), view.last[rows], head] = source[view.example[rows], head]
-                return z
-
-            return hook
-
-        return [(z_name(layer), make(layer, todo)) for layer, todo in by_layer.items()]
-
-    return run_cells(model, base_ids, base_last, len(heads), hooks_for, metric, batch_size) - base_metric
-
-
 def _verify(result: PatchResult, exact: torch.Tensor, heads: list[tuple[int, int]]) -> dict[str, object]:
     """``meta`` entries comparing attribution and exact patching on the verified heads (means over examples)."""
     attribution = torch.stack([result.mean[l, h] for l, h in heads])
@@ -314,6 +278,7 @@ def attribution_patch_heads(
                          "absolute", batch.ids, {"model": str(model.cfg.model_name), "ig_steps": ig_steps})
     if verify_top_k:
         heads = result.rank()[:verify_top_k]
-        exact = _exact_effects(model, batch, metric, heads, base, position, base_metric, batch_size)
+        exact = patch_head_list(model, batch, metric, heads, position=position, direction=direction,
+                                batch_size=batch_size)
         result = dataclasses.replace(result, meta={**result.meta, **_verify(result, exact, heads)})
     return result
