@@ -237,3 +237,22 @@ def test_patch_result_refusals(tmp_path):
         _result(torch.zeros(1, 2, 3)).top_k(5)
     with pytest.raises(FileNotFoundError, match="saved PatchResult"):
         PatchResult.load(tmp_path)
+
+
+def test_bad_metrics_are_refused_with_the_example(tiny_llama, questions):
+    from sycointerp.patching import PatchMetric
+
+    pairs = _pairs(tiny_llama, questions)
+    wrong_shape = PatchMetric("wide", True, lambda logits, example: logits[:, :2])
+    with pytest.raises(ValueError, match=r"metric 'wide' returned shape \(\d+, 2\)"):
+        patch_head_outputs(tiny_llama, pairs, wrong_shape)
+
+    def nan_for_example_2(logits, example):
+        out = logits[:, 0].clone()
+        out[example == 2] = float("nan")
+        return out
+    with pytest.raises(ValueError, match="returned NaN for example 2"):
+        path_patch_heads(tiny_llama, pairs, PatchMetric("nan", True, nan_for_example_2))
+    undeclared = PatchMetric("reads-5", True, lambda logits, example: logits[:, 5], token_ids=(7,))
+    with pytest.raises(ValueError, match="NaN"):  # resumed runs unembed only the declared tokens
+        path_patch_heads(tiny_llama, pairs, undeclared)
