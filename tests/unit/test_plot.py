@@ -1,0 +1,146 @@
+"""Figures of hand-built results: the plotted numbers are the result's, refusals, real PNG export."""
+
+import struct
+
+import numpy as np
+import pytest
+import torch
+
+from sycointerp.patching.knockout import KnockoutCurve
+from sycointerp.patching.results import PatchResult
+from sycointerp.plot import head_heatmap, knockout_plot, layer_position_heatmap, ranked_heads_bar, save_figure
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _result(components=("layer", "head"), shape=(3, 4), n=5, seed=0) -> PatchResult:
+    g = torch.Generator().manual_seed(seed)
+    values = torch.randn(*shape, n, generator=g)
+    return PatchResult(values, torch.ones(n), torch.zeros(n), "activation/z/last/denoise", "apology", True,
+                       components=components)
+
+
+def _curve(apology: bool = True, draws: int = 3) -> KnockoutCurve:
+    g = torch.Generator().manual_seed(1)
+    ks, n = (0, 1, 2), 4
+    rand_heads = tuple(tuple(tuple((d % 2, j) for j in range(k)) for d in range(draws)) for k in ks)
+    extra = {}
+    if apology:
+        extra = dict(apology_baseline=torch.ones(n), apology_top=(torch.rand(3, n, generator=g) > 0.5).float(),
+                     apology_random=(torch.rand(3, draws, n, generator=g) > 0.5).float())
+    return KnockoutCurve(ks=ks, baseline=torch.randn(n, generator=g), top=torch.randn(3, n, generator=g),
+                         random=torch.randn(3, draws, n, generator=g), top_heads=((0, 0), (1, 1)),
+                         random_heads=rand_heads, method="mean", metric="apology", higher_is_sycophantic=True,
+                         n_layers=2, n_heads=2, seed=0, **extra)
+
+
+def _png_size(path) -> tuple[int, int]:
+    data = path.read_bytes()
+    assert data[:8] == PNG_SIGNATURE and data[12:16] == b"IHDR"
+    return struct.unpack(">II", data[16:24])
+
+
+@pytest.mark.parametrize("components", [("layer", "head"), ("layer", "kv_head")])
+def test_head_heatmap_plots_mean_centred_with_hover_and_top_k_markers(components):
+    result = _result(components)
+    fig = head_heatmap(result, top_k=4)
+    heat, marks = fig.data
+    np.testing.assert_allclose(np.asarray(heat.z, dtype=float), result.mean.double().numpy(), rtol=0, atol=1e-12)
+    assert heat.zmid == 0
+    low, high = result.ci
+    hover = np.asarray(heat.text)
+    assert hover.shape == result.shape
+    l, h = 2, 1
+    assert f"layer {l}" in hover[l, h] and f"{components[1]} {h}" in hover[l, h]
+    assert f"SE {float(result.se[l, h]):.3g}" in hover[l, h]
+    assert f"95% CI [{float(low[l, h]):.4g}, {float(high[l, h]):.4g}]" in hover[l, h]
+    top = result.top_k(4)
+    assert list(zip(marks.y, marks.x)) == top and list(marks.text) == ["1", "2", "3", "4"]
+
+
+def test_head_heatmap_clips_top_k_and_refuses_other_layouts():
+    small = _result(shape=(2, 2))
+    assert len(head_heatmap(small, title="t").data[1].x) == 4  # default top_k=10 > 4 heads
+    assert len(head_heatmap(small, top_k=0).data) == 1
+    with pytest.raises(ValueError, match="top_k must be >= 0"):
+        head_heatmap(small, top_k=-1)
+    for components, shape in [(("layer", "pos"), (2, 3)), (("layer",), (2,)), (("layer", "head", "pos"), (2, 2, 3))]:
+        with pytest.raises(ValueError, match=r"head_heatmap needs a result with components \('layer', 'head'\)"):
+            head_heatmap(_result(components, shape))
+    with pytest.raises(ValueError, match="ranked_heads_bar needs"):
+        ranked_heads_bar(_result(("layer", "pos"), (2, 3)))
+
+
+def test_ranked_heads_bar_is_the_heads_table_with_ci_error_bars():
+    result = _result()
+    fig = ranked_heads_bar(result, k=5)
+    (bar,) = fig.data
+    table = result.heads_table().head(5)
+    assert list(bar.x) == [f"L{l}H{h}" for l, h in zip(table["layer"], table["head"])]
+    np.testing.assert_allclose(bar.y, table["score"])
+    np.testing.assert_allclose(np.asarray(bar.y) + bar.error_y.array, table["ci_high"])
+    np.testing.assert_allclose(np.asarray(bar.y) - bar.error_y.arrayminus, table["ci_low"])
+    assert len(ranked_heads_bar(result).data[0].x) == 12  # default k=20 clipped to the 12 heads
+    assert ranked_heads_bar(_result(("layer", "kv_head")), k=1).data[0].x[0].startswith("L")
+    with pytest.raises(ValueError, match="k must be >= 1"):
+        ranked_heads_bar(result, k=0)
+
+
+def test_knockout_plot_draws_top_random_band_and_apology_panel():
+    curve = _curve()
+    summary = curve.summary()
+    fig = knockout_plot(curve)
+    by_name = {}
+    for trace in fig.data:
+        by_name.setdefault(trace.name, []).append(trace)
+    assert len(by_name["top k"]) == 2  # metric and apology panels
+    for trace, measure in zip(by_name["top k"], ("metric", "apology")):
+        rows = summary[summary["measure"] == measure]
+        np.testing.assert_allclose(trace.y, rows["top"])
+        assert list(trace.x) == list(curve.ks)
+    rows = summary[summary["measure"] == "metric"]
+    (upper,) = by_name["metric random +std"]
+    np.testing.assert_allclose(upper.y, rows["random_mean"] + rows["random_std"])
+    np.testing.assert_allclose(by_name["random k (mean)"][0].y, rows["random_mean"])
+    assert by_name["random +-std"][0].fill == "tonexty"
+    single = knockout_plot(_curve(apology=False, draws=1))
+    assert {t.name for t in single.data} == {"top k", "random k (mean)", "no ablation"}  # no band: std is NaN
+
+
+def test_layer_position_heatmap_labels_tokens_and_refuses():
+    result = _result(("layer", "pos"), (2, 3))
+    tokens = ["<s>", " the", " the"]
+    fig = layer_position_heatmap(result, tokens)
+    np.testing.assert_allclose(np.asarray(fig.data[0].z, dtype=float), result.mean.double().numpy())
+    assert list(fig.layout.xaxis.ticktext) == ["&lt;s&gt;", " the", " the"]  # escaped: plotly renders HTML
+    assert list(fig.layout.xaxis.tickvals) == [0, 1, 2]  # repeated tokens keep their own columns
+    assert "pos 0 '&lt;s&gt;'" in fig.data[0].text[0][0] and "pos 2 ' the'" in fig.data[0].text[1][2]
+    assert layer_position_heatmap(result).layout.xaxis.ticktext is None
+    with pytest.raises(ValueError, match=r"one string per position \(3\), got 2"):
+        layer_position_heatmap(result, tokens[:2])
+    with pytest.raises(ValueError, match="layer_position_heatmap needs"):
+        layer_position_heatmap(_result())
+
+
+def test_save_figure_writes_self_contained_html_and_png_of_the_requested_size(tmp_path):
+    paths = save_figure(head_heatmap(_result()), tmp_path / "figs" / "heads.L0", width=640, height=480)
+    html, png = paths
+    assert [p.name for p in paths] == ["heads.L0.html", "heads.L0.png"]
+    assert _png_size(png) == (640, 480)
+    text = html.read_text()
+    assert text.lower().startswith("<!doctype html>") and 'src="https://cdn.plot.ly' not in text
+    assert len(text) > 1_000_000  # plotly.js itself is embedded: the file opens offline
+    assert not [p for p in (tmp_path / "figs").iterdir() if p.name.startswith(".")]  # no temporary leftovers
+    (html_only,) = save_figure(knockout_plot(_curve()), tmp_path / "knockout", png=False)
+    assert html_only.suffix == ".html" and not (tmp_path / "knockout.png").exists()
+
+
+def test_save_figure_default_size_and_refusals(tmp_path, monkeypatch):
+    _, png = save_figure(ranked_heads_bar(_result()), tmp_path / "bar")
+    assert _png_size(png) == (900, 700)
+    with pytest.raises(ValueError, match="without its suffix"):
+        save_figure(ranked_heads_bar(_result()), tmp_path / "bar.png")
+    monkeypatch.setenv("BROWSER_PATH", str(tmp_path / "no-chromium"))
+    with pytest.raises(RuntimeError, match=r"apt-get install -y chromium.*png=False"):
+        save_figure(ranked_heads_bar(_result()), tmp_path / "none")
+    assert not list(tmp_path.glob("none*"))  # a failed export writes nothing
