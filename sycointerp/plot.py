@@ -73,7 +73,7 @@ def _heatmap(result: PatchResult, column_labels: Sequence[str] | None, title: st
     fig = go.Figure(heat)
     fig.update_layout(title=title or f"{result.method}: {result.metric}", plot_bgcolor="white")
     fig.update_xaxes(title=_AXIS_TITLES.get(result.components[1], result.components[1]), dtick=1)
-    fig.update_yaxes(title="layer", autorange="reversed", dtick=1)
+    fig.update_yaxes(title="layer", range=[result.shape[0] - 0.5, -0.5], dtick=1)  # reversed: layer 0 on top
     return fig
 
 

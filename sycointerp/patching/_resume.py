@@ -41,8 +41,33 @@ class _Parts:
     lm_head: torch.nn.Module
 
 
+# Architectures whose decoder layers are known to resume exactly. Others fall back to full
+# hooked forwards: e.g. GPT-J / GPT-NeoX / Bloom lay their blocks out differently, Gemma-2/3
+# soft-cap the final logits after lm_head and use sliding windows per layer type.
+_RESUMABLE = {"llama", "mistral", "qwen2", "qwen3", "gpt2", "phi3", "olmo", "olmo2"}
+# Rotary types whose frequencies depend on the longest position seen would differ on a suffix.
+_POSITION_DEPENDENT_ROPE = {"dynamic", "longrope"}
+
+
+def _config_blocks_resume(config) -> str | None:
+    """Why this HuggingFace config cannot resume exactly, or None."""
+    if getattr(config, "model_type", None) not in _RESUMABLE:
+        return f"model type {getattr(config, 'model_type', None)!r} is not in the resumable set {sorted(_RESUMABLE)}"
+    if getattr(config, "final_logit_softcapping", None) or getattr(config, "logit_scale", None):
+        return "the final logits are soft-capped or scaled after lm_head"
+    window = getattr(config, "sliding_window", None)
+    if window and getattr(config, "use_sliding_window", True):
+        return f"sliding-window attention (window {window}) is not expressed in the resumed mask"
+    rope = getattr(config, "rope_scaling", None) or getattr(config, "rope_parameters", None) or {}
+    if isinstance(rope, dict) and (rope.get("rope_type") or rope.get("type")) in _POSITION_DEPENDENT_ROPE:
+        return "its rotary scaling depends on the longest position"
+    return None
+
+
 def _parts(model: TransformerBridge) -> _Parts | None:
     hf = getattr(model, "original_model", None)
+    if hf is None or _config_blocks_resume(hf.config) is not None:
+        return None
     base = getattr(hf, "model", None) or getattr(hf, "transformer", None)
     layers = getattr(base, "layers", None) or getattr(base, "h", None)
     norm = getattr(base, "norm", None) or getattr(base, "ln_f", None)
@@ -53,7 +78,7 @@ def _parts(model: TransformerBridge) -> _Parts | None:
 
 
 def supports_resume(model: TransformerBridge) -> bool:
-    """Whether resumed runs are available for this model's architecture."""
+    """Whether resumed runs are available (and exact) for this model's architecture and config."""
     return _parts(model) is not None
 
 
@@ -164,6 +189,9 @@ def unfold_hook(name: str, fn: Callable, rep: int, suffix: int) -> Callable:
                          "use engine='hooked'")
 
     def hook(act: torch.Tensor, hook=None) -> torch.Tensor:
+        if act.ndim < 3 or act.shape[1] != rep * suffix:  # block activations: [example, pos, features...]
+            raise ValueError(f"hook {name!r} got shape {tuple(act.shape)}, not [example, {rep * suffix} positions, ...]; "
+                             "resumed runs support hooks inside the decoder blocks only (use engine='hooked')")
         n, rest = act.shape[0], act.shape[2:]
         rows = act.reshape(n, rep, suffix, *rest).transpose(0, 1).reshape(rep * n, suffix, *rest)
         out = fn(rows, hook)
@@ -194,11 +222,13 @@ def resume_logits(
     """
     parts = _parts(model)
     if parts is None:
-        raise ValueError(f"resumed runs do not support {type(model.original_model).__name__}; use engine='hooked'")
+        why = _config_blocks_resume(model.original_model.config) or "its module layout is not recognised"
+        raise ValueError(f"resumed runs do not support {type(model.original_model).__name__} ({why}); "
+                         "use engine='hooked'")
     n, S = len(state.start), state.suffix
-    pos = (state.start[:, None] + torch.arange(S)).repeat(1, rep)
     hidden = state.resid[from_layer].repeat(1, rep, 1)
-    kwargs = {"attention_mask": _mask(state, rep), "use_cache": True,
+    pos = (state.start[:, None] + torch.arange(S)).repeat(1, rep).to(hidden.device)
+    kwargs = {"attention_mask": _mask(state, rep).to(hidden.device), "use_cache": True,
               "past_key_values": _ReadOnlyPrefix(state.keys, state.values)}
     if parts.rotary is not None:
         kwargs.update(position_ids=pos, position_embeddings=parts.rotary(hidden, pos))
@@ -215,6 +245,6 @@ def _unembed(lm_head: torch.nn.Module, x: torch.Tensor, token_ids: Sequence[int]
         return lm_head(x)
     ids = torch.tensor(sorted(set(token_ids)))
     bias = lm_head.bias[ids] if getattr(lm_head, "bias", None) is not None else None
-    out = torch.full((x.shape[0], lm_head.weight.shape[0]), float("nan"), dtype=x.dtype)
+    out = torch.full((x.shape[0], lm_head.weight.shape[0]), float("nan"), dtype=x.dtype, device=x.device)
     out[:, ids] = F.linear(x, lm_head.weight[ids], bias)
     return out

@@ -217,6 +217,8 @@ def patch_head_list(
         raise ValueError(f"heads must be a non-empty list of (layer < {L}, head < {H}) pairs; bad: {bad[:3]}")
     if position not in ("last", "all") or direction not in ("denoise", "noise"):
         raise ValueError(f"position must be 'last'/'all' and direction 'denoise'/'noise', got {position!r}, {direction!r}")
+    if position == "all" and (batch.ref.shape != batch.cf.shape or not torch.equal(batch.ref_last, batch.cf_last)):
+        raise ValueError("position='all' needs aligned pairs (equal token counts); build them with align=True")
     order = sorted(range(len(heads)), key=lambda i: heads[i])  # layer order, for resumed runs
     sites = Sites("z", tuple(f"blocks.{l}.attn.hook_z" for l in range(L)), "head", H)
     base, src = ("ref", "cf") if direction == "denoise" else ("cf", "ref")

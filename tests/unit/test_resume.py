@@ -89,3 +89,26 @@ def test_resume_refusals(tiny_llama):
     metric = flip_metric(PairBatch.from_pairs(build_pairs(load_builtin()[:1], tiny_llama.tokenizer), 0))
     with pytest.raises(ValueError, match="needs first_layer or start"):
         run_cells(tiny_llama, ids, torch.tensor([5, 5]), 1, lambda c, v: [], metric, 4, engine="resume")
+
+
+def test_configs_that_cannot_resume_exactly_fall_back():
+    """Soft-capped logits, sliding windows, position-dependent rotary and unknown layouts refuse."""
+    from transformers import GPTJConfig, LlamaConfig, MistralConfig
+
+    from sycointerp.patching._resume import _config_blocks_resume
+
+    assert _config_blocks_resume(LlamaConfig()) is None
+    assert _config_blocks_resume(MistralConfig(sliding_window=None)) is None
+    assert "sliding-window" in _config_blocks_resume(MistralConfig(sliding_window=4096))
+    assert "not in the resumable set" in _config_blocks_resume(GPTJConfig())
+    soft = LlamaConfig()
+    soft.final_logit_softcapping = 30.0
+    assert "soft-capped" in _config_blocks_resume(soft)
+    dynamic = LlamaConfig(rope_scaling={"rope_type": "dynamic", "factor": 2.0})
+    assert "rotary" in _config_blocks_resume(dynamic)
+
+
+def test_unfold_hook_refuses_activations_outside_the_blocks():
+    hook = unfold_hook("ln_final.hook_normalized", lambda x, hook: x, rep=4, suffix=16)
+    with pytest.raises(ValueError, match="inside the decoder blocks"):
+        hook(torch.zeros(3, 64))  # [rows, d_model]: no position axis, even though 64 == 4 * 16
