@@ -39,6 +39,7 @@ class _Parts:
     norm: torch.nn.Module
     rotary: torch.nn.Module | None
     lm_head: torch.nn.Module
+    decoder: torch.nn.Module
 
 
 # Architectures whose decoder layers are known to resume exactly. Others fall back to full
@@ -74,7 +75,7 @@ def _parts(model: TransformerBridge) -> _Parts | None:
     head = getattr(hf, "lm_head", None)
     if layers is None or norm is None or head is None or len(layers) != model.cfg.n_layers:
         return None
-    return _Parts(layers, norm, getattr(base, "rotary_emb", None), head)
+    return _Parts(layers, norm, getattr(base, "rotary_emb", None), head, base)
 
 
 def supports_resume(model: TransformerBridge) -> bool:
@@ -140,23 +141,27 @@ def build_state(model: TransformerBridge, ids: Int[torch.Tensor, "example pos"],
     if (start > last).any() or (start < 0).any():
         bad = int(torch.nonzero((start > last) | (start < 0))[0])
         raise ValueError(f"example {bad}: resume start {int(start[bad])} is outside [0, {int(last[bad])}]")
+    parts = _parts(model)
+    if parts is None:
+        raise ValueError(f"resumed runs do not support {type(model.original_model).__name__}; use engine='hooked'")
     L = model.cfg.n_layers
-    captured: dict[int, torch.Tensor] = {}
-
-    def keep(layer: int):
-        def hook(x: torch.Tensor, hook=None) -> None:
-            captured[layer] = x.detach().clone()
-        return hook
-
-    with model.hooks(fwd_hooks=[(f"blocks.{l}.hook_resid_pre", keep(l)) for l in range(L)]):
-        _, cache = model(ids, return_type="logits_and_cache")
     prefix = int(start.max())
     suffix = int((last - start).max()) + 1
     pos = torch.minimum(start[:, None] + torch.arange(suffix), last[:, None])
     rows = torch.arange(ids.shape[0])[:, None]
+    captured: dict[int, torch.Tensor] = {}
+
+    def keep(layer: int):
+        def hook(x: torch.Tensor, hook=None) -> None:
+            captured[layer] = x[rows, pos].detach().clone()  # only the suffix positions are ever resumed
+        return hook
+
+    # The decoder stack without lm_head: no [example, pos, d_vocab] logits are ever materialised.
+    with model.hooks(fwd_hooks=[(f"blocks.{l}.hook_resid_pre", keep(l)) for l in range(L)]):
+        cache = parts.decoder(input_ids=ids.to(model.cfg.device), use_cache=True).past_key_values
     keys = tuple(cache.layers[l].keys[:, :, :prefix].clone() for l in range(L))
     values = tuple(cache.layers[l].values[:, :, :prefix].clone() for l in range(L))
-    resid = tuple(captured[l][rows, pos] for l in range(L))
+    resid = tuple(captured[l] for l in range(L))
     return ResumeState(start, last, keys, values, resid)
 
 
