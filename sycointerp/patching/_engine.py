@@ -183,11 +183,17 @@ def run_metric(model: TransformerBridge, ids: torch.Tensor, last: torch.Tensor, 
     return metric(logits[torch.arange(ids.shape[0]), last].float(), example)
 
 
-def baselines(model: TransformerBridge, batch: PairBatch, metric: PatchMetric) -> tuple[torch.Tensor, torch.Tensor]:
-    """Unpatched metric of the reference and the counterfactual runs, ``[example]`` each."""
-    ex = torch.arange(batch.n)
-    ref, cf = (run_metric(model, *batch.side(s), metric, ex) for s in ("ref", "cf"))
-    return ref, cf
+def baselines(model: TransformerBridge, batch: PairBatch, metric: PatchMetric,
+              batch_size: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+    """Unpatched metric of the reference and the counterfactual runs, ``[example]`` each
+    (``batch_size`` examples per forward)."""
+
+    def side(name: str) -> torch.Tensor:
+        ids, last = batch.side(name)
+        return torch.cat([run_metric(model, ids[c.start:c.stop], last[c.start:c.stop], metric,
+                                     torch.arange(c.start, c.stop)) for c in _chunks(batch.n, batch_size)])
+
+    return side("ref"), side("cf")
 
 
 def z_name(layer: int) -> str:

@@ -256,3 +256,14 @@ def test_bad_metrics_are_refused_with_the_example(tiny_llama, questions):
     undeclared = PatchMetric("reads-5", True, lambda logits, example: logits[:, 5], token_ids=(7,))
     with pytest.raises(ValueError, match="NaN"):  # resumed runs unembed only the declared tokens
         path_patch_heads(tiny_llama, pairs, undeclared)
+
+
+def test_baselines_do_not_depend_on_batch_size(tiny, questions):
+    from sycointerp.patching._engine import baselines
+
+    pairs = build_pairs(questions, tiny.tokenizer, position="reply")  # unequal lengths: padding differs per chunk
+    batch = PairBatch.from_pairs(pairs, 0)
+    metric = apology_logit_diff_metric(tiny.tokenizer)
+    one, many = baselines(tiny, batch, metric, batch_size=1), baselines(tiny, batch, metric, batch_size=64)
+    for a, b in zip(one, many):
+        assert a.shape == (len(pairs),) and torch.allclose(a, b, atol=ATOL)
