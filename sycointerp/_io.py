@@ -1,14 +1,19 @@
-"""Atomic file writes: write to a temporary file in the target's directory, then rename.
+"""Atomic file writes and the safetensors + JSON bundles results are saved as (no pickle).
 
 A crash mid-write leaves the previous file (or none), never a truncated one.
 """
 
+import json
 import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-__all__ = ["atomic_write"]
+import torch
+from safetensors.torch import load_file, save_file
+
+__all__ = ["atomic_write", "write_tensors", "write_json", "read_bundle"]
 
 
 def atomic_write(target: Path, write: Callable[[str], object]) -> None:
@@ -21,3 +26,28 @@ def atomic_write(target: Path, write: Callable[[str], object]) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_tensors(target: Path, tensors: dict[str, torch.Tensor]) -> None:
+    """Save ``tensors`` (made contiguous) as safetensors, atomically."""
+    flat = {name: t.contiguous() for name, t in tensors.items()}
+    atomic_write(target, lambda p: save_file(flat, p))
+
+
+def write_json(target: Path, obj: Any) -> None:
+    """Save ``obj`` as indented JSON, atomically."""
+    atomic_write(target, lambda p: Path(p).write_text(json.dumps(obj, indent=2)))
+
+
+def read_bundle(directory: str | Path, tensors_name: str, json_name: str,
+                what: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """The tensors and JSON info of a saved ``what`` (e.g. ``"PatchResult"``) in ``directory``.
+
+    Raises:
+        FileNotFoundError: one of the two files is missing.
+    """
+    src = Path(directory)
+    for name in (tensors_name, json_name):
+        if not (src / name).is_file():
+            raise FileNotFoundError(f"{src / name} is missing; is {src} a saved {what} directory?")
+    return load_file(src / tensors_name), json.loads((src / json_name).read_text())

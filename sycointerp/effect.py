@@ -14,7 +14,6 @@ job exists); it writes ``summary.json`` and per-example ``per_example.safetensor
 """
 
 import argparse
-import json
 import sys
 import tempfile
 import time
@@ -24,10 +23,9 @@ from pathlib import Path
 
 import torch
 from jaxtyping import Float
-from safetensors.torch import save_file
 from transformer_lens.model_bridge import TransformerBridge
 
-from sycointerp._io import atomic_write
+from sycointerp._io import write_json, write_tensors
 from sycointerp.data.pairs import build_pairs
 from sycointerp.data.questions import Question
 from sycointerp.generate import first_answers
@@ -92,9 +90,8 @@ class EffectResult:
             "n_flipped": int(self.flipped.sum()), "question_ids": list(self.question_ids),
             "metrics": {k: v.to_json() for k, v in self.summary().items()}, **(extra or {}),
         }
-        atomic_write(out / "summary.json", lambda p: Path(p).write_text(json.dumps(summary, indent=2)))
-        tensors = {k: v.contiguous() for k, v in self.metrics.items()}
-        atomic_write(out / "per_example.safetensors", lambda p: save_file(tensors, p))
+        write_json(out / "summary.json", summary)
+        write_tensors(out / "per_example.safetensors", dict(self.metrics))
         return out
 
 

@@ -48,7 +48,7 @@ from jaxtyping import Float, Int
 from transformer_lens.model_bridge import TransformerBridge
 
 from sycointerp.data.pairs import PromptPair, require_aligned
-from sycointerp.patching._engine import PairBatch, PatchMetric, cache_hooks, z_name
+from sycointerp.patching._engine import PairBatch, PatchMetric, z_name
 from sycointerp.patching.activation import patch_head_list
 from sycointerp.patching.results import PatchResult
 

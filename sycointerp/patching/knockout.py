@@ -45,7 +45,6 @@ shorter than ``max(ks)``; ``n_random < 1``; ``generate=True`` with pairs that do
 reply; a model in training mode (RuntimeError); hooks that never fired (RuntimeError).
 """
 
-import json
 import operator
 import re
 from collections.abc import Iterator, Mapping, Sequence
@@ -57,10 +56,9 @@ from typing import Any, Literal
 import pandas as pd
 import torch
 from jaxtyping import Float, Int
-from safetensors.torch import load_file, save_file
 from transformer_lens.model_bridge import TransformerBridge
 
-from sycointerp._io import atomic_write
+from sycointerp._io import read_bundle, write_json, write_tensors
 from sycointerp.data.pairs import PromptPair, pad_right, require_aligned
 from sycointerp.generate import greedy_generate
 from sycointerp.patching._engine import PairBatch, PatchMetric, cache_hooks, run_metric, z_name
@@ -551,18 +549,17 @@ class KnockoutCurve:
         """Write curve.safetensors and curve.json (each atomically); no pickle."""
         out = Path(directory)
         out.mkdir(parents=True, exist_ok=True)
-        tensors = {"baseline": self.baseline.contiguous(), "top": self.top.contiguous(),
-                   "random": self.random.contiguous()}
+        tensors = {"baseline": self.baseline, "top": self.top, "random": self.random}
         if self.has_apology:
-            tensors.update(apology_baseline=self.apology_baseline.contiguous(),
-                           apology_top=self.apology_top.contiguous(), apology_random=self.apology_random.contiguous())
-        atomic_write(out / "curve.safetensors", lambda p: save_file(tensors, p))
+            tensors.update(apology_baseline=self.apology_baseline, apology_top=self.apology_top,
+                           apology_random=self.apology_random)
+        write_tensors(out / "curve.safetensors", tensors)
         info = {"ks": list(self.ks), "top_heads": _heads_json(self.top_heads),
                 "random_heads": [[_heads_json(d) for d in per_k] for per_k in self.random_heads],
                 "method": self.method, "metric": self.metric, "higher_is_sycophantic": self.higher_is_sycophantic,
                 "n_layers": self.n_layers, "n_heads": self.n_heads, "seed": self.seed,
                 "example_ids": list(self.example_ids), "meta": self.meta}
-        atomic_write(out / "curve.json", lambda p: Path(p).write_text(json.dumps(info, indent=2)))
+        write_json(out / "curve.json", info)
         return out
 
     @classmethod
@@ -572,12 +569,7 @@ class KnockoutCurve:
         Raises:
             FileNotFoundError: a file of the curve is missing.
         """
-        src = Path(directory)
-        for name in ("curve.safetensors", "curve.json"):
-            if not (src / name).is_file():
-                raise FileNotFoundError(f"{src / name} is missing; is {src} a saved KnockoutCurve directory?")
-        t = load_file(src / "curve.safetensors")
-        info = json.loads((src / "curve.json").read_text())
+        t, info = read_bundle(directory, "curve.safetensors", "curve.json", "KnockoutCurve")
         random_heads = tuple(tuple(_heads_tuple(d) for d in per_k) for per_k in info["random_heads"])
         return cls(tuple(info["ks"]), t["baseline"], t["top"], t["random"], _heads_tuple(info["top_heads"]),
                    random_heads, info["method"], info["metric"], info["higher_is_sycophantic"], info["n_layers"],

@@ -117,7 +117,7 @@ def _positions(cache: dict[str, torch.Tensor], last: torch.Tensor, position: str
 
 
 def _write(act: torch.Tensor, view: RowView, i: int, source: torch.Tensor, position: str,
-           unit: tuple | int | list | slice = slice(None)) -> None:
+           unit: int | slice = slice(None)) -> None:
     """Overwrite cell ``i``'s rows of ``act`` ``[rows, local_pos, ...]`` with ``source`` at its positions."""
     rows = view.rows(i)
     if position == "all":

@@ -15,7 +15,6 @@ Conventions:
   schema). No pickle anywhere.
 """
 
-import json
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -25,9 +24,8 @@ import numpy as np
 import pandas as pd
 import torch
 from jaxtyping import Float
-from safetensors.torch import load_file, save_file
 
-from sycointerp._io import atomic_write
+from sycointerp._io import atomic_write, read_bundle, write_json, write_tensors
 from sycointerp.stats import bootstrap_ci
 
 __all__ = ["PatchResult", "HEADS_CSV_COLUMNS", "HEAD_COMPONENTS"]
@@ -206,13 +204,12 @@ class PatchResult:
         """
         out = Path(directory)
         out.mkdir(parents=True, exist_ok=True)
-        tensors = {"values": self.values.contiguous(), "metric_ref": self.metric_ref.contiguous(),
-                   "metric_cf": self.metric_cf.contiguous()}
-        atomic_write(out / "values.safetensors", lambda p: save_file(tensors, p))
+        write_tensors(out / "values.safetensors",
+                      {"values": self.values, "metric_ref": self.metric_ref, "metric_cf": self.metric_cf})
         info = {"method": self.method, "metric": self.metric, "higher_is_sycophantic": self.higher_is_sycophantic,
                 "kind": self.kind, "example_ids": list(self.example_ids), "meta": self.meta,
                 "components": list(self.components)}
-        atomic_write(out / "result.json", lambda p: Path(p).write_text(json.dumps(info, indent=2)))
+        write_json(out / "result.json", info)
         if self.has_heads_table:
             atomic_write(out / "heads.csv", lambda p: self.heads_table().to_csv(p, index=False, float_format="%.8g"))
         else:
@@ -226,12 +223,7 @@ class PatchResult:
         Raises:
             FileNotFoundError: a file of the result is missing.
         """
-        src = Path(directory)
-        for name in ("values.safetensors", "result.json"):
-            if not (src / name).is_file():
-                raise FileNotFoundError(f"{src / name} is missing; is {src} a saved PatchResult directory?")
-        tensors = load_file(src / "values.safetensors")
-        info = json.loads((src / "result.json").read_text())
+        tensors, info = read_bundle(directory, "values.safetensors", "result.json", "PatchResult")
         return cls(tensors["values"], tensors["metric_ref"], tensors["metric_cf"], info["method"], info["metric"],
                    info["higher_is_sycophantic"], info["kind"], tuple(info["example_ids"]), info["meta"],
                    tuple(info.get("components", ("layer", "head"))))

@@ -3,7 +3,6 @@
 import shutil
 import time
 
-import pytest
 import torch
 from transformers import AutoModelForCausalLM
 

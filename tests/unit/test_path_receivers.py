@@ -100,7 +100,7 @@ def test_pass_one_adds_only_the_senders_direct_contribution(tiny_llama, question
     model = tiny_llama
     (pair,) = build_pairs(questions[:1], model.tokenizer, align=True)
     ref, cf = _cache(model, pair.ref_ids), _cache(model, pair.cf_ids)
-    L, H, d = model.cfg.n_layers, model.cfg.n_heads, model.cfg.d_head
+    H, d = model.cfg.n_heads, model.cfg.d_head
     hs, last = 1, len(pair.ref_ids) - 1
 
     def patch(z, hook=None):
