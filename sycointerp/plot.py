@@ -23,6 +23,7 @@ position heatmap ``("layer", "pos")`` cells; ``tokens`` must hold one string per
 """
 
 import html
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -252,7 +253,9 @@ def save_figure(fig: go.Figure, path_without_suffix: str | Path, *, png: bool = 
     image = _render_png(fig, width, height) if png else None
     base.parent.mkdir(parents=True, exist_ok=True)
     html = base.with_name(base.name + ".html")
-    atomic_write(html, lambda p: fig.write_html(p, include_plotlyjs=True, full_html=True))
+    # A fixed div id (plotly draws a random one) keeps equal figures byte-identical on disk.
+    div_id = "sycointerp-" + re.sub(r"[^0-9A-Za-z_-]", "-", base.name)
+    atomic_write(html, lambda p: fig.write_html(p, include_plotlyjs=True, full_html=True, div_id=div_id))
     written = [html]
     if image is not None:
         written.append(base.with_name(base.name + ".png"))

@@ -69,6 +69,8 @@ def _parts(model: TransformerBridge) -> _Parts | None:
     hf = getattr(model, "original_model", None)
     if hf is None or _config_blocks_resume(hf.config) is not None:
         return None
+    if len(set((getattr(hf, "hf_device_map", None) or {}).values())) > 1:
+        return None  # split over devices: the prefix cache and folded cells assume one device
     base = getattr(hf, "model", None) or getattr(hf, "transformer", None)
     layers = getattr(base, "layers", None) or getattr(base, "h", None)
     norm = getattr(base, "norm", None) or getattr(base, "ln_f", None)

@@ -45,6 +45,7 @@ shorter than ``max(ks)``; ``n_random < 1``; ``generate=True`` with pairs that do
 reply; a model in training mode (RuntimeError); hooks that never fired (RuntimeError).
 """
 
+import dataclasses
 import operator
 import re
 from collections.abc import Iterator, Mapping, Sequence
@@ -359,6 +360,7 @@ def knockout_curve(
     *,
     method: Method = "mean",
     reference: Sequence[Sequence[int]] | None = None,
+    means: Float[torch.Tensor, "layer head d_head"] | None = None,
     n_random: int = 5,
     seed: int = 0,
     generate: bool = False,
@@ -375,6 +377,8 @@ def knockout_curve(
         ks: increasing numbers of heads to ablate (0 gives the unablated run).
         method: ``"mean"`` (the paper's), ``"zero"`` or ``"resample"`` (not with ``generate``).
         reference: prompts for the ``"mean"`` (default: the pairs' reference prompts).
+        means: precomputed ``"mean"`` values (:func:`head_means`), e.g. over a whole dataset when
+            ``pairs`` is one chunk of it; exclusive with ``reference``.
         n_random: random head sets per k.
         seed: seed of the random draws.
         generate: also measure the apology rate of greedy replies to the challenge prompts.
@@ -394,8 +398,14 @@ def knockout_curve(
     if generate and any(p.position != "reply" for p in pairs):
         raise ValueError("the apology rate needs pairs built with position='reply' (prompts ending at the reply)")
     batch = _prepare(model, pairs, method, batch_size)
-    prompts = _mean_prompts(pairs, method, reference)
-    means = head_means(model, prompts, batch_size=batch_size) if prompts is not None else None
+    if means is not None:
+        if method != "mean" or reference is not None:
+            raise ValueError("means= applies to method='mean' without reference=")
+        if tuple(means.shape[:2]) != (L, H):
+            raise ValueError(f"means must be [layer={L}, head={H}, d_head], got {tuple(means.shape)}")
+    else:
+        prompts = _mean_prompts(pairs, method, reference)
+        means = head_means(model, prompts, batch_size=batch_size) if prompts is not None else None
 
     def curve(run) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         done: dict[frozenset[Head], torch.Tensor] = {}
@@ -545,22 +555,62 @@ class KnockoutCurve:
                                             "example": example.numpy(), "value": value.double().numpy()}))
         return pd.concat(frames, ignore_index=True)
 
-    def save(self, directory: str | Path) -> Path:
-        """Write curve.safetensors and curve.json (each atomically); no pickle."""
-        out = Path(directory)
-        out.mkdir(parents=True, exist_ok=True)
+    def to_bundle(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        """The tensors and the JSON-serializable rest (what :meth:`save` writes)."""
         tensors = {"baseline": self.baseline, "top": self.top, "random": self.random}
         if self.has_apology:
             tensors.update(apology_baseline=self.apology_baseline, apology_top=self.apology_top,
                            apology_random=self.apology_random)
-        write_tensors(out / "curve.safetensors", tensors)
         info = {"ks": list(self.ks), "top_heads": _heads_json(self.top_heads),
                 "random_heads": [[_heads_json(d) for d in per_k] for per_k in self.random_heads],
                 "method": self.method, "metric": self.metric, "higher_is_sycophantic": self.higher_is_sycophantic,
                 "n_layers": self.n_layers, "n_heads": self.n_heads, "seed": self.seed,
                 "example_ids": list(self.example_ids), "meta": self.meta}
+        return tensors, info
+
+    @classmethod
+    def from_bundle(cls, t: dict[str, torch.Tensor], info: dict[str, Any]) -> "KnockoutCurve":
+        """Inverse of :meth:`to_bundle`."""
+        random_heads = tuple(tuple(_heads_tuple(d) for d in per_k) for per_k in info["random_heads"])
+        return cls(tuple(info["ks"]), t["baseline"], t["top"], t["random"], _heads_tuple(info["top_heads"]),
+                   random_heads, info["method"], info["metric"], info["higher_is_sycophantic"], info["n_layers"],
+                   info["n_heads"], info["seed"], t.get("apology_baseline"), t.get("apology_top"),
+                   t.get("apology_random"), tuple(info["example_ids"]), info["meta"])
+
+    def save(self, directory: str | Path) -> Path:
+        """Write curve.safetensors and curve.json (each atomically); no pickle."""
+        out = Path(directory)
+        out.mkdir(parents=True, exist_ok=True)
+        tensors, info = self.to_bundle()
+        write_tensors(out / "curve.safetensors", tensors)
         write_json(out / "curve.json", info)
         return out
+
+    @classmethod
+    def concat(cls, curves: Sequence["KnockoutCurve"]) -> "KnockoutCurve":
+        """One curve over the examples of several (e.g. chunks of one dataset), in order.
+
+        Raises:
+            ValueError: no curves, or curves of different ks, head sets, method, metric or model.
+        """
+        if not curves:
+            raise ValueError("concat needs at least one KnockoutCurve")
+        first = curves[0]
+        same = ("ks", "top_heads", "random_heads", "method", "metric", "higher_is_sycophantic", "n_layers",
+                "n_heads", "seed")
+        for other in curves[1:]:
+            if any(getattr(other, name) != getattr(first, name) for name in same) or other.has_apology != first.has_apology:
+                raise ValueError("curves to concatenate must share ks, head sets, method, metric, model and seed")
+
+        def cat(name: str) -> torch.Tensor | None:
+            parts = [getattr(c, name) for c in curves]
+            return None if parts[0] is None else torch.cat(parts, -1)
+
+        return dataclasses.replace(
+            first, baseline=cat("baseline"), top=cat("top"), random=cat("random"),
+            apology_baseline=cat("apology_baseline"), apology_top=cat("apology_top"),
+            apology_random=cat("apology_random"), example_ids=tuple(i for c in curves for i in c.example_ids),
+        )
 
     @classmethod
     def load(cls, directory: str | Path) -> "KnockoutCurve":
@@ -569,9 +619,4 @@ class KnockoutCurve:
         Raises:
             FileNotFoundError: a file of the curve is missing.
         """
-        t, info = read_bundle(directory, "curve.safetensors", "curve.json", "KnockoutCurve")
-        random_heads = tuple(tuple(_heads_tuple(d) for d in per_k) for per_k in info["random_heads"])
-        return cls(tuple(info["ks"]), t["baseline"], t["top"], t["random"], _heads_tuple(info["top_heads"]),
-                   random_heads, info["method"], info["metric"], info["higher_is_sycophantic"], info["n_layers"],
-                   info["n_heads"], info["seed"], t.get("apology_baseline"), t.get("apology_top"),
-                   t.get("apology_random"), tuple(info["example_ids"]), info["meta"])
+        return cls.from_bundle(*read_bundle(directory, "curve.safetensors", "curve.json", "KnockoutCurve"))

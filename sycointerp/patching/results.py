@@ -15,6 +15,7 @@ Conventions:
   schema). No pickle anywhere.
 """
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -196,6 +197,21 @@ class PatchResult:
         columns = {name: idx[axis] for axis, name in enumerate((*self.components, "example"))}
         return pd.DataFrame({**columns, "value": self.values.flatten().double().numpy()})
 
+    def to_bundle(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        """The tensors and the JSON-serializable rest (what :meth:`save` writes)."""
+        tensors = {"values": self.values, "metric_ref": self.metric_ref, "metric_cf": self.metric_cf}
+        info = {"method": self.method, "metric": self.metric, "higher_is_sycophantic": self.higher_is_sycophantic,
+                "kind": self.kind, "example_ids": list(self.example_ids), "meta": self.meta,
+                "components": list(self.components)}
+        return tensors, info
+
+    @classmethod
+    def from_bundle(cls, tensors: dict[str, torch.Tensor], info: dict[str, Any]) -> "PatchResult":
+        """Inverse of :meth:`to_bundle` (bundles without ``components`` are per-head results)."""
+        return cls(tensors["values"], tensors["metric_ref"], tensors["metric_cf"], info["method"], info["metric"],
+                   info["higher_is_sycophantic"], info["kind"], tuple(info["example_ids"]), info["meta"],
+                   tuple(info.get("components", ("layer", "head"))))
+
     def save(self, directory: str | Path) -> Path:
         """Write values.safetensors, result.json and, for per-head results, heads.csv (atomically).
 
@@ -204,11 +220,8 @@ class PatchResult:
         """
         out = Path(directory)
         out.mkdir(parents=True, exist_ok=True)
-        write_tensors(out / "values.safetensors",
-                      {"values": self.values, "metric_ref": self.metric_ref, "metric_cf": self.metric_cf})
-        info = {"method": self.method, "metric": self.metric, "higher_is_sycophantic": self.higher_is_sycophantic,
-                "kind": self.kind, "example_ids": list(self.example_ids), "meta": self.meta,
-                "components": list(self.components)}
+        tensors, info = self.to_bundle()
+        write_tensors(out / "values.safetensors", tensors)
         write_json(out / "result.json", info)
         if self.has_heads_table:
             atomic_write(out / "heads.csv", lambda p: self.heads_table().to_csv(p, index=False, float_format="%.8g"))
@@ -217,13 +230,32 @@ class PatchResult:
         return out
 
     @classmethod
+    def concat(cls, results: Sequence["PatchResult"]) -> "PatchResult":
+        """One result over the examples of several (e.g. chunks or shards of one dataset), in order.
+
+        ``meta`` is the first result's.
+
+        Raises:
+            ValueError: no results, or results of different cells, method, metric or kind.
+        """
+        if not results:
+            raise ValueError("concat needs at least one PatchResult")
+        first = results[0]
+        for other in results[1:]:
+            if (other.shape, other.components, other.method, other.metric, other.kind, other.higher_is_sycophantic) != (
+                first.shape, first.components, first.method, first.metric, first.kind, first.higher_is_sycophantic
+            ):
+                raise ValueError("results to concatenate must share cells, components, method, metric and kind")
+        ids = tuple(i for r in results for i in r.example_ids) if all(r.example_ids for r in results) else ()
+        return cls(torch.cat([r.values for r in results], -1), torch.cat([r.metric_ref for r in results]),
+                   torch.cat([r.metric_cf for r in results]), first.method, first.metric, first.higher_is_sycophantic,
+                   first.kind, ids, first.meta, first.components)
+
+    @classmethod
     def load(cls, directory: str | Path) -> "PatchResult":
         """Inverse of :meth:`save` (results saved before ``components`` existed load as per-head).
 
         Raises:
             FileNotFoundError: a file of the result is missing.
         """
-        tensors, info = read_bundle(directory, "values.safetensors", "result.json", "PatchResult")
-        return cls(tensors["values"], tensors["metric_ref"], tensors["metric_cf"], info["method"], info["metric"],
-                   info["higher_is_sycophantic"], info["kind"], tuple(info["example_ids"]), info["meta"],
-                   tuple(info.get("components", ("layer", "head"))))
+        return cls.from_bundle(*read_bundle(directory, "values.safetensors", "result.json", "PatchResult"))

@@ -1,0 +1,458 @@
+"""Run a patch job: questions -> chunked, resumable, sharded head ranking -> the output directory.
+
+Output directory (``--out``)::
+
+    config.toml          the fully resolved configuration (rerun with --config DIR/config.toml)
+    heads.csv            layer,head,score,se,ci_low,ci_high,rank (rank 1 reduces sycophancy most)
+    values.safetensors   per-example effects [layer, head, example] + metric_ref / metric_cf [example]
+    result.json          method, metric, kind, example ids (PatchResult.load(DIR) reads both)
+    examples.json        per example: id, question, first answer, whether the first answer is right
+    knockout/            (method knockout) curve.safetensors + curve.json (KnockoutCurve.load)
+    figures/             heads.{html,png} heatmap, ranked_heads.{html,png}, knockout.{html,png}
+    summary.json         model, data, metric baselines, top heads, package versions, timings; written last
+
+While running, ``chunks/`` holds one file per finished chunk (see :mod:`sycointerp.job.shards`); it
+is removed once the outputs are written. A rerun of the same configuration resumes from the
+chunks, or does nothing when ``summary.json`` says the job is complete; every output except the
+``timings`` entry of ``summary.json`` (wall-clock seconds) is then byte-identical to an
+uninterrupted run's. A different configuration in the same directory is refused unless
+``overwrite``, which deletes this layout's files (and only those) first.
+
+Sign conventions are :class:`sycointerp.patching.PatchResult`'s.
+"""
+
+import dataclasses
+import importlib.metadata
+import json
+import logging
+import random
+import shutil
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+from transformer_lens.model_bridge import TransformerBridge
+
+from sycointerp._io import atomic_write, write_json
+from sycointerp.data.pairs import PromptPair, build_pairs
+from sycointerp.data.questions import DataError, Question
+from sycointerp.data.templates import ChallengeTemplate
+from sycointerp.job.config import ConfigError, JobConfig, config_diff, dump_toml, load_toml
+from sycointerp.judge import answer_is_correct
+from sycointerp.job.shards import Chunk, ChunkStore, Group, chunk_ranges
+from sycointerp.patching import (
+    KnockoutCurve, PairBatch, PatchMetric, PatchResult, apology_logit_diff_metric, apology_metric,
+    attribution_patch_heads, flip_metric, head_means, knockout_curve, patch_heads, path_patch_heads,
+)
+from sycointerp.stats import summarize
+
+__all__ = ["OutputError", "OUTPUT_NAMES", "prepare_output", "load_job_questions", "run_job"]
+
+log = logging.getLogger("sycointerp.patch")
+OUTPUT_NAMES = ("config.toml", "heads.csv", "values.safetensors", "result.json", "examples.json", "summary.json",
+                "knockout", "figures", "chunks")
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class OutputError(ValueError):
+    """The output directory cannot take this job; the message names the cause and the fix."""
+
+
+# --------------------------------------------------------------------------- output directory
+
+
+def _check_writable(out: Path) -> None:
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=out).close()
+    except OSError as err:
+        raise OutputError(f"--out {out} is not a writable directory ({err.strerror}); choose another path") from None
+
+
+def _clear(out: Path) -> None:
+    for name in OUTPUT_NAMES:
+        target = out / name
+        if target.is_dir():
+            shutil.rmtree(target)
+        else:
+            target.unlink(missing_ok=True)
+
+
+def prepare_output(out: Path, config: JobConfig, overwrite: bool) -> str:
+    """Make ``out`` ready for ``config``: ``"new"``, ``"resume"`` or ``"complete"`` (nothing to do).
+
+    Raises:
+        OutputError: unwritable; another job's configuration (without ``overwrite``); a non-empty
+            directory that holds no job (without ``overwrite``).
+    """
+    _check_writable(out)
+    saved = out / "config.toml"
+    if overwrite:
+        _clear(out)
+    elif saved.is_file():
+        try:
+            old = JobConfig.from_toml_dict(load_toml(saved))
+        except ConfigError as err:
+            raise OutputError(f"{saved} is not a valid job config ({err}); pass --overwrite to replace the job") from None
+        diff = config_diff(old, config)
+        if diff:
+            changes = "; ".join(f"{k}: {getattr(old, k)!r} -> {getattr(config, k)!r}" for k in diff)
+            raise OutputError(f"--out {out} holds a job with another configuration ({changes}); rerun with the "
+                              "same options to resume it, choose another --out, or pass --overwrite")
+        return "complete" if (out / "summary.json").is_file() else "resume"
+    elif any(out.iterdir()):
+        raise OutputError(f"--out {out} is not empty and holds no sycointerp job (no config.toml); choose a new "
+                          "or empty directory, or pass --overwrite")
+    atomic_write(saved, lambda p: Path(p).write_text(dump_toml(config)))
+    return "new"
+
+
+# --------------------------------------------------------------------------- data and model
+
+
+def _read_dataset(config: JobConfig) -> list[Question]:
+    from sycointerp.data import (
+        load_arc_jsonl, load_are_you_sure, load_builtin, load_questions_jsonl, load_truthfulqa_csv,
+    )
+
+    path, seed = config.data_path, config.seed
+    if config.dataset == "builtin":
+        return load_builtin()
+    if config.dataset != "are_you_sure" and not Path(path).is_file():  # are_you_sure also takes hub ids
+        raise DataError(f"data_path {path} does not exist or is not a file; check --data-path")
+    if config.dataset == "jsonl":
+        return load_questions_jsonl(path)
+    if config.dataset == "are_you_sure":
+        return load_are_you_sure(path, sources=config.sources or None, seed=seed) if config.sources else \
+            load_are_you_sure(path, seed=seed)
+    if config.dataset == "truthfulqa":
+        return load_truthfulqa_csv(path, seed=seed)
+    return load_arc_jsonl(path, seed=seed)
+
+
+def load_job_questions(config: JobConfig) -> list[Question]:
+    """The job's questions: dataset, source filter, seeded sample of ``limit`` (in dataset order).
+
+    Questions without an id get ``q{index}`` (their index in the dataset).
+
+    Raises:
+        DataError: a missing file, a malformed record, or a filter / dataset that leaves nothing.
+    """
+    questions = [q if q.id else dataclasses.replace(q, id=f"q{i}") for i, q in enumerate(_read_dataset(config))]
+    if config.sources and config.dataset != "are_you_sure":
+        kept = [q for q in questions if q.source in config.sources or q.domain in config.sources]
+        if not kept:
+            known = sorted({q.source for q in questions} | {q.domain for q in questions if q.domain})
+            raise DataError(f"no question matches sources {config.sources}; known sources/domains: {known}")
+        questions = kept
+    if not questions:
+        raise DataError(f"dataset {config.dataset!r} holds no questions")
+    if 0 < config.limit < len(questions):
+        keep = sorted(random.Random(config.seed).sample(range(len(questions)), config.limit))
+        questions = [questions[i] for i in keep]
+    return questions
+
+
+def _load(config: JobConfig, group: Group) -> TransformerBridge:
+    from sycointerp.models import load_model
+
+    device = config.device
+    try:
+        kind = torch.device(device).type
+    except RuntimeError:
+        raise ConfigError(f"device {device!r} is not a torch device; use e.g. cpu, cuda, cuda:1, mps") from None
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {device!r} but CUDA is not available here; use --device cpu")
+    if device == "cuda" and group.world > 1:
+        device = f"cuda:{group.local_rank}"
+    return load_model(config.model or None, device=device, dtype=_DTYPES[config.dtype],
+                      trust_remote_code=config.trust_remote_code, device_map=config.device_map or None,
+                      n_devices=config.n_devices if config.n_devices > 1 else None)
+
+
+def _challenge(config: JobConfig) -> str | ChallengeTemplate:
+    if config.challenge_text:
+        return ChallengeTemplate("custom", config.challenge_text, config.counterfactual_text)
+    return config.challenge
+
+
+def _metric(config: JobConfig, model: TransformerBridge, pairs: Sequence[PromptPair]) -> PatchMetric:
+    if config.metric == "flip":
+        return flip_metric(PairBatch.from_pairs(pairs, model.tokenizer.pad_token_id or 0))
+    return (apology_metric if config.metric == "apology" else apology_logit_diff_metric)(model.tokenizer)
+
+
+# --------------------------------------------------------------------------- the job
+
+
+@dataclass
+class _Job:
+    config: JobConfig
+    out: Path
+    group: Group
+    model: TransformerBridge
+    questions: list[Question]
+    progress: bool
+    store: ChunkStore = field(init=False)
+    chunks: list[range] = field(init=False)
+    _answers: list[Chunk] | None = None
+
+    def __post_init__(self) -> None:
+        self.store = ChunkStore(self.out / "chunks", self.group)
+        self.chunks = chunk_ranges(len(self.questions), self.config.chunk_size)
+
+    def _bar(self, desc: str):
+        rank = f" [rank {self.group.rank}]" if self.group.world > 1 else ""
+        return lambda todo: tqdm(todo, desc=f"{desc}{rank}", unit="chunk", disable=not self.progress or not todo,
+                                 position=self.group.rank)
+
+    def _timed(self, compute) -> Chunk:
+        start = time.perf_counter()
+        chunk = compute()
+        chunk.meta["seconds"] = time.perf_counter() - start
+        return chunk
+
+    def answers(self) -> list[Chunk] | None:
+        """First answers per chunk: the model's greedy ones (``first_answer = "model"``), else None."""
+        if self.config.first_answer != "model":
+            return None
+        if self._answers is None:
+            from sycointerp.generate import first_answers
+
+            def compute(i: int) -> Chunk:
+                qs = [self.questions[j] for j in self.chunks[i]]
+                texts = first_answers(self.model, qs, system=self.config.system or None,
+                                      batch_size=self.config.batch_size)
+                return Chunk({"n": torch.tensor([len(texts)])}, {"answers": texts})
+
+            self._answers = self.store.run("answers", len(self.chunks), lambda i: self._timed(lambda: compute(i)),
+                                           self._bar("first answers"))
+        return self._answers
+
+    def pairs(self, i: int) -> list[PromptPair]:
+        answers = self.answers()
+        c = self.config
+        return build_pairs([self.questions[j] for j in self.chunks[i]], self.model.tokenizer,
+                           challenge=_challenge(c), position=c.position,
+                           first_answers=answers[i].meta["answers"] if answers else None,
+                           system=c.system or None, align=c.positions == "all")
+
+    def _patch(self, pairs: list[PromptPair], method: str) -> PatchResult:
+        c, model = self.config, self.model
+        metric = _metric(c, model, pairs)
+        if method == "activation":
+            return patch_heads(model, pairs, metric, component=c.component, position=c.positions,
+                               direction=c.direction, batch_size=c.batch_size, engine=c.engine)
+        if method == "attribution":
+            return attribution_patch_heads(model, pairs, metric, position=c.positions, direction=c.direction,
+                                           ig_steps=c.ig_steps, batch_size=c.batch_size)
+        return path_patch_heads(model, pairs, metric, freeze_mlps=c.freeze_mlps, batch_size=c.batch_size,
+                                engine=c.engine)
+
+    def heads(self) -> PatchResult:
+        """The per-head ranking phase (path patching for the knockout method)."""
+        method = "path" if self.config.method == "knockout" else self.config.method
+
+        def compute(i: int) -> Chunk:
+            tensors, info = self._patch(self.pairs(i), method).to_bundle()
+            return Chunk(tensors, info)
+
+        chunks = self.store.run("heads", len(self.chunks), lambda i: self._timed(lambda: compute(i)),
+                                self._bar(f"{method} patching"))
+        result = PatchResult.concat([PatchResult.from_bundle(ch.tensors, ch.meta) for ch in chunks])
+        return result.as_relative() if self.config.score == "relative" else result
+
+    def _means(self) -> torch.Tensor:
+        """Every head's mean z over all the job's challenge prompts, combined exactly from chunks."""
+        def compute(i: int) -> Chunk:
+            prompts = [p.ref_ids for p in self.pairs(i)]
+            means = head_means(self.model, prompts, batch_size=self.config.batch_size)
+            return Chunk({"means": means.cpu(), "tokens": torch.tensor([sum(map(len, prompts))])}, {})
+
+        chunks = self.store.run("means", len(self.chunks), lambda i: self._timed(lambda: compute(i)),
+                                self._bar("head means"))
+        total = sum(float(ch.tensors["tokens"]) for ch in chunks)
+        weighted = sum(ch.tensors["means"].double() * float(ch.tensors["tokens"]) for ch in chunks)
+        return (weighted / total).float()
+
+    def knockout(self, ranking: Sequence[tuple[int, int]]) -> KnockoutCurve:
+        c = self.config
+        means = self._means() if c.ablation == "mean" else None
+
+        def compute(i: int) -> Chunk:
+            pairs = self.pairs(i)
+            curve = knockout_curve(self.model, pairs, _metric(c, self.model, pairs), ranking, c.ks,
+                                   method=c.ablation, means=means, n_random=c.n_random, seed=c.seed,
+                                   generate=c.generate, batch_size=c.batch_size)
+            tensors, info = curve.to_bundle()
+            return Chunk(tensors, info)
+
+        chunks = self.store.run("knockout", len(self.chunks), lambda i: self._timed(lambda: compute(i)),
+                                self._bar("knockout"))
+        return KnockoutCurve.concat([KnockoutCurve.from_bundle(ch.tensors, ch.meta) for ch in chunks])
+
+    def chunk_seconds(self) -> float:
+        """Compute seconds recorded in the chunk files (all phases, all ranks)."""
+        total = 0.0
+        for path in sorted(self.store.dir.glob("*.safetensors")):
+            total += Chunk.from_bytes(path.read_bytes()).meta.get("seconds", 0.0)
+        return total
+
+
+def _ranking_from_csv(path: str, model: TransformerBridge) -> tuple[list[tuple[int, int]], pd.DataFrame]:
+    """The heads of a ``heads.csv`` in rank order.
+
+    Raises:
+        DataError: missing file or columns, heads outside the model, duplicates.
+    """
+    try:
+        table = pd.read_csv(path)
+    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as err:
+        raise DataError(f"rank_from {path} cannot be read as heads.csv ({err}); pass a heads.csv of a patch job")
+    if not {"layer", "head", "rank"} <= set(table.columns):
+        raise DataError(f"rank_from {path} lacks the columns layer, head, rank; pass a heads.csv of a patch job")
+    table = table.sort_values("rank", kind="stable")
+    heads = [(int(l), int(h)) for l, h in zip(table["layer"], table["head"])]
+    L, H = model.cfg.n_layers, model.cfg.n_heads
+    bad = [hd for hd in heads if not (0 <= hd[0] < L and 0 <= hd[1] < H)]
+    if bad or len(set(heads)) != len(heads):
+        why = f"heads {bad[:3]} lie outside the model's {L} x {H} heads" if bad else "it lists a head twice"
+        raise DataError(f"rank_from {path} does not fit this model: {why}; was it made with another model?")
+    return heads, table
+
+
+def _versions() -> dict[str, str]:
+    out = {}
+    for dist_name in ("sycointerp", "torch", "transformers", "transformer-lens", "plotly"):
+        try:
+            out[dist_name] = importlib.metadata.version(dist_name)
+        except importlib.metadata.PackageNotFoundError:
+            out[dist_name] = "not installed"
+    return out
+
+
+def _top_heads(table: pd.DataFrame, k: int) -> list[dict[str, Any]]:
+    table = table.sort_values("rank", kind="stable").head(k)
+    return [{key: (int(v) if key in ("layer", "head", "rank") else float(v)) for key, v in row.items()}
+            for row in table.to_dict("records")]
+
+
+def _figures(job: _Job, result: PatchResult | None, curve: KnockoutCurve | None) -> list[str]:
+    from sycointerp.plot import head_heatmap, knockout_plot, ranked_heads_bar, save_figure
+
+    c, fig_dir = job.config, job.out / "figures"
+    written: list[Path] = []
+    if result is not None:
+        title = (f"{job.model.cfg.model_name}: {result.method}, {result.metric} ({result.kind}), "
+                 f"{len(job.questions)} examples")
+        written += save_figure(head_heatmap(result, title=title, top_k=c.top_k), fig_dir / "heads", png=c.png)
+        cells = result.shape[0] * result.shape[1]
+        written += save_figure(ranked_heads_bar(result, k=min(20, cells)), fig_dir / "ranked_heads", png=c.png)
+    if curve is not None:
+        written += save_figure(knockout_plot(curve), fig_dir / "knockout", png=c.png)
+    return [str(p.relative_to(job.out)) for p in written]
+
+
+def _examples(job: _Job) -> list[dict[str, Any]]:
+    answers = job.answers()
+    rows = []
+    for i, rng in enumerate(job.chunks):
+        for k, j in enumerate(rng):
+            q = job.questions[j]
+            first = answers[i].meta["answers"][k] if answers else q.first_answer()
+            rows.append({"id": q.id, "question": q.question, "first_answer": first,
+                         "first_answer_correct": answer_is_correct(q, first) if answers else True})
+    return rows
+
+
+def _baselines(result: PatchResult | None, curve: KnockoutCurve | None) -> dict[str, Any]:
+    if result is None:  # knockout of a given ranking: only the unablated challenge run
+        return {"challenge": summarize(curve.baseline).to_json()}
+    gap = result.metric_cf - result.metric_ref
+    return {"challenge": summarize(result.metric_ref).to_json(),
+            "counterfactual": summarize(result.metric_cf).to_json(),
+            "counterfactual_minus_challenge": summarize(gap).to_json()}
+
+
+def _summary(job: _Job, result: PatchResult | None, curve: KnockoutCurve | None, table: pd.DataFrame,
+             figures: list[str], timings: dict[str, float]) -> dict[str, Any]:
+    c = job.config
+    out: dict[str, Any] = {
+        "model": str(job.model.cfg.model_name), "method": result.method if result else f"knockout/{curve.method}",
+        "metric": result.metric if result else curve.metric, "kind": result.kind if result else "absolute",
+        "higher_is_sycophantic": result.higher_is_sycophantic if result else curve.higher_is_sycophantic,
+        "data": {"dataset": c.dataset, "data_path": c.data_path, "n_examples": len(job.questions),
+                 "first_answer": c.first_answer, "challenge": c.challenge_text or c.challenge},
+        "metric_baselines": _baselines(result, curve), "top_heads": _top_heads(table, c.top_k),
+        "figures": figures, "processes": job.group.world, "versions": _versions(), "timings": timings,
+    }
+    if curve is not None:
+        out["knockout"] = curve.summary().to_dict("records")
+    return out
+
+
+def _write_outputs(job: _Job, result: PatchResult | None, curve: KnockoutCurve | None,
+                   rank_table: pd.DataFrame | None, timings: dict[str, float]) -> None:
+    out = job.out
+    if result is not None:
+        result.save(out)
+        rank_table = result.heads_table()
+    else:  # knockout of a given ranking: heads.csv is that ranking
+        atomic_write(out / "heads.csv", lambda p: rank_table.to_csv(p, index=False, float_format="%.8g"))
+    write_json(out / "examples.json", _examples(job))
+    if curve is not None:
+        curve.save(out / "knockout")
+    figures = _figures(job, result, curve)
+    timings["chunk_compute_seconds"] = job.chunk_seconds()
+    write_json(out / "summary.json", _summary(job, result, curve, rank_table, figures, timings))
+    shutil.rmtree(job.store.dir)
+
+
+def run_job(config: JobConfig, out: str | Path, *, group: Group | None = None, overwrite: bool = False,
+            progress: bool = True) -> str:
+    """Run (or resume) the job into ``out``; returns the :func:`prepare_output` status.
+
+    Only rank 0 prepares and writes the outputs; every rank computes its share of the chunks.
+
+    Raises:
+        OutputError, ConfigError, DataError, ModelLoadError: user errors (the CLI exits 2).
+    """
+    group, out = group or Group(), Path(out)
+    status = None
+    if group.is_main:
+        try:
+            status = prepare_output(out, config, overwrite)
+        except OutputError as err:
+            status = err
+    status = group.broadcast(status if not isinstance(status, OutputError) else ("error", str(status)))
+    if isinstance(status, tuple):
+        raise OutputError(status[1])
+    if status == "complete":
+        log.info("%s already holds the finished job (summary.json); nothing to do", out)
+        return status
+    group.barrier()  # rank 0 has cleared / created the directory
+    start = time.perf_counter()
+    questions = load_job_questions(config)
+    model = _load(config, group)
+    timings = {"load_model_seconds": time.perf_counter() - start}
+    job = _Job(config, out, group, model, questions, progress)
+    log.info("%s: %d questions in %d chunks, %d process(es)", model.cfg.model_name, len(questions),
+             len(job.chunks), group.world)
+    result, rank_table = None, None
+    if config.method == "knockout" and config.rank_from:
+        ranking, rank_table = _ranking_from_csv(config.rank_from, model)
+    else:
+        result = job.heads()
+        ranking = [(int(l), int(h)) for l, h in result.rank()]
+    curve = job.knockout(ranking) if config.method == "knockout" else None
+    timings["run_seconds"] = time.perf_counter() - start
+    if group.is_main:
+        _write_outputs(job, result, curve, rank_table, timings)
+    group.barrier()
+    return status

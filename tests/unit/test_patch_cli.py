@@ -1,0 +1,305 @@
+"""`python -m sycointerp.patch`: config resolution, outputs, resumption after kill -9, refusals, torchrun.
+
+The jobs run tiny random models saved with save_pretrained and loaded back through load_model
+(the same path a user's local model takes), on the built-in questions.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from sycointerp.data import build_pairs, load_builtin
+from sycointerp.job.config import ConfigError, JobConfig, dump_toml, load_toml
+from sycointerp.job.run import load_job_questions
+from sycointerp.job.shards import CRASH_ENV
+from sycointerp.models import load_model, save_tiny_model, tiny_model
+from sycointerp.patch import build_parser, main, resolve_config
+from sycointerp.patching import (
+    HEADS_CSV_COLUMNS, KnockoutCurve, PatchResult, apology_logit_diff_metric, flip_metric, PairBatch, patch_heads,
+    path_patch_heads,
+)
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def model_dirs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("models")
+    return {arch: str(save_tiny_model(root / arch, arch)) for arch in ("llama", "gpt2")}
+
+
+def _args(model_dir: str, out: Path, *extra: str) -> list[str]:
+    return ["--model", model_dir, "--limit", "10", "--chunk-size", "4", "--batch-size", "16", "-q",
+            "--out", str(out), *extra]
+
+
+def _cli(argv: list[str], env: dict[str, str] | None = None, torchrun: int = 0) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
+    if torchrun:
+        launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={torchrun}"]
+        cmd = [*launcher, "-m", "sycointerp.patch", *argv]
+    else:
+        cmd = [sys.executable, "-m", "sycointerp.patch", *argv]
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO, timeout=600)
+
+
+def _files(out: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+
+
+def _without_wallclock(summary: bytes) -> dict:
+    data = json.loads(summary)
+    data.pop("timings")
+    return data
+
+
+def _assert_same_outputs(a: Path, b: Path) -> None:
+    """Byte-identical files, except summary.json's wall-clock timings."""
+    fa, fb = _files(a), _files(b)
+    assert sorted(fa) == sorted(fb)
+    for name in fa:
+        if name == "summary.json":
+            assert _without_wallclock(fa[name]) == _without_wallclock(fb[name])
+        else:
+            assert fa[name] == fb[name], name
+
+
+# --------------------------------------------------------------------------- config
+
+
+def test_help_documents_every_option_with_its_default(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        build_parser().parse_args(["--help"])
+    assert exit_info.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    for f in JobConfig.__dataclass_fields__.values():
+        assert "--" + f.name.replace("_", "-") in text
+    assert "(default: 'path')" in text and "(default: 0,3,9,27)" in text and "(default: 8)" in text
+
+
+def test_toml_round_trip_and_flags_override_the_file(tmp_path):
+    config = JobConfig(model="m", limit=7, ks=[0, 2], method="knockout", sources=["geography"], png=False)
+    path = tmp_path / "job.toml"
+    path.write_text(dump_toml(config))
+    assert JobConfig.from_toml_dict(load_toml(path)) == config
+    args = build_parser().parse_args(["--config", str(path), "--limit", "3", "--no-png", "--ks", "0,1,5"])
+    resolved = resolve_config(args)
+    assert (resolved.limit, resolved.ks, resolved.model, resolved.method) == (3, [0, 1, 5], "m", "knockout")
+    assert resolve_config(build_parser().parse_args([])) == JobConfig()
+
+
+@pytest.mark.parametrize("data, match", [
+    ({"model": {"nope": 1}}, "unknown key 'nope'"),
+    ({"extra": {}}, "unknown config section"),
+    ({"data": {"limit": "ten"}}, "limit .* must be int"),
+    ({"data": {"limit": -1}}, "limit .* must be >= 0"),
+    ({"run": {"chunk_size": 0}}, "chunk_size .* must be >= 1"),
+    ({"method": {"method": "knockout", "ks": [3, 1]}}, "ks must be non-negative and increasing"),
+    ({"method": {"metric": "nope"}}, "metric .* must be one of"),
+    ({"method": {"method": "path", "generate": True}}, "generate applies to method knockout"),
+    ({"data": {"dataset": "jsonl"}}, "needs data_path"),
+    ({"data": {"challenge_text": "Really?"}}, "go together"),
+])
+def test_invalid_config_values_are_refused_by_name(data, match):
+    with pytest.raises(ConfigError, match=match):
+        JobConfig.from_toml_dict(data)
+
+
+def test_load_job_questions_sample_filter_and_ids(tmp_path):
+    full = load_job_questions(JobConfig())
+    assert len(full) == len(load_builtin())
+    sample = load_job_questions(JobConfig(limit=12, seed=3))
+    assert len(sample) == 12 and sample == load_job_questions(JobConfig(limit=12, seed=3))
+    order = [q.id for q in full]
+    assert [order.index(q.id) for q in sample] == sorted(order.index(q.id) for q in sample)  # dataset order
+    assert sample != load_job_questions(JobConfig(limit=12, seed=4))
+    geo = load_job_questions(JobConfig(sources=["geography"]))
+    assert geo and all(q.domain == "geography" or q.source == "geography" for q in geo)
+    jsonl = tmp_path / "q.jsonl"
+    jsonl.write_text('{"question": "2+2?", "answer": "4", "wrong": "5"}\n{"question": "3+3?", "answer": "6", "wrong": "7"}\n')
+    qs = load_job_questions(JobConfig(dataset="jsonl", data_path=str(jsonl)))
+    assert [q.id for q in qs] == ["q0", "q1"]
+
+
+# --------------------------------------------------------------------------- a job and its outputs
+
+
+def test_job_writes_the_documented_layout_and_equals_the_library_call(model_dirs, tmp_path):
+    out = tmp_path / "job"
+    assert main(_args(model_dirs["llama"], out)) == 0
+    names = {p.name for p in out.iterdir()}
+    assert names == {"config.toml", "heads.csv", "values.safetensors", "result.json", "examples.json", "summary.json",
+                     "figures"}
+    heads = pd.read_csv(out / "heads.csv")
+    assert list(heads.columns) == HEADS_CSV_COLUMNS and sorted(heads["rank"]) == list(range(1, 9))
+    png = (out / "figures" / "heads.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and int.from_bytes(png[16:20], "big") == 900
+    result = PatchResult.load(out)
+    # Reference: the library function on all pairs at once (no chunks), on a freshly loaded model.
+    questions = load_job_questions(JobConfig(limit=10))
+    model = tiny_model("llama")
+    pairs = build_pairs(questions, model.tokenizer, position="reply")
+    expected = path_patch_heads(model, pairs, apology_logit_diff_metric(model.tokenizer))
+    torch.testing.assert_close(result.values, expected.values, atol=1e-6, rtol=0)
+    torch.testing.assert_close(result.metric_ref, expected.metric_ref, atol=1e-6, rtol=0)
+    assert result.example_ids == tuple(q.id for q in questions)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["top_heads"][0]["rank"] == 1 and len(summary["top_heads"]) == 8
+    assert summary["data"]["n_examples"] == 10 and "torch" in summary["versions"]
+    assert JobConfig.from_toml_dict(load_toml(out / "config.toml")) == resolve_config(
+        build_parser().parse_args(_args(model_dirs["llama"], out)))
+
+
+def test_activation_flip_job_on_mha_matches_the_library_call(model_dirs, tmp_path):
+    out = tmp_path / "job"
+    assert main(_args(model_dirs["gpt2"], out, "--method", "activation", "--metric", "flip", "--no-png")) == 0
+    result = PatchResult.load(out)
+    model = tiny_model("gpt2")
+    pairs = build_pairs(load_job_questions(JobConfig(limit=10)), model.tokenizer, position="answer")
+    expected = patch_heads(model, pairs, flip_metric(PairBatch.from_pairs(pairs, model.tokenizer.pad_token_id)))
+    torch.testing.assert_close(result.values, expected.values, atol=1e-6, rtol=0)
+
+
+def test_knockout_job_with_a_given_ranking_equals_the_ranked_run(model_dirs, tmp_path):
+    ko = ["--method", "knockout", "--ks", "0,1,3", "--n-random", "2", "--no-png"]
+    assert main(_args(model_dirs["llama"], tmp_path / "a", *ko)) == 0
+    curve = KnockoutCurve.load(tmp_path / "a" / "knockout")
+    assert curve.ks == (0, 1, 3) and curve.baseline.shape == (10,)
+    ranked = PatchResult.load(tmp_path / "a")
+    assert list(curve.top_heads) == ranked.rank()[:3]
+    rank_from = str(tmp_path / "a" / "heads.csv")
+    assert main(_args(model_dirs["llama"], tmp_path / "b", *ko, "--rank-from", rank_from)) == 0
+    again = KnockoutCurve.load(tmp_path / "b" / "knockout")
+    torch.testing.assert_close(again.top, curve.top, atol=0, rtol=0)
+    assert (tmp_path / "b" / "heads.csv").read_bytes() == (tmp_path / "a" / "heads.csv").read_bytes()
+
+
+# --------------------------------------------------------------------------- resumption and refusals
+
+
+def test_kill_9_then_rerun_resumes_to_byte_identical_outputs(model_dirs, tmp_path):
+    argv = _args(model_dirs["llama"], tmp_path / "killed", "--method", "knockout", "--ks", "0,2", "--n-random", "2")
+    crashed = _cli(argv, env={CRASH_ENV: "4"})  # SIGKILL itself after the 4th chunk file (of 9)
+    assert crashed.returncode == -signal.SIGKILL, crashed.stderr
+    done = sorted(p.name for p in (tmp_path / "killed" / "chunks").glob("*.safetensors"))
+    assert done == ["heads-00000.safetensors", "heads-00001.safetensors", "heads-00002.safetensors",
+                    "means-00000.safetensors"]
+    assert not (tmp_path / "killed" / "summary.json").exists()
+    resumed = _cli([a for a in argv if a != "-q"])  # info logging on: it reports what it skips
+    assert resumed.returncode == 0, resumed.stderr
+    assert "heads: 3 of 3 chunks already done" in resumed.stderr and "means: 1 of 3" in resumed.stderr
+    assert main(_args(model_dirs["llama"], tmp_path / "clean", "--method", "knockout", "--ks", "0,2",
+                      "--n-random", "2")) == 0
+    _assert_same_outputs(tmp_path / "killed", tmp_path / "clean")
+
+
+def test_rerun_of_a_finished_job_changes_nothing(model_dirs, tmp_path, capsys):
+    argv = _args(model_dirs["llama"], tmp_path / "job", "--no-png")
+    assert main(argv) == 0
+    before = _files(tmp_path / "job")
+    assert main([a for a in argv if a != "-q"]) == 0
+    assert "already complete" in capsys.readouterr().out
+    assert _files(tmp_path / "job") == before
+
+
+def test_other_config_in_the_same_out_is_refused_unless_overwrite(model_dirs, tmp_path, capsys):
+    out = tmp_path / "job"
+    assert main(_args(model_dirs["llama"], out, "--no-png")) == 0
+    capsys.readouterr()
+    assert main(_args(model_dirs["llama"], out, "--no-png", "--metric", "apology")) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "metric: 'apology_logit_diff' -> 'apology'" in err and "--overwrite" in err
+    assert main(_args(model_dirs["llama"], out, "--no-png", "--metric", "apology", "--overwrite")) == 0
+    assert PatchResult.load(out).metric == "apology"
+    assert main(_args(model_dirs["llama"], tmp_path / "fresh", "--no-png", "--metric", "apology")) == 0
+    _assert_same_outputs(out, tmp_path / "fresh")
+
+
+def test_non_job_directory_is_refused_and_overwrite_keeps_foreign_files(model_dirs, tmp_path):
+    out = tmp_path / "busy"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    assert main(_args(model_dirs["llama"], out, "--no-png")) == 2
+    assert main(_args(model_dirs["llama"], out, "--no-png", "--overwrite")) == 0
+    assert (out / "notes.txt").read_text() == "mine" and (out / "heads.csv").is_file()
+
+
+def _one_line_exit_2(argv: list[str], capsys, match: str) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        code = main(argv)
+        raise SystemExit(code)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    assert match in err, err
+
+
+@pytest.mark.parametrize("extra, match", [
+    (["--bogus"], "unrecognized arguments: --bogus"),
+    (["--limit", "-3"], "must be >= 0"),
+    (["--chunk-size", "x"], "invalid int value"),
+    (["--method", "nope"], "invalid choice"),
+    (["--dataset", "arc", "--data-path", "/nonexistent/arc.jsonl"], "/nonexistent/arc.jsonl does not exist"),
+    (["--device", "cuda"], "CUDA is not available"),
+    (["--method", "knockout", "--rank-from", "/nonexistent/heads.csv"], "cannot be read as heads.csv"),
+    (["--challenge", "nope"], "unknown challenge template 'nope'"),
+])
+def test_user_errors_exit_2_with_one_line(model_dirs, tmp_path, capsys, extra, match):
+    _one_line_exit_2(_args(model_dirs["llama"], tmp_path / "o", "--no-png", *extra), capsys, match)
+
+
+def test_bad_toml_unwritable_out_and_unknown_model_exit_2(model_dirs, tmp_path, capsys):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[data\nlimit = 3\n")
+    _one_line_exit_2(["--config", str(bad), "--out", str(tmp_path / "o")], capsys, "is not valid TOML")
+    (tmp_path / "file").write_text("")
+    _one_line_exit_2(_args(model_dirs["llama"], tmp_path / "file" / "sub"), capsys, "is not a writable directory")
+    _one_line_exit_2(["--model", str(tmp_path), "--out", str(tmp_path / "o2")], capsys, "without config.json")
+    heads = tmp_path / "heads.csv"
+    heads.write_text("layer,head,score,se,ci_low,ci_high,rank\n7,0,0,0,0,0,1\n")
+    _one_line_exit_2(_args(model_dirs["llama"], tmp_path / "o3", "--method", "knockout", "--ks", "0,1",
+                           "--rank-from", str(heads)), capsys, "does not fit this model")
+
+
+def test_cli_process_exits_2_with_one_line_on_stderr(tmp_path):
+    run = _cli(["--limit", "-1", "--out", str(tmp_path)])
+    assert run.returncode == 2 and run.stderr.count("\n") == 1 and "Traceback" not in run.stderr
+
+
+# --------------------------------------------------------------------------- torchrun
+
+
+def test_torchrun_two_processes_equal_one_process(model_dirs, tmp_path):
+    argv = ["--method", "knockout", "--ks", "0,2", "--n-random", "2", "--no-png"]
+    two = _cli(_args(model_dirs["gpt2"], tmp_path / "two", *argv), torchrun=2)
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert main(_args(model_dirs["gpt2"], tmp_path / "one", *argv)) == 0
+    one_t, two_t = (load_file(tmp_path / d / "values.safetensors") for d in ("one", "two"))
+    for name in one_t:
+        torch.testing.assert_close(two_t[name], one_t[name], atol=1e-6, rtol=0)
+    one_k, two_k = (KnockoutCurve.load(tmp_path / d / "knockout") for d in ("one", "two"))
+    torch.testing.assert_close(two_k.random, one_k.random, atol=1e-6, rtol=0)
+    assert one_k.top_heads == two_k.top_heads
+    summary = json.loads((tmp_path / "two" / "summary.json").read_text())
+    assert summary["processes"] == 2
+    assert pd.read_csv(tmp_path / "two" / "heads.csv")[["layer", "head"]].equals(
+        pd.read_csv(tmp_path / "one" / "heads.csv")[["layer", "head"]])
+
+
+def test_load_model_passes_a_device_map_through(model_dirs):
+    placed = load_model(model_dirs["llama"], device_map={"": "cpu"})
+    plain = tiny_model("llama")
+    ids = torch.tensor([[1, 5, 9, 2]])
+    torch.testing.assert_close(placed(ids), plain(ids), atol=0, rtol=0)
+    from sycointerp.models import ModelLoadError
+
+    with pytest.raises(ModelLoadError, match="n_devices=2"):
+        load_model(model_dirs["llama"], n_devices=2)
