@@ -33,6 +33,7 @@ __all__ = [
     "apology_logprob_diff",
     "log_probs",
     "kl_divergence",
+    "LogitsModel",
 ]
 
 SYCOPHANTIC = ("I apologize", "I'm sorry", "Apologies", "You're right", "My apologies")
@@ -178,3 +179,26 @@ def kl_divergence(
         raise ValueError(f"logit shapes differ: {tuple(logits_p.shape)} vs {tuple(logits_q.shape)}")
     lp, lq = log_probs(logits_p), log_probs(logits_q)
     return (lp.exp() * (lp - lq)).sum(-1)
+
+
+class LogitsModel(torch.nn.Module):
+    """One call shape for two model kinds: ``LogitsModel(m)(ids)`` is the logits tensor.
+
+    A TransformerBridge returns logits already; a HuggingFace causal LM returns an output object
+    whose ``.logits`` is taken. Token ids are moved to the wrapped model's device.
+    """
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.inner = model
+
+    @property
+    def device(self) -> torch.device:
+        cfg = getattr(self.inner, "cfg", None)
+        if cfg is not None and getattr(cfg, "device", None) is not None:
+            return torch.device(cfg.device)
+        return next(self.inner.parameters()).device
+
+    def forward(self, ids: Int[torch.Tensor, "batch pos"]) -> Float[torch.Tensor, "batch pos d_vocab"]:
+        out = self.inner(ids.to(self.device))
+        return out if isinstance(out, torch.Tensor) else out.logits

@@ -42,6 +42,8 @@ __all__ = [
     "embedded_tokenizer",
     "convert_gguf",
     "load_model",
+    "load_hf_model",
+    "hook_model",
     "tiny_model",
     "save_tiny_model",
 ]
@@ -297,6 +299,49 @@ def _from_hub(
         ) from err
 
 
+def load_hf_model(
+    name_or_path: str | os.PathLike[str] | None = None,
+    *,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+    trust_remote_code: bool = False,
+    device_map: str | dict[str, str | int] | None = None,
+    n_devices: int | None = None,
+) -> tuple[torch.nn.Module, PreTrainedTokenizerBase, str]:
+    """The plain HuggingFace model, its chat tokenizer and its name, as :func:`load_model` finds them.
+
+    What fine-tuning works on: the real weights, with ``save_pretrained`` intact (a bridge wraps
+    the modules in place, after which ``save_pretrained`` no longer sees the HuggingFace names).
+    :func:`hook_model` turns the result into a bridge.
+
+    Raises:
+        ModelLoadError: as :func:`load_model`.
+    """
+    placement = _placement(device_map, n_devices)
+    if name_or_path is None:
+        directory = convert_gguf(embedded_gguf_path())
+        model, tokenizer = _from_pretrained(
+            str(directory), dtype=dtype, trust_remote_code=False, local_only=True, placement=placement
+        )
+        name = EMBEDDED_MODEL_NAME
+    else:
+        model, tokenizer, name = _resolve_hf(
+            os.fspath(name_or_path), dtype=dtype, trust_remote_code=trust_remote_code, placement=placement
+        )
+    _require_chat_template(tokenizer, name)
+    if not placement:
+        model.to(device)
+    return model, tokenizer, name
+
+
+def hook_model(hf_model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, name: str,
+               compat: Compat = "hooks") -> TransformerBridge:
+    """Wrap a HuggingFace model (in place) as a hooked bridge, on the device its weights are on."""
+    placed = getattr(hf_model, "hf_device_map", None)
+    device = None if placed and len(set(placed.values())) > 1 else next(hf_model.parameters()).device
+    return _boot(hf_model, tokenizer, name, compat, device)
+
+
 def load_model(
     name_or_path: str | os.PathLike[str] | None = None,
     *,
@@ -333,21 +378,10 @@ def load_model(
             without a chat template, or a device map that cannot be placed (e.g. ``n_devices``
             without that many GPUs).
     """
-    placement = _placement(device_map, n_devices)
-    if name_or_path is None:
-        directory = convert_gguf(embedded_gguf_path())
-        model, tokenizer = _from_pretrained(
-            str(directory), dtype=dtype, trust_remote_code=False, local_only=True, placement=placement
-        )
-        name = EMBEDDED_MODEL_NAME
-    else:
-        model, tokenizer, name = _resolve_hf(
-            os.fspath(name_or_path), dtype=dtype, trust_remote_code=trust_remote_code, placement=placement
-        )
-    _require_chat_template(tokenizer, name)
-    if placement:
+    model, tokenizer, name = load_hf_model(name_or_path, device=device, dtype=dtype, trust_remote_code=trust_remote_code,
+                                           device_map=device_map, n_devices=n_devices)
+    if device_map is not None or (n_devices or 1) > 1:
         return _boot(model, tokenizer, name, compat, None)
-    model.to(device)
     return _boot(model, tokenizer, name, compat, device)
 
 

@@ -18,10 +18,9 @@ import argparse
 import logging
 import sys
 from collections.abc import Sequence
-from dataclasses import fields
-from typing import Any
 
-from sycointerp.job.config import SECTIONS, JobConfig, load_toml
+from sycointerp._config import add_flags, resolve_args
+from sycointerp.job.config import JobConfig
 
 __all__ = ["main", "build_parser"]
 
@@ -32,32 +31,6 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # one line and exit 2, without argparse's usage block
         print(f"{self.prog}: error: {message}", file=sys.stderr)
         raise SystemExit(2)
-
-
-def _int_list(text: str) -> list[int]:
-    try:
-        return [int(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-
-
-def _str_list(text: str) -> list[str]:
-    return [x.strip() for x in text.split(",") if x.strip()]
-
-
-def _add_field(group: argparse._ArgumentGroup, f: Any) -> None:
-    """One flag per config field; default SUPPRESS so only the flags given override the file."""
-    flag = "--" + f.name.replace("_", "-")
-    default = f.default_factory() if callable(f.default_factory) else f.default
-    shown = ",".join(map(str, default)) if isinstance(default, list) else repr(default)
-    help_text = f"{f.metadata['help']} (default: {shown})"
-    if isinstance(default, bool):
-        group.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
-                           help=help_text)
-        return
-    kind = {"ks": _int_list, "sources": _str_list}.get(f.name, type(default))
-    group.add_argument(flag, dest=f.name, type=kind, choices=f.metadata["choices"], default=argparse.SUPPRESS,
-                       metavar=None if f.metadata["choices"] else f.name.upper(), help=help_text)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -72,25 +45,13 @@ def build_parser() -> argparse.ArgumentParser:
     verbosity = p.add_mutually_exclusive_group()
     verbosity.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors, no progress bars")
     verbosity.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    groups = {s: p.add_argument_group(f"[{s}] options") for s in SECTIONS}
-    for f in fields(JobConfig):
-        _add_field(groups[f.metadata["section"]], f)
+    add_flags(p, JobConfig)
     return p
 
 
 def resolve_config(args: argparse.Namespace) -> JobConfig:
-    """Defaults, then the ``--config`` file, then the flags given.
-
-    Raises:
-        ConfigError: invalid file, key or value.
-    """
-    base = JobConfig.from_toml_dict(load_toml(args.config)) if args.config else JobConfig()
-    given = {f.name: getattr(args, f.name) for f in fields(JobConfig) if hasattr(args, f.name)}
-    by_section: dict[str, dict[str, Any]] = {}
-    for f in fields(JobConfig):
-        if f.name in given:
-            by_section.setdefault(f.metadata["section"], {})[f.name] = given[f.name]
-    return JobConfig.from_toml_dict(by_section, base)
+    """Defaults, then the ``--config`` file, then the flags given (raises ConfigError)."""
+    return resolve_args(args, JobConfig)
 
 
 def _setup_logging(args: argparse.Namespace) -> None:

@@ -1,4 +1,5 @@
-"""Summary statistics over examples: mean, standard error and percentile-bootstrap intervals.
+"""Summary statistics over examples: mean, standard error and percentile-bootstrap intervals;
+rates of yes/no outcomes with Wilson score intervals.
 
 Conventions: statistics run over the *last* axis (examples), so a ``[layer, head, example]``
 tensor gives ``[layer, head]`` summaries. Bootstrap resamples examples with replacement, the same
@@ -7,10 +8,12 @@ resample indices for every component (so intervals of different heads are compar
 
 from dataclasses import dataclass
 
+import math
+
 import torch
 from jaxtyping import Float
 
-__all__ = ["Summary", "summarize", "bootstrap_ci"]
+__all__ = ["Summary", "summarize", "bootstrap_ci", "Proportion", "proportion", "wilson_interval"]
 
 
 def _check(values: torch.Tensor) -> None:
@@ -71,3 +74,68 @@ def summarize(values: Float[torch.Tensor, " example"], *, n_boot: int = 2000, se
     se = float(values.double().std(unbiased=True) / n**0.5) if n > 1 else float("nan")
     low, high = bootstrap_ci(values, n_boot=n_boot, seed=seed)
     return Summary(float(values.double().mean()), se, float(low), float(high), n)
+
+
+def wilson_interval(k: int, n: int, level: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval of a rate ``k / n``; ``(nan, nan)`` when ``n == 0``.
+
+    Unlike the normal approximation it stays inside [0, 1] and is sensible at ``k = 0`` or ``n``.
+
+    Raises:
+        ValueError: ``k`` outside ``[0, n]`` or ``level`` outside (0, 1).
+    """
+    if n < 0 or not 0 <= k <= n:
+        raise ValueError(f"need 0 <= k <= n, got k={k}, n={n}")
+    if not 0 < level < 1:
+        raise ValueError(f"level must be in (0, 1), got {level}")
+    if n == 0:
+        return math.nan, math.nan
+    z = torch.distributions.Normal(0.0, 1.0).icdf(torch.tensor(0.5 + level / 2, dtype=torch.float64)).item()
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z / (1 + z * z / n) * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+@dataclass(frozen=True)
+class Proportion:
+    """A rate ``k / n`` with its Wilson interval; ``n == 0`` gives NaN rate and bounds (not an error).
+
+    Attributes:
+        k: number of items with the outcome.
+        n: number of items considered.
+        rate: ``k / n`` (NaN when ``n == 0``).
+        ci_low, ci_high: Wilson interval at ``level``.
+        level: interval level.
+    """
+
+    k: int
+    n: int
+    rate: float
+    ci_low: float
+    ci_high: float
+    level: float = 0.95
+
+    def __post_init__(self) -> None:
+        if self.n < 0 or not 0 <= self.k <= self.n:
+            raise ValueError(f"need 0 <= k <= n, got k={self.k}, n={self.n}")
+
+    def __str__(self) -> str:
+        if self.n == 0:
+            return "n/a (n=0)"
+        return f"{100 * self.rate:.1f}% [{100 * self.ci_low:.1f}, {100 * self.ci_high:.1f}] ({self.k}/{self.n})"
+
+    def to_json(self) -> dict[str, float | int | None]:
+        nan = lambda x: None if math.isnan(x) else x  # noqa: E731 (JSON has no NaN)
+        return {"k": self.k, "n": self.n, "rate": nan(self.rate), "ci_low": nan(self.ci_low),
+                "ci_high": nan(self.ci_high), "level": self.level}
+
+
+def proportion(k: int, n: int, level: float = 0.95) -> Proportion:
+    """:class:`Proportion` of ``k`` out of ``n`` with a Wilson interval at ``level``.
+
+    Raises:
+        ValueError: ``k`` outside ``[0, n]`` or ``level`` outside (0, 1).
+    """
+    low, high = wilson_interval(k, n, level)
+    return Proportion(k, n, k / n if n else math.nan, low, high, level)

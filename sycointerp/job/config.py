@@ -1,44 +1,28 @@
-"""The patch job's configuration: one frozen, validated dataclass, its TOML form and its flags.
+"""The patch job's configuration: one frozen, validated dataclass (TOML form and flags: ``sycointerp._config``).
 
-Every field lives in one TOML section (``[model]``, ``[data]``, ``[method]``, ``[run]``) and has one
-command-line flag (``batch_size`` -> ``--batch-size``; booleans get ``--x`` / ``--no-x``). Flags
-override the file, the file overrides the defaults. Strings use ``""`` for "not set" because TOML
-has no null. ``config.toml`` in a job's output directory is the fully resolved configuration: run
-``python -m sycointerp.patch --config DIR/config.toml --out DIR`` to rerun (or resume) the job.
+Sections ``[model]``, ``[data]``, ``[method]``, ``[run]``. ``config.toml`` in a job's output
+directory is the fully resolved configuration: run ``python -m sycointerp.patch --config
+DIR/config.toml --out DIR`` to rerun (or resume) the job.
 
-Refusals (:class:`ConfigError`, a ``ValueError``): unknown sections or keys, values of the wrong
-type, out-of-range numbers, unknown choices, options that contradict each other (e.g. the flip
-metric with ``position = "reply"``), unreadable or invalid TOML.
+Refusals (:class:`ConfigError`): those of :mod:`sycointerp._config`, plus options that contradict
+each other (e.g. ``challenge_text`` without ``counterfactual_text``) or belong to another method.
 """
 
-import dataclasses
-import tomllib
-from dataclasses import dataclass, field, fields
-from pathlib import Path
-from typing import Any
+from dataclasses import dataclass
+from typing import ClassVar
 
-import tomli_w
+from sycointerp._config import ConfigError, TomlConfig, config_diff, dump_toml as _dump, load_toml, opt as _opt
 
 __all__ = ["ConfigError", "JobConfig", "SECTIONS", "config_diff", "load_toml", "dump_toml"]
 
 SECTIONS = ("model", "data", "method", "run")
 
 
-class ConfigError(ValueError):
-    """A configuration value, key or file is invalid; the message names it and the fix."""
-
-
-def _opt(section: str, help: str, default: Any, choices: tuple[Any, ...] | None = None, minimum: int | None = None):
-    """A config field: its section, help text, allowed choices and lower bound travel as metadata."""
-    meta = {"section": section, "help": help, "choices": choices, "minimum": minimum, "default": default}
-    if isinstance(default, list):
-        return field(default_factory=lambda: list(default), metadata=meta)
-    return field(default=default, metadata=meta)
-
-
 @dataclass(frozen=True)
-class JobConfig:
+class JobConfig(TomlConfig):
     """A head-ranking batch job (``python -m sycointerp.patch``); see the module docstring."""
+
+    SECTIONS: ClassVar[tuple[str, ...]] = SECTIONS
 
     # [model]
     model: str = _opt("model", "model name, local HF directory or .gguf file ('' = embedded SmolLM2-135M-Instruct)", "")
@@ -93,8 +77,7 @@ class JobConfig:
     png: bool = _opt("run", "also export PNG figures (needs Chromium for kaleido)", True)
 
     def __post_init__(self) -> None:
-        for f in fields(self):
-            _check_value(f, getattr(self, f.name))
+        self.check_fields()
         self._check_combinations()
 
     def _check_combinations(self) -> None:
@@ -123,7 +106,7 @@ class JobConfig:
                   "ablation": ("knockout",), "ks": ("knockout",), "n_random": ("knockout",),
                   "generate": ("knockout",), "rank_from": ("knockout",), "engine": ("activation", "path", "knockout")}
         for name, methods in owners.items():
-            if self.method not in methods and getattr(self, name) != _FIELDS[name].metadata["default"]:
+            if self.method not in methods and getattr(self, name) != self.default_of(name):
                 raise ConfigError(f"{name} applies to method {' / '.join(methods)}, not {self.method!r}; drop it "
                                   f"or choose --method {methods[0]}")
 
@@ -132,79 +115,7 @@ class JobConfig:
         """Where the prompts end: after the answer stem for ``flip``, at the reply otherwise."""
         return "answer" if self.metric == "flip" else "reply"
 
-    def to_toml_dict(self) -> dict[str, dict[str, Any]]:
-        out: dict[str, dict[str, Any]] = {s: {} for s in SECTIONS}
-        for f in fields(self):
-            out[f.metadata["section"]][f.name] = getattr(self, f.name)
-        return out
-
-    @classmethod
-    def from_toml_dict(cls, data: dict[str, Any], base: "JobConfig | None" = None) -> "JobConfig":
-        """``base`` (default: the defaults) updated with ``{section: {key: value}}``.
-
-        Raises:
-            ConfigError: unknown section or key, or an invalid value.
-        """
-        by_section = {s: {f.name for f in fields(cls) if f.metadata["section"] == s} for s in SECTIONS}
-        updates: dict[str, Any] = {}
-        for section, values in data.items():
-            if section not in by_section or not isinstance(values, dict):
-                raise ConfigError(f"unknown config section [{section}]; sections are {', '.join(SECTIONS)}")
-            for key, value in values.items():
-                if key not in by_section[section]:
-                    raise ConfigError(f"unknown key {key!r} in [{section}]; known: {', '.join(sorted(by_section[section]))}")
-                # Checked before construction so a wrong type is a ConfigError, not a TypeError.
-                _check_value(_FIELDS[key], value)
-                updates[key] = value
-        return dataclasses.replace(base or cls(), **updates)
-
-
-_FIELDS = {f.name: f for f in fields(JobConfig)}
-
-
-def _check_value(f: dataclasses.Field, value: Any) -> None:
-    """Type, choice and lower-bound check of one field's value."""
-    meta = f.metadata
-    flag = f"{f.name} (--{f.name.replace('_', '-')})"
-    expected = _field_type(f)
-    if expected is list:
-        item = int if f.name == "ks" else str
-        if not isinstance(value, list) or not all(isinstance(v, item) and not isinstance(v, bool) for v in value):
-            raise ConfigError(f"{flag} must be a list of {item.__name__}s, got {value!r}")
-    elif not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
-        raise ConfigError(f"{flag} must be {expected.__name__}, got {value!r}")
-    if meta["choices"] and value not in meta["choices"]:
-        raise ConfigError(f"{flag} must be one of {', '.join(meta['choices'])}; got {value!r}")
-    if meta["minimum"] is not None and value < meta["minimum"]:
-        raise ConfigError(f"{flag} must be >= {meta['minimum']}, got {value}")
-
-
-def _field_type(f: dataclasses.Field) -> type:
-    return {"str": str, "int": int, "bool": bool}.get(getattr(f.type, "__name__", ""), list)
-
-
-def load_toml(path: str | Path) -> dict[str, Any]:
-    """Parse a TOML file.
-
-    Raises:
-        ConfigError: missing, unreadable or invalid TOML (the message gives the parser's line).
-    """
-    try:
-        return tomllib.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"config file {path} does not exist") from None
-    except (OSError, UnicodeDecodeError) as err:
-        raise ConfigError(f"cannot read config file {path}: {err}") from None
-    except tomllib.TOMLDecodeError as err:
-        raise ConfigError(f"config file {path} is not valid TOML: {err}") from None
-
 
 def dump_toml(config: JobConfig) -> str:
-    """The resolved configuration as TOML (sections in a fixed order, keys in field order)."""
-    header = "# sycointerp patch job: the fully resolved configuration (rerun with --config this-file)\n"
-    return header + tomli_w.dumps(config.to_toml_dict())
-
-
-def config_diff(a: JobConfig, b: JobConfig) -> list[str]:
-    """Names of the fields where two configurations differ."""
-    return [f.name for f in fields(a) if getattr(a, f.name) != getattr(b, f.name)]
+    """The resolved configuration as TOML."""
+    return _dump(config, "sycointerp patch job: the fully resolved configuration (rerun with --config this-file)")

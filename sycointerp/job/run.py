@@ -43,7 +43,8 @@ from sycointerp._io import atomic_write, write_json
 from sycointerp.data.pairs import PromptPair, build_pairs
 from sycointerp.data.questions import DataError, Question
 from sycointerp.data.templates import ChallengeTemplate
-from sycointerp.job.config import ConfigError, JobConfig, config_diff, dump_toml, load_toml
+from sycointerp._config import ConfigError, TomlConfig, config_diff, dump_toml as _dump, load_toml
+from sycointerp.job.config import JobConfig
 from sycointerp.judge import answer_is_correct
 from sycointerp.job.shards import Chunk, ChunkStore, Group, chunk_ranges
 from sycointerp.patching import (
@@ -75,8 +76,8 @@ def _check_writable(out: Path) -> None:
         raise OutputError(f"--out {out} is not a writable directory ({err.strerror}); choose another path") from None
 
 
-def _clear(out: Path) -> None:
-    for name in OUTPUT_NAMES:
+def _clear(out: Path, names: Sequence[str]) -> None:
+    for name in names:
         target = out / name
         if target.is_dir():
             shutil.rmtree(target)
@@ -84,8 +85,13 @@ def _clear(out: Path) -> None:
             target.unlink(missing_ok=True)
 
 
-def prepare_output(out: Path, config: JobConfig, overwrite: bool) -> str:
+def prepare_output(out: Path, config: TomlConfig, overwrite: bool, *, names: Sequence[str] = OUTPUT_NAMES,
+                   done: str = "summary.json", header: str = "sycointerp patch job: the fully resolved "
+                   "configuration (rerun with --config this-file)") -> str:
     """Make ``out`` ready for ``config``: ``"new"``, ``"resume"`` or ``"complete"`` (nothing to do).
+
+    ``names`` are the files this kind of job writes (the only ones ``overwrite`` deletes) and
+    ``done`` the one written last.
 
     Raises:
         OutputError: unwritable; another job's configuration (without ``overwrite``); a non-empty
@@ -94,10 +100,10 @@ def prepare_output(out: Path, config: JobConfig, overwrite: bool) -> str:
     _check_writable(out)
     saved = out / "config.toml"
     if overwrite:
-        _clear(out)
+        _clear(out, names)
     elif saved.is_file():
         try:
-            old = JobConfig.from_toml_dict(load_toml(saved))
+            old = type(config).from_toml_dict(load_toml(saved))
         except ConfigError as err:
             raise OutputError(f"{saved} is not a valid job config ({err}); pass --overwrite to replace the job") from None
         diff = config_diff(old, config)
@@ -105,18 +111,18 @@ def prepare_output(out: Path, config: JobConfig, overwrite: bool) -> str:
             changes = "; ".join(f"{k}: {getattr(old, k)!r} -> {getattr(config, k)!r}" for k in diff)
             raise OutputError(f"--out {out} holds a job with another configuration ({changes}); rerun with the "
                               "same options to resume it, choose another --out, or pass --overwrite")
-        return "complete" if (out / "summary.json").is_file() else "resume"
+        return "complete" if (out / done).is_file() else "resume"
     elif any(out.iterdir()):
         raise OutputError(f"--out {out} is not empty and holds no sycointerp job (no config.toml); choose a new "
                           "or empty directory, or pass --overwrite")
-    atomic_write(saved, lambda p: Path(p).write_text(dump_toml(config)))
+    atomic_write(saved, lambda p: Path(p).write_text(_dump(config, header)))
     return "new"
 
 
 # --------------------------------------------------------------------------- data and model
 
 
-def _read_dataset(config: JobConfig) -> list[Question]:
+def _read_dataset(config: TomlConfig) -> list[Question]:
     from sycointerp.data import (
         load_arc_jsonl, load_are_you_sure, load_builtin, load_questions_jsonl, load_truthfulqa_csv,
     )
@@ -129,15 +135,18 @@ def _read_dataset(config: JobConfig) -> list[Question]:
     if config.dataset == "jsonl":
         return load_questions_jsonl(path)
     if config.dataset == "are_you_sure":
-        return load_are_you_sure(path, sources=config.sources or None, seed=seed) if config.sources else \
-            load_are_you_sure(path, seed=seed)
+        sources = getattr(config, "sources", None)
+        return load_are_you_sure(path, sources=sources, seed=seed) if sources else load_are_you_sure(path, seed=seed)
     if config.dataset == "truthfulqa":
         return load_truthfulqa_csv(path, seed=seed)
     return load_arc_jsonl(path, seed=seed)
 
 
-def load_job_questions(config: JobConfig) -> list[Question]:
+def load_job_questions(config: TomlConfig) -> list[Question]:
     """The job's questions: dataset, source filter, seeded sample of ``limit`` (in dataset order).
+
+    ``config`` is a :class:`JobConfig` or any config with ``dataset``, ``data_path``, ``seed``,
+    ``limit`` (and optionally ``sources``) fields.
 
     Questions without an id get ``q{index}`` (their index in the dataset).
 
@@ -145,11 +154,12 @@ def load_job_questions(config: JobConfig) -> list[Question]:
         DataError: a missing file, a malformed record, or a filter / dataset that leaves nothing.
     """
     questions = [q if q.id else dataclasses.replace(q, id=f"q{i}") for i, q in enumerate(_read_dataset(config))]
-    if config.sources and config.dataset != "are_you_sure":
-        kept = [q for q in questions if q.source in config.sources or q.domain in config.sources]
+    sources = getattr(config, "sources", None)
+    if sources and config.dataset != "are_you_sure":
+        kept = [q for q in questions if q.source in sources or q.domain in sources]
         if not kept:
             known = sorted({q.source for q in questions} | {q.domain for q in questions if q.domain})
-            raise DataError(f"no question matches sources {config.sources}; known sources/domains: {known}")
+            raise DataError(f"no question matches sources {sources}; known sources/domains: {known}")
         questions = kept
     if not questions:
         raise DataError(f"dataset {config.dataset!r} holds no questions")

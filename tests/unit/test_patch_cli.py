@@ -4,6 +4,7 @@ The jobs run tiny random models saved with save_pretrained and loaded back throu
 (the same path a user's local model takes), on the built-in questions.
 """
 
+import dataclasses
 import json
 import os
 import signal
@@ -80,7 +81,7 @@ def test_help_documents_every_option_with_its_default(capsys):
         build_parser().parse_args(["--help"])
     assert exit_info.value.code == 0
     text = " ".join(capsys.readouterr().out.split())
-    for f in JobConfig.__dataclass_fields__.values():
+    for f in dataclasses.fields(JobConfig):
         assert "--" + f.name.replace("_", "-") in text
     assert "(default: 'path')" in text and "(default: 0,3,9,27)" in text and "(default: 8)" in text
 

@@ -1,0 +1,80 @@
+"""The SPT run's configuration (``python -m sycointerp.spt``): sections model, data, heads, train, eval, run.
+
+TOML form and flags come from :mod:`sycointerp._config`, as for the patch job.
+"""
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+from sycointerp._config import ConfigError, TomlConfig, opt
+
+__all__ = ["SPTConfig", "METHODS"]
+
+METHODS = ("base", "spt", "sft", "lora", "random", "lora_heads")
+
+
+@dataclass(frozen=True)
+class SPTConfig(TomlConfig):
+    """Tune the sycophancy heads (and baselines), evaluate before and after."""
+
+    SECTIONS: ClassVar[tuple[str, ...]] = ("model", "data", "heads", "train", "eval", "run")
+
+    # [model]
+    model: str = opt("model", "model name, local HF directory or .gguf file ('' = embedded SmolLM2-135M-Instruct)", "")
+    dtype: str = opt("model", "parameter dtype", "float32", ("float32", "bfloat16"))
+    device: str = opt("model", "torch device ('cuda' gives each process its local GPU)", "cpu")
+    trust_remote_code: bool = opt("model", "allow the model repository's own code", False)
+    # [data]
+    dataset: str = opt("data", "question source for training and held-out evaluation", "builtin",
+                       ("builtin", "jsonl", "are_you_sure", "truthfulqa", "arc"))
+    data_path: str = opt("data", "file for the dataset", "")
+    eval_path: str = opt("data", "separate JSONL of evaluation questions ('' = a held-out split of the dataset)", "")
+    eval_fraction: float = opt("data", "share of the dataset held out for evaluation (without eval_path)", 0.5)
+    limit: int = opt("data", "use this many questions of the dataset (0 = all)", 0, minimum=0)
+    seed: int = opt("data", "seed of the split, the dialogues and training", 0, minimum=0)
+    kinds: list[str] = opt("data", "training dialogue kinds", ["insist", "revise"])
+    system: str = opt("data", "system prompt ('' = none)", "You are a helpful assistant.")
+    # [heads]
+    heads_file: str = opt("heads", "heads.csv of a patch job ('' = rank by path patching on the training questions)",
+                          "")
+    top_k: int = opt("heads", "number of heads to tune (0 = 4% of all heads, as in the paper)", 0, minimum=0)
+    tune_kv: str = opt("heads", "tune K/V slices: auto = only for multi-head attention (the paper's rule)", "auto",
+                       ("auto", "yes", "no"))
+    # [train]
+    methods: list[str] = opt("train", f"what to run, in order: {', '.join(METHODS)} (base = no tuning)",
+                             ["base", "spt"])
+    steps: int = opt("train", "optimizer steps per method", 60, minimum=1)
+    lr: float = opt("train", "peak learning rate of spt / sft / random", 1e-4, minimum=0)
+    lora_lr: float = opt("train", "peak learning rate of lora / lora_heads", 5e-4, minimum=0)
+    lora_rank: int = opt("train", "LoRA rank", 16, minimum=1)
+    batch_size: int = opt("train", "examples per micro-batch and process", 8, minimum=1)
+    grad_accum: int = opt("train", "micro-batches per step", 1, minimum=1)
+    warmup_steps: int = opt("train", "linear warmup steps", 5, minimum=0)
+    weight_decay: float = opt("train", "AdamW weight decay", 0.1, minimum=0)
+    checkpoint_every: int = opt("train", "checkpoint every N steps (0 = at the end only)", 0, minimum=0)
+    # [eval]
+    eval_limit: int = opt("eval", "evaluate on this many held-out questions (0 = all)", 0, minimum=0)
+    max_new_tokens: int = opt("eval", "greedy tokens of the reply to the challenge", 48, minimum=1)
+    kl_text: str = opt("eval", "plain-text file for the KL divergence to the base model ('' = skip)", "")
+    kl_passages: int = opt("eval", "passages of kl_text (first 128 tokens each)", 200, minimum=1)
+    arc_path: str = opt("eval", "ARC-style JSONL for multiple-choice accuracy ('' = skip)", "")
+    arc_limit: int = opt("eval", "ARC questions scored (0 = all)", 200, minimum=0)
+    opinion_path: str = opt("eval", "Anthropic opinion-matching JSONL ('' = skip)", "")
+    opinion_limit: int = opt("eval", "opinion items scored (0 = all)", 200, minimum=0)
+    eval_batch_size: int = opt("eval", "prompts per generation batch", 16, minimum=1)
+    # [run]
+    save_model: bool = opt("run", "also write each tuned model as a full HuggingFace checkpoint", False)
+
+    def __post_init__(self) -> None:
+        self.check_fields()
+        if not 0 < self.eval_fraction < 1:
+            raise ConfigError(f"eval_fraction (--eval-fraction) must be in (0, 1), got {self.eval_fraction}")
+        bad = [m for m in self.methods if m not in METHODS]
+        if bad or not self.methods or len(set(self.methods)) != len(self.methods):
+            raise ConfigError(f"methods must be distinct names among {', '.join(METHODS)}; got {self.methods}")
+        if set(self.kinds) - {"insist", "revise"} or not self.kinds:
+            raise ConfigError(f"kinds must be a non-empty subset of insist, revise; got {self.kinds}")
+        if self.dataset != "builtin" and not self.data_path:
+            raise ConfigError(f"dataset {self.dataset!r} needs data_path (--data-path FILE)")
+        if self.warmup_steps >= self.steps:
+            raise ConfigError(f"warmup_steps ({self.warmup_steps}) must be below steps ({self.steps})")

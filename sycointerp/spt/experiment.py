@@ -1,0 +1,231 @@
+"""One SPT experiment: split the questions, choose the heads, tune every method on the same data, evaluate.
+
+Methods (all trained by :func:`sycointerp.spt.train.train` on the same dialogues and schedule):
+``base`` (untuned), ``spt`` (the selected heads' slices), ``random`` (as many random heads, the
+paper's control), ``lora_heads`` (rank-r deltas on the selected heads' slices), ``lora`` (peft LoRA
+on every attention projection), ``sft`` (every weight).
+
+Output directory::
+
+    config.toml       the resolved configuration
+    heads.json        the tuned head set (and how it was chosen)
+    <method>/         result.json (metrics + training report), sycophancy_eval.json (every dialogue),
+                      deltas.safetensors (head methods), model/ (full HF checkpoint, with save_model)
+    report.json       every method's row, written last
+    results.md        the comparison table
+
+Resumable: a method whose ``result.json`` exists is not run again; training checkpoints (with
+``checkpoint_every``) resume an interrupted method. Under ``torchrun`` / ``accelerate launch``
+training is data-parallel; evaluation runs on the main process.
+"""
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from sycointerp._io import atomic_write, write_json, write_tensors
+from sycointerp.data.questions import DataError, Question, load_questions_jsonl
+from sycointerp.job.run import load_job_questions, prepare_output
+from sycointerp.models import hook_model, load_hf_model
+from sycointerp.spt.config import METHODS, SPTConfig
+from sycointerp.spt.data import build_dialogues, check_disjoint, split_questions, tokenize_dialogues
+from sycointerp.spt.heads import HeadSet, attention_dims
+from sycointerp.spt.train import TrainConfig, train
+from sycointerp.spt.tunable import FullWeights, HeadDeltas, PeftLoRA
+
+__all__ = ["run_experiment", "split_data", "choose_heads", "OUTPUT_NAMES", "results_table"]
+
+log = logging.getLogger("sycointerp.spt")
+OUTPUT_NAMES = ("config.toml", "heads.json", "report.json", "results.md", *METHODS)
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+def split_data(config: SPTConfig) -> tuple[list[Question], list[Question]]:
+    """``(train, eval)`` questions: the dataset split (or the dataset and ``eval_path``), disjoint.
+
+    Raises:
+        DataError: missing files, too few questions, or training questions found in ``eval_path``.
+    """
+    questions = load_job_questions(config)
+    if config.eval_path:
+        if not Path(config.eval_path).is_file():
+            raise DataError(f"eval_path {config.eval_path} does not exist; check --eval-path")
+        train_qs, eval_qs = questions, load_questions_jsonl(config.eval_path)
+    else:
+        train_qs, eval_qs = split_questions(questions, eval_fraction=config.eval_fraction, seed=config.seed)
+    check_disjoint(train_qs, eval_qs)
+    return train_qs, eval_qs[: config.eval_limit] if config.eval_limit else eval_qs
+
+
+def choose_heads(config: SPTConfig, train_qs: list[Question], progress: bool = False) -> HeadSet:
+    """The heads to tune: the top K of ``heads_file``, else of path patching on the training questions.
+
+    Raises:
+        DataError: a heads file that does not fit the model, or K larger than the heads available.
+    """
+    hf, tok, name = _load(config)
+    n_layers, n_heads, *_ = attention_dims(hf.config)
+    k = config.top_k or max(1, round(0.04 * n_layers * n_heads))
+    try:
+        if config.heads_file:
+            return HeadSet.from_csv(config.heads_file, k, n_layers, n_heads)
+        if k > n_layers * n_heads:
+            raise ValueError(f"top_k={k} but the model has {n_layers * n_heads} heads")
+    except ValueError as err:
+        raise DataError(str(err)) from None
+    from sycointerp.data.pairs import build_pairs
+    from sycointerp.patching import apology_logit_diff_metric, path_patch_heads
+
+    model = hook_model(hf, tok, name)
+    pairs = build_pairs(train_qs, tok, position="reply", system=config.system or None)
+    log.info("ranking heads by path patching on %d training pairs", len(pairs))
+    result = path_patch_heads(model, pairs, apology_logit_diff_metric(tok), batch_size=config.eval_batch_size)
+    return HeadSet.top_k(result, k)
+
+
+def _load(config: SPTConfig):
+    return load_hf_model(config.model or None, device=config.device, dtype=_DTYPES[config.dtype],
+                         trust_remote_code=config.trust_remote_code)
+
+
+def _tune_kv(config: SPTConfig) -> bool | None:
+    return {"auto": None, "yes": True, "no": False}[config.tune_kv]
+
+
+def _tunable(method: str, hf: torch.nn.Module, heads: HeadSet, config: SPTConfig):
+    if method == "spt":
+        return HeadDeltas(hf, heads, tune_kv=_tune_kv(config))
+    if method == "random":
+        rand = HeadSet.random(len(heads), heads.n_layers, heads.n_heads, seed=config.seed)
+        return HeadDeltas(hf, rand, tune_kv=_tune_kv(config))
+    if method == "lora_heads":
+        return HeadDeltas(hf, heads, tune_kv=_tune_kv(config), rank=config.lora_rank, seed=config.seed)
+    if method == "lora":
+        return PeftLoRA(hf, rank=config.lora_rank, seed=config.seed)
+    return FullWeights(hf)
+
+
+def _train_config(method: str, config: SPTConfig) -> TrainConfig:
+    lr = config.lora_lr if method in ("lora", "lora_heads") else config.lr
+    return TrainConfig(steps=config.steps, lr=lr, batch_size=config.batch_size, grad_accum=config.grad_accum,
+                       warmup_steps=config.warmup_steps, weight_decay=config.weight_decay, seed=config.seed,
+                       checkpoint_every=config.checkpoint_every)
+
+
+def _evaluate(model, base, eval_qs: list[Question], config: SPTConfig, out: Path, progress: bool) -> dict[str, Any]:
+    from sycointerp.data.loaders import load_arc_jsonl
+    from sycointerp.evaluate import evaluate_sycophancy, kl_on_text, letter_accuracy, opinion_matching
+
+    row: dict[str, Any] = {}
+    syc = evaluate_sycophancy(model, eval_qs, batch_size=config.eval_batch_size,
+                              max_new_tokens=config.max_new_tokens, system=config.system or None, progress=progress)
+    syc.save(out)
+    row.update({k: v.to_json() for k, v in syc.summary().items()})
+    if config.kl_text:
+        row["kl"] = 0.0 if base is None else float(kl_on_text(base, model, config.kl_text,
+                                                                n_passages=config.kl_passages))
+    if config.arc_path:
+        arc = load_arc_jsonl(config.arc_path)
+        arc = arc[: config.arc_limit] if config.arc_limit else arc
+        row["arc_accuracy"] = letter_accuracy(model, arc, batch_size=config.eval_batch_size).accuracy.to_json()
+    if config.opinion_path:
+        limit = config.opinion_limit or None
+        row["opinion_matching"] = opinion_matching(model, config.opinion_path, limit=limit).rate.to_json()
+    return row
+
+
+def _run_method(method: str, config: SPTConfig, heads: HeadSet, examples, eval_qs, base, out: Path, acc,
+                progress: bool) -> dict[str, Any]:
+    target = out / method
+    if (target / "result.json").is_file():
+        log.info("%s: already done (%s)", method, target / "result.json")
+        return json.loads((target / "result.json").read_text())
+    target.mkdir(parents=True, exist_ok=True)
+    hf, tok, name = _load(config)
+    row: dict[str, Any] = {"method": method, "heads": len(heads) if method in ("spt", "random", "lora_heads") else 0}
+    if method != "base":
+        tunable = _tunable(method, hf, heads, config)
+        log.info("%s: %d trainable parameters", method, tunable.n_trainable())
+        report = train(hf, tunable, examples, _train_config(method, config), pad_id=tok.pad_token_id or 0,
+                       checkpoint_dir=target, accelerator=acc, progress=progress)
+        tunable.merge()
+        row["train"] = report.to_json()
+        if acc.is_main_process:
+            if isinstance(tunable, HeadDeltas):
+                write_tensors(target / "deltas.safetensors", tunable.named_deltas())
+                write_json(target / "heads.json", tunable.heads.to_json())
+            if config.save_model:
+                hf.save_pretrained(target / "model")
+                tok.save_pretrained(target / "model")
+    if acc.is_main_process:
+        start = time.perf_counter()
+        row.update(_evaluate(hook_model(hf, tok, name), base, eval_qs, config, target, progress))
+        row["eval_seconds"] = time.perf_counter() - start
+        write_json(target / "result.json", row)
+    acc.wait_for_everyone()
+    return row
+
+
+def _fmt(p: dict[str, Any] | None, scale: float = 100) -> str:
+    if not p:
+        return "-"
+    if p.get("rate") is None:
+        return f"n/a (n={p.get('n', 0)})"
+    return f"{p['rate'] * scale:.1f} [{p['ci_low'] * scale:.1f}, {p['ci_high'] * scale:.1f}]"
+
+
+def results_table(rows: list[dict[str, Any]]) -> str:
+    """The markdown comparison table (rates in %, 95% Wilson intervals)."""
+    head = ("| method | heads | trainable params | train s | s/step | optimizer MB | Confidence | Truthfulness | "
+            "apology rate | accuracy before | KL to base | ARC accuracy | opinion matching |")
+    lines = [head, "|" + "---|" * 13]
+    for r in rows:
+        t = r.get("train") or {}
+        kl = f"{r['kl']:.2e}" if "kl" in r else "-"
+        lines.append(
+            f"| {r['method']} | {r['heads'] or '-'} | {t.get('n_trainable', 0):,} | {t.get('seconds', 0):.0f} | "
+            f"{t.get('step_seconds', 0):.2f} | {t.get('optimizer_bytes', 0) / 2**20:.1f} | {_fmt(r['confidence'])} | "
+            f"{_fmt(r['truthfulness'])} | {_fmt(r['apology_rate'])} | {_fmt(r['accuracy_before'])} | {kl} | "
+            f"{_fmt(r.get('arc_accuracy'))} | {_fmt(r.get('opinion_matching'))} |"
+        )
+    return "\n".join(lines)
+
+
+def run_experiment(config: SPTConfig, out: str | Path, *, overwrite: bool = False, progress: bool = True) -> dict:
+    """Run (or resume) the experiment of the module docstring into ``out``; returns the report.
+
+    Raises:
+        OutputError, ConfigError, DataError, ModelLoadError: user errors (the CLI exits 2).
+        TrainingError: a non-finite loss.
+    """
+    from accelerate import Accelerator
+
+    acc = Accelerator(cpu=not config.device.startswith("cuda"))
+    out = Path(out)
+    if acc.is_main_process:
+        prepare_output(out, config, overwrite, names=OUTPUT_NAMES, done="report.json",
+                       header="sycointerp SPT run: the fully resolved configuration (rerun with --config this-file)")
+    acc.wait_for_everyone()
+    train_qs, eval_qs = split_data(config)
+    heads = choose_heads(config, train_qs, progress)
+    if acc.is_main_process:
+        write_json(out / "heads.json", {**heads.to_json(), "n_train_questions": len(train_qs),
+                                        "n_eval_questions": len(eval_qs)})
+    examples = tokenize_dialogues(_load(config)[1], build_dialogues(train_qs, kinds=config.kinds, seed=config.seed,
+                                                                    system=config.system or None))
+    base = None
+    if acc.is_main_process and config.kl_text:
+        hf, tok, name = _load(config)
+        base = hook_model(hf, tok, name)
+    rows = [_run_method(m, config, heads, examples, eval_qs, base, out, acc, progress) for m in config.methods]
+    report = {"model": config.model or "embedded SmolLM2-135M-Instruct", "heads": heads.to_json(),
+              "n_train_questions": len(train_qs), "n_train_dialogues": len(examples),
+              "n_eval_questions": len(eval_qs), "rows": rows}
+    if acc.is_main_process:
+        atomic_write(out / "results.md", lambda p: Path(p).write_text(results_table(rows) + "\n"))
+        write_json(out / "report.json", report)
+    return report

@@ -1,0 +1,257 @@
+"""Which heads SPT tunes (:class:`HeadSet`) and where each head lives in the HuggingFace weights.
+
+A head's parameters are slices of the attention projections (the SPT paper's W_Q, W_K, W_V, W_O):
+
+- query: the ``d_head`` output features of ``q`` belonging to the head;
+- key / value: the ``d_head`` output features of the head's *KV head* (``head // group`` in
+  grouped-query attention, where ``group = n_heads // n_kv_heads`` query heads share one);
+- output: the ``d_head`` input features of ``o`` that read the head's ``z``.
+
+Layouts handled (``model.config.model_type``):
+
+- separate ``q_proj / k_proj / v_proj / o_proj`` Linear layers (Llama, Mistral, Qwen2/3, Gemma 2/3,
+  OLMo/OLMo 2, SmolLM2): rows of q/k/v (Linear weights are ``[out, in]``), columns of o;
+- fused Linear ``qkv_proj`` (Phi-3): rows ``[q heads | k heads | v heads]``;
+- fused Conv1D ``c_attn`` / ``c_proj`` (GPT-2): Conv1D weights are ``[in, out]``, so the head's q/k/v
+  features are *columns* ``[q | k | v]`` of ``c_attn`` and its output features *rows* of ``c_proj``;
+- fused, per-head interleaved ``query_key_value`` (GPT-NeoX / Pythia): rows ``[h0: q k v | h1: ...]``.
+
+GQA rule (the paper's): with ``n_kv_heads < n_heads`` only W_Q and W_O are tuned by default, since
+a KV slice is shared by a whole group; ``tune_kv=True`` opts in, and a KV head shared by two
+selected heads is then one slice (tuned once). Biases are never tuned. Anything else raises
+:class:`UnsupportedArchitecture` naming the family; nothing is guessed.
+"""
+
+import csv
+import random
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+__all__ = ["HeadSet", "HeadSlice", "UnsupportedArchitecture", "head_slices", "attention_dims", "expected_trainable"]
+
+Role = Literal["q", "k", "v", "o"]
+Head = tuple[int, int]
+
+
+class UnsupportedArchitecture(ValueError):
+    """The model's attention layout is not one SPT can slice per head; the message names it."""
+
+
+@dataclass(frozen=True)
+class HeadSet:
+    """Selected ``(layer, head)`` pairs of a model with ``n_layers x n_heads`` query heads.
+
+    Attributes:
+        heads: sorted, distinct heads.
+        n_layers, n_heads: the model's head grid (checked against the model when used).
+        source: how the set was chosen (``"top-32 of path/resid"``, ``"random seed=0"``, ``"list"``).
+    """
+
+    heads: tuple[Head, ...]
+    n_layers: int
+    n_heads: int
+    source: str = "list"
+
+    def __post_init__(self) -> None:
+        heads = tuple(sorted((int(l), int(h)) for l, h in self.heads))
+        if not heads:
+            raise ValueError("a HeadSet needs at least one head")
+        if len(set(heads)) != len(heads):
+            raise ValueError(f"heads listed twice in {list(self.heads)}")
+        bad = [hd for hd in heads if not (0 <= hd[0] < self.n_layers and 0 <= hd[1] < self.n_heads)]
+        if bad:
+            raise ValueError(f"heads {bad[:4]} lie outside the model's {self.n_layers} layers x {self.n_heads} heads; "
+                             "was the ranking made with another model?")
+        object.__setattr__(self, "heads", heads)
+
+    def __len__(self) -> int:
+        return len(self.heads)
+
+    @classmethod
+    def top_k(cls, result: Any, k: int) -> "HeadSet":
+        """The ``k`` best-ranked heads of a per-head :class:`~sycointerp.patching.PatchResult`.
+
+        Raises:
+            ValueError: ``k`` outside ``[1, n_layers * n_heads]`` or a result whose cells are not heads.
+        """
+        if result.components != ("layer", "head"):
+            raise ValueError(f"top_k needs a per-head result (components ('layer', 'head')), got {result.components}")
+        _check_k(k, result.n_layers * result.n_heads)
+        return cls(tuple(result.top_k(k)), result.n_layers, result.n_heads, f"top-{k} of {result.method}")
+
+    @classmethod
+    def from_csv(cls, path: str | Path, k: int, n_layers: int, n_heads: int) -> "HeadSet":
+        """The ``k`` first heads by ``rank`` of a ``heads.csv`` (from ``python -m sycointerp.patch``).
+
+        Raises:
+            ValueError: unreadable file, missing columns, ``k`` larger than the file, heads outside the model.
+        """
+        try:
+            with open(path, newline="") as handle:
+                rows = list(csv.DictReader(handle))
+        except OSError as err:
+            raise ValueError(f"cannot read heads file {path}: {err.strerror}") from None
+        if not rows or not {"layer", "head", "rank"} <= set(rows[0]):
+            raise ValueError(f"{path} is not a heads.csv (needs columns layer, head, rank)")
+        rows.sort(key=lambda r: int(r["rank"]))
+        _check_k(k, len(rows), f"{path} lists {len(rows)} heads")
+        return cls(tuple((int(r["layer"]), int(r["head"])) for r in rows[:k]), n_layers, n_heads, f"top-{k} of {path}")
+
+    @classmethod
+    def random(cls, k: int, n_layers: int, n_heads: int, seed: int = 0) -> "HeadSet":
+        """``k`` heads drawn uniformly without replacement (the paper's random-heads control)."""
+        _check_k(k, n_layers * n_heads)
+        drawn = random.Random(seed).sample(range(n_layers * n_heads), k)
+        return cls(tuple(divmod(i, n_heads) for i in drawn), n_layers, n_heads, f"random seed={seed}")
+
+    def to_json(self) -> dict[str, Any]:
+        return {"heads": [list(h) for h in self.heads], "n_layers": self.n_layers, "n_heads": self.n_heads,
+                "source": self.source}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "HeadSet":
+        return cls(tuple(tuple(h) for h in data["heads"]), data["n_layers"], data["n_heads"], data["source"])
+
+
+def _check_k(k: int, total: int, what: str | None = None) -> None:
+    if not 1 <= k <= total:
+        raise ValueError(f"K must be in [1, {total}] ({what or f'the model has {total} heads'}), got {k}")
+
+
+@dataclass(frozen=True)
+class HeadSlice:
+    """One tuned block: ``module.weight.narrow(dim, start, size)``.
+
+    ``on_output`` says whether the block is output features of the layer (q/k/v) or input
+    features (o); ``conv1d`` whether the weight is stored ``[in, out]`` (GPT-2) instead of Linear's
+    ``[out, in]``. Both decide how a delta on the block enters the layer's output.
+    """
+
+    layer: int
+    role: Role
+    index: int  # query head for q/o, KV head for k/v
+    module: torch.nn.Module
+    name: str
+    dim: int
+    start: int
+    size: int
+    on_output: bool
+    conv1d: bool
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        full = list(self.module.weight.shape)
+        full[self.dim] = self.size
+        return tuple(full)
+
+    def view(self) -> torch.Tensor:
+        return self.module.weight.narrow(self.dim, self.start, self.size)
+
+
+def attention_dims(config: Any) -> tuple[int, int, int, int, int]:
+    """``(n_layers, n_heads, n_kv_heads, d_model, d_head)`` of a HuggingFace config."""
+    n_layers = getattr(config, "num_hidden_layers", None) or config.n_layer
+    n_heads = getattr(config, "num_attention_heads", None) or config.n_head
+    n_kv = getattr(config, "num_key_value_heads", None) or n_heads
+    d_model = getattr(config, "hidden_size", None) or config.n_embd
+    d_head = getattr(config, "head_dim", None) or d_model // n_heads
+    return n_layers, n_heads, n_kv, d_model, d_head
+
+
+_SEPARATE = {"llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3", "gemma3_text", "olmo", "olmo2",
+             "granite", "smollm3"}
+
+
+def _layers(model: torch.nn.Module, kind: str) -> torch.nn.ModuleList:
+    base = getattr(model, "model", None) or getattr(model, "transformer", None) or getattr(model, "gpt_neox", None)
+    layers = getattr(base, "layers", None) or getattr(base, "h", None)
+    if layers is None:
+        raise UnsupportedArchitecture(f"cannot find the decoder layers of model type {kind!r}")
+    return layers
+
+
+def _blocks(kind: str, attn: torch.nn.Module, n_heads: int, n_kv: int, d_head: int
+            ) -> dict[str, tuple[torch.nn.Module, str, int, bool, bool]]:
+    """Per role: (module, name, offset of head 0 on the sliced axis, on_output, conv1d)."""
+    if kind in _SEPARATE:
+        return {"q": (attn.q_proj, "q_proj", 0, True, False), "k": (attn.k_proj, "k_proj", 0, True, False),
+                "v": (attn.v_proj, "v_proj", 0, True, False), "o": (attn.o_proj, "o_proj", 0, False, False)}
+    if kind == "phi3":
+        return {"q": (attn.qkv_proj, "qkv_proj", 0, True, False),
+                "k": (attn.qkv_proj, "qkv_proj", n_heads * d_head, True, False),
+                "v": (attn.qkv_proj, "qkv_proj", (n_heads + n_kv) * d_head, True, False),
+                "o": (attn.o_proj, "o_proj", 0, False, False)}
+    if kind == "gpt2":
+        d_model = n_heads * d_head
+        return {"q": (attn.c_attn, "c_attn", 0, True, True), "k": (attn.c_attn, "c_attn", d_model, True, True),
+                "v": (attn.c_attn, "c_attn", 2 * d_model, True, True), "o": (attn.c_proj, "c_proj", 0, False, True)}
+    raise UnsupportedArchitecture(
+        f"SPT cannot slice heads of model type {kind!r}: supported are {sorted(_SEPARATE | {'phi3', 'gpt2', 'gpt_neox'})}"
+    )
+
+
+def head_slices(model: torch.nn.Module, heads: HeadSet, *, tune_kv: bool | None = None) -> list[HeadSlice]:
+    """The weight blocks SPT tunes for ``heads`` in a HuggingFace causal LM.
+
+    Args:
+        model: a plain HuggingFace ``*ForCausalLM`` (not a TransformerBridge: the bridge wraps and,
+            for fused layouts, splits the projections; SPT trains the real weights).
+        heads: the selected heads.
+        tune_kv: tune the K/V slices; default: yes for multi-head attention, no for GQA.
+
+    Raises:
+        UnsupportedArchitecture: a layout this module does not know.
+        ValueError: ``heads`` made for another head grid.
+    """
+    config = model.config
+    kind = getattr(config, "model_type", "?")
+    n_layers, n_heads, n_kv, _, d_head = attention_dims(config)
+    if (heads.n_layers, heads.n_heads) != (n_layers, n_heads):
+        raise ValueError(f"the head set is for {heads.n_layers} x {heads.n_heads} heads, the model has "
+                         f"{n_layers} x {n_heads}; rank heads on this model")
+    tune_kv = (n_kv == n_heads) if tune_kv is None else tune_kv
+    layers = _layers(model, kind)
+    out: list[HeadSlice] = []
+    seen_kv: set[tuple[int, int]] = set()
+    for layer, head in heads.heads:
+        attn = getattr(layers[layer], "self_attn", None) or getattr(layers[layer], "attn", None) or \
+            getattr(layers[layer], "attention", None)
+        kv = head // (n_heads // n_kv)
+        roles: list[tuple[Role, int]] = [("q", head), ("o", head)]
+        if tune_kv and (layer, kv) not in seen_kv:
+            seen_kv.add((layer, kv))
+            roles += [("k", kv), ("v", kv)]
+        out += [_slice(kind, attn, layer, role, index, n_heads, n_kv, d_head) for role, index in roles]
+    return out
+
+
+def _slice(kind: str, attn: torch.nn.Module, layer: int, role: Role, index: int, n_heads: int, n_kv: int,
+           d_head: int) -> HeadSlice:
+    if kind == "gpt_neox":  # rows [head: q | k | v] interleaved per head
+        if role == "o":
+            return HeadSlice(layer, role, index, attn.dense, "dense", 1, index * d_head, d_head, False, False)
+        offset = index * 3 * d_head + "qkv".index(role) * d_head
+        return HeadSlice(layer, role, index, attn.query_key_value, "query_key_value", 0, offset, d_head, True, False)
+    module, name, base, on_output, conv1d = _blocks(kind, attn, n_heads, n_kv, d_head)[role]
+    # Linear [out, in]: output features are rows (dim 0). Conv1D [in, out]: output features are columns.
+    dim = (1 if conv1d else 0) if on_output else (0 if conv1d else 1)
+    return HeadSlice(layer, role, index, module, name, dim, base + index * d_head, d_head, on_output, conv1d)
+
+
+def expected_trainable(config: Any, k: int, *, tune_kv: bool | None = None) -> int:
+    """The paper's count: ``K x 4 x d_model x d_head`` (MHA) or ``K x 2 x d_model x d_head`` (GQA default).
+
+    With ``tune_kv`` on a GQA model the KV slices depend on which heads share a group, so this
+    returns the upper bound (every selected head in its own group).
+    """
+    _, n_heads, n_kv, d_model, d_head = attention_dims(config)
+    tune_kv = (n_kv == n_heads) if tune_kv is None else tune_kv
+    return k * (4 if tune_kv else 2) * d_model * d_head
+
+
+def unique_layers(slices: Iterable[HeadSlice]) -> list[int]:
+    return sorted({s.layer for s in slices})

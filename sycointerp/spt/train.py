@@ -1,0 +1,256 @@
+"""The fine-tuning loop shared by SPT and its baselines: AdamW, warmup + decay, accumulation, checkpoints.
+
+Built on Hugging Face ``accelerate`` for processes and devices: under ``torchrun`` (or ``accelerate
+launch``) each process takes a disjoint share of every global batch and the gradients are summed
+across processes before the optimizer step (``accelerator.reduce``), so N processes compute the
+same update as one process on the whole batch (to float rounding).
+
+Conventions:
+- One step = one global batch of ``batch_size x grad_accum x processes`` examples, drawn in a
+  seeded permutation of the examples (a new one each epoch), so the data order depends only on
+  ``seed`` and the step: a resumed run sees the same batches.
+- The loss is the summed next-token cross-entropy over the label tokens of the global batch divided
+  by their number (token mean over the whole batch, independent of how it is split).
+- Schedule: linear warmup over ``warmup_steps`` to ``lr``, then polynomial decay (power
+  ``decay_power``; 1 = linear) to 0 at ``steps``; gradients clipped to ``max_grad_norm``.
+- Checkpoints (every ``checkpoint_every`` steps and at the end; none when 0) go to ``checkpoint_dir/checkpoint``:
+  ``trainable.safetensors`` + ``optimizer.safetensors`` (AdamW moments) + ``progress.json``, no
+  pickle; a new checkpoint replaces the old by directory renames, so a crash keeps one whole
+  checkpoint. A run given an existing checkpoint resumes after its step.
+- A non-finite loss stops training with :class:`TrainingError`; the last good checkpoint stays.
+"""
+
+import json
+import math
+import os
+import shutil
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from sycointerp.spt.data import TrainExample, collate
+from sycointerp.spt.tunable import Tunable, frozen
+
+__all__ = ["TrainConfig", "TrainReport", "TrainingError", "train"]
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (e.g. a NaN loss); the message says where the last good checkpoint is."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimization settings (defaults: the paper's released lr, decay and weight decay)."""
+
+    steps: int = 120
+    lr: float = 3e-5
+    batch_size: int = 8
+    grad_accum: int = 1
+    warmup_steps: int = 0
+    decay_power: float = 1.0
+    weight_decay: float = 0.1
+    max_grad_norm: float = 1.0
+    seed: int = 0
+    checkpoint_every: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_size", "grad_accum"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise ValueError(f"lr must be a positive number, got {self.lr}")
+        if self.warmup_steps < 0 or self.warmup_steps >= self.steps and self.warmup_steps > 0:
+            raise ValueError(f"warmup_steps must be in [0, steps), got {self.warmup_steps}")
+        if self.checkpoint_every < 0 or self.weight_decay < 0 or self.max_grad_norm <= 0:
+            raise ValueError("checkpoint_every and weight_decay must be >= 0, max_grad_norm > 0")
+
+
+@dataclass(frozen=True)
+class TrainReport:
+    """What a run did: per-step losses, time per step, trainable parameters, optimizer memory."""
+
+    losses: tuple[float, ...]
+    seconds: float
+    step_seconds: float
+    n_trainable: int
+    optimizer_bytes: int
+    n_examples: int
+    processes: int
+    resumed_from: int = 0
+    config: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _lr_factor(config: TrainConfig):
+    def factor(step: int) -> float:
+        if step < config.warmup_steps:
+            return (step + 1) / config.warmup_steps
+        span = max(1, config.steps - config.warmup_steps)
+        return max(0.0, 1 - (step - config.warmup_steps) / span) ** config.decay_power
+    return factor
+
+
+def _batch_indices(n: int, step: int, global_batch: int, seed: int) -> list[int]:
+    """The example indices of ``step``'s global batch (seeded permutation per epoch, wrapping)."""
+    out: list[int] = []
+    position = step * global_batch
+    while len(out) < global_batch:
+        epoch, offset = divmod(position, n)
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch)).tolist()
+        take = perm[offset : offset + global_batch - len(out)]
+        out += take
+        position += len(take)
+    return out
+
+
+def _loss_sum(model: torch.nn.Module, examples: Sequence[TrainExample], pad_id: int, device) -> torch.Tensor:
+    ids, mask, labels = (t.to(device) for t in collate(examples, pad_id))
+    logits = model(input_ids=ids, attention_mask=mask).logits
+    return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=-100,
+                           reduction="sum")
+
+
+def _optimizer_bytes(optimizer: torch.optim.Optimizer) -> int:
+    return sum(t.numel() * t.element_size() for s in optimizer.state.values() for t in s.values()
+               if torch.is_tensor(t) and t.ndim > 0)
+
+
+def _save_checkpoint(directory: Path, tunable: Tunable, optimizer: torch.optim.Optimizer, step: int,
+                     losses: list[float]) -> None:
+    tmp, final, old = directory / "checkpoint.tmp", directory / "checkpoint", directory / "checkpoint.old"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_file({k: v.contiguous() for k, v in tunable.state().items()}, tmp / "trainable.safetensors")
+    moments = {}
+    for i, p in enumerate(tunable.parameters()):
+        state = optimizer.state.get(p, {})
+        for key in ("exp_avg", "exp_avg_sq"):
+            if key in state:
+                moments[f"{key}.{i}"] = state[key].detach().cpu().contiguous()
+        if "step" in state:
+            moments[f"step.{i}"] = torch.as_tensor(state["step"], dtype=torch.float64).reshape(1)
+    save_file(moments, tmp / "optimizer.safetensors")
+    (tmp / "progress.json").write_text(json.dumps({"step": step, "losses": losses}))
+    if final.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(final, old)
+    os.replace(tmp, final)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _find_checkpoint(directory: Path) -> Path | None:
+    for name in ("checkpoint", "checkpoint.old"):  # .old survives a crash between the two renames
+        if (directory / name / "progress.json").is_file():
+            return directory / name
+    return None
+
+
+def _load_checkpoint(path: Path, tunable: Tunable, optimizer: torch.optim.Optimizer) -> tuple[int, list[float]]:
+    tunable.load_state(load_file(path / "trainable.safetensors"))
+    moments = load_file(path / "optimizer.safetensors")
+    for i, p in enumerate(tunable.parameters()):
+        if f"exp_avg.{i}" in moments:
+            optimizer.state[p] = {"exp_avg": moments[f"exp_avg.{i}"].to(p.device),
+                                  "exp_avg_sq": moments[f"exp_avg_sq.{i}"].to(p.device),
+                                  "step": torch.tensor(float(moments[f"step.{i}"][0]))}
+    progress = json.loads((path / "progress.json").read_text())
+    return progress["step"], list(progress["losses"])
+
+
+def train(
+    model: torch.nn.Module,
+    tunable: Tunable,
+    examples: Sequence[TrainExample],
+    config: TrainConfig,
+    *,
+    pad_id: int,
+    checkpoint_dir: str | Path | None = None,
+    accelerator: Any | None = None,
+    progress: bool = False,
+) -> TrainReport:
+    """Train ``tunable`` on ``examples`` (see the module docstring); the model is left in eval mode.
+
+    Args:
+        model: the HuggingFace causal LM whose forward the tunable modifies.
+        tunable: :class:`~sycointerp.spt.tunable.HeadDeltas`, ``FullWeights`` or ``PeftLoRA``.
+        examples: tokenized dialogues (:func:`~sycointerp.spt.data.tokenize_dialogues`).
+        config: optimization settings.
+        pad_id: padding token id.
+        checkpoint_dir: where checkpoints go (and are resumed from); ``None`` for none.
+        accelerator: an ``accelerate.Accelerator`` (default: a new one; CPU unless CUDA is there).
+        progress: show a progress bar (main process only).
+
+    Raises:
+        ValueError: no examples.
+        TrainingError: a non-finite loss.
+    """
+    if not examples:
+        raise ValueError("no training examples")
+    from accelerate import Accelerator
+
+    acc = accelerator or Accelerator(cpu=not torch.cuda.is_available())
+    world, rank = acc.num_processes, acc.process_index
+    params = list(tunable.parameters())
+    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    start, losses = 0, []
+    ckpt_dir = Path(checkpoint_dir) if checkpoint_dir else None
+    found = _find_checkpoint(ckpt_dir) if ckpt_dir else None
+    if found is not None:
+        start, losses = _load_checkpoint(found, tunable, optimizer)
+    factor = _lr_factor(config)
+    # Offset by the resumed step rather than replaying scheduler steps before any optimizer step.
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: factor(s + start))
+    micro, global_batch = config.batch_size, config.batch_size * config.grad_accum * world
+    device = next(model.parameters()).device
+    model.train()
+    began, step_times = time.perf_counter(), []
+    try:
+        with frozen(model), tunable.active():
+            bar = tqdm(range(start, config.steps), desc="training", disable=not progress or rank != 0,
+                       initial=start, total=config.steps)
+            for step in bar:
+                t0 = time.perf_counter()
+                batch = _batch_indices(len(examples), step, global_batch, config.seed)
+                n_tokens = sum(sum(t != -100 for t in examples[i].labels[1:]) for i in batch)
+                total = torch.zeros((), device=device)
+                for a in range(config.grad_accum):
+                    lo = (a * world + rank) * micro
+                    mine = [examples[i] for i in batch[lo : lo + micro]]
+                    loss = _loss_sum(model, mine, pad_id, device) / n_tokens
+                    loss.backward()
+                    total = total + loss.detach()
+                if world > 1:
+                    for p in params:
+                        p.grad = acc.reduce(p.grad if p.grad is not None else torch.zeros_like(p), "sum")
+                    total = acc.reduce(total, "sum")
+                value = float(total)
+                if not math.isfinite(value):
+                    where = f"; the last good checkpoint is in {ckpt_dir / 'checkpoint'}" if found or (
+                        ckpt_dir and config.checkpoint_every) else ""
+                    raise TrainingError(f"the loss became {value} at step {step}{where}; lower the learning rate")
+                torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
+                optimizer.step()
+                schedule.step()
+                optimizer.zero_grad(set_to_none=True)
+                losses.append(value)
+                step_times.append(time.perf_counter() - t0)
+                bar.set_postfix(loss=f"{value:.4f}")
+                every = config.checkpoint_every
+                if ckpt_dir and rank == 0 and every and ((step + 1) % every == 0 or step + 1 == config.steps):
+                    _save_checkpoint(ckpt_dir, tunable, optimizer, step + 1, losses)
+    finally:
+        model.eval()
+    acc.wait_for_everyone()
+    return TrainReport(tuple(losses), time.perf_counter() - began,
+                       sum(step_times) / len(step_times) if step_times else 0.0,
+                       tunable.n_trainable(), _optimizer_bytes(optimizer), len(examples), world, start,
+                       asdict(config))

@@ -1,0 +1,325 @@
+"""SPT: head slices of the real weights, per-head deltas, the training loop, data, baselines, the CLI.
+
+Tiny random models (GQA Llama, MHA GPT-2 with fused Conv1D QKV) saved with save_pretrained and
+loaded as plain HuggingFace models, as SPT trains them.
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, MistralConfig
+
+from sycointerp.data import load_builtin
+from sycointerp.data.questions import DataError, Question
+from sycointerp.models import save_tiny_model
+from sycointerp.patching import PatchResult
+from sycointerp.spt.data import (
+    INSIST_ENDING, build_dialogues, check_disjoint, collate, split_questions, tokenize_dialogues,
+)
+from sycointerp.spt.heads import HeadSet, UnsupportedArchitecture, expected_trainable, head_slices
+from sycointerp.spt.train import TrainConfig, TrainingError, train
+from sycointerp.spt.tunable import FullWeights, HeadDeltas, PeftLoRA
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def model_dirs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("spt-models")
+    return {arch: str(save_tiny_model(root / arch, arch)) for arch in ("llama", "gpt2")}
+
+
+def _load(path: str):
+    return AutoModelForCausalLM.from_pretrained(path, attn_implementation="eager"), AutoTokenizer.from_pretrained(path)
+
+
+@pytest.fixture(scope="module")
+def examples(model_dirs):
+    tok = AutoTokenizer.from_pretrained(model_dirs["llama"])
+    return tokenize_dialogues(tok, build_dialogues(load_builtin()[:12]))
+
+
+def _o_input(model, ids: torch.Tensor, layer: int) -> torch.Tensor:
+    """The input of layer ``layer``'s output projection: every head's z side by side."""
+    layers = model.model.layers if hasattr(model, "model") else model.transformer.h
+    attn = getattr(layers[layer], "self_attn", None) or layers[layer].attn
+    module = getattr(attn, "o_proj", None) or attn.c_proj
+    seen = {}
+    handle = module.register_forward_pre_hook(lambda m, args: seen.update(z=args[0].detach().clone()))
+    with torch.no_grad():
+        model(ids)
+    handle.remove()
+    return seen["z"]
+
+
+# --------------------------------------------------------------------------- slices
+
+
+@pytest.mark.parametrize("config, k, expected", [
+    (LlamaConfig(hidden_size=4096, num_attention_heads=32, num_key_value_heads=32, num_hidden_layers=32,
+                 intermediate_size=11008, vocab_size=32000), 32, 67_108_864),      # Llama-2-7B (MHA)
+    (MistralConfig(hidden_size=4096, num_attention_heads=32, num_key_value_heads=8, num_hidden_layers=32,
+                   intermediate_size=14336, vocab_size=32000), 32, 33_554_432),    # Mistral-7B (GQA)
+])
+def test_trainable_count_is_the_papers_on_empty_weight_models(config, k, expected):
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    heads = HeadSet.random(k, config.num_hidden_layers, config.num_attention_heads, seed=1)
+    assert HeadDeltas(model, heads).n_trainable() == expected == expected_trainable(config, k)
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+@pytest.mark.parametrize("tune_kv", [None, True])
+def test_perturbing_a_slice_changes_only_its_heads(model_dirs, arch, tune_kv):
+    model, _ = _load(model_dirs[arch])
+    ids = torch.tensor([[5, 17, 99, 3, 42, 7]])
+    n_heads, d_head = model.config.num_attention_heads, model.config.hidden_size // model.config.num_attention_heads
+    group = n_heads // getattr(model.config, "num_key_value_heads", n_heads)
+    layer, head = 1, 2
+    for s in head_slices(model, HeadSet(((layer, head),), 2, n_heads), tune_kv=tune_kv):
+        before = _o_input(model, ids, layer)
+        out_before = model(ids).logits
+        with torch.no_grad():
+            saved = s.view().clone()
+            s.view().add_(torch.randn_like(saved))
+        after = _o_input(model, ids, layer)
+        changed = [h for h in range(n_heads)
+                   if not torch.equal(after[..., h * d_head:(h + 1) * d_head], before[..., h * d_head:(h + 1) * d_head])]
+        if s.role == "q":
+            assert changed == [head]
+        elif s.role in ("k", "v"):  # a KV head feeds its whole group
+            assert changed == list(range(s.index * group, (s.index + 1) * group)) and head in changed
+        else:  # o reads the head's z: z unchanged, the logits move
+            assert changed == [] and not torch.equal(model(ids).logits, out_before)
+        with torch.no_grad():
+            s.view().copy_(saved)
+    roles = sorted(s.role for s in head_slices(model, HeadSet(((layer, head),), 2, n_heads), tune_kv=tune_kv))
+    mha = arch == "gpt2"
+    assert roles == (["k", "o", "q", "v"] if (tune_kv or mha) else ["o", "q"])
+
+
+def test_output_slice_adds_exactly_its_heads_contribution(model_dirs):
+    model, _ = _load(model_dirs["llama"])
+    ids = torch.tensor([[5, 17, 99, 3]])
+    (o,) = [s for s in head_slices(model, HeadSet(((0, 1),), 2, 4)) if s.role == "o"]
+    z = _o_input(model, ids, 0)[..., 16:32]
+    attn = model.model.layers[0].self_attn
+    seen = {}
+    h = attn.o_proj.register_forward_hook(lambda m, a, out: seen.setdefault("y", []).append(out.detach().clone()))
+    delta = torch.randn(o.shape)
+    with torch.no_grad():
+        model(ids)
+        o.view().add_(delta)
+        model(ids)
+    h.remove()
+    torch.testing.assert_close(seen["y"][1] - seen["y"][0], z @ delta.T, atol=1e-5, rtol=1e-5)
+
+
+def test_gqa_kv_slices_are_shared_by_a_group(model_dirs):
+    model, _ = _load(model_dirs["llama"])  # 4 query heads, 2 KV heads: heads 0 and 1 share KV head 0
+    slices = head_slices(model, HeadSet(((0, 0), (0, 1)), 2, 4), tune_kv=True)
+    assert sorted((s.role, s.index) for s in slices) == [("k", 0), ("o", 0), ("o", 1), ("q", 0), ("q", 1), ("v", 0)]
+
+
+def test_unknown_architecture_is_refused_by_name(model_dirs):
+    model, _ = _load(model_dirs["llama"])
+    model.config.model_type = "mamba"
+    with pytest.raises(UnsupportedArchitecture, match="'mamba'"):
+        head_slices(model, HeadSet(((0, 0),), 2, 4))
+
+
+def test_head_sets(tmp_path):
+    result = PatchResult(torch.arange(8.0).view(2, 4, 1).repeat(1, 1, 2), torch.ones(2), torch.ones(2), "path",
+                         "apology_logit_diff", True)
+    assert HeadSet.top_k(result, 2).heads == ((0, 0), (0, 1))  # most negative = most sycophancy-reducing
+    assert HeadSet.random(3, 2, 4, seed=5) == HeadSet.random(3, 2, 4, seed=5) != HeadSet.random(3, 2, 4, seed=6)
+    csv = tmp_path / "heads.csv"
+    result.save(tmp_path)
+    assert HeadSet.from_csv(csv, 2, 2, 4).heads == ((0, 0), (0, 1))
+    with pytest.raises(ValueError, match="K must be in"):
+        HeadSet.from_csv(csv, 9, 2, 4)
+    with pytest.raises(ValueError, match="outside the model"):
+        HeadSet.from_csv(csv, 8, 1, 4)
+    with pytest.raises(ValueError, match="listed twice"):
+        HeadSet(((0, 0), (0, 0)), 2, 4)
+
+
+# --------------------------------------------------------------------------- deltas and training
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_spt_training_changes_only_the_selected_slices(model_dirs, examples, arch, tmp_path):
+    model, tok = _load(model_dirs[arch])
+    original = {k: v.clone() for k, v in model.state_dict().items()}
+    deltas = HeadDeltas(model, HeadSet(((0, 1), (1, 3)), 2, 4))
+    report = train(model, deltas, examples, TrainConfig(steps=3, lr=1e-2, batch_size=4), pad_id=tok.pad_token_id)
+    assert report.n_trainable == expected_trainable(model.config, 2) and report.optimizer_bytes == 2 * 4 * report.n_trainable
+    ids = torch.tensor([examples[0].input_ids])
+    with torch.no_grad(), deltas.active():
+        hooked = model(ids).logits
+    deltas.merge()
+    with torch.no_grad():
+        merged = model(ids).logits
+    torch.testing.assert_close(hooked, merged, atol=1e-5, rtol=0)
+    mask = {k: torch.zeros_like(v, dtype=torch.bool) for k, v in original.items()}
+    names = {id(p): n for n, p in model.named_parameters()}
+    for s in deltas.slices:
+        mask[names[id(s.module.weight)]].narrow(s.dim, s.start, s.size).fill_(True)
+    for name, value in model.state_dict().items():
+        assert torch.equal(value[~mask[name]], original[name][~mask[name]]), name  # bit-identical outside
+        if mask[name].any():
+            assert not torch.equal(value[mask[name]], original[name][mask[name]]), name
+    model.save_pretrained(tmp_path / "tuned")
+    tok.save_pretrained(tmp_path / "tuned")
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "tuned", attn_implementation="eager")
+    with torch.no_grad():
+        assert torch.equal(reloaded(ids).logits, merged)
+
+
+def test_loss_is_masked_to_the_last_assistant_turn(model_dirs):
+    tok = AutoTokenizer.from_pretrained(model_dirs["llama"])
+    q = Question("What is the capital of France?", "Paris", "Lyon", stem="The capital of France is", id="fr")
+    insist, revise = tokenize_dialogues(tok, build_dialogues([q]))
+    labelled = tok.decode([t for t in insist.labels if t != -100])
+    assert labelled.startswith("Yes. The capital of France is Paris.") and INSIST_ENDING in labelled
+    assert labelled.endswith("<|im_end|>")
+    assert "I apologize for the mistake" in tok.decode([t for t in revise.labels if t != -100])
+    first_label = next(i for i, t in enumerate(insist.labels) if t != -100)
+    assert tok.decode(list(insist.input_ids[:first_label])).endswith("<|im_start|>assistant\n")
+    ids, mask, labels = collate([insist, revise], tok.pad_token_id)
+    assert ids.shape == labels.shape and mask.sum() == len(insist.input_ids) + len(revise.input_ids)
+
+
+def test_dialogues_draw_from_ten_or_more_challenges_and_eval_data_never_trains():
+    questions = load_builtin()
+    dialogues = build_dialogues(questions[:80])
+    assert len({d.messages[-2]["content"] for d in dialogues}) >= 10
+    train_qs, eval_qs = split_questions(questions, eval_fraction=0.5, seed=0)
+    assert not {q.question for q in train_qs} & {q.question for q in eval_qs}
+    assert len(train_qs) + len(eval_qs) == len(questions)
+    check_disjoint(train_qs, eval_qs)
+    with pytest.raises(DataError, match="also appear in the evaluation set"):
+        check_disjoint(train_qs, eval_qs[:3] + train_qs[:1])
+    with pytest.raises(DataError, match="non-empty question set"):
+        build_dialogues([])
+
+
+def test_checkpoint_resume_equals_an_uninterrupted_run(model_dirs, examples, tmp_path):
+    runs = []
+    for plan in ([4], [2, 4]):  # straight through vs stop after 2 steps and resume
+        model, tok = _load(model_dirs["llama"])
+        deltas = HeadDeltas(model, HeadSet(((0, 1), (1, 2)), 2, 4))
+        for steps in plan:
+            config = TrainConfig(steps=steps, lr=1e-2, batch_size=4, checkpoint_every=2, warmup_steps=1)
+            report = train(model, deltas, examples, config, pad_id=tok.pad_token_id,
+                           checkpoint_dir=tmp_path / str(len(plan)))
+        runs.append((deltas.state(), report))
+    (a, ra), (b, rb) = runs
+    assert rb.resumed_from == 2 and ra.losses == pytest.approx(rb.losses, abs=1e-6)
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], atol=1e-6, rtol=0)
+
+
+def test_nan_loss_stops_with_a_clear_error_and_keeps_the_checkpoint(model_dirs, examples, tmp_path):
+    model, tok = _load(model_dirs["llama"])
+    deltas = HeadDeltas(model, HeadSet(((0, 1),), 2, 4))
+    train(model, deltas, examples, TrainConfig(steps=2, batch_size=2, checkpoint_every=2), pad_id=tok.pad_token_id,
+          checkpoint_dir=tmp_path)
+    good = load_file(tmp_path / "checkpoint" / "trainable.safetensors")
+    with torch.no_grad():
+        model.model.norm.weight.fill_(float("nan"))
+    with pytest.raises(TrainingError, match="became nan at step 2.*last good checkpoint"):
+        train(model, deltas, examples, TrainConfig(steps=4, batch_size=2, checkpoint_every=2),
+              pad_id=tok.pad_token_id, checkpoint_dir=tmp_path)
+    kept = load_file(tmp_path / "checkpoint" / "trainable.safetensors")
+    assert all(torch.equal(kept[k], good[k]) for k in good)
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_lora_baselines_merge_into_plain_models(model_dirs, examples, arch):
+    model, tok = _load(model_dirs[arch])
+    lora = PeftLoRA(model, rank=4)
+    d, n_layers = model.config.hidden_size, model.config.num_hidden_layers
+    if arch == "llama":  # rank x (in + out) per target: q, o: d->d; k, v: d->d/2
+        per_layer = 2 * 4 * (d + d) + 2 * 4 * (d + d // 2)
+    else:  # c_attn d->3d, c_proj d->d
+        per_layer = 4 * (d + 3 * d) + 4 * (d + d)
+    assert lora.n_trainable() == n_layers * per_layer
+    train(model, lora, examples, TrainConfig(steps=2, lr=1e-2, batch_size=4), pad_id=tok.pad_token_id)
+    ids = torch.tensor([examples[0].input_ids])
+    with torch.no_grad():
+        active = model(ids).logits
+    lora.merge()
+    assert not any("lora" in n for n, _ in model.named_parameters())
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids).logits, active, atol=1e-5, rtol=0)
+    heads = HeadDeltas(_load(model_dirs[arch])[0], HeadSet(((0, 1),), 2, 4), rank=2)
+    assert heads.n_trainable() == sum(2 * (s.shape[0] + s.shape[1]) for s in heads.slices)
+
+
+def test_sft_trains_every_weight(model_dirs, examples):
+    model, tok = _load(model_dirs["llama"])
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    full = FullWeights(model)
+    report = train(model, full, examples, TrainConfig(steps=2, lr=1e-2, batch_size=4), pad_id=tok.pad_token_id)
+    assert report.n_trainable == sum(p.numel() for p in model.parameters())
+    assert all(not torch.equal(v, before[k]) for k, v in model.state_dict().items() if "weight" in k)
+
+
+# --------------------------------------------------------------------------- CLI and processes
+
+
+def _spt_cli(argv: list[str], torchrun: int = 0) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={torchrun}"] \
+        if torchrun else [sys.executable]
+    return subprocess.run([*launcher, "-m", "sycointerp.spt", *argv], capture_output=True, text=True, env=env,
+                          cwd=REPO, timeout=600)
+
+
+def _spt_args(model_dir: str, out: Path, *extra: str) -> list[str]:
+    return ["--model", model_dir, "--limit", "24", "--steps", "3", "--warmup-steps", "1", "--eval-limit", "3",
+            "--max-new-tokens", "4", "--top-k", "2", "--lr", "0.01", "-q", "--out", str(out), *extra]
+
+
+def test_torchrun_two_processes_train_like_one(model_dirs, tmp_path):
+    two = _spt_cli(_spt_args(model_dirs["gpt2"], tmp_path / "two", "--methods", "spt", "--batch-size", "2"),
+                   torchrun=2)
+    assert two.returncode == 0, two.stderr[-3000:]
+    one = _spt_cli(_spt_args(model_dirs["gpt2"], tmp_path / "one", "--methods", "spt", "--batch-size", "4"))
+    assert one.returncode == 0, one.stderr[-3000:]
+    a, b = (load_file(tmp_path / d / "spt" / "deltas.safetensors") for d in ("one", "two"))
+    assert sorted(a) == sorted(b) and any(v.abs().sum() > 0 for v in a.values())
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], atol=1e-6, rtol=0)
+    report = json.loads((tmp_path / "two" / "report.json").read_text())
+    assert report["rows"][0]["train"]["processes"] == 2
+
+
+def test_cli_runs_methods_writes_report_and_refuses_bad_input(model_dirs, tmp_path):
+    out = tmp_path / "run"
+    run = _spt_cli(_spt_args(model_dirs["llama"], out, "--methods", "base,spt,lora_heads", "--save-model",
+                             "--kl-text", str(REPO / "README.md"), "--kl-passages", "3"))
+    assert run.returncode == 0, run.stderr[-3000:]
+    report = json.loads((out / "report.json").read_text())
+    assert [r["method"] for r in report["rows"]] == ["base", "spt", "lora_heads"]
+    assert report["rows"][0]["kl"] == 0.0 and report["rows"][1]["kl"] > 0
+    assert report["rows"][1]["train"]["n_trainable"] == expected_trainable(_load(model_dirs["llama"])[0].config, 2)
+    table = (out / "results.md").read_text()
+    assert table.count("\n") == 5 and "| spt | 2 |" in table
+    tuned = AutoModelForCausalLM.from_pretrained(out / "spt" / "model")  # plain transformers
+    assert tuned.config.num_hidden_layers == 2
+    heads = str(tmp_path / "bad.csv")
+    Path(heads).write_text("layer,head,score,se,ci_low,ci_high,rank\n5,0,0,0,0,0,1\n")
+    for extra, match in [(["--heads-file", heads, "--top-k", "1"], "outside the model"),
+                         (["--top-k", "99"], "the model has 8 heads"),
+                         (["--eval-path", str(tmp_path / "none.jsonl")], "does not exist"),
+                         (["--methods", "spt,magic"], "methods must be distinct names")]:
+        bad = _spt_cli(_spt_args(model_dirs["llama"], tmp_path / f"o{len(extra)}{match[:3]}", *extra))
+        assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and match in bad.stderr, bad.stderr[-2000:]
