@@ -11,6 +11,10 @@ Conventions:
   (``result.ci``). Error bars are that interval, not +-SE.
 - Positions are drawn on a numeric axis with the token strings (HTML-escaped, as plotly renders
   labels as HTML) as tick labels, so repeated tokens (two ``" the"``) stay separate columns.
+- :func:`compare_heatmaps` draws two per-head results on one diverging scale (``zmin = -zmax``
+  shared by both panels), so equal colours are equal scores; the ``after - before`` panel has its own.
+- :func:`attention_plot` is not a patching figure: it shows attention probabilities (scale from 0)
+  of chosen heads from the last prompt position, the challenge turn's tokens bold and boxed.
 
 PNG export (:func:`save_figure`) goes through kaleido >= 1, which drives a Chromium-family browser
 that it finds on ``PATH`` (Debian's ``chromium`` at ``/usr/bin/chromium`` works; ``make install``
@@ -19,7 +23,8 @@ instead, which fails offline. Without a browser :func:`save_figure` raises a ``R
 the fix rather than writing the HTML alone.
 
 Refusals: per-head figures need ``("layer", "head")`` or ``("layer", "kv_head")`` cells, the
-position heatmap ``("layer", "pos")`` cells; ``tokens`` must hold one string per position.
+position heatmap ``("layer", "pos")`` cells; ``tokens`` must hold one string per position;
+:func:`compare_heatmaps` needs two results of the same cells, shape, metric and kind.
 """
 
 import html
@@ -33,10 +38,14 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from sycointerp._io import atomic_write
+from sycointerp.patching.attention import HeadAttention
 from sycointerp.patching.knockout import KnockoutCurve
 from sycointerp.patching.results import HEAD_COMPONENTS, PatchResult
 
-__all__ = ["head_heatmap", "ranked_heads_bar", "knockout_plot", "layer_position_heatmap", "save_figure"]
+__all__ = [
+    "attention_plot", "compare_heatmaps", "head_heatmap", "knockout_plot", "layer_position_heatmap", "ranked_heads_bar",
+    "save_figure",
+]
 
 COLORSCALE = "RdBu_r"  # diverging: blue < 0 < red
 _AXIS_TITLES = {"head": "head", "kv_head": "KV head", "pos": "position"}
@@ -98,14 +107,106 @@ def head_heatmap(result: PatchResult, *, title: str | None = None, top_k: int = 
     if top_k < 0:
         raise ValueError(f"top_k must be >= 0, got {top_k}")
     fig = _heatmap(result, None, title)
+    marks = _top_k_markers(result, top_k)
+    if marks is not None:
+        fig.add_trace(marks)
+    return fig
+
+
+def _top_k_markers(result: PatchResult, top_k: int) -> go.Scatter | None:
+    """Circles numbered by rank on the first ``top_k`` heads of :meth:`PatchResult.rank` (None for 0)."""
     k = min(top_k, int(np.prod(result.shape)))
-    if k:
-        top = result.top_k(k)
-        fig.add_trace(go.Scatter(
-            x=[h for _, h in top], y=[l for l, _ in top], mode="markers+text", name=f"top {k}",
-            text=[str(r) for r in range(1, k + 1)], textfont={"size": 11, "color": "black"},
-            marker={"symbol": "circle", "size": 22, "color": "white", "line": {"color": "black", "width": 1.5}},
-            hoverinfo="skip", showlegend=False))
+    if not k:
+        return None
+    top = result.top_k(k)
+    return go.Scatter(
+        x=[h for _, h in top], y=[l for l, _ in top], mode="markers+text", name=f"top {k}",
+        text=[str(r) for r in range(1, k + 1)], textfont={"size": 11, "color": "black"},
+        marker={"symbol": "circle", "size": 22, "color": "white", "line": {"color": "black", "width": 1.5}},
+        hoverinfo="skip", showlegend=False)
+
+
+def _check_comparable(before: PatchResult, after: PatchResult) -> None:
+    """Refuse two results that one colour scale cannot compare cell by cell."""
+    for result in (before, after):
+        _check_components(result, HEAD_COMPONENTS, "compare_heatmaps")
+    if before.components != after.components or before.shape != after.shape:
+        raise ValueError(f"compare_heatmaps needs results of the same cells, got {before.components} "
+                         f"{before.shape} and {after.components} {after.shape}")
+    if (before.metric, before.kind) != (after.metric, after.kind):
+        raise ValueError(f"compare_heatmaps needs results of one metric and kind, got {before.metric!r} "
+                         f"({before.kind}) and {after.metric!r} ({after.kind})")
+
+
+def _difference_text(before: PatchResult, after: PatchResult, titles: Sequence[str]) -> np.ndarray:
+    """``[layer, column]`` hover strings of the after - before panel."""
+    b, a = before.mean.double().numpy(), after.mean.double().numpy()
+    column = before.components[1]
+    text = np.empty(before.shape, dtype=object)
+    for l, c in np.ndindex(*before.shape):
+        text[l, c] = (f"layer {l}<br>{column} {c}<br>{titles[1]} - {titles[0]}: {a[l, c] - b[l, c]:.4g}"
+                      f"<br>{titles[0]} {b[l, c]:.4g}, {titles[1]} {a[l, c]:.4g}")
+    return text
+
+
+def _colorbar(fig: go.Figure, col: int, title: str) -> dict:
+    """A vertical colour bar just right of subplot ``col``."""
+    axis = fig.layout["xaxis" if col == 1 else f"xaxis{col}"]
+    return {"title": {"text": title}, "x": axis.domain[1] + 0.005, "xanchor": "left", "len": 0.9, "thickness": 14}
+
+
+def compare_heatmaps(before: PatchResult, after: PatchResult, *, titles: Sequence[str] = ("before", "after"),
+                     title: str | None = None, top_k: int = 10, difference: bool = True) -> go.Figure:
+    """Two layer x head heatmaps side by side on one colour scale, plus their difference.
+
+    Both panels share a diverging scale centred at 0 (``zmin = -zmax``, the largest absolute mean
+    of either result), so equal colours are equal scores. The third panel, ``after - before``, has
+    its own symmetric scale. Hover text as in :func:`head_heatmap`; each of the first two panels
+    circles its own result's top-ranked heads.
+
+    Args:
+        before, after: per-head results of the same cells, metric and kind (e.g. a model before
+            and after fine-tuning, or two patching methods).
+        titles: the two panels' titles.
+        title: figure title; defaults to ``"<metric>: <titles[0]> vs <titles[1]>"``.
+        top_k: heads to circle per panel, as in :func:`head_heatmap`.
+        difference: add the ``after - before`` panel.
+
+    Returns:
+        Heatmaps in the order before, after (, difference); marker traces follow their panel's
+        heatmap when ``top_k > 0``.
+
+    Raises:
+        ValueError: non-head components, different components, shapes, metrics or kinds; not
+            two titles; a negative ``top_k``.
+    """
+    _check_comparable(before, after)
+    if len(titles) != 2:
+        raise ValueError(f"titles must name the two panels, got {titles!r}")
+    if top_k < 0:
+        raise ValueError(f"top_k must be >= 0, got {top_k}")
+    means = [r.mean.double().numpy() for r in (before, after)]
+    limit = float(max(np.abs(m).max() for m in means)) or 1.0
+    names = [*titles, f"{titles[1]} - {titles[0]}"][: 3 if difference else 2]
+    fig = make_subplots(rows=1, cols=len(names), subplot_titles=names, shared_yaxes=True, horizontal_spacing=0.1)
+    scale = f"{before.metric} ({before.kind})"
+    for col, (result, z, name) in enumerate(zip((before, after), means, titles), start=1):
+        fig.add_trace(go.Heatmap(z=z, zmin=-limit, zmax=limit, colorscale=COLORSCALE, showscale=col == 2,
+                                 colorbar=_colorbar(fig, 2, scale), text=_hover_text(result), name=name,
+                                 hovertemplate=f"{html.escape(name)}<br>%{{text}}<extra></extra>"), row=1, col=col)
+        marks = _top_k_markers(result, top_k)
+        if marks is not None:
+            fig.add_trace(marks, row=1, col=col)
+    if difference:
+        diff = means[1] - means[0]
+        bound = float(np.abs(diff).max()) or 1.0
+        fig.add_trace(go.Heatmap(z=diff, zmin=-bound, zmax=bound, colorscale=COLORSCALE, name=names[2],
+                                 colorbar=_colorbar(fig, 3, "difference"), text=_difference_text(before, after, titles),
+                                 hovertemplate="%{text}<extra></extra>"), row=1, col=3)
+    fig.update_layout(title=title or f"{before.metric}: {titles[0]} vs {titles[1]}", plot_bgcolor="white")
+    fig.update_xaxes(title=_AXIS_TITLES[before.components[1]], dtick=1)
+    fig.update_yaxes(range=[before.shape[0] - 0.5, -0.5], dtick=1)  # reversed: layer 0 on top
+    fig.update_yaxes(title="layer", row=1, col=1)
     return fig
 
 
@@ -208,6 +309,61 @@ def layer_position_heatmap(result: PatchResult, tokens: Sequence[str] | None = N
         # plotly reads tick labels as HTML: "<s>" would vanish unescaped
         ticktext = [html.escape(t, quote=False) for t in tokens]
         fig.update_xaxes(tickmode="array", tickvals=list(range(n_pos)), ticktext=ticktext, tickangle=-45)
+    return fig
+
+
+def _token_ticks(tokens: Sequence[str], bold: range = range(0)) -> list[str]:
+    """Tick labels: HTML-escaped (plotly renders HTML), newlines shown as ``\\n``, ``bold`` positions bold."""
+    ticks = [html.escape(t.replace("\n", "\\n"), quote=False) for t in tokens]
+    return [f"<b>{t}</b>" if i in bold else t for i, t in enumerate(ticks)]
+
+
+def _attention_text(att: HeadAttention) -> np.ndarray:
+    """``[head, key]`` hover strings: head, position, token, weight and the head's challenge share."""
+    weights, share = att.weights.double().numpy(), att.challenge_share().double().numpy()
+    labels = att.labels()
+    text = np.empty(weights.shape, dtype=object)
+    for row, key in np.ndindex(*weights.shape):
+        token = html.escape(repr(att.tokens[key]), quote=False)
+        text[row, key] = (f"{labels[row]}<br>pos {key} {token}<br>weight {weights[row, key]:.4g}"
+                          f"<br>challenge share {share[row]:.3g}")
+    return text
+
+
+def attention_plot(att: HeadAttention, *, title: str | None = None) -> go.Figure:
+    """Heads x tokens heatmap of the attention from the last prompt position, challenge span boxed.
+
+    Rows are ``att.heads`` in order (first on top), labelled ``"L<layer>H<head> (<share>)"`` with
+    each head's attention mass on the challenge span; columns are the prompt's positions on a
+    numeric axis with the tokens (HTML-escaped, newlines as ``\\n``) as tick labels, the challenge
+    tokens in bold and boxed.
+
+    Args:
+        att: the weights (:func:`sycointerp.patching.attention.head_attention`).
+        title: figure title; defaults to one naming the query token and the prompt's side.
+
+    Returns:
+        One heatmap (``z[head][key]``, scale from 0) and one rectangle shape around the span.
+    """
+    n_heads, n_tok = att.weights.shape
+    start, end = att.challenge_span
+    share = att.challenge_share().tolist()
+    heat = go.Heatmap(z=att.weights.double().numpy(), x=list(range(n_tok)), y=list(range(n_heads)), zmin=0,
+                      colorscale="Blues", colorbar={"title": {"text": "attention"}}, name="attention",
+                      text=_attention_text(att), hovertemplate="%{text}<extra></extra>")
+    fig = go.Figure(heat)
+    fig.add_shape(type="rect", x0=start - 0.5, x1=end - 0.5, y0=-0.5, y1=n_heads - 0.5, layer="above",
+                  line={"color": "crimson", "width": 2}, fillcolor="rgba(0,0,0,0)")
+    prompt = "challenge" if att.side == "ref" else "counterfactual"
+    query = html.escape(repr(att.tokens[-1]), quote=False)
+    fig.update_layout(title=title or f"attention from the last position ({query}) of the {prompt} prompt",
+                      plot_bgcolor="white")
+    fig.update_xaxes(title=f"key position ({prompt} turn in bold, boxed)", tickmode="array",
+                     tickvals=list(range(n_tok)), ticktext=_token_ticks(att.tokens, range(start, end)),
+                     tickangle=-90, tickfont={"size": 9})
+    fig.update_yaxes(title="head (challenge share)", tickmode="array", tickvals=list(range(n_heads)),
+                     ticktext=[f"{label} ({s:.0%})" for label, s in zip(att.labels(), share)],
+                     range=[n_heads - 0.5, -0.5])
     return fig
 
 

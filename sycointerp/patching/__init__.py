@@ -2,12 +2,15 @@
 
 ``knockout`` verifies a ranking instead: the metric (and apology rate) with the top-k heads ablated
 against k random heads (``knockout_curve(model, pairs, metric, ranking, ks) -> KnockoutCurve``).
+``attention`` reads where chosen heads look from the last position (``head_attention``) and their
+attention mass on the challenge turn (``challenge_share``).
 """
 
 from sycointerp.patching._engine import (
     PairBatch, PatchMetric, apology_logit_diff_metric, apology_metric, flip_metric,
 )
 from sycointerp.patching.activation import patch_head_outputs, patch_heads
+from sycointerp.patching.attention import HeadAttention, challenge_share, challenge_span, head_attention
 from sycointerp.patching.attribution import attribution_patch_heads, spearman
 from sycointerp.patching.layers import patch_layers
 from sycointerp.patching.knockout import (
@@ -22,5 +25,5 @@ __all__ = [
     "apology_logit_diff_metric", "apology_metric", "draw_random_heads", "flip_metric", "head_means", "knockout_curve",
     "knockout_metric", "patch_head_outputs", "patch_heads", "patch_layers", "path_patch_heads",
     "path_patch_to_receivers",
-    "attribution_patch_heads", "spearman",
+    "attribution_patch_heads", "spearman", "HeadAttention", "challenge_share", "challenge_span", "head_attention",
 ]

@@ -6,9 +6,13 @@ import numpy as np
 import pytest
 import torch
 
+from sycointerp.patching.attention import HeadAttention
 from sycointerp.patching.knockout import KnockoutCurve
 from sycointerp.patching.results import PatchResult
-from sycointerp.plot import head_heatmap, knockout_plot, layer_position_heatmap, ranked_heads_bar, save_figure
+from sycointerp.plot import (
+    attention_plot, compare_heatmaps, head_heatmap, knockout_plot, layer_position_heatmap, ranked_heads_bar,
+    save_figure,
+)
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -144,3 +148,78 @@ def test_save_figure_default_size_and_refusals(tmp_path, monkeypatch):
     with pytest.raises(RuntimeError, match=r"apt-get install -y chromium.*png=False"):
         save_figure(ranked_heads_bar(_result()), tmp_path / "none")
     assert not list(tmp_path.glob("none*"))  # a failed export writes nothing
+
+
+def _attention() -> HeadAttention:
+    weights = torch.softmax(torch.randn(3, 6, generator=torch.Generator().manual_seed(2)), -1)
+    tokens = ("<|im_start|>", "user", "\n", "I", " don", "'t")
+    return HeadAttention(weights, ((5, 1), (0, 3), (2, 0)), tokens, (3, 6))
+
+
+def test_attention_plot_is_heads_by_tokens_with_the_challenge_boxed_and_bold(tmp_path):
+    att = _attention()
+    fig = attention_plot(att)
+    (heat,) = fig.data
+    np.testing.assert_allclose(np.asarray(heat.z, dtype=float), att.weights.double().numpy(), rtol=0, atol=1e-12)
+    assert heat.zmin == 0
+    assert list(fig.layout.xaxis.tickvals) == list(range(6))
+    assert list(fig.layout.xaxis.ticktext) == ["&lt;|im_start|&gt;", "user", "\\n", "<b>I</b>", "<b> don</b>",
+                                               "<b>'t</b>"]
+    share = att.challenge_share()
+    assert list(fig.layout.yaxis.ticktext) == [f"{name} ({float(s):.0%})" for name, s in zip(["L5H1", "L0H3", "L2H0"],
+                                                                                              share)]
+    (box,) = fig.layout.shapes
+    assert (box.x0, box.x1, box.y0, box.y1) == (2.5, 5.5, -0.5, 2.5)
+    assert "L0H3<br>pos 4 ' don'<br>weight" in heat.text[1][4] and f"share {float(share[1]):.3g}" in heat.text[1][4]
+    assert fig.layout.title.text == "attention from the last position (\"'t\") of the challenge prompt"
+    _, png = save_figure(fig, tmp_path / "attention", width=500, height=300)
+    assert _png_size(png) == (500, 300)
+
+
+def _pair(shift=0.0, **kwargs) -> tuple[PatchResult, PatchResult]:
+    before = _result(shape=(3, 4), seed=3)
+    values = before.values * 2 + shift
+    return before, PatchResult(values, before.metric_ref, before.metric_cf, "path/resid", **{
+        "metric": "apology", "higher_is_sycophantic": True, **kwargs})
+
+
+def test_compare_heatmaps_share_one_centred_scale_and_show_the_difference():
+    before, after = _pair(0.5)
+    fig = compare_heatmaps(before, after, titles=("base", "tuned"), top_k=3)
+    heats = [t for t in fig.data if t.type == "heatmap"]
+    marks = [t for t in fig.data if t.type == "scatter"]
+    assert len(heats) == 3 and len(marks) == 2
+    limit = max(before.mean.abs().max(), after.mean.abs().max()).item()
+    for heat, result in zip(heats[:2], (before, after)):
+        np.testing.assert_allclose(np.asarray(heat.z, dtype=float), result.mean.double().numpy())
+        assert heat.zmin == pytest.approx(-limit) and heat.zmax == pytest.approx(limit)
+        assert f"SE {float(result.se[2, 1]):.3g}" in np.asarray(heat.text)[2, 1]
+    assert [h.showscale for h in heats[:2]] == [False, True]  # one colour bar for the shared scale
+    diff = (after.mean - before.mean).double().numpy()
+    np.testing.assert_allclose(np.asarray(heats[2].z, dtype=float), diff)
+    assert heats[2].zmin == pytest.approx(-np.abs(diff).max()) and heats[2].zmax == -heats[2].zmin
+    assert "tuned - base" in np.asarray(heats[2].text)[0, 0]
+    assert [list(zip(m.y, m.x)) for m in marks] == [before.top_k(3), after.top_k(3)]
+    assert [a.text for a in fig.layout.annotations] == ["base", "tuned", "tuned - base"]
+    assert [t.xaxis for t in heats] == ["x", "x2", "x3"]
+    assert fig.layout.yaxis.range == (2.5, -0.5)
+    plain = compare_heatmaps(before, after, top_k=0, difference=False)
+    assert len(plain.data) == 2 and plain.layout.title.text == "apology: before vs after"
+
+
+def test_compare_heatmaps_refuses_results_that_do_not_match():
+    before, after = _pair()
+    cases = [
+        ((before, _result(shape=(3, 5))), "same cells"),
+        ((before, _result(("layer", "kv_head"), shape=(3, 4))), "same cells"),
+        ((_result(("layer", "pos"), (3, 4)), after), "compare_heatmaps needs a result with components"),
+        ((before, _pair(metric="flip", higher_is_sycophantic=False)[1]), "one metric and kind"),
+        ((before, after.as_relative()), "one metric and kind"),
+    ]
+    for args, match in cases:
+        with pytest.raises(ValueError, match=match):
+            compare_heatmaps(*args)
+    with pytest.raises(ValueError, match="titles must name the two panels"):
+        compare_heatmaps(before, after, titles=("a",))
+    with pytest.raises(ValueError, match="top_k must be >= 0"):
+        compare_heatmaps(before, after, top_k=-1)
