@@ -24,6 +24,7 @@ import json
 import math
 import os
 import shutil
+import statistics
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -74,7 +75,8 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class TrainReport:
-    """What a run did: per-step losses, time per step, trainable parameters, optimizer memory."""
+    """What a run did: per-step losses, wall time, typical step time (median after the first step),
+    trainable parameters, optimizer state bytes."""
 
     losses: tuple[float, ...]
     seconds: float
@@ -250,7 +252,8 @@ def train(
     finally:
         model.eval()
     acc.wait_for_everyone()
-    return TrainReport(tuple(losses), time.perf_counter() - began,
-                       sum(step_times) / len(step_times) if step_times else 0.0,
+    # The first step also allocates the optimizer state: the typical step is the median of the rest.
+    typical = statistics.median(step_times[1:] or step_times) if step_times else 0.0
+    return TrainReport(tuple(losses), time.perf_counter() - began, typical,
                        tunable.n_trainable(), _optimizer_bytes(optimizer), len(examples), world, start,
                        asdict(config))

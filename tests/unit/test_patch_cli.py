@@ -304,3 +304,12 @@ def test_load_model_passes_a_device_map_through(model_dirs):
 
     with pytest.raises(ModelLoadError, match="n_devices=2"):
         load_model(model_dirs["llama"], n_devices=2)
+
+
+def test_the_readme_config_example_is_a_valid_job_config():
+    text = (REPO / "README.md").read_text()
+    block = text.split("```toml\n", 1)[1].split("```", 1)[0]
+    import tomllib
+
+    config = JobConfig.from_toml_dict(tomllib.loads(block))
+    assert config.method == "path" and config.chunk_size == 8
