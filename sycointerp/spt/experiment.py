@@ -9,6 +9,8 @@ Output directory::
 
     config.toml       the resolved configuration
     heads.json        the tuned head set (and how it was chosen)
+    ranking/          the path-patching ranking on the training questions (heads.csv, values), when
+                      no heads_file is given; reused by a rerun
     <method>/         result.json (metrics + training report), sycophancy_eval.json (every dialogue),
                       deltas.safetensors (head methods), model/ (full HF checkpoint, with save_model)
     report.json       every method's row, written last
@@ -40,7 +42,7 @@ from sycointerp.spt.tunable import FullWeights, HeadDeltas, PeftLoRA
 __all__ = ["run_experiment", "split_data", "choose_heads", "OUTPUT_NAMES", "results_table"]
 
 log = logging.getLogger("sycointerp.spt")
-OUTPUT_NAMES = ("config.toml", "heads.json", "report.json", "results.md", *METHODS)
+OUTPUT_NAMES = ("config.toml", "heads.json", "ranking", "report.json", "results.md", *METHODS)
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
@@ -61,8 +63,10 @@ def split_data(config: SPTConfig) -> tuple[list[Question], list[Question]]:
     return train_qs, eval_qs[: config.eval_limit] if config.eval_limit else eval_qs
 
 
-def choose_heads(config: SPTConfig, train_qs: list[Question], progress: bool = False) -> HeadSet:
+def choose_heads(config: SPTConfig, train_qs: list[Question], ranking_dir: Path | None = None) -> HeadSet:
     """The heads to tune: the top K of ``heads_file``, else of path patching on the training questions.
+
+    The path-patching ranking is saved to (and, on a rerun, read back from) ``ranking_dir``.
 
     Raises:
         DataError: a heads file that does not fit the model, or K larger than the heads available.
@@ -78,12 +82,16 @@ def choose_heads(config: SPTConfig, train_qs: list[Question], progress: bool = F
     except ValueError as err:
         raise DataError(str(err)) from None
     from sycointerp.data.pairs import build_pairs
-    from sycointerp.patching import apology_logit_diff_metric, path_patch_heads
+    from sycointerp.patching import PatchResult, apology_logit_diff_metric, path_patch_heads
 
+    if ranking_dir is not None and (ranking_dir / "result.json").is_file():
+        return HeadSet.top_k(PatchResult.load(ranking_dir), k)
     model = hook_model(hf, tok, name)
     pairs = build_pairs(train_qs, tok, position="reply", system=config.system or None)
     log.info("ranking heads by path patching on %d training pairs", len(pairs))
-    result = path_patch_heads(model, pairs, apology_logit_diff_metric(tok), batch_size=config.eval_batch_size)
+    result = path_patch_heads(model, pairs, apology_logit_diff_metric(tok), batch_size=64)
+    if ranking_dir is not None:
+        result.save(ranking_dir)
     return HeadSet.top_k(result, k)
 
 
@@ -195,6 +203,17 @@ def results_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def _shared_heads(acc, choose) -> HeadSet:
+    """The main process chooses; every process trains the same heads (a near-tie ranked on another
+    thread count must not split them)."""
+    from accelerate.utils import broadcast_object_list
+
+    box = [choose().to_json() if acc.is_main_process else None]
+    if acc.num_processes > 1:
+        broadcast_object_list(box)
+    return HeadSet.from_json(box[0])
+
+
 def run_experiment(config: SPTConfig, out: str | Path, *, overwrite: bool = False, progress: bool = True) -> dict:
     """Run (or resume) the experiment of the module docstring into ``out``; returns the report.
 
@@ -211,7 +230,7 @@ def run_experiment(config: SPTConfig, out: str | Path, *, overwrite: bool = Fals
                        header="sycointerp SPT run: the fully resolved configuration (rerun with --config this-file)")
     acc.wait_for_everyone()
     train_qs, eval_qs = split_data(config)
-    heads = choose_heads(config, train_qs, progress)
+    heads = _shared_heads(acc, lambda: choose_heads(config, train_qs, out / "ranking"))
     if acc.is_main_process:
         write_json(out / "heads.json", {**heads.to_json(), "n_train_questions": len(train_qs),
                                         "n_eval_questions": len(eval_qs)})
