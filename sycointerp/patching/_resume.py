@@ -51,9 +51,8 @@ _POSITION_DEPENDENT_ROPE = {"dynamic", "longrope"}
 
 
 def _config_blocks_resume(config) -> str | None:
-    """Why this HuggingFace config cannot resume exactly, or None."""
-    if getattr(config, "model_type", None) not in _RESUMABLE:
-        return f"model type {getattr(config, 'model_type', None)!r} is not in the resumable set {sorted(_RESUMABLE)}"
+    """Why this HuggingFace config cannot resume exactly, or None (the numerical reasons first: they
+    say more than the allowlist)."""
     if getattr(config, "final_logit_softcapping", None) or getattr(config, "logit_scale", None):
         return "the final logits are soft-capped or scaled after lm_head"
     window = getattr(config, "sliding_window", None)
@@ -62,6 +61,8 @@ def _config_blocks_resume(config) -> str | None:
     rope = getattr(config, "rope_scaling", None) or getattr(config, "rope_parameters", None) or {}
     if isinstance(rope, dict) and (rope.get("rope_type") or rope.get("type")) in _POSITION_DEPENDENT_ROPE:
         return "its rotary scaling depends on the longest position"
+    if getattr(config, "model_type", None) not in _RESUMABLE:
+        return f"model type {getattr(config, 'model_type', None)!r} is not in the resumable set {sorted(_RESUMABLE)}"
     return None
 
 
@@ -83,6 +84,21 @@ def _parts(model: TransformerBridge) -> _Parts | None:
 def supports_resume(model: TransformerBridge) -> bool:
     """Whether resumed runs are available (and exact) for this model's architecture and config."""
     return _parts(model) is not None
+
+
+def _refusal(model: TransformerBridge) -> ValueError:
+    """The error for a model resumed runs do not support: its model type and the reason."""
+    hf = getattr(model, "original_model", None)
+    config = getattr(hf, "config", None)
+    if config is None:
+        return ValueError("resumed runs need a bridge over a HuggingFace model (model.original_model); "
+                          "use engine='hooked'")
+    why = _config_blocks_resume(config)
+    if why is None:
+        placed = len(set((getattr(hf, "hf_device_map", None) or {}).values())) > 1
+        why = "it is split over devices" if placed else "its module layout is not recognised"
+    return ValueError(f"resumed runs do not support {type(hf).__name__} (model type "
+                      f"{getattr(config, 'model_type', None)!r}): {why}; use engine='hooked'")
 
 
 class _ReadOnlyPrefix:
@@ -145,7 +161,7 @@ def build_state(model: TransformerBridge, ids: Int[torch.Tensor, "example pos"],
         raise ValueError(f"example {bad}: resume start {int(start[bad])} is outside [0, {int(last[bad])}]")
     parts = _parts(model)
     if parts is None:
-        raise ValueError(f"resumed runs do not support {type(model.original_model).__name__}; use engine='hooked'")
+        raise _refusal(model)
     L = model.cfg.n_layers
     prefix = int(start.max())
     suffix = int((last - start).max()) + 1
@@ -229,9 +245,7 @@ def resume_logits(
     """
     parts = _parts(model)
     if parts is None:
-        why = _config_blocks_resume(model.original_model.config) or "its module layout is not recognised"
-        raise ValueError(f"resumed runs do not support {type(model.original_model).__name__} ({why}); "
-                         "use engine='hooked'")
+        raise _refusal(model)
     n, S = len(state.start), state.suffix
     hidden = state.resid[from_layer].repeat(1, rep, 1)
     pos = (state.start[:, None] + torch.arange(S)).repeat(1, rep).to(hidden.device)

@@ -11,7 +11,9 @@ For every head (L, h), on the reference (challenge) run:
 Effect = ``metric(patched) - metric(ref)`` (``kind="absolute"``); ``PatchResult.as_relative``
 gives the paper's ``(F_patched - F_ref) / F_ref``.
 
-Only the last position is patched, so the pairs may differ in length.
+Only the last position is patched, so the pairs may differ in length. Models without a norm before
+each sublayer (OLMo 2 normalizes after attention and MLP) have no ``ln1`` / ``ln2`` hooks and are
+refused.
 """
 
 from collections.abc import Sequence
@@ -50,13 +52,14 @@ def path_patch_heads(
     ``_engine.run_cells``); ``engine="hooked"`` runs full forwards instead (same numbers).
 
     Raises:
-        ValueError: empty pairs, NaN metric.
+        ValueError: empty pairs, NaN metric, a model without ``ln1`` / ``ln2`` input hooks (OLMo 2).
     """
-    batch = PairBatch.from_pairs(pairs, model.tokenizer.pad_token_id or 0)
     L, H = model.cfg.n_layers, model.cfg.n_heads
+    frozen_names = [attn_in_name(l) for l in range(L)] + ([mlp_in_name(l) for l in range(L)] if freeze_mlps else [])
+    _require_norm_inputs(model, frozen_names)
+    batch = PairBatch.from_pairs(pairs, model.tokenizer.pad_token_id or 0)
     every = torch.arange(batch.n)
     z_cf = {n: z[every, batch.cf_last] for n, z in cache_hooks(model, batch.cf, [z_name(l) for l in range(L)]).items()}
-    frozen_names = [attn_in_name(l) for l in range(L)] + ([mlp_in_name(l) for l in range(L)] if freeze_mlps else [])
     frozen = {n: x[every, batch.ref_last] for n, x in cache_hooks(model, batch.ref, frozen_names).items()}
 
     def hooks_for(cells: range, view: RowView):
@@ -102,3 +105,18 @@ def path_patch_heads(
     method = "path/resid" + ("/frozen-mlps" if freeze_mlps else "")
     return PatchResult(values, metric_ref, metric_cf, method, metric.name, metric.higher_is_sycophantic,
                        "absolute", batch.ids, {"model": str(model.cfg.model_name)})
+
+
+def _require_norm_inputs(model: TransformerBridge, names: Sequence[str]) -> None:
+    """Refuse models without a norm before each sublayer (e.g. OLMo 2, whose norms follow attention).
+
+    Raises:
+        ValueError: a frozen hook the model lacks, naming its model type.
+    """
+    missing = [n for n in names if n not in model.hook_dict]
+    if missing:
+        config = getattr(getattr(model, "original_model", None), "config", None)
+        raise ValueError(
+            f"path patching freezes each later layer's attention (and MLP) input at blocks.{{l}}.ln1.hook_in "
+            f"(ln2.hook_in); model type {getattr(config, 'model_type', None)!r} has no {missing[0]} (no norm "
+            "before its sublayers), so it cannot be path-patched exactly")

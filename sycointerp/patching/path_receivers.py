@@ -34,7 +34,7 @@ from sycointerp.data.pairs import PromptPair, require_aligned
 from sycointerp.patching._engine import (
     Engine, Hook, PairBatch, PatchMetric, RowView, baselines, cache_hooks, run_cells, z_name,
 )
-from sycointerp.patching.path import attn_in_name, mlp_in_name
+from sycointerp.patching.path import _require_norm_inputs, attn_in_name, mlp_in_name
 from sycointerp.patching.results import PatchResult
 
 __all__ = ["path_patch_to_receivers"]
@@ -71,7 +71,8 @@ def path_patch_to_receivers(
 
     Raises:
         ValueError: empty pairs or receivers, a receiver out of range, bad options, unaligned
-            pairs with ``position="all"``, NaN metric.
+            pairs with ``position="all"``, NaN metric, a model without ``ln1`` / ``ln2`` input hooks
+            (OLMo 2).
     """
     _check(model, receivers, component, position)
     if position == "all":
@@ -82,6 +83,7 @@ def path_patch_to_receivers(
     for layer, head in sorted(set(receivers)):
         by_layer.setdefault(layer, []).append(head)
     names = [z_name(l) for l in range(L)] + [attn_in_name(l) for l in range(L)] + [mlp_in_name(l) for l in range(L)]
+    _require_norm_inputs(model, names[L:])
     ref = _positions(cache_hooks(model, batch.ref, names), batch.ref_last, position)
     z_cf = _positions(cache_hooks(model, batch.cf, [z_name(l) for l in range(L)]), batch.cf_last, position)
     start = batch.ref_last if position == "last" else batch.shared_prefix

@@ -20,6 +20,10 @@ GQA rule (the paper's): with ``n_kv_heads < n_heads`` only W_Q and W_O are tuned
 a KV slice is shared by a whole group; ``tune_kv=True`` opts in, and a KV head shared by two
 selected heads is then one slice (tuned once). Biases are never tuned. Anything else raises
 :class:`UnsupportedArchitecture` naming the family; nothing is guessed.
+
+QK-norms: a per-head ``q_norm`` / ``k_norm`` (Qwen3, Gemma 3; width ``d_head``) keeps slices
+head-local. OLMo 2 normalizes queries and keys over all heads at once (width ``n_heads x d_head``),
+so one head's W_Q / W_K rows change every head's attention: refused.
 """
 
 import csv
@@ -220,6 +224,7 @@ def head_slices(model: torch.nn.Module, heads: HeadSet, *, tune_kv: bool | None 
     for layer, head in heads.heads:
         attn = getattr(layers[layer], "self_attn", None) or getattr(layers[layer], "attn", None) or \
             getattr(layers[layer], "attention", None)
+        _require_head_local_norms(kind, attn, n_heads, n_kv, d_head)
         kv = head // (n_heads // n_kv)
         roles: list[tuple[Role, int]] = [("q", head), ("o", head)]
         if tune_kv and (layer, kv) not in seen_kv:
@@ -227,6 +232,29 @@ def head_slices(model: torch.nn.Module, heads: HeadSet, *, tune_kv: bool | None 
             roles += [("k", kv), ("v", kv)]
         out += [_slice(kind, attn, layer, role, index, n_heads, n_kv, d_head) for role, index in roles]
     return out
+
+
+def _require_head_local_norms(kind: str, attn: torch.nn.Module, n_heads: int, n_kv: int, d_head: int) -> None:
+    """Refuse QK-norms wider than one head (OLMo 2): they mix every head's queries or keys.
+
+    A per-head norm (Qwen3, Gemma 3: width ``d_head``) keeps a head's slice head-local; a norm over
+    ``n_heads x d_head`` features rescales every head by a statistic of all of them, so changing one
+    head's W_Q / W_K rows changes every head's attention.
+
+    Raises:
+        UnsupportedArchitecture: a ``q_norm`` / ``k_norm`` whose width is not ``d_head``.
+    """
+    for name, heads in (("q_norm", n_heads), ("k_norm", n_kv)):
+        norm = getattr(attn, name, None)
+        if norm is None:
+            continue
+        weight = getattr(norm, "weight", None)
+        width = weight.shape[-1] if isinstance(weight, torch.Tensor) else None
+        if width != d_head:
+            raise UnsupportedArchitecture(
+                f"SPT cannot slice heads of model type {kind!r}: its {name} normalizes across all {heads} heads at "
+                f"once (width {width}, d_head {d_head}), so one head's W_{name[0].upper()} slice changes every "
+                "head's attention; per-head tuning would not be head-local")
 
 
 def _slice(kind: str, attn: torch.nn.Module, layer: int, role: Role, index: int, n_heads: int, n_kv: int,
