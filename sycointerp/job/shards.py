@@ -126,8 +126,10 @@ class ChunkStore:
         self.group = group
         self.written = 0
         self.dir.mkdir(parents=True, exist_ok=True)
-        for stale in self.dir.glob(".*"):  # temp files of writes a kill interrupted
-            stale.unlink(missing_ok=True)
+        if group.is_main:  # temp files of writes a kill interrupted; one rank, before anyone writes
+            for stale in self.dir.glob(".*"):
+                stale.unlink(missing_ok=True)
+        group.barrier()
 
     def path(self, tag: str, index: int) -> Path:
         return self.dir / f"{tag}-{index:05d}.safetensors"
