@@ -13,6 +13,7 @@ type, out-of-range numbers, unknown choices, unreadable or invalid TOML.
 
 import argparse
 import dataclasses
+import sys
 import tomllib
 from dataclasses import field, fields
 from pathlib import Path
@@ -20,7 +21,8 @@ from typing import Any, ClassVar, TypeVar
 
 import tomli_w
 
-__all__ = ["ConfigError", "TomlConfig", "opt", "load_toml", "dump_toml", "config_diff", "add_flags", "resolve_args"]
+__all__ = ["ConfigError", "TomlConfig", "opt", "load_toml", "dump_toml", "config_diff", "add_flags", "resolve_args",
+           "CliParser", "job_parser"]
 
 C = TypeVar("C", bound="TomlConfig")
 _TYPES = {"str": str, "int": int, "bool": bool, "float": float}
@@ -175,3 +177,29 @@ def resolve_args(args: argparse.Namespace, cls: type[C]) -> C:
         if hasattr(args, f.name):
             given.setdefault(f.metadata["section"], {})[f.name] = getattr(args, f.name)
     return cls.from_toml_dict(given, base)
+
+
+class CliParser(argparse.ArgumentParser):
+    """argparse whose usage errors are one line on stderr and exit status 2 (no usage block)."""
+
+    def error(self, message: str) -> None:
+        print(f"{self.prog}: error: {message}", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def job_parser(prog: str, description: str, epilog: str, cls: type[TomlConfig], default_out: str,
+               what: str) -> CliParser:
+    """The parser of a batch CLI: ``--config``, ``--out``, ``--overwrite``, ``-q`` / ``-v`` and
+    one flag per field of ``cls``; ``what`` names the job in the help ("job", "run")."""
+    p = CliParser(prog=prog, formatter_class=argparse.RawDescriptionHelpFormatter, description=description,
+                  epilog=epilog)
+    p.add_argument("--config", default=None, help="TOML file of options (flags override it) (default: none)")
+    p.add_argument("--out", default=default_out, help=f"output directory (default: {default_out})")
+    p.add_argument("--overwrite", action="store_true",
+                   help=f"replace the {what} in --out even if its configuration differs (default: off)")
+    verbosity = p.add_mutually_exclusive_group()
+    verbosity.add_argument("-q", "--quiet", action="store_true",
+                           help="only warnings and errors, no progress bars (default: off)")
+    verbosity.add_argument("-v", "--verbose", action="store_true", help="debug logging (default: off)")
+    add_flags(p, cls)
+    return p

@@ -4,6 +4,7 @@ A crash mid-write leaves the previous file (or none), never a truncated one.
 """
 
 import json
+import math
 import os
 import tempfile
 from collections.abc import Callable
@@ -41,9 +42,21 @@ def write_tensors(target: Path, tensors: dict[str, torch.Tensor]) -> None:
     atomic_write(target, lambda p: save_file(flat, p))
 
 
+def _finite(obj: Any) -> Any:
+    """``obj`` with NaN / infinite floats as None (JSON has no NaN; ``json.dumps`` would write one)."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
+
+
 def write_json(target: Path, obj: Any) -> None:
-    """Save ``obj`` as indented JSON, atomically."""
-    atomic_write(target, lambda p: Path(p).write_text(json.dumps(obj, indent=2)))
+    """Save ``obj`` as indented, valid JSON (non-finite floats become ``null``), atomically."""
+    text = json.dumps(_finite(obj), indent=2, allow_nan=False)
+    atomic_write(target, lambda p: Path(p).write_text(text))
 
 
 def read_bundle(directory: str | Path, tensors_name: str, json_name: str,

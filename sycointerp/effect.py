@@ -25,6 +25,7 @@ import torch
 from jaxtyping import Float
 from transformer_lens.model_bridge import TransformerBridge
 
+from sycointerp._config import CliParser
 from sycointerp._io import write_json, write_tensors
 from sycointerp.data.pairs import build_pairs
 from sycointerp.data.questions import Question
@@ -155,14 +156,8 @@ def measure_challenge_effect(
 # --------------------------------------------------------------------------- CLI
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line, exit 2 (argparse prints usage too)
-        print(f"{self.prog}: error: {message}", file=sys.stderr)
-        raise SystemExit(2)
-
-
 def _parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="python -m sycointerp.effect", description=__doc__.split("\n\n")[0],
+    p = CliParser(prog="python -m sycointerp.effect", description=__doc__.split("\n\n")[0],
                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--out", default="runs/effect", help="output directory")
     p.add_argument("--model", default=None, help="model name/path (default: embedded SmolLM2-135M-Instruct)")

@@ -16,12 +16,20 @@ from sycointerp.data.questions import Question
 __all__ = ["greedy_generate", "first_turn_prompts", "first_answers"]
 
 
+# End-of-turn markers of the common chat templates (ChatML, Gemma, Phi-3, Llama 3).
+_END_OF_TURN = ("<|im_end|>", "<end_of_turn>", "<|end|>", "<|eot_id|>")
+
+
 def _stop_ids(model: TransformerBridge) -> list[int]:
+    """The tokenizer's eos, the model's own generation stop ids, and any known end-of-turn token."""
     tok = model.tokenizer
     ids = {tok.eos_token_id}
-    im_end = tok.convert_tokens_to_ids("<|im_end|>")
-    if isinstance(im_end, int) and im_end != tok.unk_token_id:
-        ids.add(im_end)
+    config_eos = getattr(getattr(model.original_model, "generation_config", None), "eos_token_id", None)
+    ids.update(config_eos if isinstance(config_eos, list) else [config_eos])
+    for marker in _END_OF_TURN:
+        token = tok.convert_tokens_to_ids(marker)
+        if isinstance(token, int) and token != tok.unk_token_id:
+            ids.add(token)
     return sorted(i for i in ids if i is not None)
 
 

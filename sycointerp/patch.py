@@ -19,7 +19,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from sycointerp._config import add_flags, resolve_args
+from sycointerp._config import job_parser, resolve_args
 from sycointerp.job.config import JobConfig
 
 __all__ = ["main", "build_parser"]
@@ -27,26 +27,11 @@ __all__ = ["main", "build_parser"]
 log = logging.getLogger("sycointerp.patch")
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line and exit 2, without argparse's usage block
-        print(f"{self.prog}: error: {message}", file=sys.stderr)
-        raise SystemExit(2)
-
-
 def build_parser() -> argparse.ArgumentParser:
     examples = __doc__.split("Examples::")[1].split("\n\n")[1]
-    p = _Parser(prog="python -m sycointerp.patch", formatter_class=argparse.RawDescriptionHelpFormatter,
-                description="Rank attention heads by their effect on sycophancy, as a resumable batch job.",
-                epilog=f"examples:\n{examples}\n\nOutput layout, resumption and sharding: README, section 'Batch jobs'.")
-    p.add_argument("--config", default=None, help="TOML file of options (flags override it)")
-    p.add_argument("--out", default="runs/patch", help="output directory (default: runs/patch)")
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace the job in --out even if its configuration differs")
-    verbosity = p.add_mutually_exclusive_group()
-    verbosity.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors, no progress bars")
-    verbosity.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    add_flags(p, JobConfig)
-    return p
+    return job_parser("python -m sycointerp.patch", "Rank attention heads by their effect on sycophancy, as a "
+                      "resumable batch job.", f"examples:\n{examples}\n\nOutput layout, resumption and sharding: "
+                      "README, section 'Batch jobs'.", JobConfig, "runs/patch", "job")
 
 
 def resolve_config(args: argparse.Namespace) -> JobConfig:
@@ -72,16 +57,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     from sycointerp.data.questions import DataError
     from sycointerp.job.config import ConfigError
     from sycointerp.job.run import OutputError, run_job
-    from sycointerp.job.shards import process_group
+    from sycointerp.job.shards import ChunkMismatch, process_group
     from sycointerp.models import ModelLoadError
 
     try:
         config = resolve_config(args)
         with process_group(config.device) as group:
             status = run_job(config, args.out, group=group, overwrite=args.overwrite, progress=not args.quiet)
-    except (ConfigError, OutputError, DataError, ModelLoadError, KeyError) as err:
-        message = err.args[0] if isinstance(err, KeyError) and err.args else err
-        print(f"python -m sycointerp.patch: error: {message}", file=sys.stderr)
+    except (ConfigError, OutputError, DataError, ModelLoadError, ChunkMismatch) as err:
+        print(f"python -m sycointerp.patch: error: {err}", file=sys.stderr)
         return 2
     if group.is_main and not args.quiet:
         done = "already complete" if status == "complete" else "done"

@@ -44,7 +44,7 @@ from sycointerp.patching.results import HEAD_COMPONENTS, PatchResult
 
 __all__ = [
     "attention_plot", "compare_heatmaps", "head_heatmap", "knockout_plot", "layer_position_heatmap", "ranked_heads_bar",
-    "save_figure",
+    "check_png_export", "save_figure",
 ]
 
 COLORSCALE = "RdBu_r"  # diverging: blue < 0 < red
@@ -365,6 +365,21 @@ def attention_plot(att: HeadAttention, *, title: str | None = None) -> go.Figure
                      ticktext=[f"{label} ({s:.0%})" for label, s in zip(att.labels(), share)],
                      range=[n_heads - 0.5, -0.5])
     return fig
+
+
+def check_png_export() -> None:
+    """Refuse up front, before a long job, when PNG export cannot work here.
+
+    Uses the browser lookup kaleido itself uses (choreographer's), so it agrees with what
+    :func:`save_figure` will find.
+
+    Raises:
+        RuntimeError: no Chromium-family browser (the message names the fix).
+    """
+    from choreographer.browsers.chromium import Chromium
+
+    if Chromium.find_browser(skip_local=False) is None:
+        raise RuntimeError(_BROWSER_FIX)
 
 
 def _render_png(fig: go.Figure, width: int, height: int) -> bytes:

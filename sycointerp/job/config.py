@@ -11,6 +11,7 @@ each other (e.g. ``challenge_text`` without ``counterfactual_text``) or belong t
 from dataclasses import dataclass
 from typing import ClassVar
 
+from sycointerp.data.templates import CHALLENGES
 from sycointerp._config import ConfigError, TomlConfig, config_diff, dump_toml as _dump, load_toml, opt as _opt
 
 __all__ = ["ConfigError", "JobConfig", "SECTIONS", "config_diff", "load_toml", "dump_toml"]
@@ -81,6 +82,9 @@ class JobConfig(TomlConfig):
         self._check_combinations()
 
     def _check_combinations(self) -> None:
+        if self.challenge not in CHALLENGES:
+            raise ConfigError(f"unknown challenge template {self.challenge!r} (--challenge); choose from "
+                              f"{', '.join(CHALLENGES)}, or give challenge_text and counterfactual_text")
         if bool(self.challenge_text) != bool(self.counterfactual_text):
             raise ConfigError("challenge_text and counterfactual_text go together; give both or neither")
         if self.dataset != "builtin" and not self.data_path:

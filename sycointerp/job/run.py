@@ -22,6 +22,7 @@ Sign conventions are :class:`sycointerp.patching.PatchResult`'s.
 """
 
 import dataclasses
+import hashlib
 import importlib.metadata
 import json
 import logging
@@ -29,7 +30,7 @@ import random
 import shutil
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -85,6 +86,29 @@ def _clear(out: Path, names: Sequence[str]) -> None:
             target.unlink(missing_ok=True)
 
 
+def _started(out: Path, names: Sequence[str]) -> bool:
+    """Whether a job in ``out`` has written anything besides its ``config.toml``."""
+    for name in names:
+        target = out / name
+        if name != "config.toml" and (target.is_file() or (target.is_dir() and any(target.iterdir()))):
+            return True
+    return False
+
+
+def _check_clearable(out: Path, names: Sequence[str]) -> None:
+    """``overwrite`` removes whole folders only in a job's own directory (one with ``config.toml``).
+
+    Raises:
+        OutputError: a non-empty folder named like one of the job's in a directory holding no job.
+    """
+    if (out / "config.toml").is_file():
+        return
+    foreign = [n for n in names if (out / n).is_dir() and any((out / n).iterdir())]
+    if foreign:
+        raise OutputError(f"--out {out} holds no sycointerp job but a non-empty {foreign[0]}/ folder, which "
+                          "--overwrite would delete; choose a new or empty directory")
+
+
 def prepare_output(out: Path, config: TomlConfig, overwrite: bool, *, names: Sequence[str] = OUTPUT_NAMES,
                    done: str = "summary.json", header: str = "sycointerp patch job: the fully resolved "
                    "configuration (rerun with --config this-file)") -> str:
@@ -93,14 +117,21 @@ def prepare_output(out: Path, config: TomlConfig, overwrite: bool, *, names: Seq
     ``names`` are the files this kind of job writes (the only ones ``overwrite`` deletes) and
     ``done`` the one written last.
 
+    A ``config.toml`` with nothing else written (an attempt refused before any work, say for a
+    missing data file) does not hold the directory: the next attempt starts anew.
+
     Raises:
         OutputError: unwritable; another job's configuration (without ``overwrite``); a non-empty
-            directory that holds no job (without ``overwrite``).
+            directory that holds no job (without ``overwrite``), or with ``overwrite`` one that holds
+            a non-empty folder of the job's names.
     """
     _check_writable(out)
     saved = out / "config.toml"
     if overwrite:
+        _check_clearable(out, names)
         _clear(out, names)
+    elif saved.is_file() and not _started(out, names):  # an earlier attempt failed before any work
+        saved.unlink()
     elif saved.is_file():
         try:
             old = type(config).from_toml_dict(load_toml(saved))
@@ -186,6 +217,36 @@ def _load(config: JobConfig, group: Group) -> TransformerBridge:
                       n_devices=config.n_devices if config.n_devices > 1 else None)
 
 
+def _check_before_loading(config: JobConfig, group: Group) -> None:
+    """Refuse what would fail only after the compute (or on one rank only).
+
+    Raises:
+        ConfigError: a model split across devices under several processes; PNG figures without a
+            browser for kaleido.
+    """
+    if group.world > 1 and (config.device_map or config.n_devices > 1):
+        raise ConfigError("device_map / n_devices split one model copy across devices; under torchrun each rank "
+                          "would split its own copy: run one process, or drop device_map / n_devices")
+    if config.png and group.is_main:
+        from sycointerp.plot import check_png_export
+
+        try:
+            check_png_export()
+        except RuntimeError as err:
+            raise ConfigError(f"{err}; or pass --no-png") from None
+
+
+def _check_model(config: JobConfig, model: TransformerBridge) -> None:
+    """Options that depend on the model's size.
+
+    Raises:
+        ConfigError: knockout ``ks`` beyond the model's heads.
+    """
+    n_heads = model.cfg.n_layers * model.cfg.n_heads
+    if config.method == "knockout" and config.ks[-1] > n_heads:
+        raise ConfigError(f"ks goes up to {config.ks[-1]} but the model has {n_heads} heads; lower --ks")
+
+
 def _challenge(config: JobConfig) -> str | ChallengeTemplate:
     if config.challenge_text:
         return ChallengeTemplate("custom", config.challenge_text, config.counterfactual_text)
@@ -222,6 +283,14 @@ class _Job:
         return lambda todo: tqdm(todo, desc=f"{desc}{rank}", unit="chunk", disable=not self.progress or not todo,
                                  position=self.group.rank)
 
+    def inputs(self, *extra: Any) -> Callable[[int], str]:
+        """Chunk index -> fingerprint of its questions, the model and ``extra`` (see ChunkStore.run)."""
+        def fingerprint(i: int) -> str:
+            record = {"model": str(self.model.cfg.model_name), "extra": list(extra),
+                      "questions": [_question_record(self.questions[j]) for j in self.chunks[i]]}
+            return hashlib.sha256(json.dumps(record, sort_keys=True, default=str).encode()).hexdigest()[:16]
+        return fingerprint
+
     def _timed(self, compute) -> Chunk:
         start = time.perf_counter()
         chunk = compute()
@@ -242,7 +311,7 @@ class _Job:
                 return Chunk({"n": torch.tensor([len(texts)])}, {"answers": texts})
 
             self._answers = self.store.run("answers", len(self.chunks), lambda i: self._timed(lambda: compute(i)),
-                                           self._bar("first answers"))
+                                           self._bar("first answers"), self.inputs())
         return self._answers
 
     def pairs(self, i: int) -> list[PromptPair]:
@@ -274,9 +343,14 @@ class _Job:
             return Chunk(tensors, info)
 
         chunks = self.store.run("heads", len(self.chunks), lambda i: self._timed(lambda: compute(i)),
-                                self._bar(f"{method} patching"))
+                                self._bar(f"{method} patching"), self.inputs())
         result = PatchResult.concat([PatchResult.from_bundle(ch.tensors, ch.meta) for ch in chunks])
-        return result.as_relative() if self.config.score == "relative" else result
+        if self.config.score != "relative":
+            return result
+        try:
+            return result.as_relative()
+        except ValueError as err:
+            raise DataError(f"score = relative: {err}") from None
 
     def _means(self) -> torch.Tensor:
         """Every head's mean z over all the job's challenge prompts, combined exactly from chunks."""
@@ -286,7 +360,7 @@ class _Job:
             return Chunk({"means": means.cpu(), "tokens": torch.tensor([sum(map(len, prompts))])}, {})
 
         chunks = self.store.run("means", len(self.chunks), lambda i: self._timed(lambda: compute(i)),
-                                self._bar("head means"))
+                                self._bar("head means"), self.inputs())
         total = sum(float(ch.tensors["tokens"]) for ch in chunks)
         weighted = sum(ch.tensors["means"].double() * float(ch.tensors["tokens"]) for ch in chunks)
         return (weighted / total).float()
@@ -304,7 +378,7 @@ class _Job:
             return Chunk(tensors, info)
 
         chunks = self.store.run("knockout", len(self.chunks), lambda i: self._timed(lambda: compute(i)),
-                                self._bar("knockout"))
+                                self._bar("knockout"), self.inputs([list(h) for h in ranking]))
         return KnockoutCurve.concat([KnockoutCurve.from_bundle(ch.tensors, ch.meta) for ch in chunks])
 
     def chunk_seconds(self) -> float:
@@ -313,6 +387,10 @@ class _Job:
         for path in sorted(self.store.dir.glob("*.safetensors")):
             total += Chunk.from_bytes(path.read_bytes()).meta.get("seconds", 0.0)
         return total
+
+
+def _question_record(q: Question) -> dict[str, Any]:
+    return {f.name: getattr(q, f.name) for f in dataclasses.fields(q) if f.name != "extra"}
 
 
 def _ranking_from_csv(path: str, model: TransformerBridge) -> tuple[list[tuple[int, int]], pd.DataFrame]:
@@ -449,6 +527,7 @@ def run_job(config: JobConfig, out: str | Path, *, group: Group | None = None, o
     group.barrier()  # rank 0 has cleared / created the directory
     start = time.perf_counter()
     questions = load_job_questions(config)
+    _check_before_loading(config, group)
     model = _load(config, group)
     timings = {"load_model_seconds": time.perf_counter() - start}
     job = _Job(config, out, group, model, questions, progress)
@@ -457,7 +536,9 @@ def run_job(config: JobConfig, out: str | Path, *, group: Group | None = None, o
     result, rank_table = None, None
     if config.method == "knockout" and config.rank_from:
         ranking, rank_table = _ranking_from_csv(config.rank_from, model)
-    else:
+    _check_model(config, model)
+    job.answers()  # a collective phase: every rank runs it here, whether or not it has chunks left
+    if config.method != "knockout" or not config.rank_from:
         result = job.heads()
         ranking = [(int(l), int(h)) for l, h in result.rank()]
     curve = job.knockout(ranking) if config.method == "knockout" else None

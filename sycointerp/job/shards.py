@@ -31,12 +31,17 @@ import torch
 import torch.distributed as dist
 from safetensors.torch import load, save
 
+from sycointerp._config import ConfigError
 from sycointerp._io import atomic_write
 
-__all__ = ["Chunk", "ChunkStore", "Group", "process_group", "chunk_ranges"]
+__all__ = ["Chunk", "ChunkMismatch", "ChunkStore", "Group", "process_group", "chunk_ranges"]
 
 log = logging.getLogger("sycointerp.patch")
 CRASH_ENV = "SYCOINTERP_CRASH_AFTER_CHUNKS"
+
+
+class ChunkMismatch(ValueError):
+    """A saved chunk was computed from other inputs (changed data file, model or ranking)."""
 
 
 @dataclass(frozen=True)
@@ -101,16 +106,21 @@ class Group:
 def process_group(device: str) -> Iterator[Group]:
     """The torchrun process group (started and torn down here), or a one-process group.
 
+    Under NCCL each rank first selects its local GPU: the object collectives stage their buffers on
+    the current device, which would otherwise be ``cuda:0`` on every rank.
+
     Raises:
-        RuntimeError: a CUDA job under torchrun without CUDA.
+        ConfigError: a CUDA job under torchrun without CUDA.
     """
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world == 1:
         yield Group()
         return
     backend = "nccl" if device.startswith("cuda") else "gloo"
-    if backend == "nccl" and not torch.cuda.is_available():
-        raise RuntimeError("device 'cuda' under torchrun but CUDA is not available; use --device cpu")
+    if backend == "nccl":
+        if not torch.cuda.is_available():
+            raise ConfigError("device 'cuda' under torchrun but CUDA is not available; use --device cpu")
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     dist.init_process_group(backend)
     try:
         yield Group(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
@@ -138,27 +148,46 @@ class ChunkStore:
         atomic_write(self.path(tag, index), lambda p: Path(p).write_bytes(data))
 
     def run(self, tag: str, n_chunks: int, compute: Callable[[int], Chunk],
-            progress: Callable[[Sequence[int]], Sequence[int]] = lambda todo: todo) -> list[Chunk]:
+            progress: Callable[[Sequence[int]], Sequence[int]] = lambda todo: todo,
+            inputs: Callable[[int], str] = lambda i: "") -> list[Chunk]:
         """Every chunk of a phase, in order, on every rank; computes only this rank's missing ones.
 
-        ``progress`` wraps the list of chunks to compute (e.g. a tqdm bar).
+        A collective: every rank must call it, in the same order of phases.
+
+        Args:
+            tag: the phase's name (chunk file prefix).
+            n_chunks: chunks in the phase.
+            compute: chunk index -> its result.
+            progress: wraps the list of chunks to compute (e.g. a tqdm bar).
+            inputs: chunk index -> a fingerprint of what it is computed from; stored in the chunk
+                and compared when a saved chunk is reused.
+
+        Raises:
+            ChunkMismatch: a saved chunk's fingerprint differs from ``inputs(i)``.
         """
         mine = [i for i in range(n_chunks) if self.group.owns(i)]
         todo = [i for i in mine if not self.path(tag, i).is_file()]
         if len(todo) < len(mine):
             log.info("%s: %d of %d chunks already done, resuming", tag, len(mine) - len(todo), len(mine))
         for i in progress(todo):
-            self._write(tag, i, compute(i).to_bytes())
+            chunk = compute(i)
+            chunk.meta["inputs"] = inputs(i)
+            self._write(tag, i, chunk.to_bytes())
             self._after_write()
         local = {i: self.path(tag, i).read_bytes() for i in mine}
         every: dict[int, bytes] = {}
         for part in self.group.all_gather(local):
             every.update(part)
+        chunks = [Chunk.from_bytes(every[i]) for i in range(n_chunks)]
+        stale = [i for i, ch in enumerate(chunks) if ch.meta.get("inputs", "") != inputs(i)]
+        if stale:
+            raise ChunkMismatch(f"{self.path(tag, stale[0])} was computed from other inputs (the data file, model "
+                                "or ranking changed since); pass --overwrite to start the job again")
         if self.group.is_main:
             for i, data in every.items():
                 if not self.path(tag, i).is_file():
                     self._write(tag, i, data)
-        return [Chunk.from_bytes(every[i]) for i in range(n_chunks)]
+        return chunks
 
     def _after_write(self) -> None:
         self.written += 1

@@ -17,31 +17,17 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from sycointerp._config import add_flags, resolve_args
+from sycointerp._config import job_parser, resolve_args
 from sycointerp.spt.config import SPTConfig
 
 __all__ = ["main", "build_parser"]
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line and exit 2, without argparse's usage block
-        print(f"{self.prog}: error: {message}", file=sys.stderr)
-        raise SystemExit(2)
-
-
 def build_parser() -> argparse.ArgumentParser:
     examples = __doc__.split("Examples::")[1].split("\n\n")[1]
-    p = _Parser(prog="python -m sycointerp.spt", formatter_class=argparse.RawDescriptionHelpFormatter,
-                description="Supervised Pinpoint Tuning of the heads that drive sycophancy, with baselines and "
-                            "an evaluation before and after.", epilog=f"examples:\n{examples}")
-    p.add_argument("--config", default=None, help="TOML file of options (flags override it)")
-    p.add_argument("--out", default="runs/spt", help="output directory (default: runs/spt)")
-    p.add_argument("--overwrite", action="store_true", help="replace the run in --out even if its configuration differs")
-    verbosity = p.add_mutually_exclusive_group()
-    verbosity.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors, no progress bars")
-    verbosity.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    add_flags(p, SPTConfig)
-    return p
+    return job_parser("python -m sycointerp.spt", "Supervised Pinpoint Tuning of the heads that drive sycophancy, "
+                      "with baselines and an evaluation before and after.", f"examples:\n{examples}", SPTConfig,
+                      "runs/spt", "run")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -60,9 +46,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         config = resolve_args(args, SPTConfig)
         report = run_experiment(config, args.out, overwrite=args.overwrite, progress=not args.quiet)
-    except (ConfigError, OutputError, DataError, ModelLoadError, UnsupportedArchitecture, KeyError) as err:
-        message = err.args[0] if isinstance(err, KeyError) and err.args else err
-        print(f"python -m sycointerp.spt: error: {message}", file=sys.stderr)
+    except (ConfigError, OutputError, DataError, ModelLoadError, UnsupportedArchitecture) as err:
+        print(f"python -m sycointerp.spt: error: {err}", file=sys.stderr)
         return 2
     except TrainingError as err:
         print(f"python -m sycointerp.spt: training failed: {err}", file=sys.stderr)

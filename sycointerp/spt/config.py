@@ -4,6 +4,7 @@ TOML form and flags come from :mod:`sycointerp._config`, as for the patch job.
 """
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import ClassVar
 
 from sycointerp._config import ConfigError, TomlConfig, opt
@@ -51,7 +52,7 @@ class SPTConfig(TomlConfig):
     grad_accum: int = opt("train", "micro-batches per step", 1, minimum=1)
     warmup_steps: int = opt("train", "linear warmup steps", 5, minimum=0)
     weight_decay: float = opt("train", "AdamW weight decay", 0.1, minimum=0)
-    checkpoint_every: int = opt("train", "checkpoint every N steps (0 = at the end only)", 0, minimum=0)
+    checkpoint_every: int = opt("train", "checkpoint every N steps and at the end (0 = no checkpoints)", 0, minimum=0)
     # [eval]
     eval_limit: int = opt("eval", "evaluate on this many held-out questions (0 = all)", 0, minimum=0)
     max_new_tokens: int = opt("eval", "greedy tokens of the reply to the challenge", 48, minimum=1)
@@ -76,5 +77,22 @@ class SPTConfig(TomlConfig):
             raise ConfigError(f"kinds must be a non-empty subset of insist, revise; got {self.kinds}")
         if self.dataset != "builtin" and not self.data_path:
             raise ConfigError(f"dataset {self.dataset!r} needs data_path (--data-path FILE)")
+        for name in ("lr", "lora_lr"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"{name} (--{name.replace('_', '-')}) must be > 0, got {getattr(self, name)}")
+        if self.dataset == "arc" and self.arc_path and Path(self.arc_path).resolve() == Path(self.data_path).resolve():
+            raise ConfigError("arc_path is the training data file: ARC accuracy would be measured on trained "
+                              "questions; pass a held-out ARC split as --arc-path")
         if self.warmup_steps >= self.steps:
             raise ConfigError(f"warmup_steps ({self.warmup_steps}) must be below steps ({self.steps})")
+
+    def check_files(self) -> None:
+        """Every file the run reads exists, checked before anything is trained.
+
+        Raises:
+            ConfigError: naming the option and the missing path.
+        """
+        for name in ("heads_file", "eval_path", "kl_text", "arc_path", "opinion_path"):
+            path = getattr(self, name)
+            if path and not Path(path).is_file():
+                raise ConfigError(f"{name} (--{name.replace('_', '-')}) {path} does not exist or is not a file")

@@ -147,13 +147,18 @@ def _key(q: Question) -> str:
     return normalize(q.question)
 
 
-def check_disjoint(train: Sequence[Question], held_out: Sequence[Question]) -> None:
+def check_disjoint(train: Sequence[Question], held_out: Sequence[Question], *, by_id: bool = True) -> None:
     """Refuse training questions that also appear in the evaluation set.
+
+    Args:
+        train, held_out: the two sets.
+        by_id: also refuse shared ids (right for two parts of one dataset; sets from different
+            files compare by text only, since their ids may coincide by chance).
 
     Raises:
         DataError: a shared id or a shared normalized question text (the message lists a few).
     """
-    held_ids = {q.id for q in held_out if q.id}
+    held_ids = {q.id for q in held_out if q.id} if by_id else set()
     held_text = {_key(q) for q in held_out}
     clash = [q.id or q.question for q in train if (q.id and q.id in held_ids) or _key(q) in held_text]
     if clash:

@@ -23,6 +23,8 @@ training is data-parallel; evaluation runs on the main process.
 
 import json
 import logging
+import os
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -57,9 +59,10 @@ def split_data(config: SPTConfig) -> tuple[list[Question], list[Question]]:
         if not Path(config.eval_path).is_file():
             raise DataError(f"eval_path {config.eval_path} does not exist; check --eval-path")
         train_qs, eval_qs = questions, load_questions_jsonl(config.eval_path)
+        check_disjoint(train_qs, eval_qs, by_id=False)  # ids of two files may coincide by chance
     else:
         train_qs, eval_qs = split_questions(questions, eval_fraction=config.eval_fraction, seed=config.seed)
-    check_disjoint(train_qs, eval_qs)
+        check_disjoint(train_qs, eval_qs)
     return train_qs, eval_qs[: config.eval_limit] if config.eval_limit else eval_qs
 
 
@@ -166,9 +169,13 @@ def _run_method(method: str, config: SPTConfig, heads: HeadSet, examples, eval_q
             if isinstance(tunable, HeadDeltas):
                 write_tensors(target / "deltas.safetensors", tunable.named_deltas())
                 write_json(target / "heads.json", tunable.heads.to_json())
-            if config.save_model:
-                hf.save_pretrained(target / "model")
-                tok.save_pretrained(target / "model")
+            if config.save_model:  # written aside, then renamed: a crash never leaves half a checkpoint
+                staging = target / "model.tmp"
+                shutil.rmtree(staging, ignore_errors=True)
+                hf.save_pretrained(staging)
+                tok.save_pretrained(staging)
+                shutil.rmtree(target / "model", ignore_errors=True)
+                os.replace(staging, target / "model")
     if acc.is_main_process:
         start = time.perf_counter()
         row.update(_evaluate(hook_model(hf, tok, name), base, eval_qs, config, target, progress))
@@ -223,6 +230,7 @@ def run_experiment(config: SPTConfig, out: str | Path, *, overwrite: bool = Fals
     """
     from accelerate import Accelerator
 
+    config.check_files()
     acc = Accelerator(cpu=not config.device.startswith("cuda"))
     out = Path(out)
     if acc.is_main_process:

@@ -27,6 +27,7 @@ so one head's W_Q / W_K rows change every head's attention: refused.
 """
 
 import csv
+import json
 import random
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -91,8 +92,13 @@ class HeadSet:
     def from_csv(cls, path: str | Path, k: int, n_layers: int, n_heads: int) -> "HeadSet":
         """The ``k`` first heads by ``rank`` of a ``heads.csv`` (from ``python -m sycointerp.patch``).
 
+        When the file sits in a patch job's or :meth:`PatchResult.save`'s directory (a
+        ``result.json`` beside it), that result must rank query heads of a model of this size:
+        a ranking of KV heads (k/v patching) or of another model's heads is refused.
+
         Raises:
-            ValueError: unreadable file, missing columns, ``k`` larger than the file, heads outside the model.
+            ValueError: unreadable file, missing columns, ``k`` larger than the file, heads outside
+                the model, a ranking of KV heads or of a model with another number of heads.
         """
         try:
             with open(path, newline="") as handle:
@@ -101,6 +107,7 @@ class HeadSet:
             raise ValueError(f"cannot read heads file {path}: {err.strerror}") from None
         if not rows or not {"layer", "head", "rank"} <= set(rows[0]):
             raise ValueError(f"{path} is not a heads.csv (needs columns layer, head, rank)")
+        _check_saved_result(Path(path), len(rows), n_layers, n_heads)
         rows.sort(key=lambda r: int(r["rank"]))
         _check_k(k, len(rows), f"{path} lists {len(rows)} heads")
         return cls(tuple((int(r["layer"]), int(r["head"])) for r in rows[:k]), n_layers, n_heads, f"top-{k} of {path}")
@@ -119,6 +126,23 @@ class HeadSet:
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> "HeadSet":
         return cls(tuple(tuple(h) for h in data["heads"]), data["n_layers"], data["n_heads"], data["source"])
+
+
+def _check_saved_result(path: Path, n_rows: int, n_layers: int, n_heads: int) -> None:
+    """A heads.csv written beside a result.json must rank this model's query heads (all of them)."""
+    info_path = path.parent / "result.json"
+    if not info_path.is_file():
+        return
+    try:
+        components = tuple(json.loads(info_path.read_text()).get("components", ("layer", "head")))
+    except (OSError, ValueError, AttributeError):
+        return  # not a PatchResult's result.json: nothing to check against
+    if components != ("layer", "head"):
+        raise ValueError(f"{path} ranks {components} cells ({info_path}), not query heads; SPT needs a ranking of "
+                         "(layer, head), e.g. of path patching or hook_z activation patching")
+    if n_rows != n_layers * n_heads:
+        raise ValueError(f"{path} ranks {n_rows} heads but this model has {n_layers} x {n_heads} = "
+                         f"{n_layers * n_heads}; was it made with another model?")
 
 
 def _check_k(k: int, total: int, what: str | None = None) -> None:

@@ -17,7 +17,12 @@ Conventions:
   ``trainable.safetensors`` + ``optimizer.safetensors`` (AdamW moments) + ``progress.json``, no
   pickle; a new checkpoint replaces the old by directory renames, so a crash keeps one whole
   checkpoint. A run given an existing checkpoint resumes after its step.
-- A non-finite loss stops training with :class:`TrainingError`; the last good checkpoint stays.
+- A non-finite loss or gradient norm stops training with :class:`TrainingError` before the
+  optimizer step, so the weights and the last good checkpoint stay finite.
+- Randomness inside the forward (dropout) is reseeded from ``seed``, the step and the process
+  index at every step (the global torch RNG), so a run is reproducible and resumes exactly.
+- A checkpoint records the global batch and seed; resuming with others (e.g. another number of
+  processes) is refused, since the data order would silently change.
 """
 
 import json
@@ -127,7 +132,7 @@ def _optimizer_bytes(optimizer: torch.optim.Optimizer) -> int:
 
 
 def _save_checkpoint(directory: Path, tunable: Tunable, optimizer: torch.optim.Optimizer, step: int,
-                     losses: list[float]) -> None:
+                     losses: list[float], run_key: dict[str, int]) -> None:
     tmp, final, old = directory / "checkpoint.tmp", directory / "checkpoint", directory / "checkpoint.old"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -141,7 +146,7 @@ def _save_checkpoint(directory: Path, tunable: Tunable, optimizer: torch.optim.O
         if "step" in state:
             moments[f"step.{i}"] = torch.as_tensor(state["step"], dtype=torch.float64).reshape(1)
     save_file(moments, tmp / "optimizer.safetensors")
-    (tmp / "progress.json").write_text(json.dumps({"step": step, "losses": losses}))
+    (tmp / "progress.json").write_text(json.dumps({"step": step, "losses": losses, **run_key}))
     if final.exists():
         shutil.rmtree(old, ignore_errors=True)
         os.replace(final, old)
@@ -156,7 +161,15 @@ def _find_checkpoint(directory: Path) -> Path | None:
     return None
 
 
-def _load_checkpoint(path: Path, tunable: Tunable, optimizer: torch.optim.Optimizer) -> tuple[int, list[float]]:
+def _load_checkpoint(path: Path, tunable: Tunable, optimizer: torch.optim.Optimizer,
+                     run_key: dict[str, int]) -> tuple[int, list[float]]:
+    """Raises: TrainingError: the checkpoint was made with another global batch or seed."""
+    progress = json.loads((path / "progress.json").read_text())
+    saved = {k: progress.get(k) for k in run_key}
+    if saved != run_key:
+        raise TrainingError(f"the checkpoint in {path} was made with {saved}, this run has {run_key} (another "
+                            "number of processes, batch size, accumulation or seed); resume it with the same "
+                            "settings or delete the checkpoint")
     tunable.load_state(load_file(path / "trainable.safetensors"))
     moments = load_file(path / "optimizer.safetensors")
     for i, p in enumerate(tunable.parameters()):
@@ -164,8 +177,15 @@ def _load_checkpoint(path: Path, tunable: Tunable, optimizer: torch.optim.Optimi
             optimizer.state[p] = {"exp_avg": moments[f"exp_avg.{i}"].to(p.device),
                                   "exp_avg_sq": moments[f"exp_avg_sq.{i}"].to(p.device),
                                   "step": torch.tensor(float(moments[f"step.{i}"][0]))}
-    progress = json.loads((path / "progress.json").read_text())
     return progress["step"], list(progress["losses"])
+
+
+def _last_good(ckpt_dir: Path | None) -> str:
+    found = _find_checkpoint(ckpt_dir) if ckpt_dir else None
+    if found is None:
+        return "; no checkpoint was written (set checkpoint_every to keep one)"
+    step = json.loads((found / "progress.json").read_text())["step"]
+    return f"; the last good checkpoint (step {step}) is in {found}"
 
 
 def train(
@@ -193,7 +213,7 @@ def train(
 
     Raises:
         ValueError: no examples.
-        TrainingError: a non-finite loss.
+        TrainingError: a non-finite loss or gradient; a checkpoint of another global batch or seed.
     """
     if not examples:
         raise ValueError("no training examples")
@@ -204,14 +224,15 @@ def train(
     params = list(tunable.parameters())
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     start, losses = 0, []
+    micro, global_batch = config.batch_size, config.batch_size * config.grad_accum * world
+    run_key = {"global_batch": global_batch, "processes": world, "seed": config.seed}
     ckpt_dir = Path(checkpoint_dir) if checkpoint_dir else None
     found = _find_checkpoint(ckpt_dir) if ckpt_dir else None
     if found is not None:
-        start, losses = _load_checkpoint(found, tunable, optimizer)
+        start, losses = _load_checkpoint(found, tunable, optimizer, run_key)
     factor = _lr_factor(config)
     # Offset by the resumed step rather than replaying scheduler steps before any optimizer step.
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: factor(s + start))
-    micro, global_batch = config.batch_size, config.batch_size * config.grad_accum * world
     device = next(model.parameters()).device
     model.train()
     began, step_times = time.perf_counter(), []
@@ -221,6 +242,7 @@ def train(
                        initial=start, total=config.steps)
             for step in bar:
                 t0 = time.perf_counter()
+                torch.manual_seed(config.seed * 1_000_003 + step * world + rank)  # dropout, per step
                 batch = _batch_indices(len(examples), step, global_batch, config.seed)
                 n_tokens = sum(sum(t != -100 for t in examples[i].labels[1:]) for i in batch)
                 total = torch.zeros((), device=device)
@@ -235,11 +257,10 @@ def train(
                         p.grad = acc.reduce(p.grad if p.grad is not None else torch.zeros_like(p), "sum")
                     total = acc.reduce(total, "sum")
                 value = float(total)
-                if not math.isfinite(value):
-                    where = f"; the last good checkpoint is in {ckpt_dir / 'checkpoint'}" if found or (
-                        ckpt_dir and config.checkpoint_every) else ""
-                    raise TrainingError(f"the loss became {value} at step {step}{where}; lower the learning rate")
-                torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
+                norm = float(torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm))
+                if not (math.isfinite(value) and math.isfinite(norm)):
+                    what = f"the loss became {value}" if not math.isfinite(value) else f"the gradient norm became {norm}"
+                    raise TrainingError(f"{what} at step {step}{_last_good(ckpt_dir)}; lower the learning rate")
                 optimizer.step()
                 schedule.step()
                 optimizer.zero_grad(set_to_none=True)
@@ -248,7 +269,7 @@ def train(
                 bar.set_postfix(loss=f"{value:.4f}")
                 every = config.checkpoint_every
                 if ckpt_dir and rank == 0 and every and ((step + 1) % every == 0 or step + 1 == config.steps):
-                    _save_checkpoint(ckpt_dir, tunable, optimizer, step + 1, losses)
+                    _save_checkpoint(ckpt_dir, tunable, optimizer, step + 1, losses, run_key)
     finally:
         model.eval()
     acc.wait_for_everyone()

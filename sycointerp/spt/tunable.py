@@ -12,6 +12,11 @@ the projection layers add each delta's contribution (``x @ delta`` on the slice'
 for q/k/v, ``x[..., slice] @ delta`` for o), which equals running with ``W + delta`` merged (to
 float rounding); ``merge()`` adds the deltas into exactly those slices, so every other weight stays
 bit-identical. ``rank=r`` factorizes each delta as ``B @ A`` (LoRA restricted to the heads).
+
+Deltas are float32 whatever the model's dtype, so AdamW's updates are not lost to bfloat16
+rounding during training; the hooks cast each contribution to the layer's dtype, and ``merge()``
+rounds ``W + delta`` once, to the weight's dtype. AdamW's weight decay acts on the deltas, so it
+pulls the tuned slices back towards the original weights (not towards zero).
 """
 
 from collections.abc import Iterator
@@ -70,14 +75,13 @@ class HeadDeltas:
         gen = torch.Generator().manual_seed(seed)
         self.factors = nn.ParameterList()
         for s in self.slices:
-            weight = s.module.weight
+            device = s.module.weight.device
             if rank is None:
-                self.factors.append(nn.Parameter(torch.zeros(s.shape, dtype=weight.dtype, device=weight.device)))
+                self.factors.append(nn.Parameter(torch.zeros(s.shape, device=device)))
             else:  # LoRA init: A random (Kaiming-uniform-like scale), B zero, so the delta starts at 0
                 a = (torch.rand((rank, s.shape[1]), generator=gen) * 2 - 1) / s.shape[1] ** 0.5
-                self.factors.append(nn.Parameter(a.to(weight.dtype).to(weight.device)))
-                self.factors.append(nn.Parameter(torch.zeros((s.shape[0], rank), dtype=weight.dtype,
-                                                             device=weight.device)))
+                self.factors.append(nn.Parameter(a.to(device)))
+                self.factors.append(nn.Parameter(torch.zeros((s.shape[0], rank), device=device)))
 
     def delta(self, i: int) -> torch.Tensor:
         if self.rank is None:
@@ -102,7 +106,8 @@ class HeadDeltas:
             def hook(mod, args, output, indices=indices):
                 out = output.clone()
                 for i in indices:
-                    s, change = self.slices[i], _contribution(self.slices[i], self.delta(i), args[0])
+                    s = self.slices[i]
+                    change = _contribution(s, self.delta(i).to(args[0].dtype), args[0])
                     if s.on_output:
                         out[..., s.start : s.start + s.size] = out[..., s.start : s.start + s.size] + change
                     else:
@@ -120,7 +125,8 @@ class HeadDeltas:
     def merge(self) -> None:
         """Add every delta into its slice of the real weights (nothing else is written)."""
         for i, s in enumerate(self.slices):
-            s.view().add_(self.delta(i).to(s.view().dtype))
+            view = s.view()  # one rounding of W + delta to the weight's dtype (no-op for float32)
+            view.copy_((view.float() + self.delta(i).float()).to(view.dtype))
 
     def state(self) -> dict[str, torch.Tensor]:
         return {f"factor.{i}": p.detach().cpu() for i, p in enumerate(self.factors)}
@@ -169,7 +175,12 @@ class FullWeights:
                 if isinstance(p, nn.Parameter)}
 
     def load_state(self, state: dict[str, torch.Tensor]) -> None:
-        self.model.load_state_dict(state, strict=False)
+        """Raises: KeyError: ``state`` lacks some of the model's parameters (another model's checkpoint)."""
+        names = set(self.state())
+        if set(state) != names:
+            missing = sorted(names - set(state))[:3] or sorted(set(state) - names)[:3]
+            raise KeyError(f"the checkpoint does not match this model's parameters (e.g. {missing})")
+        self.model.load_state_dict(state, strict=False)  # parameters only: buffers are not in the state
 
 
 _ATTENTION_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "qkv_proj", "c_attn", "c_proj", "query_key_value",

@@ -9,6 +9,7 @@ from sycointerp.evaluate import (
     LLMJudge, SycophancyEval, evaluate_sycophancy, kl_on_text, letter_accuracy, opinion_matching,
 )
 from tests.conftest import shared_file
+from tests.unit.test_evaluate import reference_letters
 
 
 def test_multi_turn_protocol_on_eight_questions(smol, tmp_path):
@@ -29,12 +30,14 @@ def test_kl_of_the_model_with_itself_is_zero(smol):
     assert result.mean == 0.0 and torch.equal(result.per_passage, torch.zeros(4))
 
 
-def test_arc_letter_accuracy_beats_chance(smol):
-    questions = load_arc_jsonl(shared_file("arc-easy", "ARC-Easy-Test.jsonl"), limit=20)
-    result = letter_accuracy(smol, questions, batch_size=10)
-    assert result.accuracy.n == 20
-    print(f"\nARC-Easy letter accuracy (20 items): {result.accuracy}")
-    assert result.accuracy.k >= 5  # about a quarter is chance with four options
+def test_arc_letter_accuracy_on_real_items_equals_unbatched_reference(smol):
+    """Batched, padded scoring of real ARC-Easy items picks the letters one plain forward each picks."""
+    questions = load_arc_jsonl(shared_file("arc-easy", "ARC-Easy-Test.jsonl"), limit=12)
+    result = letter_accuracy(smol, questions, batch_size=5)
+    assert result.accuracy.n == 12
+    print(f"\nARC-Easy letter accuracy (12 items): {result.accuracy}")
+    assert list(result.chosen) == reference_letters(smol, questions)
+    assert result.correct == tuple(c == q.letter for c, q in zip(result.chosen, questions))
 
 
 def test_opinion_matching_on_both_files(smol):

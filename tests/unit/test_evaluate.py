@@ -253,17 +253,23 @@ def _arc_records(tmp_path):
     return load_arc_jsonl(path)
 
 
-def test_letter_accuracy_matches_a_plain_per_question_reference(tiny, tmp_path):
-    questions = [*_arc_records(tmp_path), MC]
-    result = letter_accuracy(tiny, questions, batch_size=2)
-    tok = tiny.tokenizer
-    for q, chosen in zip(questions, result.chosen):
+def reference_letters(model, questions) -> list[str]:
+    """The label with the highest next-token logit after the letter stem, one unpadded forward per question."""
+    tok, out = model.tokenizer, []
+    for q in questions:
         messages = [{"role": "system", "content": DEFAULT_SYSTEM}, {"role": "user", "content": q.user_text()}]
         ids = chat_prompt_ids(tok, messages, LETTER_STEM)
         with torch.no_grad():
-            logits = tiny.original_model(torch.tensor([ids])).logits[0, -1]
+            logits = model.original_model(torch.tensor([ids])).logits[0, -1]
         label_ids = [tok(label, add_special_tokens=False)["input_ids"][0] for label in q.labels]
-        assert chosen == q.labels[int(logits[label_ids].argmax())]
+        out.append(q.labels[int(logits[label_ids].argmax())])
+    return out
+
+
+def test_letter_accuracy_matches_a_plain_per_question_reference(tiny, tmp_path):
+    questions = [*_arc_records(tmp_path), MC]
+    result = letter_accuracy(tiny, questions, batch_size=2)
+    assert list(result.chosen) == reference_letters(tiny, questions)
     assert result.correct == tuple(c == q.letter for c, q in zip(result.chosen, questions))
     assert result.accuracy.n == 4 and result.accuracy.k == sum(result.correct)
     assert letter_accuracy(tiny, questions, batch_size=4) == result

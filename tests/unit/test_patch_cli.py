@@ -233,6 +233,38 @@ def test_non_job_directory_is_refused_and_overwrite_keeps_foreign_files(model_di
     assert (out / "notes.txt").read_text() == "mine" and (out / "heads.csv").is_file()
 
 
+def test_overwrite_refuses_to_delete_a_foreign_folder(model_dirs, tmp_path, capsys):
+    """``--out . --overwrite`` in a project must not delete its own figures/ folder."""
+    out = tmp_path / "project"
+    (out / "figures").mkdir(parents=True)
+    (out / "figures" / "paper.png").write_bytes(b"mine")
+    _one_line_exit_2(_args(model_dirs["llama"], out, "--no-png", "--overwrite"), capsys, "non-empty figures/ folder")
+    assert (out / "figures" / "paper.png").read_bytes() == b"mine"
+
+
+def test_a_refused_attempt_does_not_hold_the_directory(model_dirs, tmp_path, capsys):
+    """A run refused before any work (missing data file) leaves nothing that blocks the corrected run."""
+    out, data = tmp_path / "job", tmp_path / "q.jsonl"
+    _one_line_exit_2(_args(model_dirs["llama"], out, "--no-png", "--dataset", "jsonl", "--data-path", str(data)),
+                     capsys, "does not exist")
+    data.write_text("".join(json.dumps(q.to_json()) + "\n" for q in load_builtin()[:6]))
+    assert main(_args(model_dirs["llama"], out, "--no-png", "--dataset", "jsonl", "--data-path", str(data))) == 0
+    assert len(pd.read_csv(out / "heads.csv")) == 2 * 4
+
+
+def test_resume_refuses_chunks_of_changed_data(model_dirs, tmp_path):
+    """Chunks computed from other questions (the data file changed after a crash) are not mixed in."""
+    data, out = tmp_path / "q.jsonl", tmp_path / "job"
+    data.write_text("".join(json.dumps(q.to_json()) + "\n" for q in load_builtin()[:10]))
+    argv = _args(model_dirs["llama"], out, "--no-png", "--dataset", "jsonl", "--data-path", str(data))
+    assert _cli(argv, env={CRASH_ENV: "1"}).returncode == -signal.SIGKILL
+    data.write_text("".join(json.dumps(q.to_json()) + "\n" for q in load_builtin()[20:30]))
+    rerun = _cli(argv)
+    assert rerun.returncode == 2 and rerun.stderr.count("\n") == 1, rerun.stderr
+    assert "computed from other inputs" in rerun.stderr and "--overwrite" in rerun.stderr
+    assert _cli([*argv, "--overwrite"]).returncode == 0
+
+
 def _one_line_exit_2(argv: list[str], capsys, match: str) -> None:
     with pytest.raises(SystemExit) as exit_info:
         code = main(argv)
@@ -252,6 +284,7 @@ def _one_line_exit_2(argv: list[str], capsys, match: str) -> None:
     (["--device", "cuda"], "CUDA is not available"),
     (["--method", "knockout", "--rank-from", "/nonexistent/heads.csv"], "cannot be read as heads.csv"),
     (["--challenge", "nope"], "unknown challenge template 'nope'"),
+    (["--method", "knockout", "--ks", "0,9"], "ks goes up to 9 but the model has 8 heads"),
 ])
 def test_user_errors_exit_2_with_one_line(model_dirs, tmp_path, capsys, extra, match):
     _one_line_exit_2(_args(model_dirs["llama"], tmp_path / "o", "--no-png", *extra), capsys, match)
@@ -293,6 +326,17 @@ def test_torchrun_two_processes_equal_one_process(model_dirs, tmp_path):
     assert summary["processes"] == 2
     assert pd.read_csv(tmp_path / "two" / "heads.csv")[["layer", "head"]].equals(
         pd.read_csv(tmp_path / "one" / "heads.csv")[["layer", "head"]])
+
+
+def test_torchrun_with_model_answers_and_an_idle_rank(model_dirs, tmp_path):
+    """One chunk for two ranks: rank 1 computes nothing but must still join every collective phase
+    (the model's first answers included); the outputs equal one process's."""
+    argv = ["--first-answer", "model", "--limit", "4", "--no-png"]
+    two = _cli(_args(model_dirs["llama"], tmp_path / "two", *argv), torchrun=2)
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert main(_args(model_dirs["llama"], tmp_path / "one", *argv)) == 0
+    for name in ("heads.csv", "examples.json", "values.safetensors", "result.json"):
+        assert (tmp_path / "two" / name).read_bytes() == (tmp_path / "one" / name).read_bytes(), name
 
 
 def test_load_model_passes_a_device_map_through(model_dirs):

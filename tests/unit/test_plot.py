@@ -5,6 +5,7 @@ import struct
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from sycointerp.patching.attention import HeadAttention
 from sycointerp.patching.knockout import KnockoutCurve
@@ -39,9 +40,25 @@ def _curve(apology: bool = True, draws: int = 3) -> KnockoutCurve:
 
 
 def _png_size(path) -> tuple[int, int]:
+    """The PNG's size from its header, after checking the picture is really drawn (not blank)."""
     data = path.read_bytes()
     assert data[:8] == PNG_SIGNATURE and data[12:16] == b"IHDR"
+    with Image.open(path) as image:
+        image.load()
+        colours = image.convert("RGB").getcolors(maxcolors=1 << 20)
+    assert colours is not None and len(colours) > 50, "the PNG is (nearly) one colour: nothing was drawn"
+    background = max(colours)[0] / (image.width * image.height)
+    assert background < 0.97, f"{background:.1%} of the pixels are the background colour"
     return struct.unpack(">II", data[16:24])
+
+
+def _has_red_and_blue(path) -> bool:
+    """Both sides of the diverging scale are drawn (cells above and below 0)."""
+    with Image.open(path) as image:
+        pixels = list(image.convert("RGB").getdata())
+    red = sum(r > 150 and b < 110 and g < 110 for r, g, b in pixels)
+    blue = sum(b > 150 and r < 110 for r, g, b in pixels)
+    return red > 100 and blue > 100
 
 
 @pytest.mark.parametrize("components", [("layer", "head"), ("layer", "kv_head")])
@@ -130,7 +147,7 @@ def test_save_figure_writes_self_contained_html_and_png_of_the_requested_size(tm
     paths = save_figure(head_heatmap(_result()), tmp_path / "figs" / "heads.L0", width=640, height=480)
     html, png = paths
     assert [p.name for p in paths] == ["heads.L0.html", "heads.L0.png"]
-    assert _png_size(png) == (640, 480)
+    assert _png_size(png) == (640, 480) and _has_red_and_blue(png)
     text = html.read_text()
     assert text.lower().startswith("<!doctype html>") and 'src="https://cdn.plot.ly' not in text
     assert len(text) > 1_000_000  # plotly.js itself is embedded: the file opens offline

@@ -144,10 +144,21 @@ def test_head_sets(tmp_path):
     assert HeadSet.from_csv(csv, 2, 2, 4).heads == ((0, 0), (0, 1))
     with pytest.raises(ValueError, match="K must be in"):
         HeadSet.from_csv(csv, 9, 2, 4)
+    with pytest.raises(ValueError, match=r"ranks 8 heads but this model has 1 x 4 = 4; was it made with another"):
+        HeadSet.from_csv(csv, 2, 1, 4)
     with pytest.raises(ValueError, match="outside the model"):
-        HeadSet.from_csv(csv, 8, 1, 4)
+        HeadSet(((1, 0),), 1, 4)
     with pytest.raises(ValueError, match="listed twice"):
         HeadSet(((0, 0), (0, 0)), 2, 4)
+
+
+def test_a_ranking_of_kv_heads_is_not_taken_for_query_heads(tmp_path):
+    """k/v patching ranks KV heads in the heads.csv ``head`` column; SPT must not tune them as query heads."""
+    kv = PatchResult(torch.randn(2, 2, 3), torch.ones(3), torch.ones(3), "activation:k", "flip", False,
+                     components=("layer", "kv_head"))
+    kv.save(tmp_path)
+    with pytest.raises(ValueError, match=r"ranks \('layer', 'kv_head'\) cells .* not query heads"):
+        HeadSet.from_csv(tmp_path / "heads.csv", 2, 2, 4)
 
 
 # --------------------------------------------------------------------------- deltas and training
@@ -241,6 +252,75 @@ def test_nan_loss_stops_with_a_clear_error_and_keeps_the_checkpoint(model_dirs, 
     assert all(torch.equal(kept[k], good[k]) for k in good)
 
 
+def test_gradient_accumulation_equals_one_larger_batch(model_dirs, examples):
+    """2 micro-batches of 2 per step train exactly like batches of 4 (token-mean loss over the step)."""
+    states = []
+    for batch_size, accum in ((4, 1), (2, 2)):
+        model, tok = _load(model_dirs["llama"])
+        deltas = HeadDeltas(model, HeadSet(((0, 1), (1, 2)), 2, 4))
+        report = train(model, deltas, examples, TrainConfig(steps=3, lr=1e-2, batch_size=batch_size,
+                                                            grad_accum=accum), pad_id=tok.pad_token_id)
+        states.append((deltas.state(), report.losses))
+    (a, la), (b, lb) = states
+    assert la == pytest.approx(lb, abs=1e-6) and any(v.abs().sum() > 0 for v in a.values())
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], atol=1e-6, rtol=0)
+
+
+def test_learning_rate_warms_up_linearly_then_decays_polynomially(model_dirs, examples, tmp_path):
+    """The learning rates AdamW actually steps with, straight through and across a resume."""
+    from torch.optim.optimizer import register_optimizer_step_pre_hook
+
+    seen: list[float] = []
+    handle = register_optimizer_step_pre_hook(lambda opt, args, kwargs: seen.append(opt.param_groups[0]["lr"]))
+    try:
+        model, tok = _load(model_dirs["llama"])
+        config = dict(lr=1e-3, warmup_steps=2, decay_power=2.0, batch_size=2)
+        train(model, HeadDeltas(model, HeadSet(((0, 1),), 2, 4)), examples, TrainConfig(steps=6, **config),
+              pad_id=tok.pad_token_id)
+        straight, seen[:] = list(seen), []
+        deltas = HeadDeltas(model, HeadSet(((0, 1),), 2, 4))
+        for steps in (3, 6):  # stop after 3 steps, resume to 6
+            train(model, deltas, examples, TrainConfig(steps=steps, checkpoint_every=3, **config),
+                  pad_id=tok.pad_token_id, checkpoint_dir=tmp_path)
+    finally:
+        handle.remove()
+    expected = [1e-3 * f for f in (0.5, 1.0, 1.0, 0.5625, 0.25, 0.0625)]  # (1 - (s - 2) / 4) ** 2 after warmup
+    assert straight == pytest.approx(expected) and seen == pytest.approx(expected)
+
+
+def test_non_finite_gradient_stops_before_the_update(model_dirs, examples):
+    model, tok = _load(model_dirs["llama"])
+    deltas = HeadDeltas(model, HeadSet(((0, 1),), 2, 4))
+    deltas.parameters()[0].register_hook(lambda grad: grad * float("nan"))  # finite loss, NaN gradient
+    with pytest.raises(TrainingError, match="gradient norm became nan at step 0; no checkpoint was written"):
+        train(model, deltas, examples, TrainConfig(steps=2, batch_size=2), pad_id=tok.pad_token_id)
+    assert all(torch.equal(p, torch.zeros_like(p)) for p in deltas.parameters())
+
+
+def test_resume_with_another_global_batch_is_refused(model_dirs, examples, tmp_path):
+    model, tok = _load(model_dirs["llama"])
+    deltas = HeadDeltas(model, HeadSet(((0, 1),), 2, 4))
+    train(model, deltas, examples, TrainConfig(steps=2, batch_size=2, checkpoint_every=2), pad_id=tok.pad_token_id,
+          checkpoint_dir=tmp_path)
+    with pytest.raises(TrainingError, match="another number of processes, batch size, accumulation or seed"):
+        train(model, deltas, examples, TrainConfig(steps=4, batch_size=4, checkpoint_every=2),
+              pad_id=tok.pad_token_id, checkpoint_dir=tmp_path)
+
+
+def test_bfloat16_model_trains_float32_deltas(model_dirs, examples):
+    model, tok = _load(model_dirs["llama"])
+    model = model.to(torch.bfloat16)
+    deltas = HeadDeltas(model, HeadSet(((0, 1),), 2, 4))
+    assert all(p.dtype == torch.float32 for p in deltas.parameters())
+    train(model, deltas, examples, TrainConfig(steps=2, lr=1e-2, batch_size=2), pad_id=tok.pad_token_id)
+    (i,) = [i for i, s in enumerate(deltas.slices) if s.role == "q"]
+    s, before = deltas.slices[i], deltas.slices[i].view().clone()
+    deltas.merge()
+    assert s.view().dtype == torch.bfloat16
+    assert torch.equal(s.view(), (before.float() + deltas.delta(i).detach()).bfloat16())  # rounded once
+
+
 @pytest.mark.parametrize("arch", ["llama", "gpt2"])
 def test_lora_baselines_merge_into_plain_models(model_dirs, examples, arch):
     model, tok = _load(model_dirs[arch])
@@ -296,8 +376,10 @@ def test_torchrun_two_processes_train_like_one(model_dirs, tmp_path):
     assert one.returncode == 0, one.stderr[-3000:]
     a, b = (load_file(tmp_path / d / "spt" / "deltas.safetensors") for d in ("one", "two"))
     assert sorted(a) == sorted(b) and any(v.abs().sum() > 0 for v in a.values())
+    # Gradients summed across processes round differently from one process's sum, and Adam's
+    # normalised step turns that into ~1e-6 differences where a gradient is near 0.
     for key in a:
-        torch.testing.assert_close(b[key], a[key], atol=1e-6, rtol=0)
+        torch.testing.assert_close(b[key], a[key], atol=1e-5, rtol=1e-4)
     report = json.loads((tmp_path / "two" / "report.json").read_text())
     assert report["rows"][0]["train"]["processes"] == 2
 
