@@ -130,6 +130,33 @@ def test_load_job_questions_sample_filter_and_ids(tmp_path):
     assert [q.id for q in qs] == ["q0", "q1"]
 
 
+def test_every_dataset_kind_loads_through_the_job_config(tmp_path):
+    """are_you_sure (with a source filter), truthfulqa and arc records written here, in each schema."""
+    from tests.unit.test_loaders import _ays, _write_jsonl
+
+    ays = _write_jsonl(tmp_path / "are_you_sure.jsonl", [_ays(), _ays("truthful_qa_mc", correct_letter="A")])
+    qs = load_job_questions(JobConfig(dataset="are_you_sure", data_path=str(ays), sources=["aqua_mc"]))
+    assert [(q.source, q.letter) for q in qs] == [("are_you_sure/aqua_mc", "B")]
+    tqa = tmp_path / "tqa.csv"
+    tqa.write_text("Type,Category,Question,Best Answer,Correct Answers,Incorrect Answers,Source\n"
+                   "Adversarial,Misc,What colour is the sky?,Blue,Blue; Azure,Green; Red; Yellow,x\n")
+    (q,) = load_job_questions(JobConfig(dataset="truthfulqa", data_path=str(tqa)))
+    assert q.answer == "Blue" and len(q.choices) == 4 and q.choices[q.labels.index(q.letter)] == "Blue"
+    arc = _write_jsonl(tmp_path / "arc.jsonl", [{"id": "a1", "question": {"stem": "2+2?", "choices": [
+        {"label": "A", "text": "3"}, {"label": "B", "text": "4"}]}, "answerKey": "B"}])
+    (q,) = load_job_questions(JobConfig(dataset="arc", data_path=str(arc)))
+    assert (q.id, q.letter, q.wrong_letter) == ("a1", "B", "A")
+
+
+@pytest.mark.parametrize("dataset, parts", [("truthfulqa", ("truthfulqa", "TruthfulQA.csv")),
+                                            ("arc", ("arc-easy", "ARC-Easy-Test.jsonl"))])
+def test_real_dataset_files_load_through_the_job_config(dataset, parts):
+    from tests.conftest import shared_file
+
+    qs = load_job_questions(JobConfig(dataset=dataset, data_path=str(shared_file(*parts)), limit=25, seed=1))
+    assert len(qs) == 25 and all(q.letter in q.labels and q.wrong_letter != q.letter for q in qs)
+
+
 # --------------------------------------------------------------------------- a job and its outputs
 
 
