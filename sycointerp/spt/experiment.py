@@ -26,6 +26,7 @@ import logging
 import os
 import shutil
 import time
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -142,10 +143,12 @@ def _evaluate(model, base, eval_qs: list[Question], config: SPTConfig, out: Path
     if config.arc_path:
         arc = load_arc_jsonl(config.arc_path)
         arc = arc[: config.arc_limit] if config.arc_limit else arc
-        row["arc_accuracy"] = letter_accuracy(model, arc, batch_size=config.eval_batch_size).accuracy.to_json()
+        row["arc_accuracy"] = letter_accuracy(model, arc, system=config.system or None,
+                                              batch_size=config.eval_batch_size).accuracy.to_json()
     if config.opinion_path:
         limit = config.opinion_limit or None
-        row["opinion_matching"] = opinion_matching(model, config.opinion_path, limit=limit).rate.to_json()
+        row["opinion_matching"] = opinion_matching(model, config.opinion_path, limit=limit,
+                                                   system=config.system or None).rate.to_json()
     return row
 
 
@@ -229,9 +232,13 @@ def run_experiment(config: SPTConfig, out: str | Path, *, overwrite: bool = Fals
         TrainingError: a non-finite loss.
     """
     from accelerate import Accelerator
+    from accelerate.utils import InitProcessGroupKwargs
 
     config.check_files()
-    acc = Accelerator(cpu=not config.device.startswith("cuda"))
+    # Evaluation runs on the main process while the others wait at a barrier: allow it hours,
+    # not the default 30 minutes of a collective.
+    acc = Accelerator(cpu=not config.device.startswith("cuda"),
+                      kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(hours=12))])
     out = Path(out)
     if acc.is_main_process:
         prepare_output(out, config, overwrite, names=OUTPUT_NAMES, done="report.json",
