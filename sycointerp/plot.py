@@ -29,6 +29,7 @@ position heatmap ``("layer", "pos")`` cells; ``tokens`` must hold one string per
 
 import html
 import re
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -47,6 +48,7 @@ __all__ = [
     "check_png_export", "save_figure",
 ]
 
+_RENDER_ATTEMPTS = 5
 COLORSCALE = "RdBu_r"  # diverging: blue < 0 < red
 _AXIS_TITLES = {"head": "head", "kv_head": "KV head", "pos": "position"}
 _BROWSER_FIX = ("PNG export needs a Chromium-family browser for kaleido and none was found: install one with "
@@ -388,12 +390,20 @@ def _render_png(fig: go.Figure, width: int, height: int) -> bytes:
     Raises:
         RuntimeError: kaleido finds no Chromium-family browser (the message names the fix).
     """
-    try:
-        return fig.to_image(format="png", width=width, height=height, scale=1)
-    except RuntimeError as err:  # plotly turns kaleido's ChromeNotFoundError into a RuntimeError
-        if "Chrome" in str(err) or type(err).__name__ == "ChromeNotFoundError":
-            raise RuntimeError(_BROWSER_FIX) from err
-        raise
+    for attempt in range(_RENDER_ATTEMPTS):
+        try:
+            return fig.to_image(format="png", width=width, height=height, scale=1)
+        except RuntimeError as err:  # plotly turns kaleido's ChromeNotFoundError into a RuntimeError
+            if "Chrome" in str(err) or type(err).__name__ == "ChromeNotFoundError":
+                raise RuntimeError(_BROWSER_FIX) from err
+            raise
+        except Exception as err:
+            # On a loaded machine kaleido's browser tab can run its render script before the page
+            # has defined it ("kaleido_scopes is not defined"); a fresh render succeeds.
+            if type(err).__name__ != "JavascriptError" or attempt == _RENDER_ATTEMPTS - 1:
+                raise
+            time.sleep(0.5 * (attempt + 1))
+    raise AssertionError("unreachable")
 
 
 def save_figure(fig: go.Figure, path_without_suffix: str | Path, *, png: bool = True, width: int = 900,

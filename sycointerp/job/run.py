@@ -95,13 +95,25 @@ def _started(out: Path, names: Sequence[str]) -> bool:
     return False
 
 
-def _check_clearable(out: Path, names: Sequence[str]) -> None:
-    """``overwrite`` removes whole folders only in a job's own directory (one with ``config.toml``).
+def _holds_job(out: Path, config: TomlConfig) -> bool:
+    """Whether ``out/config.toml`` is a configuration of ``config``'s kind of job (not a foreign file)."""
+    saved = out / "config.toml"
+    if not saved.is_file():
+        return False
+    try:
+        type(config).from_toml_dict(load_toml(saved))
+    except ConfigError:
+        return False
+    return True
+
+
+def _check_clearable(out: Path, names: Sequence[str], config: TomlConfig) -> None:
+    """``overwrite`` removes whole folders only in a job's own directory (one with its ``config.toml``).
 
     Raises:
         OutputError: a non-empty folder named like one of the job's in a directory holding no job.
     """
-    if (out / "config.toml").is_file():
+    if _holds_job(out, config):
         return
     foreign = [n for n in names if (out / n).is_dir() and any((out / n).iterdir())]
     if foreign:
@@ -128,15 +140,16 @@ def prepare_output(out: Path, config: TomlConfig, overwrite: bool, *, names: Seq
     _check_writable(out)
     saved = out / "config.toml"
     if overwrite:
-        _check_clearable(out, names)
+        _check_clearable(out, names, config)
         _clear(out, names)
-    elif saved.is_file() and not _started(out, names):  # an earlier attempt failed before any work
+    elif _holds_job(out, config) and not _started(out, names):  # an earlier attempt failed before any work
         saved.unlink()
     elif saved.is_file():
         try:
             old = type(config).from_toml_dict(load_toml(saved))
         except ConfigError as err:
-            raise OutputError(f"{saved} is not a valid job config ({err}); pass --overwrite to replace the job") from None
+            raise OutputError(f"{saved} is not a valid job config ({err}); choose another --out, or pass --overwrite "
+                              "to replace it") from None
         diff = config_diff(old, config)
         if diff:
             changes = "; ".join(f"{k}: {getattr(old, k)!r} -> {getattr(config, k)!r}" for k in diff)
@@ -227,7 +240,7 @@ def _check_before_loading(config: JobConfig, group: Group) -> None:
     if group.world > 1 and (config.device_map or config.n_devices > 1):
         raise ConfigError("device_map / n_devices split one model copy across devices; under torchrun each rank "
                           "would split its own copy: run one process, or drop device_map / n_devices")
-    if config.png and group.is_main:
+    if config.png:  # on every rank, so that all of them stop together
         from sycointerp.plot import check_png_export
 
         try:

@@ -182,7 +182,8 @@ class ChunkStore:
         stale = [i for i, ch in enumerate(chunks) if ch.meta.get("inputs", "") != inputs(i)]
         if stale:
             raise ChunkMismatch(f"{self.path(tag, stale[0])} was computed from other inputs (the data file, model "
-                                "or ranking changed since); pass --overwrite to start the job again")
+                                "or ranking changed since, or an older sycointerp wrote it); pass --overwrite to "
+                                "start the job again")
         if self.group.is_main:
             for i, data in every.items():
                 if not self.path(tag, i).is_file():

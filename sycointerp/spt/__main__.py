@@ -41,12 +41,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     from sycointerp.models import ModelLoadError
     from sycointerp.spt.experiment import results_table, run_experiment
     from sycointerp.spt.heads import UnsupportedArchitecture
-    from sycointerp.spt.train import TrainingError
+    from sycointerp.spt.train import CheckpointError, TrainingError
 
     try:
         config = resolve_args(args, SPTConfig)
         report = run_experiment(config, args.out, overwrite=args.overwrite, progress=not args.quiet)
-    except (ConfigError, OutputError, DataError, ModelLoadError, UnsupportedArchitecture) as err:
+    except (ConfigError, OutputError, DataError, ModelLoadError, UnsupportedArchitecture, CheckpointError) as err:
         print(f"python -m sycointerp.spt: error: {err}", file=sys.stderr)
         return 2
     except TrainingError as err:

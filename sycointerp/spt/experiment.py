@@ -203,7 +203,7 @@ def results_table(rows: list[dict[str, Any]]) -> str:
     lines = [head, "|" + "---|" * 13]
     for r in rows:
         t = r.get("train") or {}
-        kl = f"{r['kl']:.2e}" if "kl" in r else "-"
+        kl = "-" if "kl" not in r else "n/a" if r["kl"] is None else f"{r['kl']:.2e}"  # None: not finite
         lines.append(
             f"| {r['method']} | {r['heads'] or '-'} | {t.get('n_trainable', 0):,} | {t.get('seconds', 0):.0f} | "
             f"{t.get('step_seconds', 0):.2f} | {t.get('optimizer_bytes', 0) / 2**20:.1f} | {_fmt(r['confidence'])} | "

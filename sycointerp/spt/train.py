@@ -44,11 +44,15 @@ from tqdm.auto import tqdm
 from sycointerp.spt.data import TrainExample, collate
 from sycointerp.spt.tunable import Tunable, frozen
 
-__all__ = ["TrainConfig", "TrainReport", "TrainingError", "train"]
+__all__ = ["CheckpointError", "TrainConfig", "TrainReport", "TrainingError", "train"]
 
 
 class TrainingError(RuntimeError):
     """Training cannot go on (e.g. a NaN loss); the message says where the last good checkpoint is."""
+
+
+class CheckpointError(ValueError):
+    """The checkpoint to resume from belongs to another run (settings, processes, heads or model)."""
 
 
 @dataclass(frozen=True)
@@ -163,14 +167,17 @@ def _find_checkpoint(directory: Path) -> Path | None:
 
 def _load_checkpoint(path: Path, tunable: Tunable, optimizer: torch.optim.Optimizer,
                      run_key: dict[str, int]) -> tuple[int, list[float]]:
-    """Raises: TrainingError: the checkpoint was made with another global batch or seed."""
+    """Raises: CheckpointError: the checkpoint was made with another global batch, seed or tunable."""
     progress = json.loads((path / "progress.json").read_text())
     saved = {k: progress.get(k) for k in run_key}
     if saved != run_key:
-        raise TrainingError(f"the checkpoint in {path} was made with {saved}, this run has {run_key} (another "
-                            "number of processes, batch size, accumulation or seed); resume it with the same "
-                            "settings or delete the checkpoint")
-    tunable.load_state(load_file(path / "trainable.safetensors"))
+        raise CheckpointError(f"the checkpoint in {path} was made with {saved}, this run has {run_key} (another "
+                              "number of processes, batch size, accumulation or seed); resume it with the same "
+                              "settings or delete the checkpoint")
+    try:
+        tunable.load_state(load_file(path / "trainable.safetensors"))
+    except ValueError as err:
+        raise CheckpointError(f"{path}: {err}; delete the checkpoint to start this method again") from None
     moments = load_file(path / "optimizer.safetensors")
     for i, p in enumerate(tunable.parameters()):
         if f"exp_avg.{i}" in moments:
@@ -213,7 +220,8 @@ def train(
 
     Raises:
         ValueError: no examples.
-        TrainingError: a non-finite loss or gradient; a checkpoint of another global batch or seed.
+        TrainingError: a non-finite loss or gradient.
+        CheckpointError: the checkpoint in ``checkpoint_dir`` belongs to another run.
     """
     if not examples:
         raise ValueError("no training examples")

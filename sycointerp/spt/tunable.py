@@ -132,6 +132,11 @@ class HeadDeltas:
         return {f"factor.{i}": p.detach().cpu() for i, p in enumerate(self.factors)}
 
     def load_state(self, state: dict[str, torch.Tensor]) -> None:
+        """Raises: ValueError: ``state`` holds other deltas (another head set, rank or model)."""
+        if sorted(state) != sorted(f"factor.{i}" for i in range(len(self.factors))) or any(
+                state[f"factor.{i}"].shape != p.shape for i, p in enumerate(self.factors)):
+            raise ValueError("the checkpoint's deltas do not match these heads' slices (another head set, rank or "
+                             "model)")
         with torch.no_grad():
             for i, p in enumerate(self.factors):
                 p.copy_(state[f"factor.{i}"])
@@ -175,11 +180,11 @@ class FullWeights:
                 if isinstance(p, nn.Parameter)}
 
     def load_state(self, state: dict[str, torch.Tensor]) -> None:
-        """Raises: KeyError: ``state`` lacks some of the model's parameters (another model's checkpoint)."""
-        names = set(self.state())
+        """Raises: ValueError: ``state`` has other parameters than the model (another model's checkpoint)."""
+        names = {n for n, p in self.model.state_dict(keep_vars=True).items() if isinstance(p, nn.Parameter)}
         if set(state) != names:
-            missing = sorted(names - set(state))[:3] or sorted(set(state) - names)[:3]
-            raise KeyError(f"the checkpoint does not match this model's parameters (e.g. {missing})")
+            differ = sorted(names - set(state))[:3] or sorted(set(state) - names)[:3]
+            raise ValueError(f"the checkpoint does not match this model's parameters (e.g. {differ})")
         self.model.load_state_dict(state, strict=False)  # parameters only: buffers are not in the state
 
 

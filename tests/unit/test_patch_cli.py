@@ -265,8 +265,11 @@ def test_overwrite_refuses_to_delete_a_foreign_folder(model_dirs, tmp_path, caps
     out = tmp_path / "project"
     (out / "figures").mkdir(parents=True)
     (out / "figures" / "paper.png").write_bytes(b"mine")
+    (out / "config.toml").write_text('[site]\ntitle = "my project"\n')  # someone else's config.toml
     _one_line_exit_2(_args(model_dirs["llama"], out, "--no-png", "--overwrite"), capsys, "non-empty figures/ folder")
     assert (out / "figures" / "paper.png").read_bytes() == b"mine"
+    _one_line_exit_2(_args(model_dirs["llama"], out, "--no-png"), capsys, "is not a valid job config")
+    assert (out / "config.toml").read_text().startswith("[site]")  # never taken for a failed attempt
 
 
 def test_a_refused_attempt_does_not_hold_the_directory(model_dirs, tmp_path, capsys):

@@ -23,7 +23,7 @@ from sycointerp.spt.data import (
     INSIST_ENDING, build_dialogues, check_disjoint, collate, split_questions, tokenize_dialogues,
 )
 from sycointerp.spt.heads import HeadSet, UnsupportedArchitecture, expected_trainable, head_slices
-from sycointerp.spt.train import TrainConfig, TrainingError, train
+from sycointerp.spt.train import CheckpointError, TrainConfig, TrainingError, train
 from sycointerp.spt.tunable import FullWeights, HeadDeltas, PeftLoRA
 
 REPO = Path(__file__).resolve().parents[2]
@@ -148,6 +148,11 @@ def test_head_sets(tmp_path):
         HeadSet.from_csv(csv, 2, 1, 4)
     with pytest.raises(ValueError, match="outside the model"):
         HeadSet(((1, 0),), 1, 4)
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    (alone / "heads.csv").write_bytes(csv.read_bytes())  # no result.json beside it: only the range check
+    with pytest.raises(ValueError, match="outside the model"):
+        HeadSet.from_csv(alone / "heads.csv", 8, 1, 4)
     with pytest.raises(ValueError, match="listed twice"):
         HeadSet(((0, 0), (0, 0)), 2, 4)
 
@@ -303,8 +308,12 @@ def test_resume_with_another_global_batch_is_refused(model_dirs, examples, tmp_p
     deltas = HeadDeltas(model, HeadSet(((0, 1),), 2, 4))
     train(model, deltas, examples, TrainConfig(steps=2, batch_size=2, checkpoint_every=2), pad_id=tok.pad_token_id,
           checkpoint_dir=tmp_path)
-    with pytest.raises(TrainingError, match="another number of processes, batch size, accumulation or seed"):
+    with pytest.raises(CheckpointError, match="another number of processes, batch size, accumulation or seed"):
         train(model, deltas, examples, TrainConfig(steps=4, batch_size=4, checkpoint_every=2),
+              pad_id=tok.pad_token_id, checkpoint_dir=tmp_path)
+    other = HeadDeltas(model, HeadSet(((0, 1), (1, 0)), 2, 4))
+    with pytest.raises(CheckpointError, match="do not match these heads' slices"):
+        train(model, other, examples, TrainConfig(steps=4, batch_size=2, checkpoint_every=2),
               pad_id=tok.pad_token_id, checkpoint_dir=tmp_path)
 
 
@@ -315,6 +324,7 @@ def test_bfloat16_model_trains_float32_deltas(model_dirs, examples):
     assert all(p.dtype == torch.float32 for p in deltas.parameters())
     train(model, deltas, examples, TrainConfig(steps=2, lr=1e-2, batch_size=2), pad_id=tok.pad_token_id)
     (i,) = [i for i, s in enumerate(deltas.slices) if s.role == "q"]
+    assert deltas.delta(i).abs().sum() > 0
     s, before = deltas.slices[i], deltas.slices[i].view().clone()
     deltas.merge()
     assert s.view().dtype == torch.bfloat16
