@@ -384,26 +384,32 @@ def check_png_export() -> None:
         raise RuntimeError(_BROWSER_FIX)
 
 
+def _to_png(fig: go.Figure, width: int, height: int) -> bytes:
+    try:
+        return fig.to_image(format="png", width=width, height=height, scale=1)
+    except RuntimeError as err:  # plotly turns kaleido's ChromeNotFoundError into a RuntimeError
+        if "Chrome" in str(err) or type(err).__name__ == "ChromeNotFoundError":
+            raise RuntimeError(_BROWSER_FIX) from err
+        raise
+
+
 def _render_png(fig: go.Figure, width: int, height: int) -> bytes:
     """PNG bytes at exactly ``width`` x ``height`` pixels (scale 1).
 
     Raises:
         RuntimeError: kaleido finds no Chromium-family browser (the message names the fix).
     """
-    for attempt in range(_RENDER_ATTEMPTS):
+    for attempt in range(_RENDER_ATTEMPTS - 1):
         try:
-            return fig.to_image(format="png", width=width, height=height, scale=1)
-        except RuntimeError as err:  # plotly turns kaleido's ChromeNotFoundError into a RuntimeError
-            if "Chrome" in str(err) or type(err).__name__ == "ChromeNotFoundError":
-                raise RuntimeError(_BROWSER_FIX) from err
-            raise
+            return _to_png(fig, width, height)
         except Exception as err:
-            # On a loaded machine kaleido's browser tab can run its render script before the page
-            # has defined it ("kaleido_scopes is not defined"); a fresh render succeeds.
-            if type(err).__name__ != "JavascriptError" or attempt == _RENDER_ATTEMPTS - 1:
+            # Under heavy CPU load kaleido 1.5's tab can run its render script before its page has
+            # defined it ("kaleido_scopes is not defined"); a later render with a fresh browser
+            # often succeeds (not always, while the load lasts).
+            if type(err).__name__ != "JavascriptError":
                 raise
             time.sleep(0.5 * (attempt + 1))
-    raise AssertionError("unreachable")
+    return _to_png(fig, width, height)
 
 
 def save_figure(fig: go.Figure, path_without_suffix: str | Path, *, png: bool = True, width: int = 900,

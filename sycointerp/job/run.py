@@ -95,26 +95,22 @@ def _started(out: Path, names: Sequence[str]) -> bool:
     return False
 
 
-def _holds_job(out: Path, config: TomlConfig) -> bool:
-    """Whether ``out/config.toml`` is a configuration of ``config``'s kind of job (not a foreign file)."""
+def _saved_job(out: Path, config: TomlConfig) -> TomlConfig | None:
+    """The configuration in ``out/config.toml`` (``None`` when there is none).
+
+    Raises:
+        ConfigError: the file is not a configuration of ``config``'s kind of job (a foreign file).
+    """
     saved = out / "config.toml"
-    if not saved.is_file():
-        return False
-    try:
-        type(config).from_toml_dict(load_toml(saved))
-    except ConfigError:
-        return False
-    return True
+    return type(config).from_toml_dict(load_toml(saved)) if saved.is_file() else None
 
 
-def _check_clearable(out: Path, names: Sequence[str], config: TomlConfig) -> None:
+def _check_no_foreign_folders(out: Path, names: Sequence[str]) -> None:
     """``overwrite`` removes whole folders only in a job's own directory (one with its ``config.toml``).
 
     Raises:
         OutputError: a non-empty folder named like one of the job's in a directory holding no job.
     """
-    if _holds_job(out, config):
-        return
     foreign = [n for n in names if (out / n).is_dir() and any((out / n).iterdir())]
     if foreign:
         raise OutputError(f"--out {out} holds no sycointerp job but a non-empty {foreign[0]}/ folder, which "
@@ -139,17 +135,20 @@ def prepare_output(out: Path, config: TomlConfig, overwrite: bool, *, names: Seq
     """
     _check_writable(out)
     saved = out / "config.toml"
+    try:
+        old, foreign = _saved_job(out, config), None
+    except ConfigError as err:
+        old, foreign = None, err
     if overwrite:
-        _check_clearable(out, names, config)
+        if old is None:
+            _check_no_foreign_folders(out, names)
         _clear(out, names)
-    elif _holds_job(out, config) and not _started(out, names):  # an earlier attempt failed before any work
+    elif old is not None and not _started(out, names):  # an earlier attempt failed before any work
         saved.unlink()
-    elif saved.is_file():
-        try:
-            old = type(config).from_toml_dict(load_toml(saved))
-        except ConfigError as err:
-            raise OutputError(f"{saved} is not a valid job config ({err}); choose another --out, or pass --overwrite "
-                              "to replace it") from None
+    elif foreign is not None:
+        raise OutputError(f"{saved} is not a valid job config ({foreign}); choose another --out, or pass "
+                          "--overwrite to replace it")
+    elif old is not None:
         diff = config_diff(old, config)
         if diff:
             changes = "; ".join(f"{k}: {getattr(old, k)!r} -> {getattr(config, k)!r}" for k in diff)

@@ -175,13 +175,16 @@ class FullWeights:
     def merge(self) -> None:
         return None
 
+    def _named_parameters(self) -> dict[str, nn.Parameter]:
+        """State-dict names (tied weights under each name) -> parameters; buffers left out."""
+        return {n: p for n, p in self.model.state_dict(keep_vars=True).items() if isinstance(p, nn.Parameter)}
+
     def state(self) -> dict[str, torch.Tensor]:
-        return {name: p.detach().cpu().clone() for name, p in self.model.state_dict(keep_vars=True).items()
-                if isinstance(p, nn.Parameter)}
+        return {name: p.detach().cpu().clone() for name, p in self._named_parameters().items()}
 
     def load_state(self, state: dict[str, torch.Tensor]) -> None:
         """Raises: ValueError: ``state`` has other parameters than the model (another model's checkpoint)."""
-        names = {n for n, p in self.model.state_dict(keep_vars=True).items() if isinstance(p, nn.Parameter)}
+        names = set(self._named_parameters())
         if set(state) != names:
             differ = sorted(names - set(state))[:3] or sorted(set(state) - names)[:3]
             raise ValueError(f"the checkpoint does not match this model's parameters (e.g. {differ})")
