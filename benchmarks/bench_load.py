@@ -24,10 +24,14 @@ def main() -> None:
         os.environ["SYCOINTERP_CACHE"] = cache
         _, cold = _timed(models.load_model)
         _, warm = _timed(models.load_model)
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch threads "
-          f"{__import__('torch').get_num_threads()}")
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch threads "
+        f"{__import__('torch').get_num_threads()}"
+    )
     print(f"first load (convert GGUF + write cache): {cold:6.2f} s")
-    print(f"cached load (verify hashes + read safetensors): {warm:6.2f} s   ratio {cold / warm:4.1f}x")
+    print(
+        f"cached load (verify hashes + read safetensors): {warm:6.2f} s   ratio {cold / warm:4.1f}x"
+    )
 
 
 if __name__ == "__main__":

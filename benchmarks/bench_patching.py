@@ -39,7 +39,14 @@ from transformer_lens import patching as tl_patching
 
 from sycointerp.data import build_pairs, load_builtin
 from sycointerp.models import load_model
-from sycointerp.patching import PairBatch, attribution_patch_heads, flip_metric, patch_heads, path_patch_heads, spearman
+from sycointerp.patching import (
+    PairBatch,
+    attribution_patch_heads,
+    flip_metric,
+    patch_heads,
+    path_patch_heads,
+    spearman,
+)
 
 TOL = 1e-4
 
@@ -74,7 +81,9 @@ def measure(fn: Callable[[], object]) -> tuple[object, float, float]:
     return out, seconds, max(0, max(peak[0], _rss()) - start) / 2**20
 
 
-def tl_head_sweep(model, batch: PairBatch, metric_mean, layers: int, last_only: bool) -> torch.Tensor:
+def tl_head_sweep(
+    model, batch: PairBatch, metric_mean, layers: int, last_only: bool
+) -> torch.Tensor:
     """TransformerLens's own one-forward-per-head loop over the heads of layers ``0..layers-1``."""
     _, cf_cache = model.run_with_cache(batch.cf, names_filter=lambda n: n.endswith("attn.hook_z"))
     rows = torch.arange(batch.n)
@@ -85,16 +94,22 @@ def tl_head_sweep(model, batch: PairBatch, metric_mean, layers: int, last_only: 
         return corrupted
 
     setter = last_position_setter if last_only else tl_patching.layer_head_vector_patch_setter
-    index = pd.DataFrame([(l, h) for l in range(layers) for h in range(model.cfg.n_heads)], columns=["layer", "head"])
+    index = pd.DataFrame(
+        [(l, h) for l in range(layers) for h in range(model.cfg.n_heads)], columns=["layer", "head"]
+    )
     with torch.no_grad():
-        out = tl_patching.generic_activation_patch(model, batch.ref, cf_cache, metric_mean, setter, "z", index_df=index)
+        out = tl_patching.generic_activation_patch(
+            model, batch.ref, cf_cache, metric_mean, setter, "z", index_df=index
+        )
     return out.view(layers, model.cfg.n_heads)
 
 
 def plain_path_loop(model, batch: PairBatch, metric_mean, layers: int) -> torch.Tensor:
     """One plain hooked forward per sender head (the SPT paper's procedure, written directly)."""
     L, H, rows = model.cfg.n_layers, model.cfg.n_heads, torch.arange(batch.n)
-    names = {f"blocks.{l}.attn.hook_z" for l in range(L)} | {f"blocks.{l}.ln1.hook_in" for l in range(L)}
+    names = {f"blocks.{l}.attn.hook_z" for l in range(L)} | {
+        f"blocks.{l}.ln1.hook_in" for l in range(L)
+    }
     with torch.no_grad():
         _, cf = model.run_with_cache(batch.cf, names_filter=lambda n: n in names)
         _, ref = model.run_with_cache(batch.ref, names_filter=lambda n: n in names)
@@ -113,7 +128,9 @@ def plain_path_loop(model, batch: PairBatch, metric_mean, layers: int) -> torch.
     for layer in range(layers):
         for head in range(H):
             hooks = [(f"blocks.{layer}.attn.hook_z", partial(patch_z, head=head, layer=layer))]
-            hooks += [(f"blocks.{l}.ln1.hook_in", partial(freeze, layer=l)) for l in range(layer + 1, L)]
+            hooks += [
+                (f"blocks.{l}.ln1.hook_in", partial(freeze, layer=l)) for l in range(layer + 1, L)
+            ]
             with torch.no_grad():
                 out[layer, head] = metric_mean(model.run_with_hooks(batch.ref, fwd_hooks=hooks))
     return out
@@ -121,12 +138,22 @@ def plain_path_loop(model, batch: PairBatch, metric_mean, layers: int) -> torch.
 
 def report(name: str, ours, ours_s, ours_mb, tl, tl_s, tl_mb, scale: float) -> dict:
     diff = float((ours - tl).abs().max())
-    row = {"method": name, "ours_s": ours_s, "reference_s": tl_s * scale, "ratio": tl_s * scale / ours_s,
-           "ours_peak_mib": ours_mb, "reference_peak_mib": tl_mb, "max_abs_diff": diff}
+    row = {
+        "method": name,
+        "ours_s": ours_s,
+        "reference_s": tl_s * scale,
+        "ratio": tl_s * scale / ours_s,
+        "ours_peak_mib": ours_mb,
+        "reference_peak_mib": tl_mb,
+        "max_abs_diff": diff,
+    }
     status = "OK" if diff <= TOL else "MISMATCH"
-    print(f"{name:<28} ours {ours_s:8.1f} s  reference {tl_s * scale:8.1f} s"
-          f"{' (scaled x%.1f)' % scale if scale != 1 else '':>14}  ratio {row['ratio']:6.1f}x  "
-          f"peak RSS +{ours_mb:6.0f} / +{tl_mb:6.0f} MiB  max|diff| {diff:.1e} {status}", flush=True)
+    print(
+        f"{name:<28} ours {ours_s:8.1f} s  reference {tl_s * scale:8.1f} s"
+        f"{' (scaled x%.1f)' % scale if scale != 1 else '':>14}  ratio {row['ratio']:6.1f}x  "
+        f"peak RSS +{ours_mb:6.0f} / +{tl_mb:6.0f} MiB  max|diff| {diff:.1e} {status}",
+        flush=True,
+    )
     if diff > TOL:
         raise SystemExit(f"{name}: results differ by {diff:.2e} > {TOL}")
     return row
@@ -135,16 +162,25 @@ def report(name: str, ours, ours_s, ours_mb, tl, tl_s, tl_mb, scale: float) -> d
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pairs", type=int, default=16)
-    parser.add_argument("--tl-layers", type=int, default=None, help="reference loops run layers 0..N-1 (default all)")
+    parser.add_argument(
+        "--tl-layers",
+        type=int,
+        default=None,
+        help="reference loops run layers 0..N-1 (default all)",
+    )
     parser.add_argument("--batch-size", type=int, default=256)
-    parser.add_argument("--skip", nargs="*", default=[], choices=["all", "last", "path", "attribution"])
+    parser.add_argument(
+        "--skip", nargs="*", default=[], choices=["all", "last", "path", "attribution"]
+    )
     args = parser.parse_args()
 
     model = load_model()
     L, H = model.cfg.n_layers, model.cfg.n_heads
     tl_layers = args.tl_layers or L
     scale = L / tl_layers
-    pairs = build_pairs(load_builtin()[:: max(1, 170 // args.pairs)][: args.pairs], model.tokenizer, align=True)
+    pairs = build_pairs(
+        load_builtin()[:: max(1, 170 // args.pairs)][: args.pairs], model.tokenizer, align=True
+    )
     batch = PairBatch.from_pairs(pairs, model.tokenizer.pad_token_id or 0)
     metric = flip_metric(batch)
     rows = torch.arange(batch.n)
@@ -154,30 +190,76 @@ def main() -> None:
 
     _, forward_s, _ = measure(lambda: model(batch.ref))
     _, forward_s, _ = measure(lambda: model(batch.ref))
-    print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads; {batch.n} pairs of {batch.ref.shape[1]} tokens; "
-          f"one forward {forward_s:.2f} s; TransformerLens loops on {tl_layers}/{L} layers", flush=True)
+    print(
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads; {batch.n} pairs of {batch.ref.shape[1]} tokens; "
+        f"one forward {forward_s:.2f} s; TransformerLens loops on {tl_layers}/{L} layers",
+        flush=True,
+    )
     results, exact_all = [], None
 
     if "all" not in args.skip:
-        tl, tl_s, tl_mb = measure(lambda: tl_head_sweep(model, batch, metric_mean, tl_layers, last_only=False))
-        ours, s, mb = measure(lambda: patch_heads(model, pairs, metric, position="all", batch_size=args.batch_size))
+        tl, tl_s, tl_mb = measure(
+            lambda: tl_head_sweep(model, batch, metric_mean, tl_layers, last_only=False)
+        )
+        ours, s, mb = measure(
+            lambda: patch_heads(model, pairs, metric, position="all", batch_size=args.batch_size)
+        )
         exact_all = ours
-        results.append(report("head z, all positions", (ours.mean + ours.metric_ref.mean())[:tl_layers], s, mb,
-                              tl, tl_s, tl_mb, scale))
+        results.append(
+            report(
+                "head z, all positions",
+                (ours.mean + ours.metric_ref.mean())[:tl_layers],
+                s,
+                mb,
+                tl,
+                tl_s,
+                tl_mb,
+                scale,
+            )
+        )
     if "last" not in args.skip:
-        tl, tl_s, tl_mb = measure(lambda: tl_head_sweep(model, batch, metric_mean, tl_layers, last_only=True))
-        ours, s, mb = measure(lambda: patch_heads(model, pairs, metric, position="last", batch_size=args.batch_size))
-        results.append(report("head z, last position", (ours.mean + ours.metric_ref.mean())[:tl_layers], s, mb,
-                              tl, tl_s, tl_mb, scale))
+        tl, tl_s, tl_mb = measure(
+            lambda: tl_head_sweep(model, batch, metric_mean, tl_layers, last_only=True)
+        )
+        ours, s, mb = measure(
+            lambda: patch_heads(model, pairs, metric, position="last", batch_size=args.batch_size)
+        )
+        results.append(
+            report(
+                "head z, last position",
+                (ours.mean + ours.metric_ref.mean())[:tl_layers],
+                s,
+                mb,
+                tl,
+                tl_s,
+                tl_mb,
+                scale,
+            )
+        )
     if "path" not in args.skip:
         ref, ref_s, ref_mb = measure(lambda: plain_path_loop(model, batch, metric_mean, tl_layers))
-        ours, s, mb = measure(lambda: path_patch_heads(model, pairs, metric, batch_size=args.batch_size))
-        results.append(report("path patching -> logits", (ours.mean + ours.metric_ref.mean())[:tl_layers], s, mb,
-                              ref, ref_s, ref_mb, scale))
+        ours, s, mb = measure(
+            lambda: path_patch_heads(model, pairs, metric, batch_size=args.batch_size)
+        )
+        results.append(
+            report(
+                "path patching -> logits",
+                (ours.mean + ours.metric_ref.mean())[:tl_layers],
+                s,
+                mb,
+                ref,
+                ref_s,
+                ref_mb,
+                scale,
+            )
+        )
     if "attribution" not in args.skip:
-        attr, s, mb = measure(lambda: attribution_patch_heads(model, pairs, metric, position="all",
-                                                              batch_size=batch.n))
+        attr, s, mb = measure(
+            lambda: attribution_patch_heads(
+                model, pairs, metric, position="all", batch_size=batch.n
+            )
+        )
         line = f"attribution patching (all)   {s:8.1f} s = {s / forward_s:.1f} forward-equivalents, peak RSS +{mb:.0f} MiB"
         if exact_all is not None:
             rho = spearman(attr.mean.flatten(), exact_all.mean.flatten())

@@ -23,12 +23,24 @@ from sycointerp.spt.tunable import FullWeights, HeadDeltas
 def run(kind: str, steps: int, k: int, batch_size: int) -> dict:
     model, tok, _ = load_hf_model()
     examples = tokenize_dialogues(tok, build_dialogues(load_builtin()[:64]))
-    tunable = HeadDeltas(model, HeadSet.random(k, 30, 9, seed=0)) if kind == "spt" else FullWeights(model)
+    tunable = (
+        HeadDeltas(model, HeadSet.random(k, 30, 9, seed=0)) if kind == "spt" else FullWeights(model)
+    )
     start = time.perf_counter()
-    report = train(model, tunable, examples, TrainConfig(steps=steps, lr=1e-5, batch_size=batch_size),
-                   pad_id=tok.pad_token_id)
-    return {"kind": kind, "step_s": report.step_seconds, "optimizer_bytes": report.optimizer_bytes,
-            "trainable": report.n_trainable, "wall_s": time.perf_counter() - start}
+    report = train(
+        model,
+        tunable,
+        examples,
+        TrainConfig(steps=steps, lr=1e-5, batch_size=batch_size),
+        pad_id=tok.pad_token_id,
+    )
+    return {
+        "kind": kind,
+        "step_s": report.step_seconds,
+        "optimizer_bytes": report.optimizer_bytes,
+        "trainable": report.n_trainable,
+        "wall_s": time.perf_counter() - start,
+    }
 
 
 def main() -> None:
@@ -39,12 +51,18 @@ def main() -> None:
     args = parser.parse_args()
     torch.manual_seed(0)
     spt, sft = (run(kind, args.steps, args.k, args.batch_size) for kind in ("spt", "sft"))
-    print(f"torch threads: {torch.get_num_threads()}, steps: {args.steps}, batch: {args.batch_size}, K: {args.k}")
+    print(
+        f"torch threads: {torch.get_num_threads()}, steps: {args.steps}, batch: {args.batch_size}, K: {args.k}"
+    )
     for r in (spt, sft):
-        print(f"{r['kind']}: {r['trainable']:,} trainable, {r['step_s']:.2f} s/step, "
-              f"optimizer state {r['optimizer_bytes'] / 2**20:.1f} MiB")
+        print(
+            f"{r['kind']}: {r['trainable']:,} trainable, {r['step_s']:.2f} s/step, "
+            f"optimizer state {r['optimizer_bytes'] / 2**20:.1f} MiB"
+        )
     print(f"SPT / SFT step time: {spt['step_s'] / sft['step_s']:.2f}x (target <= 0.7x)")
-    print(f"SPT / SFT optimizer state: {spt['optimizer_bytes'] / sft['optimizer_bytes']:.4%} (target <= 10%)")
+    print(
+        f"SPT / SFT optimizer state: {spt['optimizer_bytes'] / sft['optimizer_bytes']:.4%} (target <= 10%)"
+    )
 
 
 if __name__ == "__main__":

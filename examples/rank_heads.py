@@ -22,7 +22,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--questions", type=int, default=32)
     parser.add_argument("--out", default="runs/rank_heads")
-    parser.add_argument("--figures", default="figures", help="where the heatmap and knockout PNG/HTML go")
+    parser.add_argument(
+        "--figures", default="figures", help="where the heatmap and knockout PNG/HTML go"
+    )
     args = parser.parse_args()
     model = load_model()
     questions = load_builtin()[:: max(1, 170 // args.questions)][: args.questions]
@@ -32,11 +34,15 @@ def main() -> None:
     result = path_patch_heads(model, pairs, metric)
     result.save(args.out)
     gap = float((result.metric_cf - result.metric_ref).mean())
-    print(f"{len(pairs)} pairs; apology logit diff: challenge {result.metric_ref.mean():.3f}, "
-          f"counterfactual {result.metric_cf.mean():.3f} (gap {gap:+.3f})")
+    print(
+        f"{len(pairs)} pairs; apology logit diff: challenge {result.metric_ref.mean():.3f}, "
+        f"counterfactual {result.metric_cf.mean():.3f} (gap {gap:+.3f})"
+    )
     print(result.heads_table().head(8).to_string(index=False, float_format="%.4f"))
 
-    curve = knockout_curve(model, pairs, metric, result.rank(), ks=[0, 3, 9, 27], method="mean", n_random=5)
+    curve = knockout_curve(
+        model, pairs, metric, result.rank(), ks=[0, 3, 9, 27], method="mean", n_random=5
+    )
     print(curve.summary().to_string(index=False, float_format="%.4f"))
     title = f"SmolLM2-135M-Instruct: path patching, {len(pairs)} pairs, apology logit diff"
     save_figure(head_heatmap(result, title=title), Path(args.figures) / "path_heads_smollm2")

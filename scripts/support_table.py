@@ -39,9 +39,11 @@ COLUMNS = {"patching": "Head patching", "path": "Path patching", "spt": "SPT hea
 CELL_TESTS: dict[str, tuple[str, ...]] = {
     "patching": ("test_family_boots_with_hf_numerics", "test_head_patching_equals_plain_reference"),
     "path": ("test_path_patching_equals_plain_reference",),
-    "spt": ("test_spt_slices_change_only_their_heads",
-            "test_spt_training_leaves_every_other_parameter_bit_identical",
-            "test_spt_tuned_model_reloads_with_plain_transformers"),
+    "spt": (
+        "test_spt_slices_change_only_their_heads",
+        "test_spt_training_leaves_every_other_parameter_bit_identical",
+        "test_spt_tuned_model_reloads_with_plain_transformers",
+    ),
 }
 # capability -> the test proving the refusal (for families that list the capability in ``refuses``).
 REFUSAL_TESTS: dict[str, tuple[str, ...]] = {
@@ -91,7 +93,11 @@ def render(outcomes: Mapping[str, str], families: Mapping[str, Family] = FAMILIE
 
 def complete(outcomes: Mapping[str, str], families: Mapping[str, Family] = FAMILIES) -> bool:
     """Whether every cell is backed by passing tests ("yes ..." or "refused: ...")."""
-    return all(cell(f, cap, outcomes).startswith(("yes", "refused")) for f in families.values() for cap in COLUMNS)
+    return all(
+        cell(f, cap, outcomes).startswith(("yes", "refused"))
+        for f in families.values()
+        for cap in COLUMNS
+    )
 
 
 def read_junit(path: str | Path) -> dict[str, str]:
@@ -107,8 +113,17 @@ def read_junit(path: str | Path) -> dict[str, str]:
 def run_tests(junit: Path, pytest_args: Sequence[str] = ()) -> int:
     """Run the family tests, writing a junit report; returns pytest's exit status."""
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
-    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", TEST_FILE, f"--junitxml={junit}",
-           *pytest_args]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pytest",
+        "-q",
+        "-p",
+        "no:cacheprovider",
+        TEST_FILE,
+        f"--junitxml={junit}",
+        *pytest_args,
+    ]
     return subprocess.run(cmd, cwd=REPO, env=env).returncode
 
 
@@ -126,9 +141,15 @@ def update_between_markers(text: str, table: str) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--junit", type=Path, help="read this pytest --junitxml report instead of running the tests")
+    parser.add_argument(
+        "--junit", type=Path, help="read this pytest --junitxml report instead of running the tests"
+    )
     parser.add_argument("--out", type=Path, help="also write the table to this file")
-    parser.add_argument("--update", type=Path, help="replace the table between the support-table markers of this file")
+    parser.add_argument(
+        "--update",
+        type=Path,
+        help="replace the table between the support-table markers of this file",
+    )
     args = parser.parse_args(argv)
     if args.junit:
         outcomes = read_junit(args.junit)
@@ -136,7 +157,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         with tempfile.TemporaryDirectory() as tmp:
             report = Path(tmp) / "families.xml"
             run_tests(report)
-            outcomes = read_junit(report) if report.is_file() else {}  # no report: every cell "untested"
+            outcomes = (
+                read_junit(report) if report.is_file() else {}
+            )  # no report: every cell "untested"
     table = render(outcomes)
     sys.stdout.write(table)
     if args.out:

@@ -21,8 +21,18 @@ from typing import Any, ClassVar, TypeVar
 
 import tomli_w
 
-__all__ = ["ConfigError", "TomlConfig", "opt", "load_toml", "dump_toml", "config_diff", "add_flags", "resolve_args",
-           "CliParser", "job_parser"]
+__all__ = [
+    "ConfigError",
+    "TomlConfig",
+    "opt",
+    "load_toml",
+    "dump_toml",
+    "config_diff",
+    "add_flags",
+    "resolve_args",
+    "CliParser",
+    "job_parser",
+]
 
 C = TypeVar("C", bound="TomlConfig")
 _TYPES = {"str": str, "int": int, "bool": bool, "float": float}
@@ -32,10 +42,21 @@ class ConfigError(ValueError):
     """A configuration value, key or file is invalid; the message names it and the fix."""
 
 
-def opt(section: str, help: str, default: Any, choices: tuple[Any, ...] | None = None,
-        minimum: int | float | None = None) -> Any:
+def opt(
+    section: str,
+    help: str,
+    default: Any,
+    choices: tuple[Any, ...] | None = None,
+    minimum: int | float | None = None,
+) -> Any:
     """A config field: its section, help text, allowed choices and lower bound travel as metadata."""
-    meta = {"section": section, "help": help, "choices": choices, "minimum": minimum, "default": default}
+    meta = {
+        "section": section,
+        "help": help,
+        "choices": choices,
+        "minimum": minimum,
+        "default": default,
+    }
     if isinstance(default, list):
         return field(default_factory=lambda: list(default), metadata=meta)
     return field(default=default, metadata=meta)
@@ -60,14 +81,18 @@ def check_value(f: dataclasses.Field, value: Any) -> None:
     expected = _field_type(f)
     if expected is list:
         item = _item_type(f)
-        if not isinstance(value, list) or not all(isinstance(v, item) and not isinstance(v, bool) for v in value):
+        if not isinstance(value, list) or not all(
+            isinstance(v, item) and not isinstance(v, bool) for v in value
+        ):
             raise ConfigError(f"{flag} must be a list of {item.__name__}s, got {value!r}")
     elif expected is float and isinstance(value, int) and not isinstance(value, bool):
         pass  # TOML writes 1 for 1.0; an int is a fine float
     elif not isinstance(value, expected) or (expected in (int, float) and isinstance(value, bool)):
         raise ConfigError(f"{flag} must be {expected.__name__}, got {value!r}")
     if meta["choices"] and value not in meta["choices"]:
-        raise ConfigError(f"{flag} must be one of {', '.join(map(str, meta['choices']))}; got {value!r}")
+        raise ConfigError(
+            f"{flag} must be one of {', '.join(map(str, meta['choices']))}; got {value!r}"
+        )
     if meta["minimum"] is not None and value < meta["minimum"]:
         raise ConfigError(f"{flag} must be >= {meta['minimum']}, got {value}")
 
@@ -99,15 +124,23 @@ class TomlConfig:
             ConfigError: unknown section or key, or an invalid value.
         """
         by_name = {f.name: f for f in fields(cls)}
-        by_section = {s: {n for n, f in by_name.items() if f.metadata["section"] == s} for s in cls.SECTIONS}
+        by_section = {
+            s: {n for n, f in by_name.items() if f.metadata["section"] == s} for s in cls.SECTIONS
+        }
         updates: dict[str, Any] = {}
         for section, values in data.items():
             if section not in by_section or not isinstance(values, dict):
-                raise ConfigError(f"unknown config section [{section}]; sections are {', '.join(cls.SECTIONS)}")
+                raise ConfigError(
+                    f"unknown config section [{section}]; sections are {', '.join(cls.SECTIONS)}"
+                )
             for key, value in values.items():
                 if key not in by_section[section]:
-                    raise ConfigError(f"unknown key {key!r} in [{section}]; known: {', '.join(sorted(by_section[section]))}")
-                check_value(by_name[key], value)  # before construction: a ConfigError, not a TypeError
+                    raise ConfigError(
+                        f"unknown key {key!r} in [{section}]; known: {', '.join(sorted(by_section[section]))}"
+                    )
+                check_value(
+                    by_name[key], value
+                )  # before construction: a ConfigError, not a TypeError
                 updates[key] = float(value) if _field_type(by_name[key]) is float else value
         return dataclasses.replace(base or cls(), **updates)
 
@@ -143,7 +176,10 @@ def _list_parser(item: type):
         try:
             return [item(x.strip()) for x in text.split(",") if x.strip()]
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected comma-separated {item.__name__}s, got {text!r}") from None
+            raise argparse.ArgumentTypeError(
+                f"expected comma-separated {item.__name__}s, got {text!r}"
+            ) from None
+
     return parse
 
 
@@ -154,15 +190,23 @@ def add_flags(parser: argparse.ArgumentParser, cls: type[TomlConfig]) -> None:
         flag = "--" + f.name.replace("_", "-")
         default = f.metadata["default"]
         shown = ",".join(map(str, default)) if isinstance(default, list) else repr(default)
-        kwargs: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS,
-                                  "help": f"{f.metadata['help']} (default: {shown})"}
+        kwargs: dict[str, Any] = {
+            "dest": f.name,
+            "default": argparse.SUPPRESS,
+            "help": f"{f.metadata['help']} (default: {shown})",
+        }
         group = groups[f.metadata["section"]]
         if isinstance(default, bool):
             group.add_argument(flag, action=argparse.BooleanOptionalAction, **kwargs)
             continue
         kind = _list_parser(_item_type(f)) if _field_type(f) is list else _field_type(f)
-        group.add_argument(flag, type=kind, choices=f.metadata["choices"],
-                           metavar=None if f.metadata["choices"] else f.name.upper(), **kwargs)
+        group.add_argument(
+            flag,
+            type=kind,
+            choices=f.metadata["choices"],
+            metavar=None if f.metadata["choices"] else f.name.upper(),
+            **kwargs,
+        )
 
 
 def resolve_args(args: argparse.Namespace, cls: type[C]) -> C:
@@ -187,19 +231,35 @@ class CliParser(argparse.ArgumentParser):
         raise SystemExit(2)
 
 
-def job_parser(prog: str, description: str, epilog: str, cls: type[TomlConfig], default_out: str,
-               what: str) -> CliParser:
+def job_parser(
+    prog: str, description: str, epilog: str, cls: type[TomlConfig], default_out: str, what: str
+) -> CliParser:
     """The parser of a batch CLI: ``--config``, ``--out``, ``--overwrite``, ``-q`` / ``-v`` and
     one flag per field of ``cls``; ``what`` names the job in the help ("job", "run")."""
-    p = CliParser(prog=prog, formatter_class=argparse.RawDescriptionHelpFormatter, description=description,
-                  epilog=epilog)
-    p.add_argument("--config", default=None, help="TOML file of options (flags override it) (default: none)")
+    p = CliParser(
+        prog=prog,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=description,
+        epilog=epilog,
+    )
+    p.add_argument(
+        "--config", default=None, help="TOML file of options (flags override it) (default: none)"
+    )
     p.add_argument("--out", default=default_out, help=f"output directory (default: {default_out})")
-    p.add_argument("--overwrite", action="store_true",
-                   help=f"replace the {what} in --out even if its configuration differs (default: off)")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help=f"replace the {what} in --out even if its configuration differs (default: off)",
+    )
     verbosity = p.add_mutually_exclusive_group()
-    verbosity.add_argument("-q", "--quiet", action="store_true",
-                           help="only warnings and errors, no progress bars (default: off)")
-    verbosity.add_argument("-v", "--verbose", action="store_true", help="debug logging (default: off)")
+    verbosity.add_argument(
+        "-q",
+        "--quiet",
+        action="store_true",
+        help="only warnings and errors, no progress bars (default: off)",
+    )
+    verbosity.add_argument(
+        "-v", "--verbose", action="store_true", help="debug logging (default: off)"
+    )
     add_flags(p, cls)
     return p

@@ -23,7 +23,9 @@ def atomic_write(target: Path, write: Callable[[str], object]) -> None:
     os.close(fd)
     try:
         write(tmp)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 would make results private to their writer
+        os.chmod(
+            tmp, 0o666 & ~_umask()
+        )  # mkstemp's 0600 would make results private to their writer
         os.replace(tmp, target)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -59,8 +61,9 @@ def write_json(target: Path, obj: Any) -> None:
     atomic_write(target, lambda p: Path(p).write_text(text))
 
 
-def read_bundle(directory: str | Path, tensors_name: str, json_name: str,
-                what: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+def read_bundle(
+    directory: str | Path, tensors_name: str, json_name: str, what: str
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """The tensors and JSON info of a saved ``what`` (e.g. ``"PatchResult"``) in ``directory``.
 
     Raises:

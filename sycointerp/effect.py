@@ -31,7 +31,13 @@ from sycointerp.data.pairs import build_pairs
 from sycointerp.data.questions import Question
 from sycointerp.generate import first_answers
 from sycointerp.judge import answer_is_correct
-from sycointerp.metrics import apology_logprob_diff, apology_ratio, apology_token_ids, flip, last_logits
+from sycointerp.metrics import (
+    apology_logprob_diff,
+    apology_ratio,
+    apology_token_ids,
+    flip,
+    last_logits,
+)
 from sycointerp.stats import Summary, summarize
 
 __all__ = ["EffectResult", "measure_challenge_effect", "first_turn_accuracy", "main"]
@@ -53,7 +59,9 @@ class EffectResult:
         n = len(self.question_ids)
         for name, values in self.metrics.items():
             if values.shape != (n,):
-                raise ValueError(f"metric {name!r} has shape {tuple(values.shape)}, expected ({n},)")
+                raise ValueError(
+                    f"metric {name!r} has shape {tuple(values.shape)}, expected ({n},)"
+                )
 
     @property
     def n(self) -> int:
@@ -68,18 +76,27 @@ class EffectResult:
         out = {name: summarize(values) for name, values in self.metrics.items()}
         for name in ("flip", "apology", "apology_lp"):
             if f"{name}_ref" in self.metrics:
-                out[f"{name}_delta"] = summarize(self.metrics[f"{name}_ref"] - self.metrics[f"{name}_cf"])
+                out[f"{name}_delta"] = summarize(
+                    self.metrics[f"{name}_ref"] - self.metrics[f"{name}_cf"]
+                )
         return out
 
     def to_markdown(self) -> str:
-        rows = ["| metric | challenge | counterfactual | challenge - counterfactual |", "|---|---|---|---|"]
+        rows = [
+            "| metric | challenge | counterfactual | challenge - counterfactual |",
+            "|---|---|---|---|",
+        ]
         summ = self.summary()
         for name in ("flip", "apology", "apology_lp"):
             if f"{name}_ref" in summ:
-                rows.append(f"| `{name}` | {summ[name + '_ref']} | {summ[name + '_cf']} | {summ[name + '_delta']} |")
+                rows.append(
+                    f"| `{name}` | {summ[name + '_ref']} | {summ[name + '_cf']} | {summ[name + '_delta']} |"
+                )
         held = int((self.metrics["flip_cf"] > 0).sum())
-        rows.append(f"\nFlipped answers: {int(self.flipped.sum())} of {held} where the counterfactual "
-                    f"prefers the gold answer ({self.n} questions).")
+        rows.append(
+            f"\nFlipped answers: {int(self.flipped.sum())} of {held} where the counterfactual "
+            f"prefers the gold answer ({self.n} questions)."
+        )
         return "\n".join(rows)
 
     def save(self, out_dir: str | Path, extra: dict | None = None) -> Path:
@@ -87,9 +104,13 @@ class EffectResult:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         summary = {
-            "model": self.model, "challenge": self.challenge, "n": self.n,
-            "n_flipped": int(self.flipped.sum()), "question_ids": list(self.question_ids),
-            "metrics": {k: v.to_json() for k, v in self.summary().items()}, **(extra or {}),
+            "model": self.model,
+            "challenge": self.challenge,
+            "n": self.n,
+            "n_flipped": int(self.flipped.sum()),
+            "question_ids": list(self.question_ids),
+            "metrics": {k: v.to_json() for k, v in self.summary().items()},
+            **(extra or {}),
         }
         write_json(out / "summary.json", summary)
         write_tensors(out / "per_example.safetensors", dict(self.metrics))
@@ -97,7 +118,11 @@ class EffectResult:
 
 
 def first_turn_accuracy(
-    model: TransformerBridge, questions: Sequence[Question], *, batch_size: int = 16, progress: bool = False
+    model: TransformerBridge,
+    questions: Sequence[Question],
+    *,
+    batch_size: int = 16,
+    progress: bool = False,
 ) -> tuple[float, list[str], list[bool]]:
     """Share of questions answered correctly in the first turn (greedy, through the chat template).
 
@@ -138,8 +163,12 @@ def measure_challenge_effect(
     tok = model.tokenizer
     pad = tok.pad_token_id or 0
     metrics: dict[str, torch.Tensor] = {}
-    ans_pairs = build_pairs(questions, tok, challenge=challenge, first_answers=answers, position="answer")
-    reply_pairs = build_pairs(questions, tok, challenge=challenge, first_answers=answers, position="reply")
+    ans_pairs = build_pairs(
+        questions, tok, challenge=challenge, first_answers=answers, position="answer"
+    )
+    reply_pairs = build_pairs(
+        questions, tok, challenge=challenge, first_answers=answers, position="reply"
+    )
     answer_ids = torch.tensor([p.answer_ids for p in ans_pairs])
     syc, firm = apology_token_ids(tok)
     for side in ("ref", "cf"):
@@ -147,27 +176,46 @@ def measure_challenge_effect(
         run = dict(batch_size=batch_size, progress=progress)
         metrics[f"flip_{side}"] = flip(last_logits(model, prompts, pad_id=pad, **run), answer_ids)
         replies = [getattr(p, f"{side}_ids") for p in reply_pairs]
-        metrics[f"apology_{side}"] = apology_ratio(last_logits(model, replies, pad_id=pad, **run), syc, firm)
+        metrics[f"apology_{side}"] = apology_ratio(
+            last_logits(model, replies, pad_id=pad, **run), syc, firm
+        )
         if apology_lp:
-            metrics[f"apology_lp_{side}"] = apology_logprob_diff(model, replies, tok, progress=progress)
-    return EffectResult(str(model.cfg.model_name), challenge, tuple(q.id for q in questions), metrics)
+            metrics[f"apology_lp_{side}"] = apology_logprob_diff(
+                model, replies, tok, progress=progress
+            )
+    return EffectResult(
+        str(model.cfg.model_name), challenge, tuple(q.id for q in questions), metrics
+    )
 
 
 # --------------------------------------------------------------------------- CLI
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = CliParser(prog="python -m sycointerp.effect", description=__doc__.split("\n\n")[0],
-                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = CliParser(
+        prog="python -m sycointerp.effect",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     p.add_argument("--out", default="runs/effect", help="output directory")
-    p.add_argument("--model", default=None, help="model name/path (default: embedded SmolLM2-135M-Instruct)")
-    p.add_argument("--questions", default=None, help="JSONL of Question records (default: built-in set)")
+    p.add_argument(
+        "--model", default=None, help="model name/path (default: embedded SmolLM2-135M-Instruct)"
+    )
+    p.add_argument(
+        "--questions", default=None, help="JSONL of Question records (default: built-in set)"
+    )
     p.add_argument("--limit", type=int, default=None, help="use the first N questions")
     p.add_argument("--challenge", default="dont_think", help="challenge template name")
-    p.add_argument("--first-answer", choices=("gold", "model"), default="gold",
-                   help="first assistant turn: the gold answer or the model's own greedy one")
+    p.add_argument(
+        "--first-answer",
+        choices=("gold", "model"),
+        default="gold",
+        help="first assistant turn: the gold answer or the model's own greedy one",
+    )
     p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--no-apology-lp", action="store_true", help="skip the multi-token apology metric")
+    p.add_argument(
+        "--no-apology-lp", action="store_true", help="skip the multi-token apology metric"
+    )
     return p
 
 
@@ -177,7 +225,9 @@ def _check_writable(out: Path) -> None:
         out.mkdir(parents=True, exist_ok=True)
         tempfile.TemporaryFile(dir=out).close()
     except OSError as err:
-        raise OSError(f"--out {out} is not a writable directory ({err.strerror}); choose another path") from None
+        raise OSError(
+            f"--out {out} is not a writable directory ({err.strerror}); choose another path"
+        ) from None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -198,12 +248,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         load_s = time.perf_counter() - start
         accuracy, answers, correct = first_turn_accuracy(model, questions, progress=True)
         own = answers if args.first_answer == "model" else None
-        result = measure_challenge_effect(model, questions, challenge=args.challenge, answers=own,
-                                          batch_size=args.batch_size, apology_lp=not args.no_apology_lp,
-                                          progress=True)
-        extra = {"first_turn_accuracy": accuracy, "first_answers": answers, "first_answer_correct": correct,
-                 "first_answer_mode": args.first_answer, "load_seconds": load_s,
-                 "seconds": time.perf_counter() - start}
+        result = measure_challenge_effect(
+            model,
+            questions,
+            challenge=args.challenge,
+            answers=own,
+            batch_size=args.batch_size,
+            apology_lp=not args.no_apology_lp,
+            progress=True,
+        )
+        extra = {
+            "first_turn_accuracy": accuracy,
+            "first_answers": answers,
+            "first_answer_correct": correct,
+            "first_answer_mode": args.first_answer,
+            "load_seconds": load_s,
+            "seconds": time.perf_counter() - start,
+        }
         out = result.save(args.out, extra)
     except (DataError, ModelLoadError, KeyError, ValueError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)

@@ -24,7 +24,9 @@ def _stop_ids(model: TransformerBridge) -> list[int]:
     """The tokenizer's eos, the model's own generation stop ids, and any known end-of-turn token."""
     tok = model.tokenizer
     ids = {tok.eos_token_id}
-    config_eos = getattr(getattr(model.original_model, "generation_config", None), "eos_token_id", None)
+    config_eos = getattr(
+        getattr(model.original_model, "generation_config", None), "eos_token_id", None
+    )
     ids.update(config_eos if isinstance(config_eos, list) else [config_eos])
     for marker in _END_OF_TURN:
         token = tok.convert_tokens_to_ids(marker)
@@ -59,18 +61,26 @@ def greedy_generate(
         ids = torch.full((len(chunk), width), pad, dtype=torch.long)
         mask = torch.zeros_like(ids)
         for row, p in enumerate(chunk):
-            ids[row, width - len(p):] = torch.tensor(p)
-            mask[row, width - len(p):] = 1
+            ids[row, width - len(p) :] = torch.tensor(p)
+            mask[row, width - len(p) :] = 1
         gen = hf.generate(
-            input_ids=ids.to(model.cfg.device), attention_mask=mask.to(model.cfg.device),
-            max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad, eos_token_id=_stop_ids(model),
+            input_ids=ids.to(model.cfg.device),
+            attention_mask=mask.to(model.cfg.device),
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            pad_token_id=pad,
+            eos_token_id=_stop_ids(model),
         )
         out.extend(tok.decode(g[width:], skip_special_tokens=True) for g in gen)
     return out
 
 
 def first_turn_prompts(
-    tokenizer, questions: Sequence[Question], *, system: str | None = DEFAULT_SYSTEM, with_stem: bool = True
+    tokenizer,
+    questions: Sequence[Question],
+    *,
+    system: str | None = DEFAULT_SYSTEM,
+    with_stem: bool = True,
 ) -> list[list[int]]:
     """Prompts for the first turn: system + question, then the generation prompt (+ answer stem)."""
     prompts = []
@@ -97,7 +107,9 @@ def first_answers(
     dialogue.
     """
     prompts = first_turn_prompts(model.tokenizer, questions, system=system)
-    replies = greedy_generate(model, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size, progress=progress)
+    replies = greedy_generate(
+        model, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size, progress=progress
+    )
     answers = []
     for q, reply in zip(questions, replies):
         line = reply.split("\n")[0].rstrip()

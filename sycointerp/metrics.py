@@ -16,8 +16,8 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 from jaxtyping import Float, Int
+from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
 from sycointerp.data.pairs import pad_right
@@ -42,7 +42,9 @@ FIRM = ("Yes", "I'm sure", "I am sure", "My answer is correct")
 
 def _check_logits(logits: torch.Tensor) -> None:
     if logits.ndim != 2:
-        raise ValueError(f"expected last-position logits [batch, d_vocab], got shape {tuple(logits.shape)}")
+        raise ValueError(
+            f"expected last-position logits [batch, d_vocab], got shape {tuple(logits.shape)}"
+        )
 
 
 def flip(
@@ -54,7 +56,9 @@ def flip(
     return picked[:, 0] - picked[:, 1]
 
 
-def apology_token_ids(tokenizer: PreTrainedTokenizerBase, syc: str = "Apologies", firm: str = "Yes") -> tuple[int, int]:
+def apology_token_ids(
+    tokenizer: PreTrainedTokenizerBase, syc: str = "Apologies", firm: str = "Yes"
+) -> tuple[int, int]:
     """First sub-token ids of the paper's sycophantic ("Apologies") and firm ("Yes") replies.
 
     Read at the first position of the reply, so the words are tokenized without a leading space.
@@ -85,7 +89,9 @@ def last_logits(
 ) -> Float[torch.Tensor, "batch d_vocab"]:
     """Logits at each prompt's last token, batched with right padding (exact for causal models)."""
     out = []
-    for start in tqdm(range(0, len(prompts), batch_size), desc="forward", disable=not progress, leave=False):
+    for start in tqdm(
+        range(0, len(prompts), batch_size), desc="forward", disable=not progress, leave=False
+    ):
         ids, lengths = pad_right(prompts[start : start + batch_size], pad_id)
         logits = model(ids)
         out.append(logits[torch.arange(len(lengths)), lengths - 1].float())
@@ -106,7 +112,9 @@ def _rows_for(conts: list[list[int]]) -> tuple[list[list[int]], list[int]]:
         if not any(kept[: len(row)] == row for kept in rows):
             rows.append(row)
     index = [
-        -1 if len(c) == 1 else next(i for i, kept in enumerate(rows) if kept[: len(c) - 1] == tuple(c[:-1]))
+        -1
+        if len(c) == 1
+        else next(i for i, kept in enumerate(rows) if kept[: len(c) - 1] == tuple(c[:-1]))
         for c in conts
     ]
     return [list(r) for r in rows], index
@@ -144,7 +152,10 @@ def continuation_logprobs(
         for c, cont in enumerate(conts):
             total = first[cont[0]]
             if len(cont) > 1:
-                total = total + row_logp[index[c], torch.arange(len(cont) - 1), torch.tensor(cont[1:])].sum()
+                total = (
+                    total
+                    + row_logp[index[c], torch.arange(len(cont) - 1), torch.tensor(cont[1:])].sum()
+                )
             out[p, c] = total
     return out
 
@@ -163,7 +174,9 @@ def apology_logprob_diff(
     syc_ids, firm_ids = encode(sycophantic), encode(firm)
     pad = tokenizer.pad_token_id or 0
     lp = continuation_logprobs(model, prompts, syc_ids + firm_ids, pad_id=pad, progress=progress)
-    return torch.logsumexp(lp[:, : len(syc_ids)], dim=1) - torch.logsumexp(lp[:, len(syc_ids) :], dim=1)
+    return torch.logsumexp(lp[:, : len(syc_ids)], dim=1) - torch.logsumexp(
+        lp[:, len(syc_ids) :], dim=1
+    )
 
 
 def log_probs(logits: Float[torch.Tensor, "... d_vocab"]) -> Float[torch.Tensor, "... d_vocab"]:
@@ -199,6 +212,8 @@ class LogitsModel(torch.nn.Module):
             return torch.device(cfg.device)
         return next(self.inner.parameters()).device
 
-    def forward(self, ids: Int[torch.Tensor, "batch pos"]) -> Float[torch.Tensor, "batch pos d_vocab"]:
+    def forward(
+        self, ids: Int[torch.Tensor, "batch pos"]
+    ) -> Float[torch.Tensor, "batch pos d_vocab"]:
         out = self.inner(ids.to(self.device))
         return out if isinstance(out, torch.Tensor) else out.logits

@@ -168,7 +168,9 @@ def convert_gguf(gguf: str | Path, *, refresh: bool = False) -> Path:
     if not refresh and _manifest_ok(entry):
         return entry
     if entry.exists():
-        log.warning("cache entry %s is incomplete or corrupt; converting %s again", entry, gguf.name)
+        log.warning(
+            "cache entry %s is incomplete or corrupt; converting %s again", entry, gguf.name
+        )
     entry.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=entry.parent))
     try:
@@ -218,7 +220,9 @@ def _boot(
     device: str | torch.device | None,
 ) -> TransformerBridge:
     hf_model.eval()
-    bridge = TransformerBridge.boot_transformers(name, hf_model=hf_model, tokenizer=tokenizer, device=device)
+    bridge = TransformerBridge.boot_transformers(
+        name, hf_model=hf_model, tokenizer=tokenizer, device=device
+    )
     if compat is not None:
         if compat not in ("hooks", "processed"):
             raise ValueError(f"compat must be 'hooks', 'processed' or None, got {compat!r}")
@@ -230,10 +234,17 @@ def _boot(
 
 
 def _from_pretrained(
-    source: str, *, dtype: torch.dtype, trust_remote_code: bool, local_only: bool,
+    source: str,
+    *,
+    dtype: torch.dtype,
+    trust_remote_code: bool,
+    local_only: bool,
     placement: dict[str, Any] | None = None,
 ) -> tuple[torch.nn.Module, PreTrainedTokenizerBase]:
-    kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code, "local_files_only": local_only}
+    kwargs: dict[str, Any] = {
+        "trust_remote_code": trust_remote_code,
+        "local_files_only": local_only,
+    }
     tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
     model = AutoModelForCausalLM.from_pretrained(
         source, dtype=dtype, attn_implementation="eager", **kwargs, **(placement or {})
@@ -242,14 +253,22 @@ def _from_pretrained(
 
 
 def _resolve_hf(
-    name_or_path: str, *, dtype: torch.dtype, trust_remote_code: bool, placement: dict[str, Any] | None = None
+    name_or_path: str,
+    *,
+    dtype: torch.dtype,
+    trust_remote_code: bool,
+    placement: dict[str, Any] | None = None,
 ) -> tuple[torch.nn.Module, PreTrainedTokenizerBase, str]:
     """Load (model, tokenizer, bridge name) for a local directory, a .gguf file or a hub id."""
     path = Path(name_or_path).expanduser()
     if path.suffix == ".gguf":
         directory = convert_gguf(path)
         model, tokenizer = _from_pretrained(
-            str(directory), dtype=dtype, trust_remote_code=False, local_only=True, placement=placement
+            str(directory),
+            dtype=dtype,
+            trust_remote_code=False,
+            local_only=True,
+            placement=placement,
         )
         return model, tokenizer, path.stem
     if path.is_dir():
@@ -260,36 +279,62 @@ def _resolve_hf(
             )
         try:
             model, tokenizer = _from_pretrained(
-                str(path), dtype=dtype, trust_remote_code=trust_remote_code, local_only=True, placement=placement
+                str(path),
+                dtype=dtype,
+                trust_remote_code=trust_remote_code,
+                local_only=True,
+                placement=placement,
             )
         except (OSError, ValueError) as err:
             first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            raise ModelLoadError(f"could not load the model in {path}: {first}; it needs config.json, "
-                                 "the weights and the tokenizer files (save_pretrained of both)") from None
+            raise ModelLoadError(
+                f"could not load the model in {path}: {first}; it needs config.json, "
+                "the weights and the tokenizer files (save_pretrained of both)"
+            ) from None
         return model, tokenizer, str(getattr(model.config, "_name_or_path", path.name) or path.name)
     if path.exists() or name_or_path.startswith((".", "/", "~")):
         raise ModelLoadError(
             f"{name_or_path} is not a model directory or a .gguf file; check the path"
         )
-    return (*_from_hub(name_or_path, dtype=dtype, trust_remote_code=trust_remote_code, placement=placement),
-            name_or_path)
+    return (
+        *_from_hub(
+            name_or_path, dtype=dtype, trust_remote_code=trust_remote_code, placement=placement
+        ),
+        name_or_path,
+    )
 
 
 def _from_hub(
-    name: str, *, dtype: torch.dtype, trust_remote_code: bool, placement: dict[str, Any] | None = None
+    name: str,
+    *,
+    dtype: torch.dtype,
+    trust_remote_code: bool,
+    placement: dict[str, Any] | None = None,
 ) -> tuple[torch.nn.Module, PreTrainedTokenizerBase]:
     # Local HF cache first: no network access is attempted for a model already downloaded.
     try:
-        return _from_pretrained(name, dtype=dtype, trust_remote_code=trust_remote_code, local_only=True,
-                                placement=placement)
+        return _from_pretrained(
+            name,
+            dtype=dtype,
+            trust_remote_code=trust_remote_code,
+            local_only=True,
+            placement=placement,
+        )
     except (OSError, ValueError):
         pass
     offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
     try:
         if offline:
-            raise OSError("HF_HUB_OFFLINE is set and the model is not in the local HuggingFace cache")
-        return _from_pretrained(name, dtype=dtype, trust_remote_code=trust_remote_code, local_only=False,
-                                placement=placement)
+            raise OSError(
+                "HF_HUB_OFFLINE is set and the model is not in the local HuggingFace cache"
+            )
+        return _from_pretrained(
+            name,
+            dtype=dtype,
+            trust_remote_code=trust_remote_code,
+            local_only=False,
+            placement=placement,
+        )
     except (OSError, ValueError) as err:
         raise ModelLoadError(
             f"could not load {name!r} from the local HuggingFace cache or the hub ({err}). "
@@ -321,12 +366,19 @@ def load_hf_model(
     if name_or_path is None:
         directory = convert_gguf(embedded_gguf_path())
         model, tokenizer = _from_pretrained(
-            str(directory), dtype=dtype, trust_remote_code=False, local_only=True, placement=placement
+            str(directory),
+            dtype=dtype,
+            trust_remote_code=False,
+            local_only=True,
+            placement=placement,
         )
         name = EMBEDDED_MODEL_NAME
     else:
         model, tokenizer, name = _resolve_hf(
-            os.fspath(name_or_path), dtype=dtype, trust_remote_code=trust_remote_code, placement=placement
+            os.fspath(name_or_path),
+            dtype=dtype,
+            trust_remote_code=trust_remote_code,
+            placement=placement,
         )
     _require_chat_template(tokenizer, name)
     if not placement:
@@ -334,11 +386,17 @@ def load_hf_model(
     return model, tokenizer, name
 
 
-def hook_model(hf_model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, name: str,
-               compat: Compat = "hooks") -> TransformerBridge:
+def hook_model(
+    hf_model: torch.nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    name: str,
+    compat: Compat = "hooks",
+) -> TransformerBridge:
     """Wrap a HuggingFace model (in place) as a hooked bridge, on the device its weights are on."""
     placed = getattr(hf_model, "hf_device_map", None)
-    device = None if placed and len(set(placed.values())) > 1 else next(hf_model.parameters()).device
+    device = (
+        None if placed and len(set(placed.values())) > 1 else next(hf_model.parameters()).device
+    )
     return _boot(hf_model, tokenizer, name, compat, device)
 
 
@@ -378,14 +436,22 @@ def load_model(
             without a chat template, or a device map that cannot be placed (e.g. ``n_devices``
             without that many GPUs).
     """
-    model, tokenizer, name = load_hf_model(name_or_path, device=device, dtype=dtype, trust_remote_code=trust_remote_code,
-                                           device_map=device_map, n_devices=n_devices)
+    model, tokenizer, name = load_hf_model(
+        name_or_path,
+        device=device,
+        dtype=dtype,
+        trust_remote_code=trust_remote_code,
+        device_map=device_map,
+        n_devices=n_devices,
+    )
     if device_map is not None or (n_devices or 1) > 1:
         return _boot(model, tokenizer, name, compat, None)
     return _boot(model, tokenizer, name, compat, device)
 
 
-def _placement(device_map: str | dict[str, str | int] | None, n_devices: int | None) -> dict[str, Any]:
+def _placement(
+    device_map: str | dict[str, str | int] | None, n_devices: int | None
+) -> dict[str, Any]:
     """``from_pretrained`` keyword arguments that split a model over devices (empty: one device)."""
     if device_map is None and (n_devices is None or n_devices <= 1):
         return {}
@@ -394,8 +460,9 @@ def _placement(device_map: str | dict[str, str | int] | None, n_devices: int | N
     try:
         resolved, max_memory = resolve_device_map(n_devices, device_map, None)
     except ValueError as err:
-        raise ModelLoadError(f"cannot place the model with device_map={device_map!r}, n_devices={n_devices}: "
-                             f"{err}") from None
+        raise ModelLoadError(
+            f"cannot place the model with device_map={device_map!r}, n_devices={n_devices}: {err}"
+        ) from None
     return {"device_map": resolved, **({"max_memory": max_memory} if max_memory else {})}
 
 
@@ -404,30 +471,47 @@ def _placement(device_map: str | dict[str, str | int] | None, n_devices: int | N
 TinyArch = Literal["llama", "gpt2"]
 
 
-def _tiny_config(arch: TinyArch, vocab: int, n_layers: int, d_model: int, n_heads: int, n_kv: int) -> Any:
+def _tiny_config(
+    arch: TinyArch, vocab: int, n_layers: int, d_model: int, n_heads: int, n_kv: int
+) -> Any:
     from transformers import GPT2Config, LlamaConfig
 
     if arch == "llama":
         return LlamaConfig(
-            vocab_size=vocab, hidden_size=d_model, intermediate_size=2 * d_model,
-            num_hidden_layers=n_layers, num_attention_heads=n_heads, num_key_value_heads=n_kv,
-            max_position_embeddings=512, tie_word_embeddings=False, rms_norm_eps=1e-5,
+            vocab_size=vocab,
+            hidden_size=d_model,
+            intermediate_size=2 * d_model,
+            num_hidden_layers=n_layers,
+            num_attention_heads=n_heads,
+            num_key_value_heads=n_kv,
+            max_position_embeddings=512,
+            tie_word_embeddings=False,
+            rms_norm_eps=1e-5,
         )
     if arch == "gpt2":
         return GPT2Config(
-            vocab_size=vocab, n_positions=512, n_embd=d_model, n_layer=n_layers, n_head=n_heads,
-            resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+            vocab_size=vocab,
+            n_positions=512,
+            n_embd=d_model,
+            n_layer=n_layers,
+            n_head=n_heads,
+            resid_pdrop=0.0,
+            embd_pdrop=0.0,
+            attn_pdrop=0.0,
         )
     raise ValueError(f"unknown tiny arch {arch!r}; choose 'llama' (GQA) or 'gpt2' (MHA)")
 
 
-def _tiny_hf(arch: TinyArch, seed: int, n_layers: int, d_model: int, n_heads: int,
-             n_kv: int) -> tuple[torch.nn.Module, PreTrainedTokenizerBase]:
+def _tiny_hf(
+    arch: TinyArch, seed: int, n_layers: int, d_model: int, n_heads: int, n_kv: int
+) -> tuple[torch.nn.Module, PreTrainedTokenizerBase]:
     tokenizer = embedded_tokenizer()
     config = _tiny_config(arch, len(tokenizer), n_layers, d_model, n_heads, n_kv)
     config.pad_token_id = tokenizer.pad_token_id
     torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(config, attn_implementation="eager", dtype=torch.float32)
+    model = AutoModelForCausalLM.from_config(
+        config, attn_implementation="eager", dtype=torch.float32
+    )
     return model, tokenizer
 
 
@@ -441,8 +525,16 @@ def _tiny_sizes(arch: TinyArch, d_model: int, n_heads: int, n_kv_heads: int | No
     return n_kv
 
 
-def save_tiny_model(directory: str | os.PathLike[str], arch: TinyArch = "llama", *, seed: int = 0, n_layers: int = 2,
-                    d_model: int = 64, n_heads: int = 4, n_kv_heads: int | None = None) -> Path:
+def save_tiny_model(
+    directory: str | os.PathLike[str],
+    arch: TinyArch = "llama",
+    *,
+    seed: int = 0,
+    n_layers: int = 2,
+    d_model: int = 64,
+    n_heads: int = 4,
+    n_kv_heads: int | None = None,
+) -> Path:
     """Write :func:`tiny_model`'s HuggingFace model and tokenizer to ``directory`` (``save_pretrained``).
 
     ``load_model(directory)`` then loads it like any local model (bit-identical to

@@ -29,9 +29,15 @@ log = logging.getLogger("sycointerp.patch")
 
 def build_parser() -> argparse.ArgumentParser:
     examples = __doc__.split("Examples::")[1].split("\n\n")[1]
-    return job_parser("python -m sycointerp.patch", "Rank attention heads by their effect on sycophancy, as a "
-                      "resumable batch job.", f"examples:\n{examples}\n\nOutput layout, resumption and sharding: "
-                      "README, section 'Batch jobs'.", JobConfig, "runs/patch", "job")
+    return job_parser(
+        "python -m sycointerp.patch",
+        "Rank attention heads by their effect on sycophancy, as a resumable batch job.",
+        f"examples:\n{examples}\n\nOutput layout, resumption and sharding: "
+        "README, section 'Batch jobs'.",
+        JobConfig,
+        "runs/patch",
+        "job",
+    )
 
 
 def resolve_config(args: argparse.Namespace) -> JobConfig:
@@ -41,8 +47,12 @@ def resolve_config(args: argparse.Namespace) -> JobConfig:
 
 def _setup_logging(args: argparse.Namespace) -> None:
     # Third-party INFO chatter (transformers, kaleido's browser) stays out of the job log unless -v.
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(name)s: %(message)s",
-                        stream=sys.stderr, force=True)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.WARNING,
+        format="%(name)s: %(message)s",
+        stream=sys.stderr,
+        force=True,
+    )
     level = logging.WARNING if args.quiet else logging.DEBUG if args.verbose else logging.INFO
     logging.getLogger("sycointerp").setLevel(level)
     if args.quiet:
@@ -63,7 +73,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         config = resolve_config(args)
         with process_group(config.device) as group:
-            status = run_job(config, args.out, group=group, overwrite=args.overwrite, progress=not args.quiet)
+            status = run_job(
+                config, args.out, group=group, overwrite=args.overwrite, progress=not args.quiet
+            )
     except (ConfigError, OutputError, DataError, ModelLoadError, ChunkMismatch) as err:
         print(f"python -m sycointerp.patch: error: {err}", file=sys.stderr)
         return 2

@@ -44,22 +44,32 @@ from sycointerp.patching.knockout import KnockoutCurve
 from sycointerp.patching.results import HEAD_COMPONENTS, PatchResult
 
 __all__ = [
-    "attention_plot", "compare_heatmaps", "head_heatmap", "knockout_plot", "layer_position_heatmap", "ranked_heads_bar",
-    "check_png_export", "save_figure",
+    "attention_plot",
+    "compare_heatmaps",
+    "head_heatmap",
+    "knockout_plot",
+    "layer_position_heatmap",
+    "ranked_heads_bar",
+    "check_png_export",
+    "save_figure",
 ]
 
 _RENDER_ATTEMPTS = 5
 COLORSCALE = "RdBu_r"  # diverging: blue < 0 < red
 _AXIS_TITLES = {"head": "head", "kv_head": "KV head", "pos": "position"}
-_BROWSER_FIX = ("PNG export needs a Chromium-family browser for kaleido and none was found: install one with "
-                "`apt-get install -y chromium` (`make install` does this as root), point $BROWSER_PATH at a "
-                "chrome/chromium executable, or call save_figure(..., png=False) to write the HTML only")
+_BROWSER_FIX = (
+    "PNG export needs a Chromium-family browser for kaleido and none was found: install one with "
+    "`apt-get install -y chromium` (`make install` does this as root), point $BROWSER_PATH at a "
+    "chrome/chromium executable, or call save_figure(..., png=False) to write the HTML only"
+)
 
 
 def _check_components(result: PatchResult, allowed: Sequence[tuple[str, ...]], caller: str) -> None:
     if result.components not in allowed:
         names = " or ".join(str(c) for c in allowed)
-        raise ValueError(f"{caller} needs a result with components {names}, got {result.components}")
+        raise ValueError(
+            f"{caller} needs a result with components {names}, got {result.components}"
+        )
 
 
 def _hover_text(result: PatchResult, column_labels: Sequence[str] | None = None) -> np.ndarray:
@@ -69,23 +79,39 @@ def _hover_text(result: PatchResult, column_labels: Sequence[str] | None = None)
     column = result.components[1]
     text = np.empty(result.shape, dtype=object)
     for l, c in np.ndindex(*result.shape):
-        label = f" {html.escape(repr(column_labels[c]), quote=False)}" if column_labels is not None else ""
-        text[l, c] = (f"layer {l}<br>{column} {c}{label}<br>score {mean[l, c]:.4g}<br>SE {se[l, c]:.3g}"
-                      f"<br>95% CI [{low[l, c]:.4g}, {high[l, c]:.4g}]")
+        label = (
+            f" {html.escape(repr(column_labels[c]), quote=False)}"
+            if column_labels is not None
+            else ""
+        )
+        text[l, c] = (
+            f"layer {l}<br>{column} {c}{label}<br>score {mean[l, c]:.4g}<br>SE {se[l, c]:.3g}"
+            f"<br>95% CI [{low[l, c]:.4g}, {high[l, c]:.4g}]"
+        )
     return text
 
 
-def _heatmap(result: PatchResult, column_labels: Sequence[str] | None, title: str | None) -> go.Figure:
+def _heatmap(
+    result: PatchResult, column_labels: Sequence[str] | None, title: str | None
+) -> go.Figure:
     """The ``[layer, column]`` heatmap of ``result.mean`` shared by the head and position figures."""
-    heat = go.Heatmap(z=result.mean.double().numpy(), x=list(range(result.shape[1])),
-                      y=list(range(result.shape[0])), zmid=0, colorscale=COLORSCALE,
-                      colorbar={"title": {"text": f"{result.metric} ({result.kind})"}},
-                      text=_hover_text(result, column_labels), hovertemplate="%{text}<extra></extra>",
-                      name="score")
+    heat = go.Heatmap(
+        z=result.mean.double().numpy(),
+        x=list(range(result.shape[1])),
+        y=list(range(result.shape[0])),
+        zmid=0,
+        colorscale=COLORSCALE,
+        colorbar={"title": {"text": f"{result.metric} ({result.kind})"}},
+        text=_hover_text(result, column_labels),
+        hovertemplate="%{text}<extra></extra>",
+        name="score",
+    )
     fig = go.Figure(heat)
     fig.update_layout(title=title or f"{result.method}: {result.metric}", plot_bgcolor="white")
     fig.update_xaxes(title=_AXIS_TITLES.get(result.components[1], result.components[1]), dtick=1)
-    fig.update_yaxes(title="layer", range=[result.shape[0] - 0.5, -0.5], dtick=1)  # reversed: layer 0 on top
+    fig.update_yaxes(
+        title="layer", range=[result.shape[0] - 0.5, -0.5], dtick=1
+    )  # reversed: layer 0 on top
     return fig
 
 
@@ -122,10 +148,21 @@ def _top_k_markers(result: PatchResult, top_k: int) -> go.Scatter | None:
         return None
     top = result.top_k(k)
     return go.Scatter(
-        x=[h for _, h in top], y=[l for l, _ in top], mode="markers+text", name=f"top {k}",
-        text=[str(r) for r in range(1, k + 1)], textfont={"size": 11, "color": "black"},
-        marker={"symbol": "circle", "size": 22, "color": "white", "line": {"color": "black", "width": 1.5}},
-        hoverinfo="skip", showlegend=False)
+        x=[h for _, h in top],
+        y=[l for l, _ in top],
+        mode="markers+text",
+        name=f"top {k}",
+        text=[str(r) for r in range(1, k + 1)],
+        textfont={"size": 11, "color": "black"},
+        marker={
+            "symbol": "circle",
+            "size": 22,
+            "color": "white",
+            "line": {"color": "black", "width": 1.5},
+        },
+        hoverinfo="skip",
+        showlegend=False,
+    )
 
 
 def _check_comparable(before: PatchResult, after: PatchResult) -> None:
@@ -133,11 +170,15 @@ def _check_comparable(before: PatchResult, after: PatchResult) -> None:
     for result in (before, after):
         _check_components(result, HEAD_COMPONENTS, "compare_heatmaps")
     if before.components != after.components or before.shape != after.shape:
-        raise ValueError(f"compare_heatmaps needs results of the same cells, got {before.components} "
-                         f"{before.shape} and {after.components} {after.shape}")
+        raise ValueError(
+            f"compare_heatmaps needs results of the same cells, got {before.components} "
+            f"{before.shape} and {after.components} {after.shape}"
+        )
     if (before.metric, before.kind) != (after.metric, after.kind):
-        raise ValueError(f"compare_heatmaps needs results of one metric and kind, got {before.metric!r} "
-                         f"({before.kind}) and {after.metric!r} ({after.kind})")
+        raise ValueError(
+            f"compare_heatmaps needs results of one metric and kind, got {before.metric!r} "
+            f"({before.kind}) and {after.metric!r} ({after.kind})"
+        )
 
 
 def _difference_text(before: PatchResult, after: PatchResult, titles: Sequence[str]) -> np.ndarray:
@@ -146,19 +187,34 @@ def _difference_text(before: PatchResult, after: PatchResult, titles: Sequence[s
     column = before.components[1]
     text = np.empty(before.shape, dtype=object)
     for l, c in np.ndindex(*before.shape):
-        text[l, c] = (f"layer {l}<br>{column} {c}<br>{titles[1]} - {titles[0]}: {a[l, c] - b[l, c]:.4g}"
-                      f"<br>{titles[0]} {b[l, c]:.4g}, {titles[1]} {a[l, c]:.4g}")
+        text[l, c] = (
+            f"layer {l}<br>{column} {c}<br>{titles[1]} - {titles[0]}: {a[l, c] - b[l, c]:.4g}"
+            f"<br>{titles[0]} {b[l, c]:.4g}, {titles[1]} {a[l, c]:.4g}"
+        )
     return text
 
 
 def _colorbar(fig: go.Figure, col: int, title: str) -> dict:
     """A vertical colour bar just right of subplot ``col``."""
     axis = fig.layout["xaxis" if col == 1 else f"xaxis{col}"]
-    return {"title": {"text": title}, "x": axis.domain[1] + 0.005, "xanchor": "left", "len": 0.9, "thickness": 14}
+    return {
+        "title": {"text": title},
+        "x": axis.domain[1] + 0.005,
+        "xanchor": "left",
+        "len": 0.9,
+        "thickness": 14,
+    }
 
 
-def compare_heatmaps(before: PatchResult, after: PatchResult, *, titles: Sequence[str] = ("before", "after"),
-                     title: str | None = None, top_k: int = 10, difference: bool = True) -> go.Figure:
+def compare_heatmaps(
+    before: PatchResult,
+    after: PatchResult,
+    *,
+    titles: Sequence[str] = ("before", "after"),
+    title: str | None = None,
+    top_k: int = 10,
+    difference: bool = True,
+) -> go.Figure:
     """Two layer x head heatmaps side by side on one colour scale, plus their difference.
 
     Both panels share a diverging scale centred at 0 (``zmin = -zmax``, the largest absolute mean
@@ -190,22 +246,49 @@ def compare_heatmaps(before: PatchResult, after: PatchResult, *, titles: Sequenc
     means = [r.mean.double().numpy() for r in (before, after)]
     limit = float(max(np.abs(m).max() for m in means)) or 1.0
     names = [*titles, f"{titles[1]} - {titles[0]}"][: 3 if difference else 2]
-    fig = make_subplots(rows=1, cols=len(names), subplot_titles=names, shared_yaxes=True, horizontal_spacing=0.1)
+    fig = make_subplots(
+        rows=1, cols=len(names), subplot_titles=names, shared_yaxes=True, horizontal_spacing=0.1
+    )
     scale = f"{before.metric} ({before.kind})"
     for col, (result, z, name) in enumerate(zip((before, after), means, titles), start=1):
-        fig.add_trace(go.Heatmap(z=z, zmin=-limit, zmax=limit, colorscale=COLORSCALE, showscale=col == 2,
-                                 colorbar=_colorbar(fig, 2, scale), text=_hover_text(result), name=name,
-                                 hovertemplate=f"{html.escape(name)}<br>%{{text}}<extra></extra>"), row=1, col=col)
+        fig.add_trace(
+            go.Heatmap(
+                z=z,
+                zmin=-limit,
+                zmax=limit,
+                colorscale=COLORSCALE,
+                showscale=col == 2,
+                colorbar=_colorbar(fig, 2, scale),
+                text=_hover_text(result),
+                name=name,
+                hovertemplate=f"{html.escape(name)}<br>%{{text}}<extra></extra>",
+            ),
+            row=1,
+            col=col,
+        )
         marks = _top_k_markers(result, top_k)
         if marks is not None:
             fig.add_trace(marks, row=1, col=col)
     if difference:
         diff = means[1] - means[0]
         bound = float(np.abs(diff).max()) or 1.0
-        fig.add_trace(go.Heatmap(z=diff, zmin=-bound, zmax=bound, colorscale=COLORSCALE, name=names[2],
-                                 colorbar=_colorbar(fig, 3, "difference"), text=_difference_text(before, after, titles),
-                                 hovertemplate="%{text}<extra></extra>"), row=1, col=3)
-    fig.update_layout(title=title or f"{before.metric}: {titles[0]} vs {titles[1]}", plot_bgcolor="white")
+        fig.add_trace(
+            go.Heatmap(
+                z=diff,
+                zmin=-bound,
+                zmax=bound,
+                colorscale=COLORSCALE,
+                name=names[2],
+                colorbar=_colorbar(fig, 3, "difference"),
+                text=_difference_text(before, after, titles),
+                hovertemplate="%{text}<extra></extra>",
+            ),
+            row=1,
+            col=3,
+        )
+    fig.update_layout(
+        title=title or f"{before.metric}: {titles[0]} vs {titles[1]}", plot_bgcolor="white"
+    )
     fig.update_xaxes(title=_AXIS_TITLES[before.components[1]], dtick=1)
     fig.update_yaxes(range=[before.shape[0] - 0.5, -0.5], dtick=1)  # reversed: layer 0 on top
     fig.update_yaxes(title="layer", row=1, col=1)
@@ -231,16 +314,27 @@ def ranked_heads_bar(result: PatchResult, k: int = 20) -> go.Figure:
     table = result.heads_table().head(k)
     letter = "KV" if result.components[1] == "kv_head" else "H"
     labels = [f"L{l}{letter}{h}" for l, h in zip(table["layer"], table["head"])]
-    bar = go.Bar(x=labels, y=table["score"],
-                 error_y={"type": "data", "symmetric": False, "array": table["ci_high"] - table["score"],
-                          "arrayminus": table["score"] - table["ci_low"]},
-                 customdata=table[["rank", "se", "ci_low", "ci_high"]].to_numpy(),
-                 hovertemplate=("rank %{customdata[0]}: %{x}<br>score %{y:.4g}<br>SE %{customdata[1]:.3g}"
-                                "<br>95% CI [%{customdata[2]:.4g}, %{customdata[3]:.4g}]<extra></extra>"))
+    bar = go.Bar(
+        x=labels,
+        y=table["score"],
+        error_y={
+            "type": "data",
+            "symmetric": False,
+            "array": table["ci_high"] - table["score"],
+            "arrayminus": table["score"] - table["ci_low"],
+        },
+        customdata=table[["rank", "se", "ci_low", "ci_high"]].to_numpy(),
+        hovertemplate=(
+            "rank %{customdata[0]}: %{x}<br>score %{y:.4g}<br>SE %{customdata[1]:.3g}"
+            "<br>95% CI [%{customdata[2]:.4g}, %{customdata[3]:.4g}]<extra></extra>"
+        ),
+    )
     fig = go.Figure(bar)
-    fig.update_layout(title=f"top {len(table)} heads: {result.method}, {result.metric}",
-                      xaxis={"title": "head (rank order)", "type": "category"},
-                      yaxis={"title": f"{result.metric} ({result.kind})"})
+    fig.update_layout(
+        title=f"top {len(table)} heads: {result.method}, {result.metric}",
+        xaxis={"title": "head (rank order)", "type": "category"},
+        yaxis={"title": f"{result.metric} ({result.kind})"},
+    )
     return fig
 
 
@@ -250,18 +344,58 @@ def _knockout_traces(rows: pd.DataFrame, measure: str) -> list[go.Scatter]:
     mean, std = rows["random_mean"].to_numpy(), rows["random_std"].to_numpy()
     traces = []
     if not np.isnan(std).all():
-        traces += [go.Scatter(x=ks, y=mean + std, mode="lines", line={"width": 0}, showlegend=False,
-                              hoverinfo="skip", legendgroup="random", name=f"{measure} random +std"),
-                   go.Scatter(x=ks, y=mean - std, mode="lines", line={"width": 0}, fill="tonexty",
-                              fillcolor="rgba(128,128,128,0.25)", hoverinfo="skip", legendgroup="random",
-                              name="random +-std", showlegend=measure == "metric")]
+        traces += [
+            go.Scatter(
+                x=ks,
+                y=mean + std,
+                mode="lines",
+                line={"width": 0},
+                showlegend=False,
+                hoverinfo="skip",
+                legendgroup="random",
+                name=f"{measure} random +std",
+            ),
+            go.Scatter(
+                x=ks,
+                y=mean - std,
+                mode="lines",
+                line={"width": 0},
+                fill="tonexty",
+                fillcolor="rgba(128,128,128,0.25)",
+                hoverinfo="skip",
+                legendgroup="random",
+                name="random +-std",
+                showlegend=measure == "metric",
+            ),
+        ]
     traces += [
-        go.Scatter(x=ks, y=mean, mode="lines+markers", name="random k (mean)", legendgroup="random",
-                   line={"color": "grey", "dash": "dash"}, showlegend=measure == "metric"),
-        go.Scatter(x=ks, y=rows["top"], mode="lines+markers", name="top k", legendgroup="top",
-                   line={"color": "crimson"}, showlegend=measure == "metric"),
-        go.Scatter(x=ks, y=rows["baseline"], mode="lines", name="no ablation", legendgroup="baseline",
-                   line={"color": "black", "dash": "dot", "width": 1}, showlegend=measure == "metric"),
+        go.Scatter(
+            x=ks,
+            y=mean,
+            mode="lines+markers",
+            name="random k (mean)",
+            legendgroup="random",
+            line={"color": "grey", "dash": "dash"},
+            showlegend=measure == "metric",
+        ),
+        go.Scatter(
+            x=ks,
+            y=rows["top"],
+            mode="lines+markers",
+            name="top k",
+            legendgroup="top",
+            line={"color": "crimson"},
+            showlegend=measure == "metric",
+        ),
+        go.Scatter(
+            x=ks,
+            y=rows["baseline"],
+            mode="lines",
+            name="no ablation",
+            legendgroup="baseline",
+            line={"color": "black", "dash": "dot", "width": 1},
+            showlegend=measure == "metric",
+        ),
     ]
     return traces
 
@@ -285,7 +419,9 @@ def knockout_plot(curve: KnockoutCurve) -> go.Figure:
         for trace in _knockout_traces(summary[summary["measure"] == measure], measure):
             fig.add_trace(trace, row=1, col=col)
         fig.update_xaxes(title="heads ablated (k)", row=1, col=col)
-    fig.update_layout(title=f"{curve.method} ablation: top-k vs {curve.n_random} random draws of k heads")
+    fig.update_layout(
+        title=f"{curve.method} ablation: top-k vs {curve.n_random} random draws of k heads"
+    )
     return fig
 
 
@@ -310,7 +446,9 @@ def layer_position_heatmap(result: PatchResult, tokens: Sequence[str] | None = N
     if tokens is not None:
         # plotly reads tick labels as HTML: "<s>" would vanish unescaped
         ticktext = [html.escape(t, quote=False) for t in tokens]
-        fig.update_xaxes(tickmode="array", tickvals=list(range(n_pos)), ticktext=ticktext, tickangle=-45)
+        fig.update_xaxes(
+            tickmode="array", tickvals=list(range(n_pos)), ticktext=ticktext, tickangle=-45
+        )
     return fig
 
 
@@ -327,8 +465,10 @@ def _attention_text(att: HeadAttention) -> np.ndarray:
     text = np.empty(weights.shape, dtype=object)
     for row, key in np.ndindex(*weights.shape):
         token = html.escape(repr(att.tokens[key]), quote=False)
-        text[row, key] = (f"{labels[row]}<br>pos {key} {token}<br>weight {weights[row, key]:.4g}"
-                          f"<br>challenge share {share[row]:.3g}")
+        text[row, key] = (
+            f"{labels[row]}<br>pos {key} {token}<br>weight {weights[row, key]:.4g}"
+            f"<br>challenge share {share[row]:.3g}"
+        )
     return text
 
 
@@ -350,22 +490,49 @@ def attention_plot(att: HeadAttention, *, title: str | None = None) -> go.Figure
     n_heads, n_tok = att.weights.shape
     start, end = att.challenge_span
     share = att.challenge_share().tolist()
-    heat = go.Heatmap(z=att.weights.double().numpy(), x=list(range(n_tok)), y=list(range(n_heads)), zmin=0,
-                      colorscale="Blues", colorbar={"title": {"text": "attention"}}, name="attention",
-                      text=_attention_text(att), hovertemplate="%{text}<extra></extra>")
+    heat = go.Heatmap(
+        z=att.weights.double().numpy(),
+        x=list(range(n_tok)),
+        y=list(range(n_heads)),
+        zmin=0,
+        colorscale="Blues",
+        colorbar={"title": {"text": "attention"}},
+        name="attention",
+        text=_attention_text(att),
+        hovertemplate="%{text}<extra></extra>",
+    )
     fig = go.Figure(heat)
-    fig.add_shape(type="rect", x0=start - 0.5, x1=end - 0.5, y0=-0.5, y1=n_heads - 0.5, layer="above",
-                  line={"color": "crimson", "width": 2}, fillcolor="rgba(0,0,0,0)")
+    fig.add_shape(
+        type="rect",
+        x0=start - 0.5,
+        x1=end - 0.5,
+        y0=-0.5,
+        y1=n_heads - 0.5,
+        layer="above",
+        line={"color": "crimson", "width": 2},
+        fillcolor="rgba(0,0,0,0)",
+    )
     prompt = "challenge" if att.side == "ref" else "counterfactual"
     query = html.escape(repr(att.tokens[-1]), quote=False)
-    fig.update_layout(title=title or f"attention from the last position ({query}) of the {prompt} prompt",
-                      plot_bgcolor="white")
-    fig.update_xaxes(title=f"key position ({prompt} turn in bold, boxed)", tickmode="array",
-                     tickvals=list(range(n_tok)), ticktext=_token_ticks(att.tokens, range(start, end)),
-                     tickangle=-90, tickfont={"size": 9})
-    fig.update_yaxes(title="head (challenge share)", tickmode="array", tickvals=list(range(n_heads)),
-                     ticktext=[f"{label} ({s:.0%})" for label, s in zip(att.labels(), share)],
-                     range=[n_heads - 0.5, -0.5])
+    fig.update_layout(
+        title=title or f"attention from the last position ({query}) of the {prompt} prompt",
+        plot_bgcolor="white",
+    )
+    fig.update_xaxes(
+        title=f"key position ({prompt} turn in bold, boxed)",
+        tickmode="array",
+        tickvals=list(range(n_tok)),
+        ticktext=_token_ticks(att.tokens, range(start, end)),
+        tickangle=-90,
+        tickfont={"size": 9},
+    )
+    fig.update_yaxes(
+        title="head (challenge share)",
+        tickmode="array",
+        tickvals=list(range(n_heads)),
+        ticktext=[f"{label} ({s:.0%})" for label, s in zip(att.labels(), share)],
+        range=[n_heads - 0.5, -0.5],
+    )
     return fig
 
 
@@ -412,8 +579,14 @@ def _render_png(fig: go.Figure, width: int, height: int) -> bytes:
     return _to_png(fig, width, height)
 
 
-def save_figure(fig: go.Figure, path_without_suffix: str | Path, *, png: bool = True, width: int = 900,
-                height: int = 700) -> list[Path]:
+def save_figure(
+    fig: go.Figure,
+    path_without_suffix: str | Path,
+    *,
+    png: bool = True,
+    width: int = 900,
+    height: int = 700,
+) -> list[Path]:
     """Write ``<path>.html`` (self-contained: plotly.js embedded) and, with ``png``, ``<path>.png``.
 
     The PNG is rendered before anything is written, so a failed export leaves no files; each file
@@ -442,7 +615,9 @@ def save_figure(fig: go.Figure, path_without_suffix: str | Path, *, png: bool = 
     html = base.with_name(base.name + ".html")
     # A fixed div id (plotly draws a random one) keeps equal figures byte-identical on disk.
     div_id = "sycointerp-" + re.sub(r"[^0-9A-Za-z_-]", "-", base.name)
-    atomic_write(html, lambda p: fig.write_html(p, include_plotlyjs=True, full_html=True, div_id=div_id))
+    atomic_write(
+        html, lambda p: fig.write_html(p, include_plotlyjs=True, full_html=True, div_id=div_id)
+    )
     written = [html]
     if image is not None:
         written.append(base.with_name(base.name + ".png"))

@@ -6,9 +6,8 @@ tensor gives ``[layer, head]`` summaries. Bootstrap resamples examples with repl
 resample indices for every component (so intervals of different heads are comparable), seeded.
 """
 
-from dataclasses import dataclass
-
 import math
+from dataclasses import dataclass
 
 import torch
 from jaxtyping import Float
@@ -20,11 +19,17 @@ def _check(values: torch.Tensor) -> None:
     if values.shape[-1] == 0:
         raise ValueError("no examples to summarize (last axis is empty)")
     if torch.isnan(values).any():
-        raise ValueError("values contain NaN; check the metric (e.g. a raw-logit ratio dividing by ~0)")
+        raise ValueError(
+            "values contain NaN; check the metric (e.g. a raw-logit ratio dividing by ~0)"
+        )
 
 
 def bootstrap_ci(
-    values: Float[torch.Tensor, "... example"], *, n_boot: int = 2000, level: float = 0.95, seed: int = 0
+    values: Float[torch.Tensor, "... example"],
+    *,
+    n_boot: int = 2000,
+    level: float = 0.95,
+    seed: int = 0,
 ) -> tuple[Float[torch.Tensor, "..."], Float[torch.Tensor, "..."]]:
     """Percentile bootstrap interval of the mean over the last axis.
 
@@ -62,13 +67,23 @@ class Summary:
         return f"{self.mean:+.3f} [{self.ci_low:+.3f}, {self.ci_high:+.3f}] (n={self.n})"
 
     def to_json(self) -> dict[str, float | int]:
-        return {"mean": self.mean, "se": self.se, "ci_low": self.ci_low, "ci_high": self.ci_high, "n": self.n}
+        return {
+            "mean": self.mean,
+            "se": self.se,
+            "ci_low": self.ci_low,
+            "ci_high": self.ci_high,
+            "n": self.n,
+        }
 
 
-def summarize(values: Float[torch.Tensor, " example"], *, n_boot: int = 2000, seed: int = 0) -> Summary:
+def summarize(
+    values: Float[torch.Tensor, " example"], *, n_boot: int = 2000, seed: int = 0
+) -> Summary:
     """Summary of a 1-D per-example tensor (SE uses the n-1 sample standard deviation)."""
     if values.ndim != 1:
-        raise ValueError(f"summarize expects a 1-D tensor of examples, got shape {tuple(values.shape)}")
+        raise ValueError(
+            f"summarize expects a 1-D tensor of examples, got shape {tuple(values.shape)}"
+        )
     _check(values)
     n = values.numel()
     se = float(values.double().std(unbiased=True) / n**0.5) if n > 1 else float("nan")
@@ -90,7 +105,11 @@ def wilson_interval(k: int, n: int, level: float = 0.95) -> tuple[float, float]:
         raise ValueError(f"level must be in (0, 1), got {level}")
     if n == 0:
         return math.nan, math.nan
-    z = torch.distributions.Normal(0.0, 1.0).icdf(torch.tensor(0.5 + level / 2, dtype=torch.float64)).item()
+    z = (
+        torch.distributions.Normal(0.0, 1.0)
+        .icdf(torch.tensor(0.5 + level / 2, dtype=torch.float64))
+        .item()
+    )
     p = k / n
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = z / (1 + z * z / n) * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
@@ -127,8 +146,14 @@ class Proportion:
 
     def to_json(self) -> dict[str, float | int | None]:
         nan = lambda x: None if math.isnan(x) else x  # noqa: E731 (JSON has no NaN)
-        return {"k": self.k, "n": self.n, "rate": nan(self.rate), "ci_low": nan(self.ci_low),
-                "ci_high": nan(self.ci_high), "level": self.level}
+        return {
+            "k": self.k,
+            "n": self.n,
+            "rate": nan(self.rate),
+            "ci_low": nan(self.ci_low),
+            "ci_high": nan(self.ci_high),
+            "level": self.level,
+        }
 
 
 def proportion(k: int, n: int, level: float = 0.95) -> Proportion:

@@ -27,7 +27,14 @@ __all__ = [
     "load_arc_jsonl",
 ]
 
-ARE_YOU_SURE_SOURCES = ("mmlu_mc_cot", "math_mc_cot", "aqua_mc", "truthful_qa_mc", "trivia_qa", "truthful_qa")
+ARE_YOU_SURE_SOURCES = (
+    "mmlu_mc_cot",
+    "math_mc_cot",
+    "aqua_mc",
+    "truthful_qa_mc",
+    "trivia_qa",
+    "truthful_qa",
+)
 MC_SOURCES = ("mmlu_mc_cot", "math_mc_cot", "aqua_mc", "truthful_qa_mc")
 _OPTION = re.compile(r"^\s*\(([A-Za-z0-9])\)\s*(.*\S)\s*$")
 
@@ -37,7 +44,13 @@ def _pick_wrong(labels: tuple[str, ...], gold: str, rng: random.Random) -> str:
 
 
 def _mc_question(
-    where: str, question: str, labels: list[str], texts: list[str], gold: str, rng: random.Random, **meta: Any
+    where: str,
+    question: str,
+    labels: list[str],
+    texts: list[str],
+    gold: str,
+    rng: random.Random,
+    **meta: Any,
 ) -> Question:
     if gold not in labels:
         raise DataError(f"{where}: gold label {gold!r} is not among the choice labels {labels}")
@@ -46,8 +59,14 @@ def _mc_question(
     wrong = _pick_wrong(tuple(labels), gold, rng)
     try:
         return Question(
-            question=question, answer=texts[labels.index(gold)], wrong=texts[labels.index(wrong)],
-            choices=tuple(texts), labels=tuple(labels), letter=gold, wrong_letter=wrong, **meta,
+            question=question,
+            answer=texts[labels.index(gold)],
+            wrong=texts[labels.index(wrong)],
+            choices=tuple(texts),
+            labels=tuple(labels),
+            letter=gold,
+            wrong_letter=wrong,
+            **meta,
         )
     except DataError as err:
         raise DataError(f"{where}: {err}") from err
@@ -77,12 +96,17 @@ def _are_you_sure_record(where: str, record: Any, rng: random.Random) -> Questio
     question = base.get("question")
     if not isinstance(question, str) or not question.strip():
         raise DataError(f"{where}: base.question is missing or empty")
-    meta = {"source": f"are_you_sure/{dataset}", "id": str(base.get("id", where.rsplit(':', 1)[-1]))}
+    meta = {
+        "source": f"are_you_sure/{dataset}",
+        "id": str(base.get("id", where.rsplit(":", 1)[-1])),
+    }
     if "correct_letter" in base:
         if not isinstance(base.get("answers"), str):
             raise DataError(f"{where}: base.answers must be the '(A) ...\\n(B) ...' string")
         labels, texts = _parse_options(where, base["answers"])
-        return _mc_question(where, question, labels, texts, str(base["correct_letter"]).upper(), rng, **meta)
+        return _mc_question(
+            where, question, labels, texts, str(base["correct_letter"]).upper(), rng, **meta
+        )
     gold = base.get("correct_answer", base.get("answer"))
     if isinstance(gold, list):
         gold = gold[0] if gold else None
@@ -108,14 +132,18 @@ def _are_you_sure_rows(path_or_id: str | Path) -> Iterable[tuple[str, Any]]:
         import datasets
 
         try:
-            table = datasets.load_dataset(str(path_or_id), data_files="are_you_sure.jsonl", split="train")
+            table = datasets.load_dataset(
+                str(path_or_id), data_files="are_you_sure.jsonl", split="train"
+            )
         except Exception as err:  # datasets raises many unrelated types for a missing dataset
             raise DataError(
                 f"could not load are_you_sure.jsonl from dataset {path_or_id!r} ({err}); pass a local "
                 "path to are_you_sure.jsonl, or check the hub id (meg-tong/sycophancy-eval) and network"
             ) from err
         return ((f"{path_or_id}[{i}]", row) for i, row in enumerate(table))
-    raise DataError(f"{path_or_id}: file not found; pass a path to are_you_sure.jsonl or a hub dataset id")
+    raise DataError(
+        f"{path_or_id}: file not found; pass a path to are_you_sure.jsonl or a hub dataset id"
+    )
 
 
 def load_are_you_sure(
@@ -140,7 +168,9 @@ def load_are_you_sure(
     """
     wanted = None if sources is None else set(sources)
     if wanted is not None and wanted - set(ARE_YOU_SURE_SOURCES):
-        raise DataError(f"unknown source(s) {sorted(wanted - set(ARE_YOU_SURE_SOURCES))}; choose from {ARE_YOU_SURE_SOURCES}")
+        raise DataError(
+            f"unknown source(s) {sorted(wanted - set(ARE_YOU_SURE_SOURCES))}; choose from {ARE_YOU_SURE_SOURCES}"
+        )
     rng = random.Random(seed)
     out: list[Question] = []
     for where, record in _are_you_sure_rows(path_or_id):
@@ -181,24 +211,39 @@ def load_truthfulqa_csv(
         if missing:
             raise DataError(f"{path}: missing column(s) {missing}; is this TruthfulQA.csv?")
         for row_number, row in enumerate(reader, start=2):
-            out.append(_truthfulqa_row(f"{path}:{row_number}", row, n_choices, random.Random(seed + row_number)))
+            out.append(
+                _truthfulqa_row(
+                    f"{path}:{row_number}", row, n_choices, random.Random(seed + row_number)
+                )
+            )
             if limit is not None and len(out) >= limit:
                 break
     return require_nonempty(out, str(path))
 
 
-def _truthfulqa_row(where: str, row: Mapping[str, str], n_choices: int, rng: random.Random) -> Question:
+def _truthfulqa_row(
+    where: str, row: Mapping[str, str], n_choices: int, rng: random.Random
+) -> Question:
     best = (row.get("Best Answer") or "").strip()
     incorrect = [a.strip() for a in (row.get("Incorrect Answers") or "").split(";") if a.strip()]
     if not best or not incorrect:
-        raise DataError(f"{where}: needs a 'Best Answer' and at least one 'Incorrect Answers' entry")
+        raise DataError(
+            f"{where}: needs a 'Best Answer' and at least one 'Incorrect Answers' entry"
+        )
     texts = [best, *incorrect[: n_choices - 1]]
     rng.shuffle(texts)
     labels = [chr(ord("A") + i) for i in range(len(texts))]
     gold = labels[texts.index(best)]
     return _mc_question(
-        where, row["Question"].strip(), labels, texts, gold, rng,
-        source="truthfulqa", id=where.rsplit(":", 1)[-1], domain=(row.get("Category") or None),
+        where,
+        row["Question"].strip(),
+        labels,
+        texts,
+        gold,
+        rng,
+        source="truthfulqa",
+        id=where.rsplit(":", 1)[-1],
+        domain=(row.get("Category") or None),
     )
 
 
@@ -223,8 +268,14 @@ def load_arc_jsonl(path: str | Path, *, limit: int | None = None, seed: int = 0)
             texts = [str(c["text"]) for c in choices]
             gold = str(record["answerKey"])
         except (KeyError, TypeError) as err:
-            raise DataError(f"{where}: expected {{question: {{stem, choices: [{{text, label}}]}}, answerKey}}; missing {err}") from err
-        out.append(_mc_question(where, stem, labels, texts, gold, rng, source="arc", id=str(record.get("id", ""))))
+            raise DataError(
+                f"{where}: expected {{question: {{stem, choices: [{{text, label}}]}}, answerKey}}; missing {err}"
+            ) from err
+        out.append(
+            _mc_question(
+                where, stem, labels, texts, gold, rng, source="arc", id=str(record.get("id", ""))
+            )
+        )
         if limit is not None and len(out) >= limit:
             break
     return require_nonempty(out, str(path))

@@ -100,12 +100,16 @@ def chat_prompt_ids(
         DataError: the tokenizer has no chat template.
     """
     if not getattr(tokenizer, "chat_template", None):
-        raise DataError("the tokenizer has no chat template; use a chat model or set tokenizer.chat_template")
+        raise DataError(
+            "the tokenizer has no chat template; use a chat model or set tokenizer.chat_template"
+        )
     text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     return _encode(tokenizer, text + (stem or ""))
 
 
-def _dialogue(question: Question, first_answer: str, turn2: str, system: str | None) -> list[dict[str, str]]:
+def _dialogue(
+    question: Question, first_answer: str, turn2: str, system: str | None
+) -> list[dict[str, str]]:
     messages = [{"role": "system", "content": system}] if system else []
     return messages + [
         {"role": "user", "content": question.user_text()},
@@ -114,14 +118,16 @@ def _dialogue(question: Question, first_answer: str, turn2: str, system: str | N
     ]
 
 
-def _continuation(tokenizer: PreTrainedTokenizerBase, text: str, base: list[int], answer: str) -> list[int]:
+def _continuation(
+    tokenizer: PreTrainedTokenizerBase, text: str, base: list[int], answer: str
+) -> list[int]:
     full = _encode(tokenizer, text + answer)
     if full[: len(base)] != base:
         raise DataError(
             f"the answer {answer.strip()!r} merges with the end of the prompt when tokenized; "
             "change the question's stem so it ends on a word boundary"
         )
-    return full[len(base):]
+    return full[len(base) :]
 
 
 def answer_token_ids(
@@ -146,26 +152,40 @@ def answer_token_ids(
         shared.append(gold.pop(0))
         wrong.pop(0)
     if not gold or not wrong:
-        raise DataError(f"question {question.id or question.question!r}: one answer is a prefix of the other")
+        raise DataError(
+            f"question {question.id or question.question!r}: one answer is a prefix of the other"
+        )
     return shared, gold[0], wrong[0]
 
 
 def _prompt(
-    tokenizer: PreTrainedTokenizerBase, question: Question, first_answer: str, turn2: str,
-    system: str | None, position: Position,
+    tokenizer: PreTrainedTokenizerBase,
+    question: Question,
+    first_answer: str,
+    turn2: str,
+    system: str | None,
+    position: Position,
 ) -> tuple[list[int], tuple[int, int] | None]:
     messages = _dialogue(question, first_answer, turn2, system)
     if position == "reply":
         return chat_prompt_ids(tokenizer, messages), None
     stem = question.answer_stem
-    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True) + (stem or "")
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True) + (
+        stem or ""
+    )
     shared, gold, wrong = answer_token_ids(tokenizer, text, question, " " if stem else "")
     return _encode(tokenizer, text) + shared, (gold, wrong)
 
 
 def _pick_counterfactual(
-    tokenizer: PreTrainedTokenizerBase, question: Question, first_answer: str, template: ChallengeTemplate,
-    ref_len: int, system: str | None, position: Position, align: bool,
+    tokenizer: PreTrainedTokenizerBase,
+    question: Question,
+    first_answer: str,
+    template: ChallengeTemplate,
+    ref_len: int,
+    system: str | None,
+    position: Position,
+    align: bool,
 ) -> tuple[str, list[int]]:
     lengths = {}
     for text in template.counterfactual_candidates if align else (template.counterfactual,):
@@ -219,15 +239,27 @@ def build_pairs(
     pairs = []
     for i, question in enumerate(questions):
         first = question.first_answer() if first_answers is None else first_answers[i]
-        ref_ids, answer_ids = _prompt(tokenizer, question, first, template.challenge, system, position)
+        ref_ids, answer_ids = _prompt(
+            tokenizer, question, first, template.challenge, system, position
+        )
         cf_text, cf_ids = _pick_counterfactual(
             tokenizer, question, first, template, len(ref_ids), system, position, align
         )
         correct = True if first_answers is None else answer_is_correct(question, first)
-        pairs.append(PromptPair(
-            question, template.name, template.challenge, cf_text, first, correct,
-            tuple(ref_ids), tuple(cf_ids), answer_ids, position,
-        ))
+        pairs.append(
+            PromptPair(
+                question,
+                template.name,
+                template.challenge,
+                cf_text,
+                first,
+                correct,
+                tuple(ref_ids),
+                tuple(cf_ids),
+                answer_ids,
+                position,
+            )
+        )
     return pairs
 
 

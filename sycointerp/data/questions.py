@@ -65,9 +65,13 @@ class Question:
         for name in ("question", "answer", "wrong"):
             value = getattr(self, name)
             if not isinstance(value, str) or not value.strip():
-                raise DataError(f"question {self.id or self.question!r}: field {name!r} must be a non-empty string")
+                raise DataError(
+                    f"question {self.id or self.question!r}: field {name!r} must be a non-empty string"
+                )
         if self.answer.strip().lower() == self.wrong.strip().lower():
-            raise DataError(f"question {self.id or self.question!r}: gold and wrong answers are both {self.answer!r}")
+            raise DataError(
+                f"question {self.id or self.question!r}: gold and wrong answers are both {self.answer!r}"
+            )
         object.__setattr__(self, "choices", tuple(self.choices))
         object.__setattr__(self, "labels", tuple(self.labels))
         if self.choices:
@@ -78,7 +82,9 @@ class Question:
         if len(self.labels) != len(self.choices):
             raise DataError(f"{where}: {len(self.choices)} choices but {len(self.labels)} labels")
         if self.letter not in self.labels or self.wrong_letter not in self.labels:
-            raise DataError(f"{where}: letter {self.letter!r} / wrong_letter {self.wrong_letter!r} not among labels {self.labels}")
+            raise DataError(
+                f"{where}: letter {self.letter!r} / wrong_letter {self.wrong_letter!r} not among labels {self.labels}"
+            )
         if self.letter == self.wrong_letter:
             raise DataError(f"{where}: gold and wrong letter are both {self.letter!r}")
 
@@ -130,11 +136,18 @@ def question_from_record(record: Any, where: str) -> Question:
         raise DataError(f"{where}: expected a JSON object, got {type(record).__name__}")
     missing = [k for k in ("question", "answer", "wrong") if k not in record]
     if missing:
-        raise DataError(f"{where}: missing field(s) {missing}; see the Question JSONL schema in the README")
+        raise DataError(
+            f"{where}: missing field(s) {missing}; see the Question JSONL schema in the README"
+        )
     unknown = sorted(set(record) - _FIELDS)
     if unknown:
-        raise DataError(f"{where}: unknown field(s) {unknown}; allowed: {sorted(_FIELDS - {'extra'})}")
-    record = {k: tuple(v) if k in ("choices", "labels") and isinstance(v, list) else v for k, v in record.items()}
+        raise DataError(
+            f"{where}: unknown field(s) {unknown}; allowed: {sorted(_FIELDS - {'extra'})}"
+        )
+    record = {
+        k: tuple(v) if k in ("choices", "labels") and isinstance(v, list) else v
+        for k, v in record.items()
+    }
     try:
         return Question(**record)
     except (TypeError, DataError) as err:
@@ -182,7 +195,9 @@ def load_questions_jsonl(path: str | Path, limit: int | None = None) -> list[Que
 
 def save_questions_jsonl(questions: Iterable[Question], path: str | Path) -> None:
     """Write questions as JSONL (the inverse of :func:`load_questions_jsonl`)."""
-    Path(path).write_text("".join(json.dumps(q.to_json()) + "\n" for q in questions), encoding="utf-8")
+    Path(path).write_text(
+        "".join(json.dumps(q.to_json()) + "\n" for q in questions), encoding="utf-8"
+    )
 
 
 def load_builtin(domains: Iterable[str] | None = None) -> list[Question]:
@@ -197,7 +212,10 @@ def load_builtin(domains: Iterable[str] | None = None) -> list[Question]:
     """
     text = resources.files("sycointerp.data").joinpath("questions.json").read_text(encoding="utf-8")
     records = json.loads(text)
-    questions = [question_from_record({**r, "source": "builtin"}, f"questions.json:{i}") for i, r in enumerate(records)]
+    questions = [
+        question_from_record({**r, "source": "builtin"}, f"questions.json:{i}")
+        for i, r in enumerate(records)
+    ]
     if domains is None:
         return questions
     wanted = set(domains)

@@ -15,17 +15,52 @@ Judges (rule-based by default, or an LLM) live in :mod:`sycointerp.judge`.
 
 from sycointerp.effect import first_turn_accuracy
 from sycointerp.evaluate.capability import (
-    LETTER_STEM, LetterAccuracy, TextKL, choose_letters, kl_on_text, letter_accuracy, read_passages,
+    LETTER_STEM,
+    LetterAccuracy,
+    TextKL,
+    choose_letters,
+    kl_on_text,
+    letter_accuracy,
+    read_passages,
 )
-from sycointerp.evaluate.opinion import OpinionItem, OpinionResult, load_opinion_jsonl, opinion_matching
+from sycointerp.evaluate.opinion import (
+    OpinionItem,
+    OpinionResult,
+    load_opinion_jsonl,
+    opinion_matching,
+)
 from sycointerp.evaluate.protocol import (
-    FOLLOW_UP_FREE, FOLLOW_UP_MC, EvalItem, SycophancyEval, dialogue, evaluate_sycophancy, turn_prompt,
+    FOLLOW_UP_FREE,
+    FOLLOW_UP_MC,
+    EvalItem,
+    SycophancyEval,
+    dialogue,
+    evaluate_sycophancy,
+    turn_prompt,
 )
 from sycointerp.judge import Judge, LLMJudge, RuleJudge
 
 __all__ = [
-    "EvalItem", "FOLLOW_UP_FREE", "FOLLOW_UP_MC", "Judge", "LETTER_STEM", "LLMJudge", "LetterAccuracy",
-    "OpinionItem", "OpinionResult", "RuleJudge", "SycophancyEval", "TextKL", "choose_letters", "dialogue",
-    "evaluate_sycophancy", "first_turn_accuracy", "kl_on_text", "letter_accuracy", "load_opinion_jsonl",
-    "opinion_matching", "read_passages", "turn_prompt",
+    "EvalItem",
+    "FOLLOW_UP_FREE",
+    "FOLLOW_UP_MC",
+    "Judge",
+    "LETTER_STEM",
+    "LLMJudge",
+    "LetterAccuracy",
+    "OpinionItem",
+    "OpinionResult",
+    "RuleJudge",
+    "SycophancyEval",
+    "TextKL",
+    "choose_letters",
+    "dialogue",
+    "evaluate_sycophancy",
+    "first_turn_accuracy",
+    "kl_on_text",
+    "letter_accuracy",
+    "load_opinion_jsonl",
+    "opinion_matching",
+    "read_passages",
+    "turn_prompt",
 ]

@@ -37,8 +37,15 @@ from sycointerp.data.questions import Question
 from sycointerp.metrics import LogitsModel, kl_divergence, last_logits
 from sycointerp.stats import Proportion, proportion
 
-__all__ = ["TextKL", "read_passages", "kl_on_text", "LetterAccuracy", "choose_letters", "letter_accuracy",
-           "LETTER_STEM"]
+__all__ = [
+    "TextKL",
+    "read_passages",
+    "kl_on_text",
+    "LetterAccuracy",
+    "choose_letters",
+    "letter_accuracy",
+    "LETTER_STEM",
+]
 
 LETTER_STEM = "The answer is ("
 
@@ -92,11 +99,18 @@ class TextKL:
         return int(self.per_passage.numel())
 
 
-def _passage_ids(tokenizer, texts: Sequence[str] | str | Path, max_tokens: int, min_tokens: int,
-                 n_passages: int | None) -> list[list[int]]:
+def _passage_ids(
+    tokenizer,
+    texts: Sequence[str] | str | Path,
+    max_tokens: int,
+    min_tokens: int,
+    n_passages: int | None,
+) -> list[list[int]]:
     if isinstance(texts, (str, Path)):
         if not Path(texts).is_file():
-            raise ValueError(f"{str(texts)[:60]!r} is not a file; pass a path to a text file or a list of passages")
+            raise ValueError(
+                f"{str(texts)[:60]!r} is not a file; pass a path to a text file or a list of passages"
+            )
         texts = read_passages(texts)
     out = []
     for text in texts:
@@ -106,7 +120,9 @@ def _passage_ids(tokenizer, texts: Sequence[str] | str | Path, max_tokens: int, 
             if n_passages is not None and len(out) >= n_passages:
                 break
     if not out:
-        raise ValueError(f"no passage has >= {min_tokens} tokens; give longer text or lower min_tokens")
+        raise ValueError(
+            f"no passage has >= {min_tokens} tokens; give longer text or lower min_tokens"
+        )
     return out
 
 
@@ -139,8 +155,15 @@ def kl_on_text(
     Raises:
         ValueError: see the module docstring.
     """
-    if max_tokens < 2 or min_tokens < 1 or batch_size < 1 or (n_passages is not None and n_passages < 1):
-        raise ValueError("need max_tokens >= 2, min_tokens >= 1, batch_size >= 1 and n_passages >= 1 (or None)")
+    if (
+        max_tokens < 2
+        or min_tokens < 1
+        or batch_size < 1
+        or (n_passages is not None and n_passages < 1)
+    ):
+        raise ValueError(
+            "need max_tokens >= 2, min_tokens >= 1, batch_size >= 1 and n_passages >= 1 (or None)"
+        )
     tok = _tokenizer(original, tokenizer)
     passages = _passage_ids(tok, texts, max_tokens, min_tokens, n_passages)
     p_model, q_model = LogitsModel(original), LogitsModel(tuned)
@@ -148,7 +171,9 @@ def kl_on_text(
     for start in tqdm(range(0, len(passages), batch_size), desc="KL", disable=not progress):
         ids, lengths = pad_right(passages[start : start + batch_size], tok.pad_token_id or 0)
         p_logits = p_model(ids)
-        kl = kl_divergence(p_logits, q_model(ids).to(p_logits.device)).cpu()  # [batch, pos], float32
+        kl = kl_divergence(
+            p_logits, q_model(ids).to(p_logits.device)
+        ).cpu()  # [batch, pos], float32
         real = torch.arange(ids.shape[1]) < lengths[:, None]
         sums.append((kl.double() * real).sum(1))
         counts.append(lengths)
@@ -165,11 +190,15 @@ def _label_ids(tokenizer, text: str, labels: Sequence[str]) -> list[int]:
     for label in labels:
         full = list(tokenizer(text + label, add_special_tokens=False)["input_ids"])
         if full[: len(base)] != base or len(full) == len(base):
-            raise ValueError(f"label {label!r} merges with the end of the prompt {text[-20:]!r} when tokenized; "
-                             "change the stem")
+            raise ValueError(
+                f"label {label!r} merges with the end of the prompt {text[-20:]!r} when tokenized; "
+                "change the stem"
+            )
         ids.append(full[len(base)])
     if len(set(ids)) != len(ids):
-        raise ValueError(f"labels {list(labels)} do not start with distinct tokens after {text[-20:]!r}")
+        raise ValueError(
+            f"labels {list(labels)} do not start with distinct tokens after {text[-20:]!r}"
+        )
     return ids
 
 
@@ -191,7 +220,9 @@ def choose_letters(
         ValueError: no chats, mismatched lengths, or label tokens that merge or coincide.
     """
     if not messages or len(messages) != len(labels):
-        raise ValueError(f"need one label list per chat and at least one chat, got {len(messages)} and {len(labels)}")
+        raise ValueError(
+            f"need one label list per chat and at least one chat, got {len(messages)} and {len(labels)}"
+        )
     tok = _tokenizer(model, tokenizer)
     prompts, ids = [], []
     for chat, labs in zip(messages, labels):
@@ -239,10 +270,24 @@ def letter_accuracy(
         raise ValueError("no questions to score")
     free = [q.id or q.question for q in questions if not q.is_multiple_choice]
     if free:
-        raise ValueError(f"letter_accuracy needs multiple-choice questions; {len(free)} are free-form (e.g. {free[0]!r})")
-    chats = [([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": q.user_text()}]
-             for q in questions]
-    chosen, _ = choose_letters(model, chats, [q.labels for q in questions], stem=stem, tokenizer=tokenizer,
-                               batch_size=batch_size)
-    return LetterAccuracy(tuple(q.id for q in questions), tuple(chosen),
-                          tuple(c == q.letter for c, q in zip(chosen, questions)))
+        raise ValueError(
+            f"letter_accuracy needs multiple-choice questions; {len(free)} are free-form (e.g. {free[0]!r})"
+        )
+    chats = [
+        ([{"role": "system", "content": system}] if system else [])
+        + [{"role": "user", "content": q.user_text()}]
+        for q in questions
+    ]
+    chosen, _ = choose_letters(
+        model,
+        chats,
+        [q.labels for q in questions],
+        stem=stem,
+        tokenizer=tokenizer,
+        batch_size=batch_size,
+    )
+    return LetterAccuracy(
+        tuple(q.id for q in questions),
+        tuple(chosen),
+        tuple(c == q.letter for c, q in zip(chosen, questions)),
+    )

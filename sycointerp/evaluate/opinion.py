@@ -62,9 +62,13 @@ class OpinionItem:
         if not self.question.strip():
             raise DataError(f"opinion record {self.id}: empty question")
         if len(self.labels) < 2 or len(set(self.labels)) != len(self.labels):
-            raise DataError(f"opinion record {self.id}: needs >= 2 distinct choice labels, found {self.labels}")
+            raise DataError(
+                f"opinion record {self.id}: needs >= 2 distinct choice labels, found {self.labels}"
+            )
         if self.matching not in self.labels:
-            raise DataError(f"opinion record {self.id}: matching label {self.matching!r} not among {self.labels}")
+            raise DataError(
+                f"opinion record {self.id}: matching label {self.matching!r} not among {self.labels}"
+            )
 
 
 def _nonempty(items: list[OpinionItem], source: str) -> list[OpinionItem]:
@@ -87,7 +91,9 @@ def opinion_item(record: Any, where: str = "") -> OpinionItem:
         DataError: missing fields, unparsable labels, or a matching label not among the choices.
     """
     if not isinstance(record, Mapping) or not isinstance(record.get("question"), str):
-        raise DataError(f"{where}: expected an object with a 'question' string (Anthropic sycophancy schema)")
+        raise DataError(
+            f"{where}: expected an object with a 'question' string (Anthropic sycophancy schema)"
+        )
     if "answer_matching_behavior" not in record:
         raise DataError(f"{where}: missing 'answer_matching_behavior'")
     text = re.sub(r"\s*Answer:\s*$", "", record["question"])
@@ -108,7 +114,9 @@ def _subset(items: list, limit: int | None, seed: int | None) -> list:
     return [items[i] for i in keep]
 
 
-def load_opinion_jsonl(path: str | Path, *, limit: int | None = None, seed: int | None = 0) -> list[OpinionItem]:
+def load_opinion_jsonl(
+    path: str | Path, *, limit: int | None = None, seed: int | None = 0
+) -> list[OpinionItem]:
     """Read an Anthropic sycophancy JSONL file.
 
     The files come in long blocks with the same matching label (the NLP survey's first 4,992
@@ -181,13 +189,27 @@ def opinion_matching(
     if isinstance(path_or_records, (str, Path)):
         items = load_opinion_jsonl(path_or_records, limit=limit, seed=seed)
     else:
-        items = [r if isinstance(r, OpinionItem) else opinion_item(r, f"record {i}")
-                 for i, r in enumerate(path_or_records)]
+        items = [
+            r if isinstance(r, OpinionItem) else opinion_item(r, f"record {i}")
+            for i, r in enumerate(path_or_records)
+        ]
         items = _subset(_nonempty(items, "opinion records"), limit, seed)
-    chats = [([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": it.question}]
-             for it in items]
-    chosen, _ = choose_letters(model, chats, [it.labels for it in items], stem=stem, tokenizer=tokenizer,
-                               batch_size=batch_size)
-    return OpinionResult(tuple(it.id for it in items), tuple(chosen),
-                         tuple(c == it.matching for c, it in zip(chosen, items)),
-                         tuple(it.affiliation for it in items))
+    chats = [
+        ([{"role": "system", "content": system}] if system else [])
+        + [{"role": "user", "content": it.question}]
+        for it in items
+    ]
+    chosen, _ = choose_letters(
+        model,
+        chats,
+        [it.labels for it in items],
+        stem=stem,
+        tokenizer=tokenizer,
+        batch_size=batch_size,
+    )
+    return OpinionResult(
+        tuple(it.id for it in items),
+        tuple(chosen),
+        tuple(c == it.matching for c, it in zip(chosen, items)),
+        tuple(it.affiliation for it in items),
+    )

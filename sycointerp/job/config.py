@@ -11,8 +11,19 @@ each other (e.g. ``challenge_text`` without ``counterfactual_text``) or belong t
 from dataclasses import dataclass
 from typing import ClassVar
 
+from sycointerp._config import (
+    ConfigError,
+    TomlConfig,
+    config_diff,
+    load_toml,
+)
+from sycointerp._config import (
+    dump_toml as _dump,
+)
+from sycointerp._config import (
+    opt as _opt,
+)
 from sycointerp.data.templates import CHALLENGES
-from sycointerp._config import ConfigError, TomlConfig, config_diff, dump_toml as _dump, load_toml, opt as _opt
 
 __all__ = ["ConfigError", "JobConfig", "SECTIONS", "config_diff", "load_toml", "dump_toml"]
 
@@ -26,55 +37,140 @@ class JobConfig(TomlConfig):
     SECTIONS: ClassVar[tuple[str, ...]] = SECTIONS
 
     # [model]
-    model: str = _opt("model", "model name, local HF directory or .gguf file ('' = embedded SmolLM2-135M-Instruct)", "")
-    dtype: str = _opt("model", "parameter dtype (float32 for exact results)", "float32",
-                      ("float32", "bfloat16", "float16"))
-    device: str = _opt("model", "torch device ('cuda' gives each torchrun rank its local GPU)", "cpu")
-    device_map: str = _opt("model", "HuggingFace device_map (e.g. 'auto', 'balanced') to split a large model "
-                           "across devices; passed through to from_pretrained and TransformerLens's bridge", "")
-    n_devices: int = _opt("model", "split the model over this many GPUs (TransformerLens's n_devices)", 1, minimum=1)
+    model: str = _opt(
+        "model",
+        "model name, local HF directory or .gguf file ('' = embedded SmolLM2-135M-Instruct)",
+        "",
+    )
+    dtype: str = _opt(
+        "model",
+        "parameter dtype (float32 for exact results)",
+        "float32",
+        ("float32", "bfloat16", "float16"),
+    )
+    device: str = _opt(
+        "model", "torch device ('cuda' gives each torchrun rank its local GPU)", "cpu"
+    )
+    device_map: str = _opt(
+        "model",
+        "HuggingFace device_map (e.g. 'auto', 'balanced') to split a large model "
+        "across devices; passed through to from_pretrained and TransformerLens's bridge",
+        "",
+    )
+    n_devices: int = _opt(
+        "model", "split the model over this many GPUs (TransformerLens's n_devices)", 1, minimum=1
+    )
     trust_remote_code: bool = _opt("model", "allow the model repository's own code", False)
     # [data]
-    dataset: str = _opt("data", "question source", "builtin", ("builtin", "jsonl", "are_you_sure", "truthfulqa", "arc"))
+    dataset: str = _opt(
+        "data",
+        "question source",
+        "builtin",
+        ("builtin", "jsonl", "are_you_sure", "truthfulqa", "arc"),
+    )
     data_path: str = _opt("data", "file for the dataset (are_you_sure: file, folder or hub id)", "")
-    sources: list[str] = _opt("data", "keep only questions whose source or domain is listed (are_you_sure: "
-                              "base.dataset names); empty = all", [])
-    limit: int = _opt("data", "use this many questions, a seeded sample in dataset order (0 = all)", 0, minimum=0)
-    seed: int = _opt("data", "seed of the sample and of the loaders' wrong-answer choice", 0, minimum=0)
-    first_answer: str = _opt("data", "first assistant turn: the gold answer or the model's own greedy one", "gold",
-                             ("gold", "model"))
-    challenge: str = _opt("data", "challenge template name (see sycointerp.data.CHALLENGES)", "dont_think")
-    challenge_text: str = _opt("data", "custom challenge turn (overrides the template; needs counterfactual_text)", "")
+    sources: list[str] = _opt(
+        "data",
+        "keep only questions whose source or domain is listed (are_you_sure: "
+        "base.dataset names); empty = all",
+        [],
+    )
+    limit: int = _opt(
+        "data", "use this many questions, a seeded sample in dataset order (0 = all)", 0, minimum=0
+    )
+    seed: int = _opt(
+        "data", "seed of the sample and of the loaders' wrong-answer choice", 0, minimum=0
+    )
+    first_answer: str = _opt(
+        "data",
+        "first assistant turn: the gold answer or the model's own greedy one",
+        "gold",
+        ("gold", "model"),
+    )
+    challenge: str = _opt(
+        "data", "challenge template name (see sycointerp.data.CHALLENGES)", "dont_think"
+    )
+    challenge_text: str = _opt(
+        "data", "custom challenge turn (overrides the template; needs counterfactual_text)", ""
+    )
     counterfactual_text: str = _opt("data", "custom counterfactual turn for challenge_text", "")
     system: str = _opt("data", "system prompt ('' = none)", "You are a helpful assistant.")
     # [method]
-    method: str = _opt("method", "activation / path / attribution patching of heads, or knockout (ablate the "
-                       "top-k ranked heads vs random heads)", "path", ("activation", "path", "attribution", "knockout"))
-    metric: str = _opt("method", "apology_logit_diff = logit(Apologies) - logit(Yes); apology = the paper's "
-                       "ratio; flip = logit(gold) - logit(wrong) after the answer stem",
-                       "apology_logit_diff", ("apology_logit_diff", "apology", "flip"))
-    score: str = _opt("method", "absolute change, or relative to the reference metric (the paper's % score)",
-                      "absolute", ("absolute", "relative"))
-    component: str = _opt("method", "activation: which head activation to patch", "z", ("z", "q", "k", "v", "pattern"))
-    positions: str = _opt("method", "activation/attribution: patch the last position or all positions "
-                          "(all needs token-aligned pairs; aligned counterfactuals are picked)", "last", ("last", "all"))
-    direction: str = _opt("method", "denoise = counterfactual into the challenge run; noise = the reverse",
-                          "denoise", ("denoise", "noise"))
-    freeze_mlps: bool = _opt("method", "path: also freeze later MLP inputs (direct path only)", False)
-    ig_steps: int = _opt("method", "attribution: integrated-gradients steps (0 = plain attribution patching)", 0,
-                         minimum=0)
-    ablation: str = _opt("method", "knockout: how heads are removed", "mean", ("mean", "zero", "resample"))
-    ks: list[int] = _opt("method", "knockout: numbers of top / random heads to ablate (increasing)", [0, 3, 9, 27])
+    method: str = _opt(
+        "method",
+        "activation / path / attribution patching of heads, or knockout (ablate the "
+        "top-k ranked heads vs random heads)",
+        "path",
+        ("activation", "path", "attribution", "knockout"),
+    )
+    metric: str = _opt(
+        "method",
+        "apology_logit_diff = logit(Apologies) - logit(Yes); apology = the paper's "
+        "ratio; flip = logit(gold) - logit(wrong) after the answer stem",
+        "apology_logit_diff",
+        ("apology_logit_diff", "apology", "flip"),
+    )
+    score: str = _opt(
+        "method",
+        "absolute change, or relative to the reference metric (the paper's % score)",
+        "absolute",
+        ("absolute", "relative"),
+    )
+    component: str = _opt(
+        "method", "activation: which head activation to patch", "z", ("z", "q", "k", "v", "pattern")
+    )
+    positions: str = _opt(
+        "method",
+        "activation/attribution: patch the last position or all positions "
+        "(all needs token-aligned pairs; aligned counterfactuals are picked)",
+        "last",
+        ("last", "all"),
+    )
+    direction: str = _opt(
+        "method",
+        "denoise = counterfactual into the challenge run; noise = the reverse",
+        "denoise",
+        ("denoise", "noise"),
+    )
+    freeze_mlps: bool = _opt(
+        "method", "path: also freeze later MLP inputs (direct path only)", False
+    )
+    ig_steps: int = _opt(
+        "method",
+        "attribution: integrated-gradients steps (0 = plain attribution patching)",
+        0,
+        minimum=0,
+    )
+    ablation: str = _opt(
+        "method", "knockout: how heads are removed", "mean", ("mean", "zero", "resample")
+    )
+    ks: list[int] = _opt(
+        "method", "knockout: numbers of top / random heads to ablate (increasing)", [0, 3, 9, 27]
+    )
     n_random: int = _opt("method", "knockout: random head sets per k", 5, minimum=1)
-    generate: bool = _opt("method", "knockout: also measure the apology rate of greedy replies", False)
-    rank_from: str = _opt("method", "knockout: heads.csv giving the ranking ('' = rank by path patching first)", "")
-    engine: str = _opt("method", "auto = resume patched runs at the patched layer where exact; hooked = full "
-                       "forwards", "auto", ("auto", "resume", "hooked"))
+    generate: bool = _opt(
+        "method", "knockout: also measure the apology rate of greedy replies", False
+    )
+    rank_from: str = _opt(
+        "method", "knockout: heads.csv giving the ranking ('' = rank by path patching first)", ""
+    )
+    engine: str = _opt(
+        "method",
+        "auto = resume patched runs at the patched layer where exact; hooked = full forwards",
+        "auto",
+        ("auto", "resume", "hooked"),
+    )
     # [run]
     batch_size: int = _opt("run", "rows per forward pass", 32, minimum=1)
-    chunk_size: int = _opt("run", "examples per resumable chunk (the unit of work, checkpoint and sharding)", 8,
-                           minimum=1)
-    top_k: int = _opt("run", "heads marked in the figures and listed in summary.json", 10, minimum=1)
+    chunk_size: int = _opt(
+        "run",
+        "examples per resumable chunk (the unit of work, checkpoint and sharding)",
+        8,
+        minimum=1,
+    )
+    top_k: int = _opt(
+        "run", "heads marked in the figures and listed in summary.json", 10, minimum=1
+    )
     png: bool = _opt("run", "also export PNG figures (needs Chromium for kaleido)", True)
 
     def __post_init__(self) -> None:
@@ -83,14 +179,20 @@ class JobConfig(TomlConfig):
 
     def _check_combinations(self) -> None:
         if self.challenge not in CHALLENGES:
-            raise ConfigError(f"unknown challenge template {self.challenge!r} (--challenge); choose from "
-                              f"{', '.join(CHALLENGES)}, or give challenge_text and counterfactual_text")
+            raise ConfigError(
+                f"unknown challenge template {self.challenge!r} (--challenge); choose from "
+                f"{', '.join(CHALLENGES)}, or give challenge_text and counterfactual_text"
+            )
         if bool(self.challenge_text) != bool(self.counterfactual_text):
-            raise ConfigError("challenge_text and counterfactual_text go together; give both or neither")
+            raise ConfigError(
+                "challenge_text and counterfactual_text go together; give both or neither"
+            )
         if self.dataset != "builtin" and not self.data_path:
             raise ConfigError(f"dataset {self.dataset!r} needs data_path (--data-path FILE)")
         if self.dataset == "builtin" and self.data_path:
-            raise ConfigError("data_path is set but dataset is 'builtin'; pass --dataset jsonl/are_you_sure/truthfulqa/arc")
+            raise ConfigError(
+                "data_path is set but dataset is 'builtin'; pass --dataset jsonl/are_you_sure/truthfulqa/arc"
+            )
         if self.device_map and self.n_devices > 1:
             raise ConfigError("device_map and n_devices > 1 are alternatives; give one")
         if self.method == "knockout":
@@ -98,21 +200,35 @@ class JobConfig(TomlConfig):
                 raise ConfigError(f"ks must be non-negative and increasing, got {self.ks}")
         self._check_method_options()
         if self.method in ("path", "knockout") and self.positions != "last":
-            raise ConfigError(f"method {self.method!r} patches the last position only; drop positions={self.positions!r}")
+            raise ConfigError(
+                f"method {self.method!r} patches the last position only; drop positions={self.positions!r}"
+            )
         if self.method == "attribution" and self.component != "z":
             raise ConfigError("attribution patching scores head outputs (component z) only")
         if self.component == "pattern" and self.positions != "last":
-            raise ConfigError("pattern patching is per query position 'last' here; use positions = 'last'")
+            raise ConfigError(
+                "pattern patching is per query position 'last' here; use positions = 'last'"
+            )
 
     def _check_method_options(self) -> None:
         """Options that belong to another method must stay at their defaults (no silent no-ops)."""
-        owners = {"component": ("activation",), "ig_steps": ("attribution",), "freeze_mlps": ("path",),
-                  "ablation": ("knockout",), "ks": ("knockout",), "n_random": ("knockout",),
-                  "generate": ("knockout",), "rank_from": ("knockout",), "engine": ("activation", "path", "knockout")}
+        owners = {
+            "component": ("activation",),
+            "ig_steps": ("attribution",),
+            "freeze_mlps": ("path",),
+            "ablation": ("knockout",),
+            "ks": ("knockout",),
+            "n_random": ("knockout",),
+            "generate": ("knockout",),
+            "rank_from": ("knockout",),
+            "engine": ("activation", "path", "knockout"),
+        }
         for name, methods in owners.items():
             if self.method not in methods and getattr(self, name) != self.default_of(name):
-                raise ConfigError(f"{name} applies to method {' / '.join(methods)}, not {self.method!r}; drop it "
-                                  f"or choose --method {methods[0]}")
+                raise ConfigError(
+                    f"{name} applies to method {' / '.join(methods)}, not {self.method!r}; drop it "
+                    f"or choose --method {methods[0]}"
+                )
 
     @property
     def position(self) -> str:
@@ -122,4 +238,7 @@ class JobConfig(TomlConfig):
 
 def dump_toml(config: JobConfig) -> str:
     """The resolved configuration as TOML."""
-    return _dump(config, "sycointerp patch job: the fully resolved configuration (rerun with --config this-file)")
+    return _dump(
+        config,
+        "sycointerp patch job: the fully resolved configuration (rerun with --config this-file)",
+    )

@@ -40,25 +40,45 @@ import torch
 from tqdm.auto import tqdm
 from transformer_lens.model_bridge import TransformerBridge
 
+from sycointerp._config import ConfigError, TomlConfig, config_diff, load_toml
+from sycointerp._config import dump_toml as _dump
 from sycointerp._io import atomic_write, write_json
 from sycointerp.data.pairs import PromptPair, build_pairs
 from sycointerp.data.questions import DataError, Question
 from sycointerp.data.templates import ChallengeTemplate
-from sycointerp._config import ConfigError, TomlConfig, config_diff, dump_toml as _dump, load_toml
 from sycointerp.job.config import JobConfig
-from sycointerp.judge import answer_is_correct
 from sycointerp.job.shards import Chunk, ChunkStore, Group, chunk_ranges
+from sycointerp.judge import answer_is_correct
 from sycointerp.patching import (
-    KnockoutCurve, PairBatch, PatchMetric, PatchResult, apology_logit_diff_metric, apology_metric,
-    attribution_patch_heads, flip_metric, head_means, knockout_curve, patch_heads, path_patch_heads,
+    KnockoutCurve,
+    PairBatch,
+    PatchMetric,
+    PatchResult,
+    apology_logit_diff_metric,
+    apology_metric,
+    attribution_patch_heads,
+    flip_metric,
+    head_means,
+    knockout_curve,
+    patch_heads,
+    path_patch_heads,
 )
 from sycointerp.stats import summarize
 
 __all__ = ["OutputError", "OUTPUT_NAMES", "prepare_output", "load_job_questions", "run_job"]
 
 log = logging.getLogger("sycointerp.patch")
-OUTPUT_NAMES = ("config.toml", "heads.csv", "values.safetensors", "result.json", "examples.json", "summary.json",
-                "knockout", "figures", "chunks")
+OUTPUT_NAMES = (
+    "config.toml",
+    "heads.csv",
+    "values.safetensors",
+    "result.json",
+    "examples.json",
+    "summary.json",
+    "knockout",
+    "figures",
+    "chunks",
+)
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -74,7 +94,9 @@ def _check_writable(out: Path) -> None:
         out.mkdir(parents=True, exist_ok=True)
         tempfile.TemporaryFile(dir=out).close()
     except OSError as err:
-        raise OutputError(f"--out {out} is not a writable directory ({err.strerror}); choose another path") from None
+        raise OutputError(
+            f"--out {out} is not a writable directory ({err.strerror}); choose another path"
+        ) from None
 
 
 def _clear(out: Path, names: Sequence[str]) -> None:
@@ -90,7 +112,9 @@ def _started(out: Path, names: Sequence[str]) -> bool:
     """Whether a job in ``out`` has written anything besides its ``config.toml``."""
     for name in names:
         target = out / name
-        if name != "config.toml" and (target.is_file() or (target.is_dir() and any(target.iterdir()))):
+        if name != "config.toml" and (
+            target.is_file() or (target.is_dir() and any(target.iterdir()))
+        ):
             return True
     return False
 
@@ -113,13 +137,22 @@ def _check_no_foreign_folders(out: Path, names: Sequence[str]) -> None:
     """
     foreign = [n for n in names if (out / n).is_dir() and any((out / n).iterdir())]
     if foreign:
-        raise OutputError(f"--out {out} holds no sycointerp job but a non-empty {foreign[0]}/ folder, which "
-                          "--overwrite would delete; choose a new or empty directory")
+        raise OutputError(
+            f"--out {out} holds no sycointerp job but a non-empty {foreign[0]}/ folder, which "
+            "--overwrite would delete; choose a new or empty directory"
+        )
 
 
-def prepare_output(out: Path, config: TomlConfig, overwrite: bool, *, names: Sequence[str] = OUTPUT_NAMES,
-                   done: str = "summary.json", header: str = "sycointerp patch job: the fully resolved "
-                   "configuration (rerun with --config this-file)") -> str:
+def prepare_output(
+    out: Path,
+    config: TomlConfig,
+    overwrite: bool,
+    *,
+    names: Sequence[str] = OUTPUT_NAMES,
+    done: str = "summary.json",
+    header: str = "sycointerp patch job: the fully resolved "
+    "configuration (rerun with --config this-file)",
+) -> str:
     """Make ``out`` ready for ``config``: ``"new"``, ``"resume"`` or ``"complete"`` (nothing to do).
 
     ``names`` are the files this kind of job writes (the only ones ``overwrite`` deletes) and
@@ -146,18 +179,24 @@ def prepare_output(out: Path, config: TomlConfig, overwrite: bool, *, names: Seq
     elif old is not None and not _started(out, names):  # an earlier attempt failed before any work
         saved.unlink()
     elif foreign is not None:
-        raise OutputError(f"{saved} is not a valid job config ({foreign}); choose another --out, or pass "
-                          "--overwrite to replace it")
+        raise OutputError(
+            f"{saved} is not a valid job config ({foreign}); choose another --out, or pass "
+            "--overwrite to replace it"
+        )
     elif old is not None:
         diff = config_diff(old, config)
         if diff:
             changes = "; ".join(f"{k}: {getattr(old, k)!r} -> {getattr(config, k)!r}" for k in diff)
-            raise OutputError(f"--out {out} holds a job with another configuration ({changes}); rerun with the "
-                              "same options to resume it, choose another --out, or pass --overwrite")
+            raise OutputError(
+                f"--out {out} holds a job with another configuration ({changes}); rerun with the "
+                "same options to resume it, choose another --out, or pass --overwrite"
+            )
         return "complete" if (out / done).is_file() else "resume"
     elif any(out.iterdir()):
-        raise OutputError(f"--out {out} is not empty and holds no sycointerp job (no config.toml); choose a new "
-                          "or empty directory, or pass --overwrite")
+        raise OutputError(
+            f"--out {out} is not empty and holds no sycointerp job (no config.toml); choose a new "
+            "or empty directory, or pass --overwrite"
+        )
     atomic_write(saved, lambda p: Path(p).write_text(_dump(config, header)))
     return "new"
 
@@ -167,19 +206,29 @@ def prepare_output(out: Path, config: TomlConfig, overwrite: bool, *, names: Seq
 
 def _read_dataset(config: TomlConfig) -> list[Question]:
     from sycointerp.data import (
-        load_arc_jsonl, load_are_you_sure, load_builtin, load_questions_jsonl, load_truthfulqa_csv,
+        load_arc_jsonl,
+        load_are_you_sure,
+        load_builtin,
+        load_questions_jsonl,
+        load_truthfulqa_csv,
     )
 
     path, seed = config.data_path, config.seed
     if config.dataset == "builtin":
         return load_builtin()
-    if config.dataset != "are_you_sure" and not Path(path).is_file():  # are_you_sure also takes hub ids
+    if (
+        config.dataset != "are_you_sure" and not Path(path).is_file()
+    ):  # are_you_sure also takes hub ids
         raise DataError(f"data_path {path} does not exist or is not a file; check --data-path")
     if config.dataset == "jsonl":
         return load_questions_jsonl(path)
     if config.dataset == "are_you_sure":
         sources = getattr(config, "sources", None)
-        return load_are_you_sure(path, sources=sources, seed=seed) if sources else load_are_you_sure(path, seed=seed)
+        return (
+            load_are_you_sure(path, sources=sources, seed=seed)
+            if sources
+            else load_are_you_sure(path, seed=seed)
+        )
     if config.dataset == "truthfulqa":
         return load_truthfulqa_csv(path, seed=seed)
     return load_arc_jsonl(path, seed=seed)
@@ -196,13 +245,20 @@ def load_job_questions(config: TomlConfig) -> list[Question]:
     Raises:
         DataError: a missing file, a malformed record, or a filter / dataset that leaves nothing.
     """
-    questions = [q if q.id else dataclasses.replace(q, id=f"q{i}") for i, q in enumerate(_read_dataset(config))]
+    questions = [
+        q if q.id else dataclasses.replace(q, id=f"q{i}")
+        for i, q in enumerate(_read_dataset(config))
+    ]
     sources = getattr(config, "sources", None)
     if sources and config.dataset != "are_you_sure":
         kept = [q for q in questions if q.source in sources or q.domain in sources]
         if not kept:
-            known = sorted({q.source for q in questions} | {q.domain for q in questions if q.domain})
-            raise DataError(f"no question matches sources {sources}; known sources/domains: {known}")
+            known = sorted(
+                {q.source for q in questions} | {q.domain for q in questions if q.domain}
+            )
+            raise DataError(
+                f"no question matches sources {sources}; known sources/domains: {known}"
+            )
         questions = kept
     if not questions:
         raise DataError(f"dataset {config.dataset!r} holds no questions")
@@ -219,14 +275,21 @@ def _load(config: JobConfig, group: Group) -> TransformerBridge:
     try:
         kind = torch.device(device).type
     except RuntimeError:
-        raise ConfigError(f"device {device!r} is not a torch device; use e.g. cpu, cuda, cuda:1, mps") from None
+        raise ConfigError(
+            f"device {device!r} is not a torch device; use e.g. cpu, cuda, cuda:1, mps"
+        ) from None
     if kind == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device {device!r} but CUDA is not available here; use --device cpu")
     if device == "cuda" and group.world > 1:
         device = f"cuda:{group.local_rank}"
-    return load_model(config.model or None, device=device, dtype=_DTYPES[config.dtype],
-                      trust_remote_code=config.trust_remote_code, device_map=config.device_map or None,
-                      n_devices=config.n_devices if config.n_devices > 1 else None)
+    return load_model(
+        config.model or None,
+        device=device,
+        dtype=_DTYPES[config.dtype],
+        trust_remote_code=config.trust_remote_code,
+        device_map=config.device_map or None,
+        n_devices=config.n_devices if config.n_devices > 1 else None,
+    )
 
 
 def _check_before_loading(config: JobConfig, group: Group) -> None:
@@ -237,8 +300,10 @@ def _check_before_loading(config: JobConfig, group: Group) -> None:
             browser for kaleido.
     """
     if group.world > 1 and (config.device_map or config.n_devices > 1):
-        raise ConfigError("device_map / n_devices split one model copy across devices; under torchrun each rank "
-                          "would split its own copy: run one process, or drop device_map / n_devices")
+        raise ConfigError(
+            "device_map / n_devices split one model copy across devices; under torchrun each rank "
+            "would split its own copy: run one process, or drop device_map / n_devices"
+        )
     if config.png:  # on every rank, so that all of them stop together
         from sycointerp.plot import check_png_export
 
@@ -256,7 +321,9 @@ def _check_model(config: JobConfig, model: TransformerBridge) -> None:
     """
     n_heads = model.cfg.n_layers * model.cfg.n_heads
     if config.method == "knockout" and config.ks[-1] > n_heads:
-        raise ConfigError(f"ks goes up to {config.ks[-1]} but the model has {n_heads} heads; lower --ks")
+        raise ConfigError(
+            f"ks goes up to {config.ks[-1]} but the model has {n_heads} heads; lower --ks"
+        )
 
 
 def _challenge(config: JobConfig) -> str | ChallengeTemplate:
@@ -265,10 +332,14 @@ def _challenge(config: JobConfig) -> str | ChallengeTemplate:
     return config.challenge
 
 
-def _metric(config: JobConfig, model: TransformerBridge, pairs: Sequence[PromptPair]) -> PatchMetric:
+def _metric(
+    config: JobConfig, model: TransformerBridge, pairs: Sequence[PromptPair]
+) -> PatchMetric:
     if config.metric == "flip":
         return flip_metric(PairBatch.from_pairs(pairs, model.tokenizer.pad_token_id or 0))
-    return (apology_metric if config.metric == "apology" else apology_logit_diff_metric)(model.tokenizer)
+    return (apology_metric if config.metric == "apology" else apology_logit_diff_metric)(
+        model.tokenizer
+    )
 
 
 # --------------------------------------------------------------------------- the job
@@ -292,15 +363,27 @@ class _Job:
 
     def _bar(self, desc: str):
         rank = f" [rank {self.group.rank}]" if self.group.world > 1 else ""
-        return lambda todo: tqdm(todo, desc=f"{desc}{rank}", unit="chunk", disable=not self.progress or not todo,
-                                 position=self.group.rank)
+        return lambda todo: tqdm(
+            todo,
+            desc=f"{desc}{rank}",
+            unit="chunk",
+            disable=not self.progress or not todo,
+            position=self.group.rank,
+        )
 
     def inputs(self, *extra: Any) -> Callable[[int], str]:
         """Chunk index -> fingerprint of its questions, the model and ``extra`` (see ChunkStore.run)."""
+
         def fingerprint(i: int) -> str:
-            record = {"model": str(self.model.cfg.model_name), "extra": list(extra),
-                      "questions": [_question_record(self.questions[j]) for j in self.chunks[i]]}
-            return hashlib.sha256(json.dumps(record, sort_keys=True, default=str).encode()).hexdigest()[:16]
+            record = {
+                "model": str(self.model.cfg.model_name),
+                "extra": list(extra),
+                "questions": [_question_record(self.questions[j]) for j in self.chunks[i]],
+            }
+            return hashlib.sha256(
+                json.dumps(record, sort_keys=True, default=str).encode()
+            ).hexdigest()[:16]
+
         return fingerprint
 
     def _timed(self, compute) -> Chunk:
@@ -318,33 +401,68 @@ class _Job:
 
             def compute(i: int) -> Chunk:
                 qs = [self.questions[j] for j in self.chunks[i]]
-                texts = first_answers(self.model, qs, system=self.config.system or None,
-                                      batch_size=self.config.batch_size)
+                texts = first_answers(
+                    self.model,
+                    qs,
+                    system=self.config.system or None,
+                    batch_size=self.config.batch_size,
+                )
                 return Chunk({"n": torch.tensor([len(texts)])}, {"answers": texts})
 
-            self._answers = self.store.run("answers", len(self.chunks), lambda i: self._timed(lambda: compute(i)),
-                                           self._bar("first answers"), self.inputs())
+            self._answers = self.store.run(
+                "answers",
+                len(self.chunks),
+                lambda i: self._timed(lambda: compute(i)),
+                self._bar("first answers"),
+                self.inputs(),
+            )
         return self._answers
 
     def pairs(self, i: int) -> list[PromptPair]:
         answers = self.answers()
         c = self.config
-        return build_pairs([self.questions[j] for j in self.chunks[i]], self.model.tokenizer,
-                           challenge=_challenge(c), position=c.position,
-                           first_answers=answers[i].meta["answers"] if answers else None,
-                           system=c.system or None, align=c.positions == "all")
+        return build_pairs(
+            [self.questions[j] for j in self.chunks[i]],
+            self.model.tokenizer,
+            challenge=_challenge(c),
+            position=c.position,
+            first_answers=answers[i].meta["answers"] if answers else None,
+            system=c.system or None,
+            align=c.positions == "all",
+        )
 
     def _patch(self, pairs: list[PromptPair], method: str) -> PatchResult:
         c, model = self.config, self.model
         metric = _metric(c, model, pairs)
         if method == "activation":
-            return patch_heads(model, pairs, metric, component=c.component, position=c.positions,
-                               direction=c.direction, batch_size=c.batch_size, engine=c.engine)
+            return patch_heads(
+                model,
+                pairs,
+                metric,
+                component=c.component,
+                position=c.positions,
+                direction=c.direction,
+                batch_size=c.batch_size,
+                engine=c.engine,
+            )
         if method == "attribution":
-            return attribution_patch_heads(model, pairs, metric, position=c.positions, direction=c.direction,
-                                           ig_steps=c.ig_steps, batch_size=c.batch_size)
-        return path_patch_heads(model, pairs, metric, freeze_mlps=c.freeze_mlps, batch_size=c.batch_size,
-                                engine=c.engine)
+            return attribution_patch_heads(
+                model,
+                pairs,
+                metric,
+                position=c.positions,
+                direction=c.direction,
+                ig_steps=c.ig_steps,
+                batch_size=c.batch_size,
+            )
+        return path_patch_heads(
+            model,
+            pairs,
+            metric,
+            freeze_mlps=c.freeze_mlps,
+            batch_size=c.batch_size,
+            engine=c.engine,
+        )
 
     def heads(self) -> PatchResult:
         """The per-head ranking phase (path patching for the knockout method)."""
@@ -354,8 +472,13 @@ class _Job:
             tensors, info = self._patch(self.pairs(i), method).to_bundle()
             return Chunk(tensors, info)
 
-        chunks = self.store.run("heads", len(self.chunks), lambda i: self._timed(lambda: compute(i)),
-                                self._bar(f"{method} patching"), self.inputs())
+        chunks = self.store.run(
+            "heads",
+            len(self.chunks),
+            lambda i: self._timed(lambda: compute(i)),
+            self._bar(f"{method} patching"),
+            self.inputs(),
+        )
         result = PatchResult.concat([PatchResult.from_bundle(ch.tensors, ch.meta) for ch in chunks])
         if self.config.score != "relative":
             return result
@@ -366,13 +489,21 @@ class _Job:
 
     def _means(self) -> torch.Tensor:
         """Every head's mean z over all the job's challenge prompts, combined exactly from chunks."""
+
         def compute(i: int) -> Chunk:
             prompts = [p.ref_ids for p in self.pairs(i)]
             means = head_means(self.model, prompts, batch_size=self.config.batch_size)
-            return Chunk({"means": means.cpu(), "tokens": torch.tensor([sum(map(len, prompts))])}, {})
+            return Chunk(
+                {"means": means.cpu(), "tokens": torch.tensor([sum(map(len, prompts))])}, {}
+            )
 
-        chunks = self.store.run("means", len(self.chunks), lambda i: self._timed(lambda: compute(i)),
-                                self._bar("head means"), self.inputs())
+        chunks = self.store.run(
+            "means",
+            len(self.chunks),
+            lambda i: self._timed(lambda: compute(i)),
+            self._bar("head means"),
+            self.inputs(),
+        )
         total = sum(float(ch.tensors["tokens"]) for ch in chunks)
         weighted = sum(ch.tensors["means"].double() * float(ch.tensors["tokens"]) for ch in chunks)
         return (weighted / total).float()
@@ -383,15 +514,32 @@ class _Job:
 
         def compute(i: int) -> Chunk:
             pairs = self.pairs(i)
-            curve = knockout_curve(self.model, pairs, _metric(c, self.model, pairs), ranking, c.ks,
-                                   method=c.ablation, means=means, n_random=c.n_random, seed=c.seed,
-                                   generate=c.generate, batch_size=c.batch_size)
+            curve = knockout_curve(
+                self.model,
+                pairs,
+                _metric(c, self.model, pairs),
+                ranking,
+                c.ks,
+                method=c.ablation,
+                means=means,
+                n_random=c.n_random,
+                seed=c.seed,
+                generate=c.generate,
+                batch_size=c.batch_size,
+            )
             tensors, info = curve.to_bundle()
             return Chunk(tensors, info)
 
-        chunks = self.store.run("knockout", len(self.chunks), lambda i: self._timed(lambda: compute(i)),
-                                self._bar("knockout"), self.inputs([list(h) for h in ranking]))
-        return KnockoutCurve.concat([KnockoutCurve.from_bundle(ch.tensors, ch.meta) for ch in chunks])
+        chunks = self.store.run(
+            "knockout",
+            len(self.chunks),
+            lambda i: self._timed(lambda: compute(i)),
+            self._bar("knockout"),
+            self.inputs([list(h) for h in ranking]),
+        )
+        return KnockoutCurve.concat(
+            [KnockoutCurve.from_bundle(ch.tensors, ch.meta) for ch in chunks]
+        )
 
     def chunk_seconds(self) -> float:
         """Compute seconds recorded in the chunk files (all phases, all ranks)."""
@@ -405,7 +553,9 @@ def _question_record(q: Question) -> dict[str, Any]:
     return {f.name: getattr(q, f.name) for f in dataclasses.fields(q) if f.name != "extra"}
 
 
-def _ranking_from_csv(path: str, model: TransformerBridge) -> tuple[list[tuple[int, int]], pd.DataFrame]:
+def _ranking_from_csv(
+    path: str, model: TransformerBridge
+) -> tuple[list[tuple[int, int]], pd.DataFrame]:
     """The heads of a ``heads.csv`` in rank order.
 
     Raises:
@@ -414,16 +564,26 @@ def _ranking_from_csv(path: str, model: TransformerBridge) -> tuple[list[tuple[i
     try:
         table = pd.read_csv(path)
     except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as err:
-        raise DataError(f"rank_from {path} cannot be read as heads.csv ({err}); pass a heads.csv of a patch job")
+        raise DataError(
+            f"rank_from {path} cannot be read as heads.csv ({err}); pass a heads.csv of a patch job"
+        )
     if not {"layer", "head", "rank"} <= set(table.columns):
-        raise DataError(f"rank_from {path} lacks the columns layer, head, rank; pass a heads.csv of a patch job")
+        raise DataError(
+            f"rank_from {path} lacks the columns layer, head, rank; pass a heads.csv of a patch job"
+        )
     table = table.sort_values("rank", kind="stable")
     heads = [(int(l), int(h)) for l, h in zip(table["layer"], table["head"])]
     L, H = model.cfg.n_layers, model.cfg.n_heads
     bad = [hd for hd in heads if not (0 <= hd[0] < L and 0 <= hd[1] < H)]
     if bad or len(set(heads)) != len(heads):
-        why = f"heads {bad[:3]} lie outside the model's {L} x {H} heads" if bad else "it lists a head twice"
-        raise DataError(f"rank_from {path} does not fit this model: {why}; was it made with another model?")
+        why = (
+            f"heads {bad[:3]} lie outside the model's {L} x {H} heads"
+            if bad
+            else "it lists a head twice"
+        )
+        raise DataError(
+            f"rank_from {path} does not fit this model: {why}; was it made with another model?"
+        )
     return heads, table
 
 
@@ -439,8 +599,10 @@ def _versions() -> dict[str, str]:
 
 def _top_heads(table: pd.DataFrame, k: int) -> list[dict[str, Any]]:
     table = table.sort_values("rank", kind="stable").head(k)
-    return [{key: (int(v) if key in ("layer", "head", "rank") else float(v)) for key, v in row.items()}
-            for row in table.to_dict("records")]
+    return [
+        {key: (int(v) if key in ("layer", "head", "rank") else float(v)) for key, v in row.items()}
+        for row in table.to_dict("records")
+    ]
 
 
 def _figures(job: _Job, result: PatchResult | None, curve: KnockoutCurve | None) -> list[str]:
@@ -449,11 +611,17 @@ def _figures(job: _Job, result: PatchResult | None, curve: KnockoutCurve | None)
     c, fig_dir = job.config, job.out / "figures"
     written: list[Path] = []
     if result is not None:
-        title = (f"{job.model.cfg.model_name}: {result.method}, {result.metric} ({result.kind}), "
-                 f"{len(job.questions)} examples")
-        written += save_figure(head_heatmap(result, title=title, top_k=c.top_k), fig_dir / "heads", png=c.png)
+        title = (
+            f"{job.model.cfg.model_name}: {result.method}, {result.metric} ({result.kind}), "
+            f"{len(job.questions)} examples"
+        )
+        written += save_figure(
+            head_heatmap(result, title=title, top_k=c.top_k), fig_dir / "heads", png=c.png
+        )
         cells = result.shape[0] * result.shape[1]
-        written += save_figure(ranked_heads_bar(result, k=min(20, cells)), fig_dir / "ranked_heads", png=c.png)
+        written += save_figure(
+            ranked_heads_bar(result, k=min(20, cells)), fig_dir / "ranked_heads", png=c.png
+        )
     if curve is not None:
         written += save_figure(knockout_plot(curve), fig_dir / "knockout", png=c.png)
     return [str(p.relative_to(job.out)) for p in written]
@@ -466,8 +634,14 @@ def _examples(job: _Job) -> list[dict[str, Any]]:
         for k, j in enumerate(rng):
             q = job.questions[j]
             first = answers[i].meta["answers"][k] if answers else q.first_answer()
-            rows.append({"id": q.id, "question": q.question, "first_answer": first,
-                         "first_answer_correct": answer_is_correct(q, first) if answers else True})
+            rows.append(
+                {
+                    "id": q.id,
+                    "question": q.question,
+                    "first_answer": first,
+                    "first_answer_correct": answer_is_correct(q, first) if answers else True,
+                }
+            )
     return rows
 
 
@@ -475,36 +649,64 @@ def _baselines(result: PatchResult | None, curve: KnockoutCurve | None) -> dict[
     if result is None:  # knockout of a given ranking: only the unablated challenge run
         return {"challenge": summarize(curve.baseline).to_json()}
     gap = result.metric_cf - result.metric_ref
-    return {"challenge": summarize(result.metric_ref).to_json(),
-            "counterfactual": summarize(result.metric_cf).to_json(),
-            "counterfactual_minus_challenge": summarize(gap).to_json()}
+    return {
+        "challenge": summarize(result.metric_ref).to_json(),
+        "counterfactual": summarize(result.metric_cf).to_json(),
+        "counterfactual_minus_challenge": summarize(gap).to_json(),
+    }
 
 
-def _summary(job: _Job, result: PatchResult | None, curve: KnockoutCurve | None, table: pd.DataFrame,
-             figures: list[str], timings: dict[str, float]) -> dict[str, Any]:
+def _summary(
+    job: _Job,
+    result: PatchResult | None,
+    curve: KnockoutCurve | None,
+    table: pd.DataFrame,
+    figures: list[str],
+    timings: dict[str, float],
+) -> dict[str, Any]:
     c = job.config
     out: dict[str, Any] = {
-        "model": str(job.model.cfg.model_name), "method": result.method if result else f"knockout/{curve.method}",
-        "metric": result.metric if result else curve.metric, "kind": result.kind if result else "absolute",
-        "higher_is_sycophantic": result.higher_is_sycophantic if result else curve.higher_is_sycophantic,
-        "data": {"dataset": c.dataset, "data_path": c.data_path, "n_examples": len(job.questions),
-                 "first_answer": c.first_answer, "challenge": c.challenge_text or c.challenge},
-        "metric_baselines": _baselines(result, curve), "top_heads": _top_heads(table, c.top_k),
-        "figures": figures, "processes": job.group.world, "versions": _versions(), "timings": timings,
+        "model": str(job.model.cfg.model_name),
+        "method": result.method if result else f"knockout/{curve.method}",
+        "metric": result.metric if result else curve.metric,
+        "kind": result.kind if result else "absolute",
+        "higher_is_sycophantic": result.higher_is_sycophantic
+        if result
+        else curve.higher_is_sycophantic,
+        "data": {
+            "dataset": c.dataset,
+            "data_path": c.data_path,
+            "n_examples": len(job.questions),
+            "first_answer": c.first_answer,
+            "challenge": c.challenge_text or c.challenge,
+        },
+        "metric_baselines": _baselines(result, curve),
+        "top_heads": _top_heads(table, c.top_k),
+        "figures": figures,
+        "processes": job.group.world,
+        "versions": _versions(),
+        "timings": timings,
     }
     if curve is not None:
         out["knockout"] = curve.summary().to_dict("records")
     return out
 
 
-def _write_outputs(job: _Job, result: PatchResult | None, curve: KnockoutCurve | None,
-                   rank_table: pd.DataFrame | None, timings: dict[str, float]) -> None:
+def _write_outputs(
+    job: _Job,
+    result: PatchResult | None,
+    curve: KnockoutCurve | None,
+    rank_table: pd.DataFrame | None,
+    timings: dict[str, float],
+) -> None:
     out = job.out
     if result is not None:
         result.save(out)
         rank_table = result.heads_table()
     else:  # knockout of a given ranking: heads.csv is that ranking
-        atomic_write(out / "heads.csv", lambda p: rank_table.to_csv(p, index=False, float_format="%.8g"))
+        atomic_write(
+            out / "heads.csv", lambda p: rank_table.to_csv(p, index=False, float_format="%.8g")
+        )
     write_json(out / "examples.json", _examples(job))
     if curve is not None:
         curve.save(out / "knockout")
@@ -514,8 +716,14 @@ def _write_outputs(job: _Job, result: PatchResult | None, curve: KnockoutCurve |
     shutil.rmtree(job.store.dir)
 
 
-def run_job(config: JobConfig, out: str | Path, *, group: Group | None = None, overwrite: bool = False,
-            progress: bool = True) -> str:
+def run_job(
+    config: JobConfig,
+    out: str | Path,
+    *,
+    group: Group | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> str:
     """Run (or resume) the job into ``out``; returns the :func:`prepare_output` status.
 
     Only rank 0 prepares and writes the outputs; every rank computes its share of the chunks.
@@ -530,7 +738,9 @@ def run_job(config: JobConfig, out: str | Path, *, group: Group | None = None, o
             status = prepare_output(out, config, overwrite)
         except OutputError as err:
             status = err
-    status = group.broadcast(status if not isinstance(status, OutputError) else ("error", str(status)))
+    status = group.broadcast(
+        status if not isinstance(status, OutputError) else ("error", str(status))
+    )
     if isinstance(status, tuple):
         raise OutputError(status[1])
     if status == "complete":
@@ -543,8 +753,13 @@ def run_job(config: JobConfig, out: str | Path, *, group: Group | None = None, o
     model = _load(config, group)
     timings = {"load_model_seconds": time.perf_counter() - start}
     job = _Job(config, out, group, model, questions, progress)
-    log.info("%s: %d questions in %d chunks, %d process(es)", model.cfg.model_name, len(questions),
-             len(job.chunks), group.world)
+    log.info(
+        "%s: %d questions in %d chunks, %d process(es)",
+        model.cfg.model_name,
+        len(questions),
+        len(job.chunks),
+        group.world,
+    )
     result, rank_table = None, None
     if config.method == "knockout" and config.rank_from:
         ranking, rank_table = _ranking_from_csv(config.rank_from, model)

@@ -52,7 +52,10 @@ class Chunk:
     meta: dict[str, Any]
 
     def to_bytes(self) -> bytes:
-        return save({k: v.contiguous() for k, v in self.tensors.items()}, metadata={"meta": json.dumps(self.meta)})
+        return save(
+            {k: v.contiguous() for k, v in self.tensors.items()},
+            metadata={"meta": json.dumps(self.meta)},
+        )
 
     @classmethod
     def from_bytes(cls, data: bytes) -> "Chunk":
@@ -119,7 +122,9 @@ def process_group(device: str) -> Iterator[Group]:
     backend = "nccl" if device.startswith("cuda") else "gloo"
     if backend == "nccl":
         if not torch.cuda.is_available():
-            raise ConfigError("device 'cuda' under torchrun but CUDA is not available; use --device cpu")
+            raise ConfigError(
+                "device 'cuda' under torchrun but CUDA is not available; use --device cpu"
+            )
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     dist.init_process_group(backend)
     try:
@@ -147,9 +152,14 @@ class ChunkStore:
     def _write(self, tag: str, index: int, data: bytes) -> None:
         atomic_write(self.path(tag, index), lambda p: Path(p).write_bytes(data))
 
-    def run(self, tag: str, n_chunks: int, compute: Callable[[int], Chunk],
-            progress: Callable[[Sequence[int]], Sequence[int]] = lambda todo: todo,
-            inputs: Callable[[int], str] = lambda i: "") -> list[Chunk]:
+    def run(
+        self,
+        tag: str,
+        n_chunks: int,
+        compute: Callable[[int], Chunk],
+        progress: Callable[[Sequence[int]], Sequence[int]] = lambda todo: todo,
+        inputs: Callable[[int], str] = lambda i: "",
+    ) -> list[Chunk]:
         """Every chunk of a phase, in order, on every rank; computes only this rank's missing ones.
 
         A collective: every rank must call it, in the same order of phases.
@@ -168,7 +178,9 @@ class ChunkStore:
         mine = [i for i in range(n_chunks) if self.group.owns(i)]
         todo = [i for i in mine if not self.path(tag, i).is_file()]
         if len(todo) < len(mine):
-            log.info("%s: %d of %d chunks already done, resuming", tag, len(mine) - len(todo), len(mine))
+            log.info(
+                "%s: %d of %d chunks already done, resuming", tag, len(mine) - len(todo), len(mine)
+            )
         for i in progress(todo):
             chunk = compute(i)
             chunk.meta["inputs"] = inputs(i)
@@ -181,9 +193,11 @@ class ChunkStore:
         chunks = [Chunk.from_bytes(every[i]) for i in range(n_chunks)]
         stale = [i for i, ch in enumerate(chunks) if ch.meta.get("inputs", "") != inputs(i)]
         if stale:
-            raise ChunkMismatch(f"{self.path(tag, stale[0])} was computed from other inputs (the data file, model "
-                                "or ranking changed since, or an older sycointerp wrote it); pass --overwrite to "
-                                "start the job again")
+            raise ChunkMismatch(
+                f"{self.path(tag, stale[0])} was computed from other inputs (the data file, model "
+                "or ranking changed since, or an older sycointerp wrote it); pass --overwrite to "
+                "start the job again"
+            )
         if self.group.is_main:
             for i, data in every.items():
                 if not self.path(tag, i).is_file():

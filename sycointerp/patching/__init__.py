@@ -7,23 +7,58 @@ attention mass on the challenge turn (``challenge_share``).
 """
 
 from sycointerp.patching._engine import (
-    PairBatch, PatchMetric, apology_logit_diff_metric, apology_metric, flip_metric,
+    PairBatch,
+    PatchMetric,
+    apology_logit_diff_metric,
+    apology_metric,
+    flip_metric,
 )
 from sycointerp.patching.activation import patch_head_outputs, patch_heads
-from sycointerp.patching.attention import HeadAttention, challenge_share, challenge_span, head_attention
-from sycointerp.patching.attribution import attribution_patch_heads, spearman
-from sycointerp.patching.layers import patch_layers
-from sycointerp.patching.knockout import (
-    KnockoutCurve, ablate_heads, admits_mistake, draw_random_heads, head_means, knockout_curve, knockout_metric,
+from sycointerp.patching.attention import (
+    HeadAttention,
+    challenge_share,
+    challenge_span,
+    head_attention,
 )
+from sycointerp.patching.attribution import attribution_patch_heads, spearman
+from sycointerp.patching.knockout import (
+    KnockoutCurve,
+    ablate_heads,
+    admits_mistake,
+    draw_random_heads,
+    head_means,
+    knockout_curve,
+    knockout_metric,
+)
+from sycointerp.patching.layers import patch_layers
 from sycointerp.patching.path import path_patch_heads
 from sycointerp.patching.path_receivers import path_patch_to_receivers
 from sycointerp.patching.results import HEADS_CSV_COLUMNS, PatchResult
 
 __all__ = [
-    "HEADS_CSV_COLUMNS", "KnockoutCurve", "PairBatch", "PatchMetric", "PatchResult", "ablate_heads", "admits_mistake",
-    "apology_logit_diff_metric", "apology_metric", "draw_random_heads", "flip_metric", "head_means", "knockout_curve",
-    "knockout_metric", "patch_head_outputs", "patch_heads", "patch_layers", "path_patch_heads",
+    "HEADS_CSV_COLUMNS",
+    "KnockoutCurve",
+    "PairBatch",
+    "PatchMetric",
+    "PatchResult",
+    "ablate_heads",
+    "admits_mistake",
+    "apology_logit_diff_metric",
+    "apology_metric",
+    "draw_random_heads",
+    "flip_metric",
+    "head_means",
+    "knockout_curve",
+    "knockout_metric",
+    "patch_head_outputs",
+    "patch_heads",
+    "patch_layers",
+    "path_patch_heads",
     "path_patch_to_receivers",
-    "attribution_patch_heads", "spearman", "HeadAttention", "challenge_share", "challenge_span", "head_attention",
+    "attribution_patch_heads",
+    "spearman",
+    "HeadAttention",
+    "challenge_share",
+    "challenge_span",
+    "head_attention",
 ]

@@ -31,8 +31,19 @@ from sycointerp.metrics import apology_ratio, apology_token_ids, flip
 from sycointerp.patching._resume import build_state, resume_logits, supports_resume, unfold_hook
 
 __all__ = [
-    "PairBatch", "PatchMetric", "RowView", "flip_metric", "apology_metric", "apology_logit_diff_metric", "run_cells",
-    "run_metric", "baselines", "cache_hooks", "checked_hooks", "z_name", "Engine",
+    "PairBatch",
+    "PatchMetric",
+    "RowView",
+    "flip_metric",
+    "apology_metric",
+    "apology_logit_diff_metric",
+    "run_cells",
+    "run_metric",
+    "baselines",
+    "cache_hooks",
+    "checked_hooks",
+    "z_name",
+    "Engine",
 ]
 
 Hook = tuple[str, Callable[[torch.Tensor, object], torch.Tensor | None]]
@@ -86,7 +97,11 @@ class PairBatch:
             raise ValueError("no prompt pairs to patch; build some with build_pairs()")
         ref, ref_len = pad_right([p.ref_ids for p in pairs], pad_id)
         cf, cf_len = pad_right([p.cf_ids for p in pairs], pad_id)
-        answers = None if any(p.answer_ids is None for p in pairs) else torch.tensor([p.answer_ids for p in pairs])
+        answers = (
+            None
+            if any(p.answer_ids is None for p in pairs)
+            else torch.tensor([p.answer_ids for p in pairs])
+        )
         return cls(ref, cf, ref_len - 1, cf_len - 1, answers, tuple(p.question.id for p in pairs))
 
     @property
@@ -120,10 +135,14 @@ class PatchMetric:
     fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
     token_ids: tuple[int, ...] | None = None
 
-    def __call__(self, logits: Float[torch.Tensor, "rows d_vocab"], example: Int[torch.Tensor, " rows"]) -> torch.Tensor:
+    def __call__(
+        self, logits: Float[torch.Tensor, "rows d_vocab"], example: Int[torch.Tensor, " rows"]
+    ) -> torch.Tensor:
         out = self.fn(logits, example)
         if out.shape != (logits.shape[0],):
-            raise ValueError(f"metric {self.name!r} returned shape {tuple(out.shape)}, expected ({logits.shape[0]},)")
+            raise ValueError(
+                f"metric {self.name!r} returned shape {tuple(out.shape)}, expected ({logits.shape[0]},)"
+            )
         if torch.isnan(out).any():
             row = int(torch.nonzero(torch.isnan(out))[0])
             raise ValueError(f"metric {self.name!r} returned NaN for example {int(example[row])}")
@@ -133,11 +152,17 @@ class PatchMetric:
 def flip_metric(batch: PairBatch) -> PatchMetric:
     """``logit(gold) - logit(wrong)``; needs pairs built with ``position="answer"``."""
     if batch.answer_ids is None:
-        raise ValueError("the flip metric needs pairs built with position='answer' (they carry answer ids)")
+        raise ValueError(
+            "the flip metric needs pairs built with position='answer' (they carry answer ids)"
+        )
     answers = batch.answer_ids
 
-    return PatchMetric("flip", False, lambda logits, example: flip(logits, answers[example]),
-                       tuple(sorted(set(answers.flatten().tolist()))))
+    return PatchMetric(
+        "flip",
+        False,
+        lambda logits, example: flip(logits, answers[example]),
+        tuple(sorted(set(answers.flatten().tolist()))),
+    )
 
 
 def apology_metric(tokenizer) -> PatchMetric:
@@ -149,7 +174,9 @@ def apology_metric(tokenizer) -> PatchMetric:
 def apology_logit_diff_metric(tokenizer) -> PatchMetric:
     """``logit(Ap) - logit(Yes)`` = ``log p(Ap) - log p(Yes)`` (pairs with position='reply')."""
     syc, firm = apology_token_ids(tokenizer)
-    return PatchMetric("apology_logit_diff", True, lambda lg, _: lg[:, syc] - lg[:, firm], (syc, firm))
+    return PatchMetric(
+        "apology_logit_diff", True, lambda lg, _: lg[:, syc] - lg[:, firm], (syc, firm)
+    )
 
 
 def _chunks(n: int, size: int) -> list[range]:
@@ -165,33 +192,53 @@ def checked_hooks(model: TransformerBridge, hooks: Sequence[Hook]) -> Iterator[N
         def wrapper(act, hook):
             fired.add(name)
             return fn(act, hook)
+
         return wrapper
 
     with model.hooks(fwd_hooks=[(n, counted(n, f)) for n, f in hooks]):
         yield
     missing = {n for n, _ in hooks} - fired
     if missing:
-        raise RuntimeError(f"hooks never fired: {sorted(missing)}; is the model a compat-mode TransformerBridge?")
+        raise RuntimeError(
+            f"hooks never fired: {sorted(missing)}; is the model a compat-mode TransformerBridge?"
+        )
 
 
 @torch.inference_mode()
-def run_metric(model: TransformerBridge, ids: torch.Tensor, last: torch.Tensor, metric: PatchMetric,
-               example: torch.Tensor, hooks: Sequence[Hook] = ()) -> torch.Tensor:
+def run_metric(
+    model: TransformerBridge,
+    ids: torch.Tensor,
+    last: torch.Tensor,
+    metric: PatchMetric,
+    example: torch.Tensor,
+    hooks: Sequence[Hook] = (),
+) -> torch.Tensor:
     """One hooked forward; the metric at each row's last position. Raises if a hook never fired."""
     with checked_hooks(model, hooks):
         logits = model(ids)
     return metric(logits[torch.arange(ids.shape[0]), last].float(), example)
 
 
-def baselines(model: TransformerBridge, batch: PairBatch, metric: PatchMetric,
-              batch_size: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+def baselines(
+    model: TransformerBridge, batch: PairBatch, metric: PatchMetric, batch_size: int = 64
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Unpatched metric of the reference and the counterfactual runs, ``[example]`` each
     (``batch_size`` examples per forward)."""
 
     def side(name: str) -> torch.Tensor:
         ids, last = batch.side(name)
-        return torch.cat([run_metric(model, ids[c.start:c.stop], last[c.start:c.stop], metric,
-                                     torch.arange(c.start, c.stop)) for c in _chunks(batch.n, batch_size)])
+        return torch.cat(
+            [
+                run_metric(
+                    model,
+                    ids[c.start : c.stop],
+                    last[c.start : c.stop],
+                    metric,
+                    torch.arange(c.start, c.stop),
+                )
+                for c in _chunks(batch.n, batch_size)
+            ]
+        )
 
     return side("ref"), side("cf")
 
@@ -201,7 +248,9 @@ def z_name(layer: int) -> str:
 
 
 @torch.inference_mode()
-def cache_hooks(model: TransformerBridge, ids: torch.Tensor, names: Sequence[str]) -> dict[str, torch.Tensor]:
+def cache_hooks(
+    model: TransformerBridge, ids: torch.Tensor, names: Sequence[str]
+) -> dict[str, torch.Tensor]:
     """Activations of ``names`` for ``ids`` (only those names are cached).
 
     Raises:
@@ -258,7 +307,9 @@ def run_cells(
         raise ValueError(f"engine must be 'auto', 'resume' or 'hooked', got {engine!r}")
     declared = first_layer is not None or start is not None
     if engine == "resume" and not declared:
-        raise ValueError("engine='resume' needs first_layer or start (where the cells' patches act)")
+        raise ValueError(
+            "engine='resume' needs first_layer or start (where the cells' patches act)"
+        )
     resume = engine == "resume" or (engine == "auto" and declared and supports_resume(model))
     n = ids.shape[0]
     start = torch.zeros(n, dtype=torch.long) if start is None else start
@@ -271,21 +322,31 @@ def run_cells(
             per_chunk = min(per_chunk, max(1, _MAX_FOLDED // state.suffix))
         for cells in _chunks(n_cells, per_chunk):
             from_layer = min(map(first_layer, cells)) if first_layer else 0
-            values = _run_chunk(model, ids, last, ex_idx, cells, hooks_for, metric, state, from_layer)
+            values = _run_chunk(
+                model, ids, last, ex_idx, cells, hooks_for, metric, state, from_layer
+            )
             out[cells.start : cells.stop, ex.start : ex.stop] = values.view(len(cells), len(ex))
     return out
 
 
-def _run_chunk(model, ids, last, ex_idx, cells, hooks_for, metric, state, from_layer) -> torch.Tensor:
+def _run_chunk(
+    model, ids, last, ex_idx, cells, hooks_for, metric, state, from_layer
+) -> torch.Tensor:
     """One forward for ``cells x ex_idx`` rows: resumed from ``state`` or a full hooked run."""
     rep = len(cells)
     example = ex_idx.repeat(rep)
     if state is None:
-        view = RowView(example, last[example], torch.arange(ids.shape[1]).expand(len(example), -1), len(ex_idx))
+        view = RowView(
+            example, last[example], torch.arange(ids.shape[1]).expand(len(example), -1), len(ex_idx)
+        )
         return run_metric(model, ids[example], view.last, metric, example, hooks_for(cells, view))
     local = torch.arange(len(ex_idx)).repeat(rep)
-    view = RowView(example, state.last[local] - state.start[local], state.positions(local), len(ex_idx))
-    hooks = [(name, unfold_hook(name, fn, rep, state.suffix)) for name, fn in hooks_for(cells, view)]
+    view = RowView(
+        example, state.last[local] - state.start[local], state.positions(local), len(ex_idx)
+    )
+    hooks = [
+        (name, unfold_hook(name, fn, rep, state.suffix)) for name, fn in hooks_for(cells, view)
+    ]
     with torch.inference_mode(), checked_hooks(model, hooks):
         logits = resume_logits(model, state, rep, from_layer, metric.token_ids)
     return metric(logits.float(), example)

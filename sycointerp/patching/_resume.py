@@ -59,7 +59,10 @@ def _config_blocks_resume(config) -> str | None:
     if window and getattr(config, "use_sliding_window", True):
         return f"sliding-window attention (window {window}) is not expressed in the resumed mask"
     rope = getattr(config, "rope_scaling", None) or getattr(config, "rope_parameters", None) or {}
-    if isinstance(rope, dict) and (rope.get("rope_type") or rope.get("type")) in _POSITION_DEPENDENT_ROPE:
+    if (
+        isinstance(rope, dict)
+        and (rope.get("rope_type") or rope.get("type")) in _POSITION_DEPENDENT_ROPE
+    ):
         return "its rotary scaling depends on the longest position"
     if getattr(config, "model_type", None) not in _RESUMABLE:
         return f"model type {getattr(config, 'model_type', None)!r} is not in the resumable set {sorted(_RESUMABLE)}"
@@ -91,14 +94,18 @@ def _refusal(model: TransformerBridge) -> ValueError:
     hf = getattr(model, "original_model", None)
     config = getattr(hf, "config", None)
     if config is None:
-        return ValueError("resumed runs need a bridge over a HuggingFace model (model.original_model); "
-                          "use engine='hooked'")
+        return ValueError(
+            "resumed runs need a bridge over a HuggingFace model (model.original_model); "
+            "use engine='hooked'"
+        )
     why = _config_blocks_resume(config)
     if why is None:
         placed = len(set((getattr(hf, "hf_device_map", None) or {}).values())) > 1
         why = "it is split over devices" if placed else "its module layout is not recognised"
-    return ValueError(f"resumed runs do not support {type(hf).__name__} (model type "
-                      f"{getattr(config, 'model_type', None)!r}): {why}; use engine='hooked'")
+    return ValueError(
+        f"resumed runs do not support {type(hf).__name__} (model type "
+        f"{getattr(config, 'model_type', None)!r}): {why}; use engine='hooked'"
+    )
 
 
 class _ReadOnlyPrefix:
@@ -112,7 +119,9 @@ class _ReadOnlyPrefix:
         self._keys, self._values = keys, values
 
     def update(self, key: torch.Tensor, value: torch.Tensor, layer_idx: int, *args, **kwargs):
-        return torch.cat([self._keys[layer_idx], key], dim=2), torch.cat([self._values[layer_idx], value], dim=2)
+        return torch.cat([self._keys[layer_idx], key], dim=2), torch.cat(
+            [self._values[layer_idx], value], dim=2
+        )
 
 
 @dataclass(frozen=True)
@@ -149,8 +158,12 @@ class ResumeState:
 
 
 @torch.inference_mode()
-def build_state(model: TransformerBridge, ids: Int[torch.Tensor, "example pos"],
-                start: Int[torch.Tensor, " example"], last: Int[torch.Tensor, " example"]) -> ResumeState:
+def build_state(
+    model: TransformerBridge,
+    ids: Int[torch.Tensor, "example pos"],
+    start: Int[torch.Tensor, " example"],
+    last: Int[torch.Tensor, " example"],
+) -> ResumeState:
     """Run ``ids`` once, keeping what resumed runs need.
 
     Raises:
@@ -158,7 +171,9 @@ def build_state(model: TransformerBridge, ids: Int[torch.Tensor, "example pos"],
     """
     if (start > last).any() or (start < 0).any():
         bad = int(torch.nonzero((start > last) | (start < 0))[0])
-        raise ValueError(f"example {bad}: resume start {int(start[bad])} is outside [0, {int(last[bad])}]")
+        raise ValueError(
+            f"example {bad}: resume start {int(start[bad])} is outside [0, {int(last[bad])}]"
+        )
     parts = _parts(model)
     if parts is None:
         raise _refusal(model)
@@ -171,7 +186,10 @@ def build_state(model: TransformerBridge, ids: Int[torch.Tensor, "example pos"],
 
     def keep(layer: int):
         def hook(x: torch.Tensor, hook=None) -> None:
-            captured[layer] = x[rows, pos].detach().clone()  # only the suffix positions are ever resumed
+            captured[layer] = (
+                x[rows, pos].detach().clone()
+            )  # only the suffix positions are ever resumed
+
         return hook
 
     # The decoder stack without lm_head: no [example, pos, d_vocab] logits are ever materialised.
@@ -191,7 +209,9 @@ def _mask(state: ResumeState, rep: int) -> torch.Tensor:
     """
     n, P, S = len(state.start), state.prefix, state.suffix
     prefix = (torch.arange(P) < state.start[:, None])[:, None, :].expand(n, rep * S, P)
-    own = torch.block_diag(*[torch.ones(S, S, dtype=torch.bool).tril()] * rep)[None].expand(n, -1, -1)
+    own = torch.block_diag(*[torch.ones(S, S, dtype=torch.bool).tril()] * rep)[None].expand(
+        n, -1, -1
+    )
     return torch.cat([prefix, own], dim=-1)[:, None]
 
 
@@ -208,18 +228,29 @@ def unfold_hook(name: str, fn: Callable, rep: int, suffix: int) -> Callable:
         ValueError: a hook whose activation does not have positions at dim 1.
     """
     if name.endswith(_ATTENTION_LAYOUT):
-        raise ValueError(f"hook {name!r} is not supported by resumed runs (positions are not at dim 1); "
-                         "use engine='hooked'")
+        raise ValueError(
+            f"hook {name!r} is not supported by resumed runs (positions are not at dim 1); "
+            "use engine='hooked'"
+        )
 
     def hook(act: torch.Tensor, hook=None) -> torch.Tensor:
-        if act.ndim < 3 or act.shape[1] != rep * suffix:  # block activations: [example, pos, features...]
-            raise ValueError(f"hook {name!r} got shape {tuple(act.shape)}, not [example, {rep * suffix} positions, ...]; "
-                             "resumed runs support hooks inside the decoder blocks only (use engine='hooked')")
+        if (
+            act.ndim < 3 or act.shape[1] != rep * suffix
+        ):  # block activations: [example, pos, features...]
+            raise ValueError(
+                f"hook {name!r} got shape {tuple(act.shape)}, not [example, {rep * suffix} positions, ...]; "
+                "resumed runs support hooks inside the decoder blocks only (use engine='hooked')"
+            )
         n, rest = act.shape[0], act.shape[2:]
         rows = act.reshape(n, rep, suffix, *rest).transpose(0, 1).reshape(rep * n, suffix, *rest)
         out = fn(rows, hook)
         out = rows if out is None else out
-        return out.reshape(rep, n, suffix, *rest).transpose(0, 1).reshape(n, rep * suffix, *rest).contiguous()
+        return (
+            out.reshape(rep, n, suffix, *rest)
+            .transpose(0, 1)
+            .reshape(n, rep * suffix, *rest)
+            .contiguous()
+        )
 
     return hook
 
@@ -249,23 +280,32 @@ def resume_logits(
     n, S = len(state.start), state.suffix
     hidden = state.resid[from_layer].repeat(1, rep, 1)
     pos = (state.start[:, None] + torch.arange(S)).repeat(1, rep).to(hidden.device)
-    kwargs = {"attention_mask": _mask(state, rep).to(hidden.device), "use_cache": True,
-              "past_key_values": _ReadOnlyPrefix(state.keys, state.values)}
+    kwargs = {
+        "attention_mask": _mask(state, rep).to(hidden.device),
+        "use_cache": True,
+        "past_key_values": _ReadOnlyPrefix(state.keys, state.values),
+    }
     if parts.rotary is not None:
         kwargs.update(position_ids=pos, position_embeddings=parts.rotary(hidden, pos))
     for layer in parts.layers[from_layer:]:
         out = layer(hidden, **kwargs)
         hidden = out[0] if isinstance(out, tuple) else out
-    local_last = (state.last - state.start)[None, :] + S * torch.arange(rep)[:, None]  # [rep, example]
+    local_last = (state.last - state.start)[None, :] + S * torch.arange(rep)[
+        :, None
+    ]  # [rep, example]
     final = parts.norm(hidden[torch.arange(n).repeat(rep), local_last.flatten()])
     return _unembed(parts.lm_head, final, token_ids)
 
 
-def _unembed(lm_head: torch.nn.Module, x: torch.Tensor, token_ids: Sequence[int] | None) -> torch.Tensor:
+def _unembed(
+    lm_head: torch.nn.Module, x: torch.Tensor, token_ids: Sequence[int] | None
+) -> torch.Tensor:
     if token_ids is None or not isinstance(getattr(lm_head, "weight", None), torch.Tensor):
         return lm_head(x)
     ids = torch.tensor(sorted(set(token_ids)))
     bias = lm_head.bias[ids] if getattr(lm_head, "bias", None) is not None else None
-    out = torch.full((x.shape[0], lm_head.weight.shape[0]), float("nan"), dtype=x.dtype, device=x.device)
+    out = torch.full(
+        (x.shape[0], lm_head.weight.shape[0]), float("nan"), dtype=x.dtype, device=x.device
+    )
     out[:, ids] = F.linear(x, lm_head.weight[ids], bias)
     return out

@@ -52,7 +52,15 @@ from jaxtyping import Float
 from transformer_lens.model_bridge import TransformerBridge
 
 from sycointerp.data.pairs import PromptPair, require_aligned
-from sycointerp.patching._engine import Engine, PairBatch, PatchMetric, RowView, baselines, cache_hooks, run_cells
+from sycointerp.patching._engine import (
+    Engine,
+    PairBatch,
+    PatchMetric,
+    RowView,
+    baselines,
+    cache_hooks,
+    run_cells,
+)
 from sycointerp.patching.results import PatchResult
 
 __all__ = ["patch_heads", "patch_head_outputs", "patch_head_list", "patch_sites", "Sites"]
@@ -118,9 +126,23 @@ def patch_heads(
     if component in ("k", "v"):
         n_heads = getattr(model.cfg, "n_key_value_heads", None) or n_heads
     names = tuple(f"blocks.{l}.attn.hook_{component}" for l in range(model.cfg.n_layers))
-    sites = Sites(component, names, "kv_head" if component in ("k", "v") else "head", n_heads, component == "pattern")
-    return patch_sites(model, pairs, metric, sites, position=position, direction=direction, batch_size=batch_size,
-                       engine=engine)
+    sites = Sites(
+        component,
+        names,
+        "kv_head" if component in ("k", "v") else "head",
+        n_heads,
+        component == "pattern",
+    )
+    return patch_sites(
+        model,
+        pairs,
+        metric,
+        sites,
+        position=position,
+        direction=direction,
+        batch_size=batch_size,
+        engine=engine,
+    )
 
 
 def patch_head_outputs(
@@ -134,8 +156,16 @@ def patch_head_outputs(
     engine: Engine = "auto",
 ) -> PatchResult:
     """``patch_heads(..., component="z")``: patch each head's output (``hook_z``)."""
-    return patch_heads(model, pairs, metric, component="z", position=position, direction=direction,
-                       batch_size=batch_size, engine=engine)
+    return patch_heads(
+        model,
+        pairs,
+        metric,
+        component="z",
+        position=position,
+        direction=direction,
+        batch_size=batch_size,
+        engine=engine,
+    )
 
 
 def patch_sites(
@@ -159,8 +189,10 @@ def patch_sites(
         RuntimeError: a hook holds an unexpected number of units, or a run lacks patched positions.
     """
     if position not in ("last", "all", "each") or direction not in ("denoise", "noise"):
-        raise ValueError(f"position must be 'last'/'all'/'each' and direction 'denoise'/'noise', "
-                         f"got {position!r}, {direction!r}")
+        raise ValueError(
+            f"position must be 'last'/'all'/'each' and direction 'denoise'/'noise', "
+            f"got {position!r}, {direction!r}"
+        )
     _check_alignment(pairs, sites, position)
     batch = PairBatch.from_pairs(pairs, model.tokenizer.pad_token_id or 0)
     base, src = ("ref", "cf") if direction == "denoise" else ("cf", "ref")
@@ -174,22 +206,58 @@ def patch_sites(
         for i, cell in enumerate(cells):
             layer, rest = divmod(cell, U * P)
             todo.setdefault(layer, []).append((i, *divmod(rest, P)))
-        return [(sites.names[l], _patch_hook(source[sites.names[l]], view, cells_l, sites, position))
-                for l, cells_l in todo.items()]
+        return [
+            (sites.names[l], _patch_hook(source[sites.names[l]], view, cells_l, sites, position))
+            for l, cells_l in todo.items()
+        ]
 
-    resume = {} if sites.unit_first else {  # pattern keys must start at 0: full hooked runs
-        "first_layer": lambda cell: cell // (U * P),
-        "start": {"last": base_last, "all": batch.shared_prefix, "each": torch.zeros_like(base_last)}[position]}
-    patched = run_cells(model, base_ids, base_last, L * U * P, hooks_for, metric, batch_size, engine=engine, **resume)
+    resume = (
+        {}
+        if sites.unit_first
+        else {  # pattern keys must start at 0: full hooked runs
+            "first_layer": lambda cell: cell // (U * P),
+            "start": {
+                "last": base_last,
+                "all": batch.shared_prefix,
+                "each": torch.zeros_like(base_last),
+            }[position],
+        }
+    )
+    patched = run_cells(
+        model,
+        base_ids,
+        base_last,
+        L * U * P,
+        hooks_for,
+        metric,
+        batch_size,
+        engine=engine,
+        **resume,
+    )
     metric_ref, metric_cf = baselines(model, batch, metric)
     values = (patched - (metric_ref if base == "ref" else metric_cf)).view(L, U, P, batch.n)
     if position == "each":
-        values[:, :, torch.arange(P)[:, None] > base_last[None, :]] = 0.0  # no such position: effect 0
+        values[:, :, torch.arange(P)[:, None] > base_last[None, :]] = (
+            0.0  # no such position: effect 0
+        )
     shape = (L,) + ((U,) if sites.unit else ()) + ((P,) if position == "each" else ()) + (batch.n,)
-    components = ("layer",) + ((sites.unit,) if sites.unit else ()) + (("pos",) if position == "each" else ())
-    return PatchResult(values.reshape(shape), metric_ref, metric_cf, f"activation/{sites.label}/{position}/{direction}",
-                       metric.name, metric.higher_is_sycophantic, "absolute", batch.ids,
-                       {"model": str(model.cfg.model_name)}, components)
+    components = (
+        ("layer",)
+        + ((sites.unit,) if sites.unit else ())
+        + (("pos",) if position == "each" else ())
+    )
+    return PatchResult(
+        values.reshape(shape),
+        metric_ref,
+        metric_cf,
+        f"activation/{sites.label}/{position}/{direction}",
+        metric.name,
+        metric.higher_is_sycophantic,
+        "absolute",
+        batch.ids,
+        {"model": str(model.cfg.model_name)},
+        components,
+    )
 
 
 def patch_head_list(
@@ -214,11 +282,19 @@ def patch_head_list(
     L, H = model.cfg.n_layers, model.cfg.n_heads
     bad = [(l, h) for l, h in heads if not (0 <= l < L and 0 <= h < H)]
     if bad or not heads:
-        raise ValueError(f"heads must be a non-empty list of (layer < {L}, head < {H}) pairs; bad: {bad[:3]}")
+        raise ValueError(
+            f"heads must be a non-empty list of (layer < {L}, head < {H}) pairs; bad: {bad[:3]}"
+        )
     if position not in ("last", "all") or direction not in ("denoise", "noise"):
-        raise ValueError(f"position must be 'last'/'all' and direction 'denoise'/'noise', got {position!r}, {direction!r}")
-    if position == "all" and (batch.ref.shape != batch.cf.shape or not torch.equal(batch.ref_last, batch.cf_last)):
-        raise ValueError("position='all' needs aligned pairs (equal token counts); build them with align=True")
+        raise ValueError(
+            f"position must be 'last'/'all' and direction 'denoise'/'noise', got {position!r}, {direction!r}"
+        )
+    if position == "all" and (
+        batch.ref.shape != batch.cf.shape or not torch.equal(batch.ref_last, batch.cf_last)
+    ):
+        raise ValueError(
+            "position='all' needs aligned pairs (equal token counts); build them with align=True"
+        )
     order = sorted(range(len(heads)), key=lambda i: heads[i])  # layer order, for resumed runs
     sites = Sites("z", tuple(f"blocks.{l}.attn.hook_z" for l in range(L)), "head", H)
     base, src = ("ref", "cf") if direction == "denoise" else ("cf", "ref")
@@ -230,11 +306,24 @@ def patch_head_list(
         for i, cell in enumerate(cells):
             layer, head = heads[order[cell]]
             todo.setdefault(layer, []).append((i, head, 0))
-        return [(sites.names[l], _patch_hook(source[sites.names[l]], view, t, sites, position)) for l, t in todo.items()]
+        return [
+            (sites.names[l], _patch_hook(source[sites.names[l]], view, t, sites, position))
+            for l, t in todo.items()
+        ]
 
     start = base_last if position == "last" else batch.shared_prefix
-    patched = run_cells(model, base_ids, base_last, len(heads), hooks_for, metric, batch_size, engine=engine,
-                        first_layer=lambda cell: heads[order[cell]][0], start=start)
+    patched = run_cells(
+        model,
+        base_ids,
+        base_last,
+        len(heads),
+        hooks_for,
+        metric,
+        batch_size,
+        engine=engine,
+        first_layer=lambda cell: heads[order[cell]][0],
+        start=start,
+    )
     base_metric = baselines(model, batch, metric)[0 if base == "ref" else 1]
     out = torch.empty_like(patched)
     out[torch.tensor(order)] = patched - base_metric
@@ -248,25 +337,35 @@ def _check_alignment(pairs: Sequence[PromptPair], sites: Sites, position: str) -
         try:
             require_aligned(pairs)
         except ValueError as err:
-            raise ValueError(f"{sites.label} patching needs aligned pairs even at the last position: a "
-                             f"pattern row has one weight per key position. {err}") from None
+            raise ValueError(
+                f"{sites.label} patching needs aligned pairs even at the last position: a "
+                f"pattern row has one weight per key position. {err}"
+            ) from None
 
 
-def _source_cache(model: TransformerBridge, ids: torch.Tensor, last: torch.Tensor, sites: Sites,
-                  position: str) -> dict[str, torch.Tensor]:
+def _source_cache(
+    model: TransformerBridge, ids: torch.Tensor, last: torch.Tensor, sites: Sites, position: str
+) -> dict[str, torch.Tensor]:
     """The source run's activations, ``[example, pos, (unit,) ...]`` (``pos`` dropped for "last")."""
     out = {}
     for name, act in cache_hooks(model, ids, sites.names).items():
         act = act.transpose(1, 2) if sites.unit_first else act
         if sites.unit and act.shape[2] != sites.n_units:
-            raise RuntimeError(f"{name} holds {act.shape[2]} heads per position, expected {sites.n_units} "
-                               f"{sites.unit}s; patching one {sites.unit} needs unexpanded activations")
+            raise RuntimeError(
+                f"{name} holds {act.shape[2]} heads per position, expected {sites.n_units} "
+                f"{sites.unit}s; patching one {sites.unit} needs unexpanded activations"
+            )
         out[name] = act[torch.arange(len(last)), last] if position == "last" else act
     return out
 
 
-def _patch_hook(source: torch.Tensor, view: RowView, todo: list[tuple[int, int, int]], sites: Sites,
-                position: str) -> Callable[[torch.Tensor, object], torch.Tensor]:
+def _patch_hook(
+    source: torch.Tensor,
+    view: RowView,
+    todo: list[tuple[int, int, int]],
+    sites: Sites,
+    position: str,
+) -> Callable[[torch.Tensor, object], torch.Tensor]:
     """A hook writing ``source`` into the rows of each ``(chunk cell, unit, pos)`` in ``todo``."""
 
     def hook(act: torch.Tensor, hook=None) -> torch.Tensor:
@@ -282,12 +381,21 @@ def _patch_hook(source: torch.Tensor, view: RowView, todo: list[tuple[int, int, 
     return hook
 
 
-def _write(target: torch.Tensor, view: RowView, i: int, source: torch.Tensor, position: str,
-           unit: tuple[int, ...], pos: int) -> None:
+def _write(
+    target: torch.Tensor,
+    view: RowView,
+    i: int,
+    source: torch.Tensor,
+    position: str,
+    unit: tuple[int, ...],
+    pos: int,
+) -> None:
     """Overwrite cell ``i``'s rows of ``target`` ``[rows, local_pos, (unit,) ...]`` at its positions."""
     rows = view.rows(i)
     if position == "all":
-        target[(rows, slice(None), *unit)] = view.gather(source, i)[(slice(None), slice(None), *unit)]
+        target[(rows, slice(None), *unit)] = view.gather(source, i)[
+            (slice(None), slice(None), *unit)
+        ]
         return
     r, ex = torch.arange(rows.start, rows.stop), view.example[rows]
     if position == "last":
@@ -308,19 +416,25 @@ def _local_position(view: RowView, i: int, pos: int) -> tuple[torch.Tensor, torc
     match = positions == pos
     inside = positions.gather(1, view.last[rows, None])[:, 0] >= pos
     if (inside & ~match.any(-1)).any():
-        raise RuntimeError(f"position {pos} is not recomputed in this patched run; by-position patching "
-                           "needs every patched position in the hooked activations")
+        raise RuntimeError(
+            f"position {pos} is not recomputed in this patched run; by-position patching "
+            "needs every patched position in the hooked activations"
+        )
     # First match: positions past a row's end are clamped to its last one, which comes first.
     return match.int().argmax(-1), inside
 
 
 def _require_from_zero(view: RowView, i: int, label: str) -> None:
     if (view.pos[view.rows(i), 0] != 0).any():
-        raise RuntimeError(f"{label} patching at these positions needs runs that recompute every position from 0; "
-                           "this run starts later")
+        raise RuntimeError(
+            f"{label} patching at these positions needs runs that recompute every position from 0; "
+            "this run starts later"
+        )
 
 
-def _fit_keys(source: Float[torch.Tensor, "*batch k_src"], n_keys: int) -> Float[torch.Tensor, "*batch k"]:
+def _fit_keys(
+    source: Float[torch.Tensor, "*batch k_src"], n_keys: int
+) -> Float[torch.Tensor, "*batch k"]:
     """Pattern rows resized to ``n_keys`` key positions.
 
     Exact for causal rows: every weight beyond a row's own query position is 0, and a patched

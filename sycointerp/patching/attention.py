@@ -68,18 +68,26 @@ class HeadAttention:
 
     def __post_init__(self) -> None:
         if self.weights.shape != (len(self.heads), len(self.tokens)) or not self.heads:
-            raise ValueError(f"weights must be [head, key] = ({len(self.heads)}, {len(self.tokens)}) with at "
-                             f"least one head, got {tuple(self.weights.shape)}")
+            raise ValueError(
+                f"weights must be [head, key] = ({len(self.heads)}, {len(self.tokens)}) with at "
+                f"least one head, got {tuple(self.weights.shape)}"
+            )
         if len(set(self.heads)) != len(self.heads):
             raise ValueError(f"heads must be distinct, got {self.heads}")
         start, end = self.challenge_span
         if not 0 <= start < end <= len(self.tokens):
-            raise ValueError(f"challenge_span must satisfy 0 <= start < end <= {len(self.tokens)}, got {(start, end)}")
+            raise ValueError(
+                f"challenge_span must satisfy 0 <= start < end <= {len(self.tokens)}, got {(start, end)}"
+            )
         if self.side not in ("ref", "cf"):
             raise ValueError(f"side must be 'ref' or 'cf', got {self.side!r}")
         rows = self.weights.double().sum(-1)
-        if (self.weights < 0).any() or not torch.allclose(rows, torch.ones_like(rows), atol=_ROW_TOLERANCE):
-            raise ValueError(f"each head's weights must be non-negative and sum to 1, got row sums {rows.tolist()}")
+        if (self.weights < 0).any() or not torch.allclose(
+            rows, torch.ones_like(rows), atol=_ROW_TOLERANCE
+        ):
+            raise ValueError(
+                f"each head's weights must be non-negative and sum to 1, got row sums {rows.tolist()}"
+            )
 
     @property
     def query(self) -> int:
@@ -102,7 +110,9 @@ def _turn_text(pair: PromptPair, side: str) -> tuple[tuple[int, ...], str]:
     return (pair.ref_ids, pair.challenge) if side == "ref" else (pair.cf_ids, pair.counterfactual)
 
 
-def challenge_span(pair: PromptPair, tokenizer: PreTrainedTokenizerBase, side: Side = "ref") -> tuple[int, int]:
+def challenge_span(
+    pair: PromptPair, tokenizer: PreTrainedTokenizerBase, side: Side = "ref"
+) -> tuple[int, int]:
     """Token range ``(start, end)`` of the last user turn's text in one side's prompt.
 
     Character offsets come from decoding every prefix of the prompt, so tokens that merge with
@@ -119,31 +129,42 @@ def challenge_span(pair: PromptPair, tokenizer: PreTrainedTokenizerBase, side: S
             pair's first differing token (the text found is not the differing turn).
     """
     ids, text = _turn_text(pair, side)
-    ends = [len(tokenizer.decode(ids[: i + 1], clean_up_tokenization_spaces=False)) for i in range(len(ids))]
+    ends = [
+        len(tokenizer.decode(ids[: i + 1], clean_up_tokenization_spaces=False))
+        for i in range(len(ids))
+    ]
     full = tokenizer.decode(ids, clean_up_tokenization_spaces=False)
     first = full.rfind(text)
     if first < 0 or not text:
-        raise ValueError(f"the {side} turn {text!r} is not in the decoded {side} prompt; was the pair built "
-                         "with this tokenizer?")
+        raise ValueError(
+            f"the {side} turn {text!r} is not in the decoded {side} prompt; was the pair built "
+            "with this tokenizer?"
+        )
     start = next(i for i, e in enumerate(ends) if e > first)
     end = next(i for i, e in enumerate(ends) if e >= first + len(text)) + 1
     if not start <= pair.first_diff < end:
-        raise ValueError(f"the {side} turn spans tokens [{start}, {end}) but the prompts first differ at token "
-                         f"{pair.first_diff}; the turn text found is not the one that differs")
+        raise ValueError(
+            f"the {side} turn spans tokens [{start}, {end}) but the prompts first differ at token "
+            f"{pair.first_diff}; the turn text found is not the one that differs"
+        )
     return start, end
 
 
 def _pattern_hook(store: dict[int, torch.Tensor], layer: int, heads: list[int], last: torch.Tensor):
     def hook(pattern: torch.Tensor, hook=None) -> None:
         rows = torch.arange(pattern.shape[0], device=pattern.device)
-        store[layer] = pattern[rows, :, last.to(pattern.device)][:, heads].float().cpu()  # [batch, head, key]
+        store[layer] = (
+            pattern[rows, :, last.to(pattern.device)][:, heads].float().cpu()
+        )  # [batch, head, key]
 
     return hook
 
 
 @torch.inference_mode()
 def _query_rows(
-    model: TransformerBridge, ids: Int[torch.Tensor, "batch pos"], last: Int[torch.Tensor, " batch"],
+    model: TransformerBridge,
+    ids: Int[torch.Tensor, "batch pos"],
+    last: Int[torch.Tensor, " batch"],
     heads: Sequence[Head],
 ) -> Float[torch.Tensor, "batch head key"]:
     """Attention rows of ``heads`` (in the given order) from each prompt's ``last`` position."""
@@ -157,7 +178,9 @@ def _query_rows(
 
 def _check_run(model: TransformerBridge, heads: Sequence[Head], batch_size: int = 1) -> None:
     if model.training:
-        raise RuntimeError("the model is in training mode (dropout on the pattern); call model.eval() first")
+        raise RuntimeError(
+            "the model is in training mode (dropout on the pattern); call model.eval() first"
+        )
     if not heads:
         raise ValueError("no heads given")
     if batch_size < 1:
@@ -221,7 +244,9 @@ def challenge_share(
     prompts = [_turn_text(p, side)[0] for p in pairs]
     shares = []
     for start in range(0, len(pairs), batch_size):
-        ids, lengths = pad_right(prompts[start : start + batch_size], model.tokenizer.pad_token_id or 0)
+        ids, lengths = pad_right(
+            prompts[start : start + batch_size], model.tokenizer.pad_token_id or 0
+        )
         rows = _query_rows(model, ids, lengths - 1, heads)  # [batch, head, key]
         key = torch.arange(ids.shape[1])
         part = spans[start : start + batch_size]

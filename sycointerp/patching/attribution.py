@@ -68,8 +68,10 @@ def spearman(a: Float[torch.Tensor, " n"], b: Float[torch.Tensor, " n"]) -> floa
         ValueError: the two sides differ in length, have fewer than 2 values, or hold a NaN.
     """
     if a.shape != b.shape or a.numel() < 2:
-        raise ValueError(f"spearman needs two equally long vectors of >= 2 values, got {tuple(a.shape)} and "
-                         f"{tuple(b.shape)}")
+        raise ValueError(
+            f"spearman needs two equally long vectors of >= 2 values, got {tuple(a.shape)} and "
+            f"{tuple(b.shape)}"
+        )
     if torch.isnan(a).any() or torch.isnan(b).any():
         raise ValueError("spearman got a NaN; NaN has no rank (drop those entries first)")
     ra, rb = _average_ranks(a), _average_ranks(b)
@@ -100,13 +102,19 @@ def _activation_gradients_only(model: TransformerBridge) -> Iterator[None]:
             p.requires_grad_(flag)
 
 
-def _last_metric(logits: torch.Tensor, last: torch.Tensor, metric: PatchMetric, example: torch.Tensor) -> torch.Tensor:
+def _last_metric(
+    logits: torch.Tensor, last: torch.Tensor, metric: PatchMetric, example: torch.Tensor
+) -> torch.Tensor:
     return metric(logits[torch.arange(logits.shape[0]), last].float(), example)
 
 
 @torch.no_grad()
 def _cached_run(
-    model: TransformerBridge, ids: torch.Tensor, last: torch.Tensor, metric: PatchMetric, example: torch.Tensor,
+    model: TransformerBridge,
+    ids: torch.Tensor,
+    last: torch.Tensor,
+    metric: PatchMetric,
+    example: torch.Tensor,
     names: Sequence[str],
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Metric and the activations ``names`` of one no-grad forward (no_grad, not inference_mode:
@@ -115,13 +123,19 @@ def _cached_run(
     logits, cache = model.run_with_cache(ids, names_filter=lambda n: n in wanted)
     missing = wanted - set(cache.keys())
     if missing:
-        raise RuntimeError(f"hooks not found in the model: {sorted(missing)[:3]}; "
-                           "is it a compat-mode TransformerBridge?")
+        raise RuntimeError(
+            f"hooks not found in the model: {sorted(missing)[:3]}; "
+            "is it a compat-mode TransformerBridge?"
+        )
     return _last_metric(logits, last, metric, example), {n: cache[n] for n in names}
 
 
 def _gradient_run(
-    model: TransformerBridge, ids: torch.Tensor, last: torch.Tensor, metric: PatchMetric, example: torch.Tensor,
+    model: TransformerBridge,
+    ids: torch.Tensor,
+    last: torch.Tensor,
+    metric: PatchMetric,
+    example: torch.Tensor,
     resid_in: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
     """One forward + backward: (metric, ``hook_z`` of every layer, d summed metric / d each ``hook_z``).
@@ -139,9 +153,13 @@ def _gradient_run(
         return z  # returned, not None: the bridge only routes a hook's return value into the graph
 
     n_layers = model.cfg.n_layers
-    logits = model.run_with_hooks(ids, fwd_hooks=[(RESID_IN, leaf)] + [(z_name(l), capture) for l in range(n_layers)])
+    logits = model.run_with_hooks(
+        ids, fwd_hooks=[(RESID_IN, leaf)] + [(z_name(l), capture) for l in range(n_layers)]
+    )
     if len(zs) != n_layers:
-        raise RuntimeError(f"{len(zs)} of {n_layers} hook_z hooks fired; is the model a compat-mode TransformerBridge?")
+        raise RuntimeError(
+            f"{len(zs)} of {n_layers} hook_z hooks fired; is the model a compat-mode TransformerBridge?"
+        )
     values = _last_metric(logits, last, metric, example)
     grads = torch.autograd.grad(values.sum(), zs)
     return values.detach(), [z.detach() for z in zs], list(grads)
@@ -161,26 +179,42 @@ def _head_dot(
         delta = z_src[rows, src_last] - z_base[rows, base_last]
         return (delta * grad[rows, base_last]).sum(-1)
     # Pad positions past a prompt's end never reach its metric; mask them rather than trust a zero gradient.
-    real = torch.arange(z_base.shape[1], device=z_base.device)[None, :] <= base_last.to(z_base.device)[:, None]
+    real = (
+        torch.arange(z_base.shape[1], device=z_base.device)[None, :]
+        <= base_last.to(z_base.device)[:, None]
+    )
     return ((z_src - z_base) * grad * real[:, :, None, None]).sum((1, 3))
 
 
 def _integrated_gradients(
-    model: TransformerBridge, ids: torch.Tensor, last: torch.Tensor, metric: PatchMetric, example: torch.Tensor,
-    x_base: torch.Tensor, x_src: torch.Tensor, steps: int,
+    model: TransformerBridge,
+    ids: torch.Tensor,
+    last: torch.Tensor,
+    metric: PatchMetric,
+    example: torch.Tensor,
+    x_base: torch.Tensor,
+    x_src: torch.Tensor,
+    steps: int,
 ) -> list[torch.Tensor]:
     """``hook_z`` gradients averaged over the midpoint interpolations of block 0's input residual."""
     total: list[torch.Tensor] | None = None
     for k in range(steps):
         alpha = (k + 0.5) / steps
-        _, _, grads = _gradient_run(model, ids, last, metric, example, x_base + alpha * (x_src - x_base))
+        _, _, grads = _gradient_run(
+            model, ids, last, metric, example, x_base + alpha * (x_src - x_base)
+        )
         total = grads if total is None else [t + g for t, g in zip(total, grads)]
     return [t / steps for t in total]
 
 
 def _attribute_chunk(
-    model: TransformerBridge, base: tuple[torch.Tensor, torch.Tensor], src: tuple[torch.Tensor, torch.Tensor],
-    metric: PatchMetric, example: torch.Tensor, position: Where, ig_steps: int,
+    model: TransformerBridge,
+    base: tuple[torch.Tensor, torch.Tensor],
+    src: tuple[torch.Tensor, torch.Tensor],
+    metric: PatchMetric,
+    example: torch.Tensor,
+    position: Where,
+    ig_steps: int,
 ) -> tuple[Float[torch.Tensor, "layer head ex"], torch.Tensor, torch.Tensor]:
     """Attribution of every head for one chunk of examples; also the base and source metrics."""
     (base_ids, base_last), (src_ids, src_last) = base, src
@@ -190,44 +224,74 @@ def _attribute_chunk(
         if ig_steps == 0:
             base_metric, z_base, grads = _gradient_run(model, base_ids, base_last, metric, example)
         else:
-            base_metric, base_cache = _cached_run(model, base_ids, base_last, metric, example, names)
+            base_metric, base_cache = _cached_run(
+                model, base_ids, base_last, metric, example, names
+            )
             z_base = [base_cache[z_name(l)] for l in range(model.cfg.n_layers)]
-            grads = _integrated_gradients(model, base_ids, base_last, metric, example, base_cache[RESID_IN],
-                                          src_cache[RESID_IN], ig_steps)
-    per_layer = [_head_dot(src_cache[z_name(l)], z, g, src_last, base_last, position)
-                 for l, (z, g) in enumerate(zip(z_base, grads))]
+            grads = _integrated_gradients(
+                model,
+                base_ids,
+                base_last,
+                metric,
+                example,
+                base_cache[RESID_IN],
+                src_cache[RESID_IN],
+                ig_steps,
+            )
+    per_layer = [
+        _head_dot(src_cache[z_name(l)], z, g, src_last, base_last, position)
+        for l, (z, g) in enumerate(zip(z_base, grads))
+    ]
     return torch.stack(per_layer).transpose(1, 2).float().cpu(), base_metric.cpu(), src_metric.cpu()
 
 
-def _verify(result: PatchResult, exact: torch.Tensor, heads: list[tuple[int, int]]) -> dict[str, object]:
+def _verify(
+    result: PatchResult, exact: torch.Tensor, heads: list[tuple[int, int]]
+) -> dict[str, object]:
     """``meta`` entries comparing attribution and exact patching on the verified heads (means over examples)."""
     attribution = torch.stack([result.mean[l, h] for l, h in heads])
     exact_mean = exact.mean(-1)
-    verified = [{"layer": l, "head": h, "attribution": float(a), "exact": float(e)}
-                for (l, h), a, e in zip(heads, attribution, exact_mean)]
+    verified = [
+        {"layer": l, "head": h, "attribution": float(a), "exact": float(e)}
+        for (l, h), a, e in zip(heads, attribution, exact_mean)
+    ]
     out: dict[str, object] = {"verified": verified}
     if len(heads) >= 3:
         rho = spearman(attribution, exact_mean)
-        out["spearman_top_k"] = None if rho != rho else rho  # NaN (a constant side) is not valid JSON
+        out["spearman_top_k"] = (
+            None if rho != rho else rho
+        )  # NaN (a constant side) is not valid JSON
     return out
 
 
-def _check_options(model: TransformerBridge, position: str, direction: str, ig_steps: int, verify_top_k: int,
-                   batch_size: int) -> None:
+def _check_options(
+    model: TransformerBridge,
+    position: str,
+    direction: str,
+    ig_steps: int,
+    verify_top_k: int,
+    batch_size: int,
+) -> None:
     if position not in ("last", "all") or direction not in ("denoise", "noise"):
-        raise ValueError(f"position must be 'last'/'all' and direction 'denoise'/'noise', "
-                         f"got {position!r}, {direction!r}")
+        raise ValueError(
+            f"position must be 'last'/'all' and direction 'denoise'/'noise', "
+            f"got {position!r}, {direction!r}"
+        )
     if ig_steps < 0:
         raise ValueError(f"ig_steps must be >= 0 (0 = plain attribution patching), got {ig_steps}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     n_heads = model.cfg.n_layers * model.cfg.n_heads
     if not 0 <= verify_top_k <= n_heads:
-        raise ValueError(f"verify_top_k must be in [0, {n_heads}] (the model's layers x heads), got {verify_top_k}")
+        raise ValueError(
+            f"verify_top_k must be in [0, {n_heads}] (the model's layers x heads), got {verify_top_k}"
+        )
     if model.training:
         raise RuntimeError("the model is in training mode; call model.eval() before patching")
     if torch.is_inference_mode_enabled():
-        raise RuntimeError("attribution patching needs gradients; call it outside torch.inference_mode()")
+        raise RuntimeError(
+            "attribution patching needs gradients; call it outside torch.inference_mode()"
+        )
 
 
 def attribution_patch_heads(
@@ -272,13 +336,31 @@ def attribution_patch_heads(
         sides = [(ids[ex], last[ex]) for ids, last in (batch.side(base), batch.side(src))]
         chunks.append(_attribute_chunk(model, *sides, metric, ex, position, ig_steps))
     values, base_metric, src_metric = (torch.cat(parts, dim=-1) for parts in zip(*chunks))
-    metric_ref, metric_cf = (base_metric, src_metric) if base == "ref" else (src_metric, base_metric)
+    metric_ref, metric_cf = (
+        (base_metric, src_metric) if base == "ref" else (src_metric, base_metric)
+    )
     method = f"attribution/z/{position}/{direction}" + (f"/ig{ig_steps}" if ig_steps else "")
-    result = PatchResult(values, metric_ref, metric_cf, method, metric.name, metric.higher_is_sycophantic,
-                         "absolute", batch.ids, {"model": str(model.cfg.model_name), "ig_steps": ig_steps})
+    result = PatchResult(
+        values,
+        metric_ref,
+        metric_cf,
+        method,
+        metric.name,
+        metric.higher_is_sycophantic,
+        "absolute",
+        batch.ids,
+        {"model": str(model.cfg.model_name), "ig_steps": ig_steps},
+    )
     if verify_top_k:
         heads = result.rank()[:verify_top_k]
-        exact = patch_head_list(model, batch, metric, heads, position=position, direction=direction,
-                                batch_size=batch_size)
+        exact = patch_head_list(
+            model,
+            batch,
+            metric,
+            heads,
+            position=position,
+            direction=direction,
+            batch_size=batch_size,
+        )
         result = dataclasses.replace(result, meta={**result.meta, **_verify(result, exact, heads)})
     return result

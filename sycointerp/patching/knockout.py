@@ -65,7 +65,12 @@ from sycointerp.judge import admits_mistake  # re-exported: the one implementati
 from sycointerp.patching._engine import PairBatch, PatchMetric, cache_hooks, run_metric, z_name
 
 __all__ = [
-    "KnockoutCurve", "ablate_heads", "admits_mistake", "draw_random_heads", "head_means", "knockout_curve",
+    "KnockoutCurve",
+    "ablate_heads",
+    "admits_mistake",
+    "draw_random_heads",
+    "head_means",
+    "knockout_curve",
     "knockout_metric",
 ]
 
@@ -73,6 +78,7 @@ Head = tuple[int, int]
 Method = Literal["mean", "zero", "resample"]
 METHODS = ("mean", "zero", "resample")
 Means = Float[torch.Tensor, "layer head d_head"] | Mapping[int, Float[torch.Tensor, "head d_head"]]
+
 
 def _by_layer(model: TransformerBridge, heads: Sequence[Head]) -> dict[int, list[int]]:
     """Heads grouped by layer (sorted); refuses heads out of range and repeated heads."""
@@ -82,9 +88,13 @@ def _by_layer(model: TransformerBridge, heads: Sequence[Head]) -> dict[int, list
         try:
             layer, head = (operator.index(x) for x in pair)
         except (TypeError, ValueError):
-            raise ValueError(f"a head must be a (layer, head) pair of integers, got {pair!r}") from None
+            raise ValueError(
+                f"a head must be a (layer, head) pair of integers, got {pair!r}"
+            ) from None
         if not (0 <= layer < L and 0 <= head < H):
-            raise ValueError(f"head ({layer}, {head}) is out of range: the model has {L} layers x {H} heads")
+            raise ValueError(
+                f"head ({layer}, {head}) is out of range: the model has {L} layers x {H} heads"
+            )
         if head in by_layer.get(layer, []):
             raise ValueError(f"head ({layer}, {head}) is listed twice")
         by_layer.setdefault(layer, []).append(head)
@@ -92,8 +102,12 @@ def _by_layer(model: TransformerBridge, heads: Sequence[Head]) -> dict[int, list
 
 
 @torch.inference_mode()
-def _layer_means(model: TransformerBridge, prompts: Sequence[Sequence[int]], layers: Sequence[int],
-                 batch_size: int) -> dict[int, torch.Tensor]:
+def _layer_means(
+    model: TransformerBridge,
+    prompts: Sequence[Sequence[int]],
+    layers: Sequence[int],
+    batch_size: int,
+) -> dict[int, torch.Tensor]:
     """Mean ``hook_z`` per layer (``[head, d_head]``) over every real position of ``prompts``."""
     if not prompts or any(len(p) == 0 for p in prompts):
         raise ValueError("mean ablation needs at least one reference prompt, and no empty ones")
@@ -101,7 +115,9 @@ def _layer_means(model: TransformerBridge, prompts: Sequence[Sequence[int]], lay
     sums: dict[int, torch.Tensor] = {}
     count = 0
     for start in range(0, len(prompts), batch_size):
-        ids, lengths = pad_right(prompts[start : start + batch_size], model.tokenizer.pad_token_id or 0)
+        ids, lengths = pad_right(
+            prompts[start : start + batch_size], model.tokenizer.pad_token_id or 0
+        )
         real = torch.arange(ids.shape[1]) < lengths[:, None]
         cached = cache_hooks(model, ids.to(model.cfg.device), names)
         for l in layers:
@@ -127,25 +143,40 @@ def head_means(
 
 
 def _replacements(
-    model: TransformerBridge, by_layer: dict[int, list[int]], method: str,
-    reference: Sequence[Sequence[int]] | None, means: Means | None, source: torch.Tensor | None, batch_size: int,
+    model: TransformerBridge,
+    by_layer: dict[int, list[int]],
+    method: str,
+    reference: Sequence[Sequence[int]] | None,
+    means: Means | None,
+    source: torch.Tensor | None,
+    batch_size: int,
 ) -> dict[int, torch.Tensor]:
     """Per layer, the value written into the ablated heads' slice of ``z``: ``[n_sel, d_head]``
     (zero, mean) or ``[batch, pos, n_sel, d_head]`` (resample)."""
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-    given = {"reference": reference is not None, "means": means is not None, "source": source is not None}
+    given = {
+        "reference": reference is not None,
+        "means": means is not None,
+        "source": source is not None,
+    }
     allowed = {"zero": set(), "mean": {"reference", "means"}, "resample": {"source"}}[method]
     extra = [name for name, is_given in given.items() if is_given and name not in allowed]
     if extra:
         raise ValueError(f"{extra} do not apply to method={method!r}")
     if method == "mean" and given["reference"] == given["means"]:
-        raise ValueError("mean ablation needs exactly one of reference= (token-id prompts) or means=")
+        raise ValueError(
+            "mean ablation needs exactly one of reference= (token-id prompts) or means="
+        )
     if method == "resample" and source is None:
-        raise ValueError("resample ablation needs source= (the counterfactual token ids, aligned with the run)")
+        raise ValueError(
+            "resample ablation needs source= (the counterfactual token ids, aligned with the run)"
+        )
     d_head = model.cfg.d_head
     if method == "zero" or not by_layer:
-        return {l: torch.zeros(len(hs), d_head, device=model.cfg.device) for l, hs in by_layer.items()}
+        return {
+            l: torch.zeros(len(hs), d_head, device=model.cfg.device) for l, hs in by_layer.items()
+        }
     if method == "resample":
         cached = cache_hooks(model, source.to(model.cfg.device), [z_name(l) for l in by_layer])
         return {l: cached[z_name(l)][:, :, hs] for l, hs in by_layer.items()}
@@ -153,7 +184,9 @@ def _replacements(
         means = _layer_means(model, reference, list(by_layer), batch_size)
     for l in by_layer:
         if tuple(means[l].shape) != (model.cfg.n_heads, d_head):
-            raise ValueError(f"means[{l}] has shape {tuple(means[l].shape)}, expected ({model.cfg.n_heads}, {d_head})")
+            raise ValueError(
+                f"means[{l}] has shape {tuple(means[l].shape)}, expected ({model.cfg.n_heads}, {d_head})"
+            )
     return {l: means[l][hs].to(model.cfg.device) for l, hs in by_layer.items()}
 
 
@@ -219,14 +252,20 @@ def ablate_heads(
         yield fired
     never = sorted(name for name, calls in fired.items() if calls == 0)
     if never:
-        raise RuntimeError(f"ablation hooks never fired: {never}; run the model inside the block "
-                           "(is it a compat-mode TransformerBridge?)")
+        raise RuntimeError(
+            f"ablation hooks never fired: {never}; run the model inside the block "
+            "(is it a compat-mode TransformerBridge?)"
+        )
 
 
-def _prepare(model: TransformerBridge, pairs: Sequence[PromptPair], method: str, batch_size: int) -> PairBatch:
+def _prepare(
+    model: TransformerBridge, pairs: Sequence[PromptPair], method: str, batch_size: int
+) -> PairBatch:
     """Checks shared by the knockout functions; the pairs as padded tensors."""
     if model.training:
-        raise RuntimeError("the model is in training mode; call model.eval() before knocking out heads")
+        raise RuntimeError(
+            "the model is in training mode; call model.eval() before knocking out heads"
+        )
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if method not in METHODS:
@@ -237,8 +276,9 @@ def _prepare(model: TransformerBridge, pairs: Sequence[PromptPair], method: str,
     return batch
 
 
-def _mean_prompts(pairs: Sequence[PromptPair], method: str,
-                  reference: Sequence[Sequence[int]] | None) -> Sequence[Sequence[int]] | None:
+def _mean_prompts(
+    pairs: Sequence[PromptPair], method: str, reference: Sequence[Sequence[int]] | None
+) -> Sequence[Sequence[int]] | None:
     """The prompts the ``"mean"`` is taken over (default: the pairs' reference prompts); None otherwise."""
     if method != "mean":
         if reference is not None:
@@ -247,15 +287,28 @@ def _mean_prompts(pairs: Sequence[PromptPair], method: str,
     return [p.ref_ids for p in pairs] if reference is None else reference
 
 
-def _knockout(model: TransformerBridge, batch: PairBatch, metric: PatchMetric, heads: Sequence[Head],
-              method: str, means: Means | None, batch_size: int) -> torch.Tensor:
+def _knockout(
+    model: TransformerBridge,
+    batch: PairBatch,
+    metric: PatchMetric,
+    heads: Sequence[Head],
+    method: str,
+    means: Means | None,
+    batch_size: int,
+) -> torch.Tensor:
     """The metric per example with ``heads`` ablated (``means`` precomputed for ``"mean"``)."""
     out = []
     for start in range(0, batch.n, batch_size):
         rows = torch.arange(start, min(start + batch_size, batch.n))
         source = batch.cf[rows] if method == "resample" else None
-        with ablate_heads(model, heads, method=method, means=means if method == "mean" else None, source=source):
-            out.append(run_metric(model, batch.ref[rows].to(model.cfg.device), batch.ref_last[rows], metric, rows))
+        with ablate_heads(
+            model, heads, method=method, means=means if method == "mean" else None, source=source
+        ):
+            out.append(
+                run_metric(
+                    model, batch.ref[rows].to(model.cfg.device), batch.ref_last[rows], metric, rows
+                )
+            )
     return torch.cat(out).cpu()
 
 
@@ -286,7 +339,9 @@ def knockout_metric(
     batch = _prepare(model, pairs, method, batch_size)
     prompts = _mean_prompts(pairs, method, reference)
     layers = list(_by_layer(model, heads))
-    means = _layer_means(model, prompts, layers, batch_size) if prompts is not None and layers else {}
+    means = (
+        _layer_means(model, prompts, layers, batch_size) if prompts is not None and layers else {}
+    )
     return _knockout(model, batch, metric, heads, method, means, batch_size)
 
 
@@ -309,7 +364,9 @@ def draw_random_heads(
     gen = torch.Generator().manual_seed(seed)
 
     def draw(k: int) -> tuple[Head, ...]:
-        return tuple(sorted(divmod(int(i), n_heads) for i in torch.randperm(total, generator=gen)[:k]))
+        return tuple(
+            sorted(divmod(int(i), n_heads) for i in torch.randperm(total, generator=gen)[:k])
+        )
 
     return tuple(tuple(draw(k) for _ in range(n_random)) for k in ks)
 
@@ -325,11 +382,20 @@ def _check_ks(ks: Sequence[int], n_ranked: int, total: int) -> tuple[int, ...]:
     return ks
 
 
-def _apology(model: TransformerBridge, prompts: list[tuple[int, ...]], heads: Sequence[Head], method: str,
-             means: Means | None, max_new_tokens: int, batch_size: int) -> torch.Tensor:
+def _apology(
+    model: TransformerBridge,
+    prompts: list[tuple[int, ...]],
+    heads: Sequence[Head],
+    method: str,
+    means: Means | None,
+    max_new_tokens: int,
+    batch_size: int,
+) -> torch.Tensor:
     """1.0 per greedy reply (with ``heads`` ablated) that admits a mistake, else 0.0."""
     with ablate_heads(model, heads, method=method, means=means if method == "mean" else None):
-        replies = greedy_generate(model, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size)
+        replies = greedy_generate(
+            model, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size
+        )
     return torch.tensor([float(admits_mistake(r)) for r in replies])
 
 
@@ -376,15 +442,21 @@ def knockout_curve(
     _by_layer(model, top_heads)
     random_heads = draw_random_heads(L, H, ks, n_random, seed)
     if generate and method == "resample":
-        raise ValueError("resample ablation cannot run during generation; use method='mean' or 'zero'")
+        raise ValueError(
+            "resample ablation cannot run during generation; use method='mean' or 'zero'"
+        )
     if generate and any(p.position != "reply" for p in pairs):
-        raise ValueError("the apology rate needs pairs built with position='reply' (prompts ending at the reply)")
+        raise ValueError(
+            "the apology rate needs pairs built with position='reply' (prompts ending at the reply)"
+        )
     batch = _prepare(model, pairs, method, batch_size)
     if means is not None:
         if method != "mean" or reference is not None:
             raise ValueError("means= applies to method='mean' without reference=")
         if tuple(means.shape[:2]) != (L, H):
-            raise ValueError(f"means must be [layer={L}, head={H}, d_head], got {tuple(means.shape)}")
+            raise ValueError(
+                f"means must be [layer={L}, head={H}, d_head], got {tuple(means.shape)}"
+            )
     else:
         prompts = _mean_prompts(pairs, method, reference)
         means = head_means(model, prompts, batch_size=batch_size) if prompts is not None else None
@@ -403,15 +475,34 @@ def knockout_curve(
         rand = torch.stack([torch.stack([measure(d) for d in draws]) for draws in random_heads])
         return measure(()), top, rand
 
-    base, top, rand = curve(lambda heads: _knockout(model, batch, metric, heads, method, means, batch_size))
+    base, top, rand = curve(
+        lambda heads: _knockout(model, batch, metric, heads, method, means, batch_size)
+    )
     apology: tuple[torch.Tensor | None, ...] = (None, None, None)
     if generate:
         prompts = [p.ref_ids for p in pairs]
-        apology = curve(lambda heads: _apology(model, prompts, heads, method, means, max_new_tokens, batch_size))
+        apology = curve(
+            lambda heads: _apology(model, prompts, heads, method, means, max_new_tokens, batch_size)
+        )
     return KnockoutCurve(
-        ks, base, top, rand, top_heads, random_heads, method, metric.name, metric.higher_is_sycophantic, L, H, seed,
-        *apology, example_ids=batch.ids,
-        meta={"model": str(model.cfg.model_name), "max_new_tokens": max_new_tokens if generate else None},
+        ks,
+        base,
+        top,
+        rand,
+        top_heads,
+        random_heads,
+        method,
+        metric.name,
+        metric.higher_is_sycophantic,
+        L,
+        H,
+        seed,
+        *apology,
+        example_ids=batch.ids,
+        meta={
+            "model": str(model.cfg.model_name),
+            "max_new_tokens": max_new_tokens if generate else None,
+        },
     )
 
 
@@ -468,23 +559,41 @@ class KnockoutCurve:
         K, (N,) = len(self.ks), self.baseline.shape
         if K == 0 or N == 0:
             raise ValueError("a KnockoutCurve needs at least one k and one example")
-        if list(self.ks) != sorted(set(self.ks)) or self.ks[0] < 0 or self.ks[-1] > self.n_layers * self.n_heads:
-            raise ValueError(f"ks must increase within [0, {self.n_layers * self.n_heads}], got {list(self.ks)}")
+        if (
+            list(self.ks) != sorted(set(self.ks))
+            or self.ks[0] < 0
+            or self.ks[-1] > self.n_layers * self.n_heads
+        ):
+            raise ValueError(
+                f"ks must increase within [0, {self.n_layers * self.n_heads}], got {list(self.ks)}"
+            )
         if self.top.shape != (K, N) or self.random.ndim != 3 or self.random.shape[::2] != (K, N):
-            raise ValueError(f"top must be [k={K}, example={N}] and random [k, draw, example], got "
-                             f"{tuple(self.top.shape)} and {tuple(self.random.shape)}")
+            raise ValueError(
+                f"top must be [k={K}, example={N}] and random [k, draw, example], got "
+                f"{tuple(self.top.shape)} and {tuple(self.random.shape)}"
+            )
         draws = self.random.shape[1]
-        if draws < 1 or len(self.random_heads) != K or any(
-            len(per_k) != draws or any(len(d) != k for d in per_k) for k, per_k in zip(self.ks, self.random_heads)
+        if (
+            draws < 1
+            or len(self.random_heads) != K
+            or any(
+                len(per_k) != draws or any(len(d) != k for d in per_k)
+                for k, per_k in zip(self.ks, self.random_heads)
+            )
         ):
             raise ValueError(f"random_heads must hold, for each k, {draws} draws of k heads")
         if len(self.top_heads) < self.ks[-1]:
-            raise ValueError(f"top_heads has {len(self.top_heads)} heads, fewer than max(ks) = {self.ks[-1]}")
+            raise ValueError(
+                f"top_heads has {len(self.top_heads)} heads, fewer than max(ks) = {self.ks[-1]}"
+            )
         apology = (self.apology_baseline, self.apology_top, self.apology_random)
         if any(a is not None for a in apology) and any(
-            a is None or a.shape != m.shape for a, m in zip(apology, (self.baseline, self.top, self.random))
+            a is None or a.shape != m.shape
+            for a, m in zip(apology, (self.baseline, self.top, self.random))
         ):
-            raise ValueError("the apology tensors must be all absent or all shaped like baseline, top and random")
+            raise ValueError(
+                "the apology tensors must be all absent or all shaped like baseline, top and random"
+            )
         if any(torch.isnan(t).any() for t in (self.baseline, self.top, self.random)):
             raise ValueError("NaN metric value in the knockout curve; check the metric")
         if self.method not in METHODS:
@@ -512,52 +621,116 @@ class KnockoutCurve:
         rows = []
         for measure, (base, top, rand) in self._measures().items():
             per_draw = rand.double().mean(-1)
-            std = per_draw.std(-1) if self.n_random > 1 else torch.full((len(self.ks),), float("nan"))
+            std = (
+                per_draw.std(-1) if self.n_random > 1 else torch.full((len(self.ks),), float("nan"))
+            )
             for i, k in enumerate(self.ks):
-                rows.append({"measure": measure, "k": k, "baseline": float(base.double().mean()),
-                             "top": float(top[i].double().mean()), "random_mean": float(per_draw[i].mean()),
-                             "random_std": float(std[i])})
-        return pd.DataFrame(rows, columns=["measure", "k", "baseline", "top", "random_mean", "random_std"])
+                rows.append(
+                    {
+                        "measure": measure,
+                        "k": k,
+                        "baseline": float(base.double().mean()),
+                        "top": float(top[i].double().mean()),
+                        "random_mean": float(per_draw[i].mean()),
+                        "random_std": float(std[i]),
+                    }
+                )
+        return pd.DataFrame(
+            rows, columns=["measure", "k", "baseline", "top", "random_mean", "random_std"]
+        )
 
     def to_dataframe(self) -> pd.DataFrame:
         """Long format: measure, k, kind (``"baseline"`` at k=0, ``"top"``, ``"random"``), draw, example, value."""
         frames = []
         for measure, (base, top, rand) in self._measures().items():
             K, D, N = rand.shape
-            parts = [("baseline", torch.zeros(N, dtype=torch.long), torch.zeros(N, dtype=torch.long),
-                      torch.arange(N), base)]
+            parts = [
+                (
+                    "baseline",
+                    torch.zeros(N, dtype=torch.long),
+                    torch.zeros(N, dtype=torch.long),
+                    torch.arange(N),
+                    base,
+                )
+            ]
             grid = torch.cartesian_prod(torch.arange(K), torch.arange(N))
-            parts.append(("top", grid[:, 0], torch.zeros(len(grid), dtype=torch.long), grid[:, 1], top.flatten()))
+            parts.append(
+                (
+                    "top",
+                    grid[:, 0],
+                    torch.zeros(len(grid), dtype=torch.long),
+                    grid[:, 1],
+                    top.flatten(),
+                )
+            )
             grid = torch.cartesian_prod(torch.arange(K), torch.arange(D), torch.arange(N))
             parts.append(("random", grid[:, 0], grid[:, 1], grid[:, 2], rand.flatten()))
             ks = torch.tensor(self.ks)
             for kind, k_idx, draw, example, value in parts:
                 k = torch.zeros_like(k_idx) if kind == "baseline" else ks[k_idx]
-                frames.append(pd.DataFrame({"measure": measure, "k": k.numpy(), "kind": kind, "draw": draw.numpy(),
-                                            "example": example.numpy(), "value": value.double().numpy()}))
+                frames.append(
+                    pd.DataFrame(
+                        {
+                            "measure": measure,
+                            "k": k.numpy(),
+                            "kind": kind,
+                            "draw": draw.numpy(),
+                            "example": example.numpy(),
+                            "value": value.double().numpy(),
+                        }
+                    )
+                )
         return pd.concat(frames, ignore_index=True)
 
     def to_bundle(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         """The tensors and the JSON-serializable rest (what :meth:`save` writes)."""
         tensors = {"baseline": self.baseline, "top": self.top, "random": self.random}
         if self.has_apology:
-            tensors.update(apology_baseline=self.apology_baseline, apology_top=self.apology_top,
-                           apology_random=self.apology_random)
-        info = {"ks": list(self.ks), "top_heads": _heads_json(self.top_heads),
-                "random_heads": [[_heads_json(d) for d in per_k] for per_k in self.random_heads],
-                "method": self.method, "metric": self.metric, "higher_is_sycophantic": self.higher_is_sycophantic,
-                "n_layers": self.n_layers, "n_heads": self.n_heads, "seed": self.seed,
-                "example_ids": list(self.example_ids), "meta": self.meta}
+            tensors.update(
+                apology_baseline=self.apology_baseline,
+                apology_top=self.apology_top,
+                apology_random=self.apology_random,
+            )
+        info = {
+            "ks": list(self.ks),
+            "top_heads": _heads_json(self.top_heads),
+            "random_heads": [[_heads_json(d) for d in per_k] for per_k in self.random_heads],
+            "method": self.method,
+            "metric": self.metric,
+            "higher_is_sycophantic": self.higher_is_sycophantic,
+            "n_layers": self.n_layers,
+            "n_heads": self.n_heads,
+            "seed": self.seed,
+            "example_ids": list(self.example_ids),
+            "meta": self.meta,
+        }
         return tensors, info
 
     @classmethod
     def from_bundle(cls, t: dict[str, torch.Tensor], info: dict[str, Any]) -> "KnockoutCurve":
         """Inverse of :meth:`to_bundle`."""
-        random_heads = tuple(tuple(_heads_tuple(d) for d in per_k) for per_k in info["random_heads"])
-        return cls(tuple(info["ks"]), t["baseline"], t["top"], t["random"], _heads_tuple(info["top_heads"]),
-                   random_heads, info["method"], info["metric"], info["higher_is_sycophantic"], info["n_layers"],
-                   info["n_heads"], info["seed"], t.get("apology_baseline"), t.get("apology_top"),
-                   t.get("apology_random"), tuple(info["example_ids"]), info["meta"])
+        random_heads = tuple(
+            tuple(_heads_tuple(d) for d in per_k) for per_k in info["random_heads"]
+        )
+        return cls(
+            tuple(info["ks"]),
+            t["baseline"],
+            t["top"],
+            t["random"],
+            _heads_tuple(info["top_heads"]),
+            random_heads,
+            info["method"],
+            info["metric"],
+            info["higher_is_sycophantic"],
+            info["n_layers"],
+            info["n_heads"],
+            info["seed"],
+            t.get("apology_baseline"),
+            t.get("apology_top"),
+            t.get("apology_random"),
+            tuple(info["example_ids"]),
+            info["meta"],
+        )
 
     def save(self, directory: str | Path) -> Path:
         """Write curve.safetensors and curve.json (each atomically); no pickle."""
@@ -578,20 +751,39 @@ class KnockoutCurve:
         if not curves:
             raise ValueError("concat needs at least one KnockoutCurve")
         first = curves[0]
-        same = ("ks", "top_heads", "random_heads", "method", "metric", "higher_is_sycophantic", "n_layers",
-                "n_heads", "seed")
+        same = (
+            "ks",
+            "top_heads",
+            "random_heads",
+            "method",
+            "metric",
+            "higher_is_sycophantic",
+            "n_layers",
+            "n_heads",
+            "seed",
+        )
         for other in curves[1:]:
-            if any(getattr(other, name) != getattr(first, name) for name in same) or other.has_apology != first.has_apology:
-                raise ValueError("curves to concatenate must share ks, head sets, method, metric, model and seed")
+            if (
+                any(getattr(other, name) != getattr(first, name) for name in same)
+                or other.has_apology != first.has_apology
+            ):
+                raise ValueError(
+                    "curves to concatenate must share ks, head sets, method, metric, model and seed"
+                )
 
         def cat(name: str) -> torch.Tensor | None:
             parts = [getattr(c, name) for c in curves]
             return None if parts[0] is None else torch.cat(parts, -1)
 
         return dataclasses.replace(
-            first, baseline=cat("baseline"), top=cat("top"), random=cat("random"),
-            apology_baseline=cat("apology_baseline"), apology_top=cat("apology_top"),
-            apology_random=cat("apology_random"), example_ids=tuple(i for c in curves for i in c.example_ids),
+            first,
+            baseline=cat("baseline"),
+            top=cat("top"),
+            random=cat("random"),
+            apology_baseline=cat("apology_baseline"),
+            apology_top=cat("apology_top"),
+            apology_random=cat("apology_random"),
+            example_ids=tuple(i for c in curves for i in c.example_ids),
         )
 
     @classmethod
@@ -601,4 +793,6 @@ class KnockoutCurve:
         Raises:
             FileNotFoundError: a file of the curve is missing.
         """
-        return cls.from_bundle(*read_bundle(directory, "curve.safetensors", "curve.json", "KnockoutCurve"))
+        return cls.from_bundle(
+            *read_bundle(directory, "curve.safetensors", "curve.json", "KnockoutCurve")
+        )

@@ -66,7 +66,17 @@ def patch_layers(
         RuntimeError: a run lacks patched positions.
     """
     if component not in ("resid_pre", "attn_out", "mlp_out"):
-        raise ValueError(f"component must be 'resid_pre', 'attn_out' or 'mlp_out', got {component!r}")
+        raise ValueError(
+            f"component must be 'resid_pre', 'attn_out' or 'mlp_out', got {component!r}"
+        )
     names = tuple(f"blocks.{l}.hook_{component}" for l in range(model.cfg.n_layers))
-    return patch_sites(model, pairs, metric, Sites(component, names), position=position, direction=direction,
-                       batch_size=batch_size, engine=engine)
+    return patch_sites(
+        model,
+        pairs,
+        metric,
+        Sites(component, names),
+        position=position,
+        direction=direction,
+        batch_size=batch_size,
+        engine=engine,
+    )

@@ -22,7 +22,16 @@ import torch
 from transformer_lens.model_bridge import TransformerBridge
 
 from sycointerp.data.pairs import PromptPair
-from sycointerp.patching._engine import Engine, PairBatch, PatchMetric, RowView, baselines, cache_hooks, run_cells, z_name
+from sycointerp.patching._engine import (
+    Engine,
+    PairBatch,
+    PatchMetric,
+    RowView,
+    baselines,
+    cache_hooks,
+    run_cells,
+    z_name,
+)
 from sycointerp.patching.results import PatchResult
 
 __all__ = ["path_patch_heads", "attn_in_name", "mlp_in_name"]
@@ -55,12 +64,19 @@ def path_patch_heads(
         ValueError: empty pairs, NaN metric, a model without ``ln1`` / ``ln2`` input hooks (OLMo 2).
     """
     L, H = model.cfg.n_layers, model.cfg.n_heads
-    frozen_names = [attn_in_name(l) for l in range(L)] + ([mlp_in_name(l) for l in range(L)] if freeze_mlps else [])
+    frozen_names = [attn_in_name(l) for l in range(L)] + (
+        [mlp_in_name(l) for l in range(L)] if freeze_mlps else []
+    )
     _require_norm_inputs(model, frozen_names)
     batch = PairBatch.from_pairs(pairs, model.tokenizer.pad_token_id or 0)
     every = torch.arange(batch.n)
-    z_cf = {n: z[every, batch.cf_last] for n, z in cache_hooks(model, batch.cf, [z_name(l) for l in range(L)]).items()}
-    frozen = {n: x[every, batch.ref_last] for n, x in cache_hooks(model, batch.ref, frozen_names).items()}
+    z_cf = {
+        n: z[every, batch.cf_last]
+        for n, z in cache_hooks(model, batch.cf, [z_name(l) for l in range(L)]).items()
+    }
+    frozen = {
+        n: x[every, batch.ref_last] for n, x in cache_hooks(model, batch.ref, frozen_names).items()
+    }
 
     def hooks_for(cells: range, view: RowView):
         senders = [(i, cell // H, cell % H) for i, cell in enumerate(cells)]
@@ -77,6 +93,7 @@ def path_patch_heads(
                         rows, last, ex = at_last(i)
                         z[rows, last, head] = z_cf[z_name(layer)][ex, head]
                 return z
+
             return hook
 
         def freeze(name: str, layer: int, from_layer_after_sender: bool):
@@ -89,22 +106,46 @@ def path_patch_heads(
                         rows, last, ex = at_last(i)
                         x[rows, last] = frozen[name][ex]
                 return x
+
             return hook
 
         min_layer = min(sl for _, sl, _ in senders)
         hooks = [(z_name(l), patch_z(l)) for l in sorted({sl for _, sl, _ in senders})]
-        hooks += [(attn_in_name(l), freeze(attn_in_name(l), l, True)) for l in range(min_layer + 1, L)]
+        hooks += [
+            (attn_in_name(l), freeze(attn_in_name(l), l, True)) for l in range(min_layer + 1, L)
+        ]
         if freeze_mlps:
-            hooks += [(mlp_in_name(l), freeze(mlp_in_name(l), l, False)) for l in range(min_layer, L)]
+            hooks += [
+                (mlp_in_name(l), freeze(mlp_in_name(l), l, False)) for l in range(min_layer, L)
+            ]
         return hooks
 
-    patched = run_cells(model, batch.ref, batch.ref_last, L * H, hooks_for, metric, batch_size,
-                        first_layer=lambda cell: cell // H, start=batch.ref_last, engine=engine)
+    patched = run_cells(
+        model,
+        batch.ref,
+        batch.ref_last,
+        L * H,
+        hooks_for,
+        metric,
+        batch_size,
+        first_layer=lambda cell: cell // H,
+        start=batch.ref_last,
+        engine=engine,
+    )
     metric_ref, metric_cf = baselines(model, batch, metric)
     values = (patched - metric_ref).view(L, H, batch.n)
     method = "path/resid" + ("/frozen-mlps" if freeze_mlps else "")
-    return PatchResult(values, metric_ref, metric_cf, method, metric.name, metric.higher_is_sycophantic,
-                       "absolute", batch.ids, {"model": str(model.cfg.model_name)})
+    return PatchResult(
+        values,
+        metric_ref,
+        metric_cf,
+        method,
+        metric.name,
+        metric.higher_is_sycophantic,
+        "absolute",
+        batch.ids,
+        {"model": str(model.cfg.model_name)},
+    )
 
 
 def _require_norm_inputs(model: TransformerBridge, names: Sequence[str]) -> None:
@@ -119,4 +160,5 @@ def _require_norm_inputs(model: TransformerBridge, names: Sequence[str]) -> None
         raise ValueError(
             f"path patching freezes each later layer's attention (and MLP) input at blocks.{{l}}.ln1.hook_in "
             f"(ln2.hook_in); model type {getattr(config, 'model_type', None)!r} has no {missing[0]} (no norm "
-            "before its sublayers), so it cannot be path-patched exactly")
+            "before its sublayers), so it cannot be path-patched exactly"
+        )

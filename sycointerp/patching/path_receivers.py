@@ -32,7 +32,15 @@ from transformer_lens.model_bridge import TransformerBridge
 
 from sycointerp.data.pairs import PromptPair, require_aligned
 from sycointerp.patching._engine import (
-    Engine, Hook, PairBatch, PatchMetric, RowView, baselines, cache_hooks, run_cells, z_name,
+    Engine,
+    Hook,
+    PairBatch,
+    PatchMetric,
+    RowView,
+    baselines,
+    cache_hooks,
+    run_cells,
+    z_name,
 )
 from sycointerp.patching.path import _require_norm_inputs, attn_in_name, mlp_in_name
 from sycointerp.patching.results import PatchResult
@@ -43,14 +51,24 @@ Receiver = Literal["q", "k", "v"]
 Where = Literal["last", "all"]
 
 
-def _check(model: TransformerBridge, receivers: Sequence[tuple[int, int]], component: str, position: str) -> None:
+def _check(
+    model: TransformerBridge, receivers: Sequence[tuple[int, int]], component: str, position: str
+) -> None:
     if component not in ("q", "k", "v") or position not in ("last", "all"):
-        raise ValueError(f"component must be 'q'/'k'/'v' and position 'last'/'all', got {component!r}, {position!r}")
-    n = model.cfg.n_heads if component == "q" else (getattr(model.cfg, "n_key_value_heads", None) or model.cfg.n_heads)
+        raise ValueError(
+            f"component must be 'q'/'k'/'v' and position 'last'/'all', got {component!r}, {position!r}"
+        )
+    n = (
+        model.cfg.n_heads
+        if component == "q"
+        else (getattr(model.cfg, "n_key_value_heads", None) or model.cfg.n_heads)
+    )
     unit = "head" if component == "q" else "kv_head"
     bad = [r for r in receivers if not (0 <= r[0] < model.cfg.n_layers and 0 <= r[1] < n)]
     if not receivers or bad:
-        raise ValueError(f"receivers must be a non-empty list of (layer < {model.cfg.n_layers}, {unit} < {n}); bad: {bad[:3]}")
+        raise ValueError(
+            f"receivers must be a non-empty list of (layer < {model.cfg.n_layers}, {unit} < {n}); bad: {bad[:3]}"
+        )
 
 
 def path_patch_to_receivers(
@@ -82,10 +100,16 @@ def path_patch_to_receivers(
     by_layer: dict[int, list[int]] = {}
     for layer, head in sorted(set(receivers)):
         by_layer.setdefault(layer, []).append(head)
-    names = [z_name(l) for l in range(L)] + [attn_in_name(l) for l in range(L)] + [mlp_in_name(l) for l in range(L)]
+    names = (
+        [z_name(l) for l in range(L)]
+        + [attn_in_name(l) for l in range(L)]
+        + [mlp_in_name(l) for l in range(L)]
+    )
     _require_norm_inputs(model, names[L:])
     ref = _positions(cache_hooks(model, batch.ref, names), batch.ref_last, position)
-    z_cf = _positions(cache_hooks(model, batch.cf, [z_name(l) for l in range(L)]), batch.cf_last, position)
+    z_cf = _positions(
+        cache_hooks(model, batch.cf, [z_name(l) for l in range(L)]), batch.cf_last, position
+    )
     start = batch.ref_last if position == "last" else batch.shared_prefix
     recorded: dict[tuple[int, int, int, int], torch.Tensor] = {}
 
@@ -99,18 +123,50 @@ def path_patch_to_receivers(
         return _pass2_hooks(cells, view, H, by_layer, component, position, recorded)
 
     common = dict(engine=engine, start=start)
-    run_cells(model, batch.ref, batch.ref_last, L * H, record, metric, batch_size, first_layer=lambda c: c // H, **common)
-    patched = run_cells(model, batch.ref, batch.ref_last, L * H, replay, metric, batch_size,
-                        first_layer=lambda c: min(later(c // H), default=L - 1), **common)
+    run_cells(
+        model,
+        batch.ref,
+        batch.ref_last,
+        L * H,
+        record,
+        metric,
+        batch_size,
+        first_layer=lambda c: c // H,
+        **common,
+    )
+    patched = run_cells(
+        model,
+        batch.ref,
+        batch.ref_last,
+        L * H,
+        replay,
+        metric,
+        batch_size,
+        first_layer=lambda c: min(later(c // H), default=L - 1),
+        **common,
+    )
     metric_ref, metric_cf = baselines(model, batch, metric)
     values = (patched - metric_ref).view(L, H, batch.n)
-    values[max(by_layer):] = 0.0  # no receiver after these senders: nothing was patched
-    return PatchResult(values, metric_ref, metric_cf, f"path/{component}/{position}", metric.name,
-                       metric.higher_is_sycophantic, "absolute", batch.ids,
-                       {"model": str(model.cfg.model_name), "receivers": [list(r) for r in sorted(set(receivers))]})
+    values[max(by_layer) :] = 0.0  # no receiver after these senders: nothing was patched
+    return PatchResult(
+        values,
+        metric_ref,
+        metric_cf,
+        f"path/{component}/{position}",
+        metric.name,
+        metric.higher_is_sycophantic,
+        "absolute",
+        batch.ids,
+        {
+            "model": str(model.cfg.model_name),
+            "receivers": [list(r) for r in sorted(set(receivers))],
+        },
+    )
 
 
-def _positions(cache: dict[str, torch.Tensor], last: torch.Tensor, position: str) -> dict[str, torch.Tensor]:
+def _positions(
+    cache: dict[str, torch.Tensor], last: torch.Tensor, position: str
+) -> dict[str, torch.Tensor]:
     """Full-prompt caches for ``"all"``; the last position only (``[example, 1, ...]``) for ``"last"``."""
     if position == "all":
         return cache
@@ -118,8 +174,14 @@ def _positions(cache: dict[str, torch.Tensor], last: torch.Tensor, position: str
     return {n: x[rows, last][:, None] for n, x in cache.items()}
 
 
-def _write(act: torch.Tensor, view: RowView, i: int, source: torch.Tensor, position: str,
-           unit: int | slice = slice(None)) -> None:
+def _write(
+    act: torch.Tensor,
+    view: RowView,
+    i: int,
+    source: torch.Tensor,
+    position: str,
+    unit: int | slice = slice(None),
+) -> None:
     """Overwrite cell ``i``'s rows of ``act`` ``[rows, local_pos, ...]`` with ``source`` at its positions."""
     rows = view.rows(i)
     if position == "all":
@@ -134,10 +196,13 @@ def _hook(fn: Callable[[torch.Tensor], None]) -> Callable[[torch.Tensor, object]
         act = act.clone()  # never write in place: norm inputs alias the residual stream
         fn(act)
         return act
+
     return hook
 
 
-def _pass1_hooks(cells, view, H, L, by_layer, component, position, ref, z_cf, recorded) -> list[Hook]:
+def _pass1_hooks(
+    cells, view, H, L, by_layer, component, position, ref, z_cf, recorded
+) -> list[Hook]:
     senders = [(i, c // H, c % H) for i, c in enumerate(cells)]
     first = min(ls for _, ls, _ in senders)
     key = (int(view.example[0]), cells.start)
@@ -149,6 +214,7 @@ def _pass1_hooks(cells, view, H, L, by_layer, component, position, ref, z_cf, re
                     _write(z, view, i, z_cf[z_name(layer)], position, hs)
                 elif layer > ls and layer in by_layer:  # receiver layer: attention output stays ref
                     _write(z, view, i, ref[z_name(layer)], position)
+
         return _hook(fn)
 
     def freeze(name: str, layer: int, attn: bool):
@@ -156,6 +222,7 @@ def _pass1_hooks(cells, view, H, L, by_layer, component, position, ref, z_cf, re
             for i, ls, _ in senders:
                 if (layer > ls and layer not in by_layer) if attn else layer >= ls:
                     _write(x, view, i, ref[name], position)
+
         return _hook(fn)
 
     def capture(layer: int):
@@ -163,10 +230,15 @@ def _pass1_hooks(cells, view, H, L, by_layer, component, position, ref, z_cf, re
             for i, ls, _ in senders:
                 if layer > ls:
                     recorded[(*key, i, layer)] = act[view.rows(i)][:, :, by_layer[layer]].clone()
+
         return hook
 
     hooks = [(z_name(l), z_hook(l)) for l in range(first, L)]
-    hooks += [(attn_in_name(l), freeze(attn_in_name(l), l, True)) for l in range(first + 1, L) if l not in by_layer]
+    hooks += [
+        (attn_in_name(l), freeze(attn_in_name(l), l, True))
+        for l in range(first + 1, L)
+        if l not in by_layer
+    ]
     hooks += [(mlp_in_name(l), freeze(mlp_in_name(l), l, False)) for l in range(first, L)]
     hooks += [(f"blocks.{l}.attn.hook_{component}", capture(l)) for l in by_layer if l > first]
     return hooks
@@ -186,7 +258,10 @@ def _pass2_hooks(cells, view, H, by_layer, component, position, recorded) -> lis
                         act[rows, :, heads] = value
                     else:
                         r, last = torch.arange(rows.start, rows.stop)[:, None], view.last[rows]
-                        act[r, last[:, None], torch.tensor(heads)] = value[torch.arange(len(r)), last]
+                        act[r, last[:, None], torch.tensor(heads)] = value[
+                            torch.arange(len(r)), last
+                        ]
+
         return _hook(fn)
 
     reachable = {l for l in by_layer if any(l > ls for _, ls in senders)}

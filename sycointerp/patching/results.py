@@ -68,8 +68,10 @@ class PatchResult:
     def __post_init__(self) -> None:
         self._check_components()
         if self.values.ndim != len(self.components) + 1:
-            raise ValueError(f"values must be [{', '.join(self.components)}, example], "
-                             f"got shape {tuple(self.values.shape)}")
+            raise ValueError(
+                f"values must be [{', '.join(self.components)}, example], "
+                f"got shape {tuple(self.values.shape)}"
+            )
         n = self.values.shape[-1]
         if n == 0:
             raise ValueError("a PatchResult needs at least one example")
@@ -80,14 +82,20 @@ class PatchResult:
         if torch.isnan(self.values).any():
             *cell, example = torch.nonzero(torch.isnan(self.values))[0].tolist()
             where = ", ".join(f"{name} {i}" for name, i in zip(self.components, cell))
-            raise ValueError(f"NaN effect at {where}, example {example}; check the metric "
-                             "(a relative score divides by the reference metric)")
+            raise ValueError(
+                f"NaN effect at {where}, example {example}; check the metric "
+                "(a relative score divides by the reference metric)"
+            )
         if self.example_ids and len(self.example_ids) != n:
             raise ValueError(f"{len(self.example_ids)} example ids for {n} examples")
 
     def _check_components(self) -> None:
         names = self.components
-        if not isinstance(names, tuple) or not names or not all(isinstance(c, str) and c for c in names):
+        if (
+            not isinstance(names, tuple)
+            or not names
+            or not all(isinstance(c, str) and c for c in names)
+        ):
             raise ValueError(f"components must be a non-empty tuple of axis names, got {names!r}")
         if len(set(names)) != len(names) or set(names) & set(_RESERVED):
             raise ValueError(f"components must be distinct and not {_RESERVED}, got {names!r}")
@@ -113,7 +121,11 @@ class PatchResult:
     @cached_property
     def se(self) -> Float[torch.Tensor, "*cells"]:
         n = self.values.shape[-1]
-        return self.values.std(-1, unbiased=True) / n**0.5 if n > 1 else torch.full_like(self.mean, float("nan"))
+        return (
+            self.values.std(-1, unbiased=True) / n**0.5
+            if n > 1
+            else torch.full_like(self.mean, float("nan"))
+        )
 
     @cached_property
     def ci(self) -> tuple[Float[torch.Tensor, "*cells"], Float[torch.Tensor, "*cells"]]:
@@ -125,7 +137,9 @@ class PatchResult:
         moves the metric all the way to the counterfactual run's value)."""
         gap = float((self.metric_cf - self.metric_ref).mean())
         if abs(gap) < 1e-12:
-            raise ValueError("the reference and counterfactual metrics coincide; recovery is undefined")
+            raise ValueError(
+                "the reference and counterfactual metrics coincide; recovery is undefined"
+            )
         if self.kind != "absolute":
             raise ValueError("recovery is defined for absolute effects; patch with kind='absolute'")
         return self.mean / gap
@@ -139,9 +153,21 @@ class PatchResult:
         if self.kind == "relative":
             raise ValueError("this result is already relative")
         if (self.metric_ref == 0).any():
-            raise ValueError("a reference metric is 0; the relative score is undefined (use the absolute one)")
-        return PatchResult(self.values / self.metric_ref, self.metric_ref, self.metric_cf, self.method, self.metric,
-                           self.higher_is_sycophantic, "relative", self.example_ids, self.meta, self.components)
+            raise ValueError(
+                "a reference metric is 0; the relative score is undefined (use the absolute one)"
+            )
+        return PatchResult(
+            self.values / self.metric_ref,
+            self.metric_ref,
+            self.metric_cf,
+            self.method,
+            self.metric,
+            self.higher_is_sycophantic,
+            "relative",
+            self.example_ids,
+            self.meta,
+            self.components,
+        )
 
     def _reduction(self) -> torch.Tensor:
         """Sycophancy reduction per cell (higher = patching reduces sycophancy more)."""
@@ -181,12 +207,21 @@ class PatchResult:
             ValueError: the cells are not ``(layer, head)`` or ``(layer, kv_head)``.
         """
         if not self.has_heads_table:
-            raise ValueError(f"heads_table needs components ('layer', 'head') or ('layer', 'kv_head'), got "
-                             f"{self.components}; use to_dataframe() or rank() for other cell layouts")
+            raise ValueError(
+                f"heads_table needs components ('layer', 'head') or ('layer', 'kv_head'), got "
+                f"{self.components}; use to_dataframe() or rank() for other cell layouts"
+            )
         low, high = self.ci
         rows = [
-            {"layer": l, "head": h, "score": float(self.mean[l, h]), "se": float(self.se[l, h]),
-             "ci_low": float(low[l, h]), "ci_high": float(high[l, h]), "rank": r}
+            {
+                "layer": l,
+                "head": h,
+                "score": float(self.mean[l, h]),
+                "se": float(self.se[l, h]),
+                "ci_low": float(low[l, h]),
+                "ci_high": float(high[l, h]),
+                "rank": r,
+            }
             for r, (l, h) in enumerate(self.rank(), start=1)
         ]
         return pd.DataFrame(rows, columns=HEADS_CSV_COLUMNS)
@@ -199,18 +234,37 @@ class PatchResult:
 
     def to_bundle(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         """The tensors and the JSON-serializable rest (what :meth:`save` writes)."""
-        tensors = {"values": self.values, "metric_ref": self.metric_ref, "metric_cf": self.metric_cf}
-        info = {"method": self.method, "metric": self.metric, "higher_is_sycophantic": self.higher_is_sycophantic,
-                "kind": self.kind, "example_ids": list(self.example_ids), "meta": self.meta,
-                "components": list(self.components)}
+        tensors = {
+            "values": self.values,
+            "metric_ref": self.metric_ref,
+            "metric_cf": self.metric_cf,
+        }
+        info = {
+            "method": self.method,
+            "metric": self.metric,
+            "higher_is_sycophantic": self.higher_is_sycophantic,
+            "kind": self.kind,
+            "example_ids": list(self.example_ids),
+            "meta": self.meta,
+            "components": list(self.components),
+        }
         return tensors, info
 
     @classmethod
     def from_bundle(cls, tensors: dict[str, torch.Tensor], info: dict[str, Any]) -> "PatchResult":
         """Inverse of :meth:`to_bundle` (bundles without ``components`` are per-head results)."""
-        return cls(tensors["values"], tensors["metric_ref"], tensors["metric_cf"], info["method"], info["metric"],
-                   info["higher_is_sycophantic"], info["kind"], tuple(info["example_ids"]), info["meta"],
-                   tuple(info.get("components", ("layer", "head"))))
+        return cls(
+            tensors["values"],
+            tensors["metric_ref"],
+            tensors["metric_cf"],
+            info["method"],
+            info["metric"],
+            info["higher_is_sycophantic"],
+            info["kind"],
+            tuple(info["example_ids"]),
+            info["meta"],
+            tuple(info.get("components", ("layer", "head"))),
+        )
 
     def save(self, directory: str | Path) -> Path:
         """Write values.safetensors, result.json and, for per-head results, heads.csv (atomically).
@@ -224,7 +278,10 @@ class PatchResult:
         write_tensors(out / "values.safetensors", tensors)
         write_json(out / "result.json", info)
         if self.has_heads_table:
-            atomic_write(out / "heads.csv", lambda p: self.heads_table().to_csv(p, index=False, float_format="%.8g"))
+            atomic_write(
+                out / "heads.csv",
+                lambda p: self.heads_table().to_csv(p, index=False, float_format="%.8g"),
+            )
         else:
             (out / "heads.csv").unlink(missing_ok=True)
         return out
@@ -242,14 +299,41 @@ class PatchResult:
             raise ValueError("concat needs at least one PatchResult")
         first = results[0]
         for other in results[1:]:
-            if (other.shape, other.components, other.method, other.metric, other.kind, other.higher_is_sycophantic) != (
-                first.shape, first.components, first.method, first.metric, first.kind, first.higher_is_sycophantic
+            if (
+                other.shape,
+                other.components,
+                other.method,
+                other.metric,
+                other.kind,
+                other.higher_is_sycophantic,
+            ) != (
+                first.shape,
+                first.components,
+                first.method,
+                first.metric,
+                first.kind,
+                first.higher_is_sycophantic,
             ):
-                raise ValueError("results to concatenate must share cells, components, method, metric and kind")
-        ids = tuple(i for r in results for i in r.example_ids) if all(r.example_ids for r in results) else ()
-        return cls(torch.cat([r.values for r in results], -1), torch.cat([r.metric_ref for r in results]),
-                   torch.cat([r.metric_cf for r in results]), first.method, first.metric, first.higher_is_sycophantic,
-                   first.kind, ids, first.meta, first.components)
+                raise ValueError(
+                    "results to concatenate must share cells, components, method, metric and kind"
+                )
+        ids = (
+            tuple(i for r in results for i in r.example_ids)
+            if all(r.example_ids for r in results)
+            else ()
+        )
+        return cls(
+            torch.cat([r.values for r in results], -1),
+            torch.cat([r.metric_ref for r in results]),
+            torch.cat([r.metric_cf for r in results]),
+            first.method,
+            first.metric,
+            first.higher_is_sycophantic,
+            first.kind,
+            ids,
+            first.meta,
+            first.components,
+        )
 
     @classmethod
     def load(cls, directory: str | Path) -> "PatchResult":
@@ -258,4 +342,6 @@ class PatchResult:
         Raises:
             FileNotFoundError: a file of the result is missing.
         """
-        return cls.from_bundle(*read_bundle(directory, "values.safetensors", "result.json", "PatchResult"))
+        return cls.from_bundle(
+            *read_bundle(directory, "values.safetensors", "result.json", "PatchResult")
+        )

@@ -13,7 +13,6 @@ NaN loss) prints one line and exits 1, keeping the last checkpoint.
 """
 
 import argparse
-import logging
 import sys
 from collections.abc import Sequence
 
@@ -25,9 +24,15 @@ __all__ = ["main", "build_parser"]
 
 def build_parser() -> argparse.ArgumentParser:
     examples = __doc__.split("Examples::")[1].split("\n\n")[1]
-    return job_parser("python -m sycointerp.spt", "Supervised Pinpoint Tuning of the heads that drive sycophancy, "
-                      "with baselines and an evaluation before and after.", f"examples:\n{examples}", SPTConfig,
-                      "runs/spt", "run")
+    return job_parser(
+        "python -m sycointerp.spt",
+        "Supervised Pinpoint Tuning of the heads that drive sycophancy, "
+        "with baselines and an evaluation before and after.",
+        f"examples:\n{examples}",
+        SPTConfig,
+        "runs/spt",
+        "run",
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -46,7 +51,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         config = resolve_args(args, SPTConfig)
         report = run_experiment(config, args.out, overwrite=args.overwrite, progress=not args.quiet)
-    except (ConfigError, OutputError, DataError, ModelLoadError, UnsupportedArchitecture, CheckpointError) as err:
+    except (
+        ConfigError,
+        OutputError,
+        DataError,
+        ModelLoadError,
+        UnsupportedArchitecture,
+        CheckpointError,
+    ) as err:
         print(f"python -m sycointerp.spt: error: {err}", file=sys.stderr)
         return 2
     except TrainingError as err:

@@ -21,29 +21,51 @@ class SPTConfig(TomlConfig):
     SECTIONS: ClassVar[tuple[str, ...]] = ("model", "data", "heads", "train", "eval", "run")
 
     # [model]
-    model: str = opt("model", "model name, local HF directory or .gguf file ('' = embedded SmolLM2-135M-Instruct)", "")
+    model: str = opt(
+        "model",
+        "model name, local HF directory or .gguf file ('' = embedded SmolLM2-135M-Instruct)",
+        "",
+    )
     dtype: str = opt("model", "parameter dtype", "float32", ("float32", "bfloat16"))
     device: str = opt("model", "torch device ('cuda' gives each process its local GPU)", "cpu")
     trust_remote_code: bool = opt("model", "allow the model repository's own code", False)
     # [data]
-    dataset: str = opt("data", "question source for training and held-out evaluation", "builtin",
-                       ("builtin", "jsonl", "are_you_sure", "truthfulqa", "arc"))
+    dataset: str = opt(
+        "data",
+        "question source for training and held-out evaluation",
+        "builtin",
+        ("builtin", "jsonl", "are_you_sure", "truthfulqa", "arc"),
+    )
     data_path: str = opt("data", "file for the dataset", "")
-    eval_path: str = opt("data", "separate JSONL of evaluation questions ('' = a held-out split of the dataset)", "")
-    eval_fraction: float = opt("data", "share of the dataset held out for evaluation (without eval_path)", 0.5)
+    eval_path: str = opt(
+        "data", "separate JSONL of evaluation questions ('' = a held-out split of the dataset)", ""
+    )
+    eval_fraction: float = opt(
+        "data", "share of the dataset held out for evaluation (without eval_path)", 0.5
+    )
     limit: int = opt("data", "use this many questions of the dataset (0 = all)", 0, minimum=0)
     seed: int = opt("data", "seed of the split, the dialogues and training", 0, minimum=0)
     kinds: list[str] = opt("data", "training dialogue kinds", ["insist", "revise"])
     system: str = opt("data", "system prompt ('' = none)", "You are a helpful assistant.")
     # [heads]
-    heads_file: str = opt("heads", "heads.csv of a patch job ('' = rank by path patching on the training questions)",
-                          "")
-    top_k: int = opt("heads", "number of heads to tune (0 = 4% of all heads, as in the paper)", 0, minimum=0)
-    tune_kv: str = opt("heads", "tune K/V slices: auto = only for multi-head attention (the paper's rule)", "auto",
-                       ("auto", "yes", "no"))
+    heads_file: str = opt(
+        "heads",
+        "heads.csv of a patch job ('' = rank by path patching on the training questions)",
+        "",
+    )
+    top_k: int = opt(
+        "heads", "number of heads to tune (0 = 4% of all heads, as in the paper)", 0, minimum=0
+    )
+    tune_kv: str = opt(
+        "heads",
+        "tune K/V slices: auto = only for multi-head attention (the paper's rule)",
+        "auto",
+        ("auto", "yes", "no"),
+    )
     # [train]
-    methods: list[str] = opt("train", f"what to run, in order: {', '.join(METHODS)} (base = no tuning)",
-                             ["base", "spt"])
+    methods: list[str] = opt(
+        "train", f"what to run, in order: {', '.join(METHODS)} (base = no tuning)", ["base", "spt"]
+    )
     steps: int = opt("train", "optimizer steps per method", 60, minimum=1)
     lr: float = opt("train", "peak learning rate of spt / sft / random", 1e-4, minimum=0)
     lora_lr: float = opt("train", "peak learning rate of lora / lora_heads", 5e-4, minimum=0)
@@ -52,11 +74,17 @@ class SPTConfig(TomlConfig):
     grad_accum: int = opt("train", "micro-batches per step", 1, minimum=1)
     warmup_steps: int = opt("train", "linear warmup steps", 5, minimum=0)
     weight_decay: float = opt("train", "AdamW weight decay", 0.1, minimum=0)
-    checkpoint_every: int = opt("train", "checkpoint every N steps and at the end (0 = no checkpoints)", 0, minimum=0)
+    checkpoint_every: int = opt(
+        "train", "checkpoint every N steps and at the end (0 = no checkpoints)", 0, minimum=0
+    )
     # [eval]
-    eval_limit: int = opt("eval", "evaluate on this many held-out questions (0 = all)", 0, minimum=0)
+    eval_limit: int = opt(
+        "eval", "evaluate on this many held-out questions (0 = all)", 0, minimum=0
+    )
     max_new_tokens: int = opt("eval", "greedy tokens of the reply to the challenge", 48, minimum=1)
-    kl_text: str = opt("eval", "plain-text file for the KL divergence to the base model ('' = skip)", "")
+    kl_text: str = opt(
+        "eval", "plain-text file for the KL divergence to the base model ('' = skip)", ""
+    )
     kl_passages: int = opt("eval", "passages of kl_text (first 128 tokens each)", 200, minimum=1)
     arc_path: str = opt("eval", "ARC-style JSONL for multiple-choice accuracy ('' = skip)", "")
     arc_limit: int = opt("eval", "ARC questions scored (0 = all)", 200, minimum=0)
@@ -64,27 +92,45 @@ class SPTConfig(TomlConfig):
     opinion_limit: int = opt("eval", "opinion items scored (0 = all)", 200, minimum=0)
     eval_batch_size: int = opt("eval", "prompts per generation batch", 16, minimum=1)
     # [run]
-    save_model: bool = opt("run", "also write each tuned model as a full HuggingFace checkpoint", False)
+    save_model: bool = opt(
+        "run", "also write each tuned model as a full HuggingFace checkpoint", False
+    )
 
     def __post_init__(self) -> None:
         self.check_fields()
         if not 0 < self.eval_fraction < 1:
-            raise ConfigError(f"eval_fraction (--eval-fraction) must be in (0, 1), got {self.eval_fraction}")
+            raise ConfigError(
+                f"eval_fraction (--eval-fraction) must be in (0, 1), got {self.eval_fraction}"
+            )
         bad = [m for m in self.methods if m not in METHODS]
         if bad or not self.methods or len(set(self.methods)) != len(self.methods):
-            raise ConfigError(f"methods must be distinct names among {', '.join(METHODS)}; got {self.methods}")
+            raise ConfigError(
+                f"methods must be distinct names among {', '.join(METHODS)}; got {self.methods}"
+            )
         if set(self.kinds) - {"insist", "revise"} or not self.kinds:
-            raise ConfigError(f"kinds must be a non-empty subset of insist, revise; got {self.kinds}")
+            raise ConfigError(
+                f"kinds must be a non-empty subset of insist, revise; got {self.kinds}"
+            )
         if self.dataset != "builtin" and not self.data_path:
             raise ConfigError(f"dataset {self.dataset!r} needs data_path (--data-path FILE)")
         for name in ("lr", "lora_lr"):
             if not getattr(self, name) > 0:
-                raise ConfigError(f"{name} (--{name.replace('_', '-')}) must be > 0, got {getattr(self, name)}")
-        if self.dataset == "arc" and self.arc_path and Path(self.arc_path).resolve() == Path(self.data_path).resolve():
-            raise ConfigError("arc_path is the training data file: ARC accuracy would be measured on trained "
-                              "questions; pass a held-out ARC split as --arc-path")
+                raise ConfigError(
+                    f"{name} (--{name.replace('_', '-')}) must be > 0, got {getattr(self, name)}"
+                )
+        if (
+            self.dataset == "arc"
+            and self.arc_path
+            and Path(self.arc_path).resolve() == Path(self.data_path).resolve()
+        ):
+            raise ConfigError(
+                "arc_path is the training data file: ARC accuracy would be measured on trained "
+                "questions; pass a held-out ARC split as --arc-path"
+            )
         if self.warmup_steps >= self.steps:
-            raise ConfigError(f"warmup_steps ({self.warmup_steps}) must be below steps ({self.steps})")
+            raise ConfigError(
+                f"warmup_steps ({self.warmup_steps}) must be below steps ({self.steps})"
+            )
 
     def check_files(self) -> None:
         """Every file the run reads exists, checked before anything is trained.
@@ -95,4 +141,6 @@ class SPTConfig(TomlConfig):
         for name in ("heads_file", "eval_path", "kl_text", "arc_path", "opinion_path"):
             path = getattr(self, name)
             if path and not Path(path).is_file():
-                raise ConfigError(f"{name} (--{name.replace('_', '-')}) {path} does not exist or is not a file")
+                raise ConfigError(
+                    f"{name} (--{name.replace('_', '-')}) {path} does not exist or is not a file"
+                )

@@ -27,8 +27,16 @@ from sycointerp.data.questions import DataError, Question
 from sycointerp.data.templates import CHALLENGES
 from sycointerp.judge import normalize
 
-__all__ = ["Dialogue", "TrainExample", "build_dialogues", "tokenize_dialogues", "check_disjoint", "split_questions",
-           "collate", "INSIST_ENDING"]
+__all__ = [
+    "Dialogue",
+    "TrainExample",
+    "build_dialogues",
+    "tokenize_dialogues",
+    "check_disjoint",
+    "split_questions",
+    "collate",
+    "INSIST_ENDING",
+]
 
 INSIST_ENDING = "I'm sure my previous answer is correct."
 REVISE_OPENING = "I apologize for the mistake in my previous answer."
@@ -66,7 +74,10 @@ def _sentence(question: Question, correct: bool) -> str:
 
 
 def build_dialogues(
-    questions: Sequence[Question], *, kinds: Sequence[str] = ("insist", "revise"), seed: int = 0,
+    questions: Sequence[Question],
+    *,
+    kinds: Sequence[str] = ("insist", "revise"),
+    seed: int = 0,
     system: str | None = DEFAULT_SYSTEM,
 ) -> list[Dialogue]:
     """One dialogue per question and kind, challenges drawn from the paraphrases with ``seed``.
@@ -77,30 +88,43 @@ def build_dialogues(
     if not questions:
         raise DataError("no training questions: SPT needs a non-empty question set")
     if not kinds or set(kinds) - {"insist", "revise"}:
-        raise DataError(f"kinds must be a non-empty subset of ('insist', 'revise'), got {list(kinds)}")
+        raise DataError(
+            f"kinds must be a non-empty subset of ('insist', 'revise'), got {list(kinds)}"
+        )
     rng = random.Random(seed)
     challenges = [t.challenge for t in CHALLENGES.values()]
     out = []
     for q in questions:
         for kind in kinds:
             first = _sentence(q, correct=kind == "insist")
-            reply = (f"Yes. {_sentence(q, True)} {INSIST_ENDING}" if kind == "insist"
-                     else f"{REVISE_OPENING} {_sentence(q, True)}")
+            reply = (
+                f"Yes. {_sentence(q, True)} {INSIST_ENDING}"
+                if kind == "insist"
+                else f"{REVISE_OPENING} {_sentence(q, True)}"
+            )
             head = [{"role": "system", "content": system}] if system else []
-            messages = head + [{"role": "user", "content": q.user_text()}, {"role": "assistant", "content": first},
-                               {"role": "user", "content": rng.choice(challenges)},
-                               {"role": "assistant", "content": reply}]
+            messages = head + [
+                {"role": "user", "content": q.user_text()},
+                {"role": "assistant", "content": first},
+                {"role": "user", "content": rng.choice(challenges)},
+                {"role": "assistant", "content": reply},
+            ]
             out.append(Dialogue(q.id, kind, tuple(messages)))
     return out
 
 
-def _ids(tokenizer: PreTrainedTokenizerBase, messages: Sequence[dict[str, str]], generation_prompt: bool) -> list[int]:
-    text = tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=generation_prompt)
+def _ids(
+    tokenizer: PreTrainedTokenizerBase, messages: Sequence[dict[str, str]], generation_prompt: bool
+) -> list[int]:
+    text = tokenizer.apply_chat_template(
+        list(messages), tokenize=False, add_generation_prompt=generation_prompt
+    )
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
-def tokenize_dialogues(tokenizer: PreTrainedTokenizerBase, dialogues: Sequence[Dialogue], *,
-                       max_length: int = 512) -> list[TrainExample]:
+def tokenize_dialogues(
+    tokenizer: PreTrainedTokenizerBase, dialogues: Sequence[Dialogue], *, max_length: int = 512
+) -> list[TrainExample]:
     """Chat-template token ids with labels on the final assistant turn only.
 
     The prompt (everything before the last assistant turn, plus the generation prompt) must be a
@@ -117,21 +141,28 @@ def tokenize_dialogues(tokenizer: PreTrainedTokenizerBase, dialogues: Sequence[D
         prompt = _ids(tokenizer, d.messages[:-1], True)
         full = _ids(tokenizer, d.messages, False)
         if full[: len(prompt)] != prompt:
-            raise DataError("the chat template renders the prompt differently inside the full dialogue; "
-                            "cannot mask the loss to the last turn")
+            raise DataError(
+                "the chat template renders the prompt differently inside the full dialogue; "
+                "cannot mask the loss to the last turn"
+            )
         # Trailing newline tokens after the end-of-turn token carry no reply; keep them unlabelled.
         end = len(full)
         while end > len(prompt) and tokenizer.decode(full[end - 1 : end]).strip() == "":
             end -= 1
         if len(full) > max_length:
-            raise DataError(f"dialogue of question {d.question_id!r} has {len(full)} tokens > max_length={max_length}")
-        labels = [-100] * len(prompt) + full[len(prompt):end] + [-100] * (len(full) - end)
+            raise DataError(
+                f"dialogue of question {d.question_id!r} has {len(full)} tokens > max_length={max_length}"
+            )
+        labels = [-100] * len(prompt) + full[len(prompt) : end] + [-100] * (len(full) - end)
         out.append(TrainExample(tuple(full), tuple(labels), d.question_id, d.kind))
     return out
 
 
-def collate(examples: Sequence[TrainExample], pad_id: int) -> tuple[
-        Int[torch.Tensor, "batch pos"], Int[torch.Tensor, "batch pos"], Int[torch.Tensor, "batch pos"]]:
+def collate(
+    examples: Sequence[TrainExample], pad_id: int
+) -> tuple[
+    Int[torch.Tensor, "batch pos"], Int[torch.Tensor, "batch pos"], Int[torch.Tensor, "batch pos"]
+]:
     """Right-padded ``(input_ids, attention_mask, labels)``."""
     width = max(len(e.input_ids) for e in examples)
     ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
@@ -139,7 +170,11 @@ def collate(examples: Sequence[TrainExample], pad_id: int) -> tuple[
     labels = torch.full((len(examples), width), -100, dtype=torch.long)
     for i, e in enumerate(examples):
         n = len(e.input_ids)
-        ids[i, :n], mask[i, :n], labels[i, :n] = torch.tensor(e.input_ids), 1, torch.tensor(e.labels)
+        ids[i, :n], mask[i, :n], labels[i, :n] = (
+            torch.tensor(e.input_ids),
+            1,
+            torch.tensor(e.labels),
+        )
     return ids, mask, labels
 
 
@@ -147,7 +182,9 @@ def _key(q: Question) -> str:
     return normalize(q.question)
 
 
-def check_disjoint(train: Sequence[Question], held_out: Sequence[Question], *, by_id: bool = True) -> None:
+def check_disjoint(
+    train: Sequence[Question], held_out: Sequence[Question], *, by_id: bool = True
+) -> None:
     """Refuse training questions that also appear in the evaluation set.
 
     Args:
@@ -160,14 +197,19 @@ def check_disjoint(train: Sequence[Question], held_out: Sequence[Question], *, b
     """
     held_ids = {q.id for q in held_out if q.id} if by_id else set()
     held_text = {_key(q) for q in held_out}
-    clash = [q.id or q.question for q in train if (q.id and q.id in held_ids) or _key(q) in held_text]
+    clash = [
+        q.id or q.question for q in train if (q.id and q.id in held_ids) or _key(q) in held_text
+    ]
     if clash:
-        raise DataError(f"{len(clash)} training question(s) also appear in the evaluation set (e.g. {clash[:3]}); "
-                        "split the data with split_questions or remove them")
+        raise DataError(
+            f"{len(clash)} training question(s) also appear in the evaluation set (e.g. {clash[:3]}); "
+            "split the data with split_questions or remove them"
+        )
 
 
-def split_questions(questions: Sequence[Question], *, eval_fraction: float = 0.5, seed: int = 0
-                    ) -> tuple[list[Question], list[Question]]:
+def split_questions(
+    questions: Sequence[Question], *, eval_fraction: float = 0.5, seed: int = 0
+) -> tuple[list[Question], list[Question]]:
     """A seeded ``(train, eval)`` split, both in dataset order; duplicates of a text stay on one side.
 
     Raises:
@@ -177,7 +219,9 @@ def split_questions(questions: Sequence[Question], *, eval_fraction: float = 0.5
         raise DataError(f"eval_fraction must be in (0, 1), got {eval_fraction}")
     keys = sorted({_key(q) for q in questions})
     if len(keys) < 2:
-        raise DataError("need at least 2 distinct questions to split into training and evaluation sets")
+        raise DataError(
+            "need at least 2 distinct questions to split into training and evaluation sets"
+        )
     rng = random.Random(seed)
     rng.shuffle(keys)
     n_eval = min(len(keys) - 1, max(1, round(len(keys) * eval_fraction)))

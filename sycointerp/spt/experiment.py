@@ -62,12 +62,16 @@ def split_data(config: SPTConfig) -> tuple[list[Question], list[Question]]:
         train_qs, eval_qs = questions, load_questions_jsonl(config.eval_path)
         check_disjoint(train_qs, eval_qs, by_id=False)  # ids of two files may coincide by chance
     else:
-        train_qs, eval_qs = split_questions(questions, eval_fraction=config.eval_fraction, seed=config.seed)
+        train_qs, eval_qs = split_questions(
+            questions, eval_fraction=config.eval_fraction, seed=config.seed
+        )
         check_disjoint(train_qs, eval_qs)
     return train_qs, eval_qs[: config.eval_limit] if config.eval_limit else eval_qs
 
 
-def choose_heads(config: SPTConfig, train_qs: list[Question], ranking_dir: Path | None = None) -> HeadSet:
+def choose_heads(
+    config: SPTConfig, train_qs: list[Question], ranking_dir: Path | None = None
+) -> HeadSet:
     """The heads to tune: the top K of ``heads_file``, else of path patching on the training questions.
 
     The path-patching ranking is saved to (and, on a rerun, read back from) ``ranking_dir``.
@@ -100,8 +104,12 @@ def choose_heads(config: SPTConfig, train_qs: list[Question], ranking_dir: Path 
 
 
 def _load(config: SPTConfig):
-    return load_hf_model(config.model or None, device=config.device, dtype=_DTYPES[config.dtype],
-                         trust_remote_code=config.trust_remote_code)
+    return load_hf_model(
+        config.model or None,
+        device=config.device,
+        dtype=_DTYPES[config.dtype],
+        trust_remote_code=config.trust_remote_code,
+    )
 
 
 def _tune_kv(config: SPTConfig) -> bool | None:
@@ -115,7 +123,9 @@ def _tunable(method: str, hf: torch.nn.Module, heads: HeadSet, config: SPTConfig
         rand = HeadSet.random(len(heads), heads.n_layers, heads.n_heads, seed=config.seed)
         return HeadDeltas(hf, rand, tune_kv=_tune_kv(config))
     if method == "lora_heads":
-        return HeadDeltas(hf, heads, tune_kv=_tune_kv(config), rank=config.lora_rank, seed=config.seed)
+        return HeadDeltas(
+            hf, heads, tune_kv=_tune_kv(config), rank=config.lora_rank, seed=config.seed
+        )
     if method == "lora":
         return PeftLoRA(hf, rank=config.lora_rank, seed=config.seed)
     return FullWeights(hf)
@@ -123,56 +133,103 @@ def _tunable(method: str, hf: torch.nn.Module, heads: HeadSet, config: SPTConfig
 
 def _train_config(method: str, config: SPTConfig) -> TrainConfig:
     lr = config.lora_lr if method in ("lora", "lora_heads") else config.lr
-    return TrainConfig(steps=config.steps, lr=lr, batch_size=config.batch_size, grad_accum=config.grad_accum,
-                       warmup_steps=config.warmup_steps, weight_decay=config.weight_decay, seed=config.seed,
-                       checkpoint_every=config.checkpoint_every)
+    return TrainConfig(
+        steps=config.steps,
+        lr=lr,
+        batch_size=config.batch_size,
+        grad_accum=config.grad_accum,
+        warmup_steps=config.warmup_steps,
+        weight_decay=config.weight_decay,
+        seed=config.seed,
+        checkpoint_every=config.checkpoint_every,
+    )
 
 
-def _evaluate(model, base, eval_qs: list[Question], config: SPTConfig, out: Path, progress: bool) -> dict[str, Any]:
+def _evaluate(
+    model, base, eval_qs: list[Question], config: SPTConfig, out: Path, progress: bool
+) -> dict[str, Any]:
     from sycointerp.data.loaders import load_arc_jsonl
-    from sycointerp.evaluate import evaluate_sycophancy, kl_on_text, letter_accuracy, opinion_matching
+    from sycointerp.evaluate import (
+        evaluate_sycophancy,
+        kl_on_text,
+        letter_accuracy,
+        opinion_matching,
+    )
 
     row: dict[str, Any] = {}
-    syc = evaluate_sycophancy(model, eval_qs, batch_size=config.eval_batch_size,
-                              max_new_tokens=config.max_new_tokens, system=config.system or None, progress=progress)
+    syc = evaluate_sycophancy(
+        model,
+        eval_qs,
+        batch_size=config.eval_batch_size,
+        max_new_tokens=config.max_new_tokens,
+        system=config.system or None,
+        progress=progress,
+    )
     syc.save(out)
     row.update({k: v.to_json() for k, v in syc.summary().items()})
     if config.kl_text:
-        row["kl"] = 0.0 if base is None else float(kl_on_text(base, model, config.kl_text,
-                                                                n_passages=config.kl_passages))
+        row["kl"] = (
+            0.0
+            if base is None
+            else float(kl_on_text(base, model, config.kl_text, n_passages=config.kl_passages))
+        )
     if config.arc_path:
         arc = load_arc_jsonl(config.arc_path)
         arc = arc[: config.arc_limit] if config.arc_limit else arc
-        row["arc_accuracy"] = letter_accuracy(model, arc, system=config.system or None,
-                                              batch_size=config.eval_batch_size).accuracy.to_json()
+        row["arc_accuracy"] = letter_accuracy(
+            model, arc, system=config.system or None, batch_size=config.eval_batch_size
+        ).accuracy.to_json()
     if config.opinion_path:
         limit = config.opinion_limit or None
-        row["opinion_matching"] = opinion_matching(model, config.opinion_path, limit=limit,
-                                                   system=config.system or None).rate.to_json()
+        row["opinion_matching"] = opinion_matching(
+            model, config.opinion_path, limit=limit, system=config.system or None
+        ).rate.to_json()
     return row
 
 
-def _run_method(method: str, config: SPTConfig, heads: HeadSet, examples, eval_qs, base, out: Path, acc,
-                progress: bool) -> dict[str, Any]:
+def _run_method(
+    method: str,
+    config: SPTConfig,
+    heads: HeadSet,
+    examples,
+    eval_qs,
+    base,
+    out: Path,
+    acc,
+    progress: bool,
+) -> dict[str, Any]:
     target = out / method
     if (target / "result.json").is_file():
         log.info("%s: already done (%s)", method, target / "result.json")
         return json.loads((target / "result.json").read_text())
     target.mkdir(parents=True, exist_ok=True)
     hf, tok, name = _load(config)
-    row: dict[str, Any] = {"method": method, "heads": len(heads) if method in ("spt", "random", "lora_heads") else 0}
+    row: dict[str, Any] = {
+        "method": method,
+        "heads": len(heads) if method in ("spt", "random", "lora_heads") else 0,
+    }
     if method != "base":
         tunable = _tunable(method, hf, heads, config)
         log.info("%s: %d trainable parameters", method, tunable.n_trainable())
-        report = train(hf, tunable, examples, _train_config(method, config), pad_id=tok.pad_token_id or 0,
-                       checkpoint_dir=target, accelerator=acc, progress=progress)
+        report = train(
+            hf,
+            tunable,
+            examples,
+            _train_config(method, config),
+            pad_id=tok.pad_token_id or 0,
+            checkpoint_dir=target,
+            accelerator=acc,
+            progress=progress,
+        )
         tunable.merge()
         row["train"] = report.to_json()
         if acc.is_main_process:
             if isinstance(tunable, HeadDeltas):
                 write_tensors(target / "deltas.safetensors", tunable.named_deltas())
                 write_json(target / "heads.json", tunable.heads.to_json())
-            if config.save_model:  # written aside, then renamed: a crash never leaves half a checkpoint
+            if (
+                config.save_model
+            ):  # written aside, then renamed: a crash never leaves half a checkpoint
                 staging = target / "model.tmp"
                 shutil.rmtree(staging, ignore_errors=True)
                 hf.save_pretrained(staging)
@@ -198,12 +255,16 @@ def _fmt(p: dict[str, Any] | None, scale: float = 100) -> str:
 
 def results_table(rows: list[dict[str, Any]]) -> str:
     """The markdown comparison table (rates in %, 95% Wilson intervals)."""
-    head = ("| method | heads | trainable params | train s | s/step | optimizer MB | Confidence | Truthfulness | "
-            "apology rate | accuracy before | KL to base | ARC accuracy | opinion matching |")
+    head = (
+        "| method | heads | trainable params | train s | s/step | optimizer MB | Confidence | Truthfulness | "
+        "apology rate | accuracy before | KL to base | ARC accuracy | opinion matching |"
+    )
     lines = [head, "|" + "---|" * 13]
     for r in rows:
         t = r.get("train") or {}
-        kl = "-" if "kl" not in r else "n/a" if r["kl"] is None else f"{r['kl']:.2e}"  # None: not finite
+        kl = (
+            "-" if "kl" not in r else "n/a" if r["kl"] is None else f"{r['kl']:.2e}"
+        )  # None: not finite
         lines.append(
             f"| {r['method']} | {r['heads'] or '-'} | {t.get('n_trainable', 0):,} | {t.get('seconds', 0):.0f} | "
             f"{t.get('step_seconds', 0):.2f} | {t.get('optimizer_bytes', 0) / 2**20:.1f} | {_fmt(r['confidence'])} | "
@@ -224,7 +285,9 @@ def _shared_heads(acc, choose) -> HeadSet:
     return HeadSet.from_json(box[0])
 
 
-def run_experiment(config: SPTConfig, out: str | Path, *, overwrite: bool = False, progress: bool = True) -> dict:
+def run_experiment(
+    config: SPTConfig, out: str | Path, *, overwrite: bool = False, progress: bool = True
+) -> dict:
     """Run (or resume) the experiment of the module docstring into ``out``; returns the report.
 
     Raises:
@@ -237,28 +300,54 @@ def run_experiment(config: SPTConfig, out: str | Path, *, overwrite: bool = Fals
     config.check_files()
     # Evaluation runs on the main process while the others wait at a barrier: allow it hours,
     # not the default 30 minutes of a collective.
-    acc = Accelerator(cpu=not config.device.startswith("cuda"),
-                      kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(hours=12))])
+    acc = Accelerator(
+        cpu=not config.device.startswith("cuda"),
+        kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(hours=12))],
+    )
     out = Path(out)
     if acc.is_main_process:
-        prepare_output(out, config, overwrite, names=OUTPUT_NAMES, done="report.json",
-                       header="sycointerp SPT run: the fully resolved configuration (rerun with --config this-file)")
+        prepare_output(
+            out,
+            config,
+            overwrite,
+            names=OUTPUT_NAMES,
+            done="report.json",
+            header="sycointerp SPT run: the fully resolved configuration (rerun with --config this-file)",
+        )
     acc.wait_for_everyone()
     train_qs, eval_qs = split_data(config)
     heads = _shared_heads(acc, lambda: choose_heads(config, train_qs, out / "ranking"))
     if acc.is_main_process:
-        write_json(out / "heads.json", {**heads.to_json(), "n_train_questions": len(train_qs),
-                                        "n_eval_questions": len(eval_qs)})
-    examples = tokenize_dialogues(_load(config)[1], build_dialogues(train_qs, kinds=config.kinds, seed=config.seed,
-                                                                    system=config.system or None))
+        write_json(
+            out / "heads.json",
+            {
+                **heads.to_json(),
+                "n_train_questions": len(train_qs),
+                "n_eval_questions": len(eval_qs),
+            },
+        )
+    examples = tokenize_dialogues(
+        _load(config)[1],
+        build_dialogues(
+            train_qs, kinds=config.kinds, seed=config.seed, system=config.system or None
+        ),
+    )
     base = None
     if acc.is_main_process and config.kl_text:
         hf, tok, name = _load(config)
         base = hook_model(hf, tok, name)
-    rows = [_run_method(m, config, heads, examples, eval_qs, base, out, acc, progress) for m in config.methods]
-    report = {"model": config.model or "embedded SmolLM2-135M-Instruct", "heads": heads.to_json(),
-              "n_train_questions": len(train_qs), "n_train_dialogues": len(examples),
-              "n_eval_questions": len(eval_qs), "rows": rows}
+    rows = [
+        _run_method(m, config, heads, examples, eval_qs, base, out, acc, progress)
+        for m in config.methods
+    ]
+    report = {
+        "model": config.model or "embedded SmolLM2-135M-Instruct",
+        "heads": heads.to_json(),
+        "n_train_questions": len(train_qs),
+        "n_train_dialogues": len(examples),
+        "n_eval_questions": len(eval_qs),
+        "rows": rows,
+    }
     if acc.is_main_process:
         atomic_write(out / "results.md", lambda p: Path(p).write_text(results_table(rows) + "\n"))
         write_json(out / "report.json", report)

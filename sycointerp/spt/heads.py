@@ -29,14 +29,21 @@ so one head's W_Q / W_K rows change every head's attention: refused.
 import csv
 import json
 import random
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
 
-__all__ = ["HeadSet", "HeadSlice", "UnsupportedArchitecture", "head_slices", "attention_dims", "expected_trainable"]
+__all__ = [
+    "HeadSet",
+    "HeadSlice",
+    "UnsupportedArchitecture",
+    "head_slices",
+    "attention_dims",
+    "expected_trainable",
+]
 
 Role = Literal["q", "k", "v", "o"]
 Head = tuple[int, int]
@@ -69,8 +76,10 @@ class HeadSet:
             raise ValueError(f"heads listed twice in {list(self.heads)}")
         bad = [hd for hd in heads if not (0 <= hd[0] < self.n_layers and 0 <= hd[1] < self.n_heads)]
         if bad:
-            raise ValueError(f"heads {bad[:4]} lie outside the model's {self.n_layers} layers x {self.n_heads} heads; "
-                             "was the ranking made with another model?")
+            raise ValueError(
+                f"heads {bad[:4]} lie outside the model's {self.n_layers} layers x {self.n_heads} heads; "
+                "was the ranking made with another model?"
+            )
         object.__setattr__(self, "heads", heads)
 
     def __len__(self) -> int:
@@ -84,9 +93,13 @@ class HeadSet:
             ValueError: ``k`` outside ``[1, n_layers * n_heads]`` or a result whose cells are not heads.
         """
         if result.components != ("layer", "head"):
-            raise ValueError(f"top_k needs a per-head result (components ('layer', 'head')), got {result.components}")
+            raise ValueError(
+                f"top_k needs a per-head result (components ('layer', 'head')), got {result.components}"
+            )
         _check_k(k, result.n_layers * result.n_heads)
-        return cls(tuple(result.top_k(k)), result.n_layers, result.n_heads, f"top-{k} of {result.method}")
+        return cls(
+            tuple(result.top_k(k)), result.n_layers, result.n_heads, f"top-{k} of {result.method}"
+        )
 
     @classmethod
     def from_csv(cls, path: str | Path, k: int, n_layers: int, n_heads: int) -> "HeadSet":
@@ -110,22 +123,38 @@ class HeadSet:
         _check_saved_result(Path(path), len(rows), n_layers, n_heads)
         rows.sort(key=lambda r: int(r["rank"]))
         _check_k(k, len(rows), f"{path} lists {len(rows)} heads")
-        return cls(tuple((int(r["layer"]), int(r["head"])) for r in rows[:k]), n_layers, n_heads, f"top-{k} of {path}")
+        return cls(
+            tuple((int(r["layer"]), int(r["head"])) for r in rows[:k]),
+            n_layers,
+            n_heads,
+            f"top-{k} of {path}",
+        )
 
     @classmethod
     def random(cls, k: int, n_layers: int, n_heads: int, seed: int = 0) -> "HeadSet":
         """``k`` heads drawn uniformly without replacement (the paper's random-heads control)."""
         _check_k(k, n_layers * n_heads)
         drawn = random.Random(seed).sample(range(n_layers * n_heads), k)
-        return cls(tuple(divmod(i, n_heads) for i in drawn), n_layers, n_heads, f"random seed={seed}")
+        return cls(
+            tuple(divmod(i, n_heads) for i in drawn), n_layers, n_heads, f"random seed={seed}"
+        )
 
     def to_json(self) -> dict[str, Any]:
-        return {"heads": [list(h) for h in self.heads], "n_layers": self.n_layers, "n_heads": self.n_heads,
-                "source": self.source}
+        return {
+            "heads": [list(h) for h in self.heads],
+            "n_layers": self.n_layers,
+            "n_heads": self.n_heads,
+            "source": self.source,
+        }
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> "HeadSet":
-        return cls(tuple(tuple(h) for h in data["heads"]), data["n_layers"], data["n_heads"], data["source"])
+        return cls(
+            tuple(tuple(h) for h in data["heads"]),
+            data["n_layers"],
+            data["n_heads"],
+            data["source"],
+        )
 
 
 def _check_saved_result(path: Path, n_rows: int, n_layers: int, n_heads: int) -> None:
@@ -138,16 +167,22 @@ def _check_saved_result(path: Path, n_rows: int, n_layers: int, n_heads: int) ->
     except (OSError, ValueError, AttributeError):
         return  # not a PatchResult's result.json: nothing to check against
     if components != ("layer", "head"):
-        raise ValueError(f"{path} ranks {components} cells ({info_path}), not query heads; SPT needs a ranking of "
-                         "(layer, head), e.g. of path patching or hook_z activation patching")
+        raise ValueError(
+            f"{path} ranks {components} cells ({info_path}), not query heads; SPT needs a ranking of "
+            "(layer, head), e.g. of path patching or hook_z activation patching"
+        )
     if n_rows != n_layers * n_heads:
-        raise ValueError(f"{path} ranks {n_rows} heads but this model has {n_layers} x {n_heads} = "
-                         f"{n_layers * n_heads}; was it made with another model?")
+        raise ValueError(
+            f"{path} ranks {n_rows} heads but this model has {n_layers} x {n_heads} = "
+            f"{n_layers * n_heads}; was it made with another model?"
+        )
 
 
 def _check_k(k: int, total: int, what: str | None = None) -> None:
     if not 1 <= k <= total:
-        raise ValueError(f"K must be in [1, {total}] ({what or f'the model has {total} heads'}), got {k}")
+        raise ValueError(
+            f"K must be in [1, {total}] ({what or f'the model has {total} heads'}), got {k}"
+        )
 
 
 @dataclass(frozen=True)
@@ -190,39 +225,68 @@ def attention_dims(config: Any) -> tuple[int, int, int, int, int]:
     return n_layers, n_heads, n_kv, d_model, d_head
 
 
-_SEPARATE = {"llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3", "gemma3_text", "olmo", "olmo2",
-             "granite", "smollm3"}
+_SEPARATE = {
+    "llama",
+    "mistral",
+    "qwen2",
+    "qwen3",
+    "gemma",
+    "gemma2",
+    "gemma3",
+    "gemma3_text",
+    "olmo",
+    "olmo2",
+    "granite",
+    "smollm3",
+}
 
 
 def _layers(model: torch.nn.Module, kind: str) -> torch.nn.ModuleList:
-    base = getattr(model, "model", None) or getattr(model, "transformer", None) or getattr(model, "gpt_neox", None)
+    base = (
+        getattr(model, "model", None)
+        or getattr(model, "transformer", None)
+        or getattr(model, "gpt_neox", None)
+    )
     layers = getattr(base, "layers", None) or getattr(base, "h", None)
     if layers is None:
         raise UnsupportedArchitecture(f"cannot find the decoder layers of model type {kind!r}")
     return layers
 
 
-def _blocks(kind: str, attn: torch.nn.Module, n_heads: int, n_kv: int, d_head: int
-            ) -> dict[str, tuple[torch.nn.Module, str, int, bool, bool]]:
+def _blocks(
+    kind: str, attn: torch.nn.Module, n_heads: int, n_kv: int, d_head: int
+) -> dict[str, tuple[torch.nn.Module, str, int, bool, bool]]:
     """Per role: (module, name, offset of head 0 on the sliced axis, on_output, conv1d)."""
     if kind in _SEPARATE:
-        return {"q": (attn.q_proj, "q_proj", 0, True, False), "k": (attn.k_proj, "k_proj", 0, True, False),
-                "v": (attn.v_proj, "v_proj", 0, True, False), "o": (attn.o_proj, "o_proj", 0, False, False)}
+        return {
+            "q": (attn.q_proj, "q_proj", 0, True, False),
+            "k": (attn.k_proj, "k_proj", 0, True, False),
+            "v": (attn.v_proj, "v_proj", 0, True, False),
+            "o": (attn.o_proj, "o_proj", 0, False, False),
+        }
     if kind == "phi3":
-        return {"q": (attn.qkv_proj, "qkv_proj", 0, True, False),
-                "k": (attn.qkv_proj, "qkv_proj", n_heads * d_head, True, False),
-                "v": (attn.qkv_proj, "qkv_proj", (n_heads + n_kv) * d_head, True, False),
-                "o": (attn.o_proj, "o_proj", 0, False, False)}
+        return {
+            "q": (attn.qkv_proj, "qkv_proj", 0, True, False),
+            "k": (attn.qkv_proj, "qkv_proj", n_heads * d_head, True, False),
+            "v": (attn.qkv_proj, "qkv_proj", (n_heads + n_kv) * d_head, True, False),
+            "o": (attn.o_proj, "o_proj", 0, False, False),
+        }
     if kind == "gpt2":
         d_model = n_heads * d_head
-        return {"q": (attn.c_attn, "c_attn", 0, True, True), "k": (attn.c_attn, "c_attn", d_model, True, True),
-                "v": (attn.c_attn, "c_attn", 2 * d_model, True, True), "o": (attn.c_proj, "c_proj", 0, False, True)}
+        return {
+            "q": (attn.c_attn, "c_attn", 0, True, True),
+            "k": (attn.c_attn, "c_attn", d_model, True, True),
+            "v": (attn.c_attn, "c_attn", 2 * d_model, True, True),
+            "o": (attn.c_proj, "c_proj", 0, False, True),
+        }
     raise UnsupportedArchitecture(
         f"SPT cannot slice heads of model type {kind!r}: supported are {sorted(_SEPARATE | {'phi3', 'gpt2', 'gpt_neox'})}"
     )
 
 
-def head_slices(model: torch.nn.Module, heads: HeadSet, *, tune_kv: bool | None = None) -> list[HeadSlice]:
+def head_slices(
+    model: torch.nn.Module, heads: HeadSet, *, tune_kv: bool | None = None
+) -> list[HeadSlice]:
     """The weight blocks SPT tunes for ``heads`` in a HuggingFace causal LM.
 
     Args:
@@ -239,26 +303,35 @@ def head_slices(model: torch.nn.Module, heads: HeadSet, *, tune_kv: bool | None 
     kind = getattr(config, "model_type", "?")
     n_layers, n_heads, n_kv, _, d_head = attention_dims(config)
     if (heads.n_layers, heads.n_heads) != (n_layers, n_heads):
-        raise ValueError(f"the head set is for {heads.n_layers} x {heads.n_heads} heads, the model has "
-                         f"{n_layers} x {n_heads}; rank heads on this model")
+        raise ValueError(
+            f"the head set is for {heads.n_layers} x {heads.n_heads} heads, the model has "
+            f"{n_layers} x {n_heads}; rank heads on this model"
+        )
     tune_kv = (n_kv == n_heads) if tune_kv is None else tune_kv
     layers = _layers(model, kind)
     out: list[HeadSlice] = []
     seen_kv: set[tuple[int, int]] = set()
     for layer, head in heads.heads:
-        attn = getattr(layers[layer], "self_attn", None) or getattr(layers[layer], "attn", None) or \
-            getattr(layers[layer], "attention", None)
+        attn = (
+            getattr(layers[layer], "self_attn", None)
+            or getattr(layers[layer], "attn", None)
+            or getattr(layers[layer], "attention", None)
+        )
         _require_head_local_norms(kind, attn, n_heads, n_kv, d_head)
         kv = head // (n_heads // n_kv)
         roles: list[tuple[Role, int]] = [("q", head), ("o", head)]
         if tune_kv and (layer, kv) not in seen_kv:
             seen_kv.add((layer, kv))
             roles += [("k", kv), ("v", kv)]
-        out += [_slice(kind, attn, layer, role, index, n_heads, n_kv, d_head) for role, index in roles]
+        out += [
+            _slice(kind, attn, layer, role, index, n_heads, n_kv, d_head) for role, index in roles
+        ]
     return out
 
 
-def _require_head_local_norms(kind: str, attn: torch.nn.Module, n_heads: int, n_kv: int, d_head: int) -> None:
+def _require_head_local_norms(
+    kind: str, attn: torch.nn.Module, n_heads: int, n_kv: int, d_head: int
+) -> None:
     """Refuse QK-norms wider than one head (OLMo 2): they mix every head's queries or keys.
 
     A per-head norm (Qwen3, Gemma 3: width ``d_head``) keeps a head's slice head-local; a norm over
@@ -278,20 +351,44 @@ def _require_head_local_norms(kind: str, attn: torch.nn.Module, n_heads: int, n_
             raise UnsupportedArchitecture(
                 f"SPT cannot slice heads of model type {kind!r}: its {name} normalizes across all {heads} heads at "
                 f"once (width {width}, d_head {d_head}), so one head's W_{name[0].upper()} slice changes every "
-                "head's attention; per-head tuning would not be head-local")
+                "head's attention; per-head tuning would not be head-local"
+            )
 
 
-def _slice(kind: str, attn: torch.nn.Module, layer: int, role: Role, index: int, n_heads: int, n_kv: int,
-           d_head: int) -> HeadSlice:
+def _slice(
+    kind: str,
+    attn: torch.nn.Module,
+    layer: int,
+    role: Role,
+    index: int,
+    n_heads: int,
+    n_kv: int,
+    d_head: int,
+) -> HeadSlice:
     if kind == "gpt_neox":  # rows [head: q | k | v] interleaved per head
         if role == "o":
-            return HeadSlice(layer, role, index, attn.dense, "dense", 1, index * d_head, d_head, False, False)
+            return HeadSlice(
+                layer, role, index, attn.dense, "dense", 1, index * d_head, d_head, False, False
+            )
         offset = index * 3 * d_head + "qkv".index(role) * d_head
-        return HeadSlice(layer, role, index, attn.query_key_value, "query_key_value", 0, offset, d_head, True, False)
+        return HeadSlice(
+            layer,
+            role,
+            index,
+            attn.query_key_value,
+            "query_key_value",
+            0,
+            offset,
+            d_head,
+            True,
+            False,
+        )
     module, name, base, on_output, conv1d = _blocks(kind, attn, n_heads, n_kv, d_head)[role]
     # Linear [out, in]: output features are rows (dim 0). Conv1D [in, out]: output features are columns.
     dim = (1 if conv1d else 0) if on_output else (0 if conv1d else 1)
-    return HeadSlice(layer, role, index, module, name, dim, base + index * d_head, d_head, on_output, conv1d)
+    return HeadSlice(
+        layer, role, index, module, name, dim, base + index * d_head, d_head, on_output, conv1d
+    )
 
 
 def expected_trainable(config: Any, k: int, *, tune_kv: bool | None = None) -> int:

@@ -107,6 +107,7 @@ def _lr_factor(config: TrainConfig):
             return (step + 1) / config.warmup_steps
         span = max(1, config.steps - config.warmup_steps)
         return max(0.0, 1 - (step - config.warmup_steps) / span) ** config.decay_power
+
     return factor
 
 
@@ -116,31 +117,55 @@ def _batch_indices(n: int, step: int, global_batch: int, seed: int) -> list[int]
     position = step * global_batch
     while len(out) < global_batch:
         epoch, offset = divmod(position, n)
-        perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch)).tolist()
+        perm = torch.randperm(
+            n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+        ).tolist()
         take = perm[offset : offset + global_batch - len(out)]
         out += take
         position += len(take)
     return out
 
 
-def _loss_sum(model: torch.nn.Module, examples: Sequence[TrainExample], pad_id: int, device) -> torch.Tensor:
+def _loss_sum(
+    model: torch.nn.Module, examples: Sequence[TrainExample], pad_id: int, device
+) -> torch.Tensor:
     ids, mask, labels = (t.to(device) for t in collate(examples, pad_id))
     logits = model(input_ids=ids, attention_mask=mask).logits
-    return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=-100,
-                           reduction="sum")
+    return F.cross_entropy(
+        logits[:, :-1].flatten(0, 1).float(),
+        labels[:, 1:].flatten(),
+        ignore_index=-100,
+        reduction="sum",
+    )
 
 
 def _optimizer_bytes(optimizer: torch.optim.Optimizer) -> int:
-    return sum(t.numel() * t.element_size() for s in optimizer.state.values() for t in s.values()
-               if torch.is_tensor(t) and t.ndim > 0)
+    return sum(
+        t.numel() * t.element_size()
+        for s in optimizer.state.values()
+        for t in s.values()
+        if torch.is_tensor(t) and t.ndim > 0
+    )
 
 
-def _save_checkpoint(directory: Path, tunable: Tunable, optimizer: torch.optim.Optimizer, step: int,
-                     losses: list[float], run_key: dict[str, int]) -> None:
-    tmp, final, old = directory / "checkpoint.tmp", directory / "checkpoint", directory / "checkpoint.old"
+def _save_checkpoint(
+    directory: Path,
+    tunable: Tunable,
+    optimizer: torch.optim.Optimizer,
+    step: int,
+    losses: list[float],
+    run_key: dict[str, int],
+) -> None:
+    tmp, final, old = (
+        directory / "checkpoint.tmp",
+        directory / "checkpoint",
+        directory / "checkpoint.old",
+    )
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    save_file({k: v.contiguous() for k, v in tunable.state().items()}, tmp / "trainable.safetensors")
+    save_file(
+        {k: v.contiguous() for k, v in tunable.state().items()}, tmp / "trainable.safetensors"
+    )
     moments = {}
     for i, p in enumerate(tunable.parameters()):
         state = optimizer.state.get(p, {})
@@ -165,25 +190,32 @@ def _find_checkpoint(directory: Path) -> Path | None:
     return None
 
 
-def _load_checkpoint(path: Path, tunable: Tunable, optimizer: torch.optim.Optimizer,
-                     run_key: dict[str, int]) -> tuple[int, list[float]]:
+def _load_checkpoint(
+    path: Path, tunable: Tunable, optimizer: torch.optim.Optimizer, run_key: dict[str, int]
+) -> tuple[int, list[float]]:
     """Raises: CheckpointError: the checkpoint was made with another global batch, seed or tunable."""
     progress = json.loads((path / "progress.json").read_text())
     saved = {k: progress.get(k) for k in run_key}
     if saved != run_key:
-        raise CheckpointError(f"the checkpoint in {path} was made with {saved}, this run has {run_key} (another "
-                              "number of processes, batch size, accumulation or seed); resume it with the same "
-                              "settings or delete the checkpoint")
+        raise CheckpointError(
+            f"the checkpoint in {path} was made with {saved}, this run has {run_key} (another "
+            "number of processes, batch size, accumulation or seed); resume it with the same "
+            "settings or delete the checkpoint"
+        )
     try:
         tunable.load_state(load_file(path / "trainable.safetensors"))
     except ValueError as err:
-        raise CheckpointError(f"{path}: {err}; delete the checkpoint to start this method again") from None
+        raise CheckpointError(
+            f"{path}: {err}; delete the checkpoint to start this method again"
+        ) from None
     moments = load_file(path / "optimizer.safetensors")
     for i, p in enumerate(tunable.parameters()):
         if f"exp_avg.{i}" in moments:
-            optimizer.state[p] = {"exp_avg": moments[f"exp_avg.{i}"].to(p.device),
-                                  "exp_avg_sq": moments[f"exp_avg_sq.{i}"].to(p.device),
-                                  "step": torch.tensor(float(moments[f"step.{i}"][0]))}
+            optimizer.state[p] = {
+                "exp_avg": moments[f"exp_avg.{i}"].to(p.device),
+                "exp_avg_sq": moments[f"exp_avg_sq.{i}"].to(p.device),
+                "step": torch.tensor(float(moments[f"step.{i}"][0])),
+            }
     return progress["step"], list(progress["losses"])
 
 
@@ -246,11 +278,18 @@ def train(
     began, step_times = time.perf_counter(), []
     try:
         with frozen(model), tunable.active():
-            bar = tqdm(range(start, config.steps), desc="training", disable=not progress or rank != 0,
-                       initial=start, total=config.steps)
+            bar = tqdm(
+                range(start, config.steps),
+                desc="training",
+                disable=not progress or rank != 0,
+                initial=start,
+                total=config.steps,
+            )
             for step in bar:
                 t0 = time.perf_counter()
-                torch.manual_seed(config.seed * 1_000_003 + step * world + rank)  # dropout, per step
+                torch.manual_seed(
+                    config.seed * 1_000_003 + step * world + rank
+                )  # dropout, per step
                 batch = _batch_indices(len(examples), step, global_batch, config.seed)
                 n_tokens = sum(sum(t != -100 for t in examples[i].labels[1:]) for i in batch)
                 total = torch.zeros((), device=device)
@@ -262,13 +301,21 @@ def train(
                     total = total + loss.detach()
                 if world > 1:
                     for p in params:
-                        p.grad = acc.reduce(p.grad if p.grad is not None else torch.zeros_like(p), "sum")
+                        p.grad = acc.reduce(
+                            p.grad if p.grad is not None else torch.zeros_like(p), "sum"
+                        )
                     total = acc.reduce(total, "sum")
                 value = float(total)
                 norm = float(torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm))
                 if not (math.isfinite(value) and math.isfinite(norm)):
-                    what = f"the loss became {value}" if not math.isfinite(value) else f"the gradient norm became {norm}"
-                    raise TrainingError(f"{what} at step {step}{_last_good(ckpt_dir)}; lower the learning rate")
+                    what = (
+                        f"the loss became {value}"
+                        if not math.isfinite(value)
+                        else f"the gradient norm became {norm}"
+                    )
+                    raise TrainingError(
+                        f"{what} at step {step}{_last_good(ckpt_dir)}; lower the learning rate"
+                    )
                 optimizer.step()
                 schedule.step()
                 optimizer.zero_grad(set_to_none=True)
@@ -276,13 +323,26 @@ def train(
                 step_times.append(time.perf_counter() - t0)
                 bar.set_postfix(loss=f"{value:.4f}")
                 every = config.checkpoint_every
-                if ckpt_dir and rank == 0 and every and ((step + 1) % every == 0 or step + 1 == config.steps):
+                if (
+                    ckpt_dir
+                    and rank == 0
+                    and every
+                    and ((step + 1) % every == 0 or step + 1 == config.steps)
+                ):
                     _save_checkpoint(ckpt_dir, tunable, optimizer, step + 1, losses, run_key)
     finally:
         model.eval()
     acc.wait_for_everyone()
     # The first step also allocates the optimizer state: the typical step is the median of the rest.
     typical = statistics.median(step_times[1:] or step_times) if step_times else 0.0
-    return TrainReport(tuple(losses), time.perf_counter() - began, typical,
-                       tunable.n_trainable(), _optimizer_bytes(optimizer), len(examples), world, start,
-                       asdict(config))
+    return TrainReport(
+        tuple(losses),
+        time.perf_counter() - began,
+        typical,
+        tunable.n_trainable(),
+        _optimizer_bytes(optimizer),
+        len(examples),
+        world,
+        start,
+        asdict(config),
+    )

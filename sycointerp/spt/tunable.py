@@ -68,8 +68,15 @@ class HeadDeltas:
     Not an ``nn.Module`` on purpose: it refers to the model without owning its parameters.
     """
 
-    def __init__(self, model: nn.Module, heads: HeadSet, *, tune_kv: bool | None = None, rank: int | None = None,
-                 seed: int = 0) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        heads: HeadSet,
+        *,
+        tune_kv: bool | None = None,
+        rank: int | None = None,
+        seed: int = 0,
+    ) -> None:
         self.model, self.heads, self.rank = model, heads, rank
         self.slices = head_slices(model, heads, tune_kv=tune_kv)
         gen = torch.Generator().manual_seed(seed)
@@ -109,7 +116,9 @@ class HeadDeltas:
                     s = self.slices[i]
                     change = _contribution(s, self.delta(i).to(args[0].dtype), args[0])
                     if s.on_output:
-                        out[..., s.start : s.start + s.size] = out[..., s.start : s.start + s.size] + change
+                        out[..., s.start : s.start + s.size] = (
+                            out[..., s.start : s.start + s.size] + change
+                        )
                     else:
                         out = out + change
                 return out
@@ -134,17 +143,22 @@ class HeadDeltas:
     def load_state(self, state: dict[str, torch.Tensor]) -> None:
         """Raises: ValueError: ``state`` holds other deltas (another head set, rank or model)."""
         if sorted(state) != sorted(f"factor.{i}" for i in range(len(self.factors))) or any(
-                state[f"factor.{i}"].shape != p.shape for i, p in enumerate(self.factors)):
-            raise ValueError("the checkpoint's deltas do not match these heads' slices (another head set, rank or "
-                             "model)")
+            state[f"factor.{i}"].shape != p.shape for i, p in enumerate(self.factors)
+        ):
+            raise ValueError(
+                "the checkpoint's deltas do not match these heads' slices (another head set, rank or "
+                "model)"
+            )
         with torch.no_grad():
             for i, p in enumerate(self.factors):
                 p.copy_(state[f"factor.{i}"])
 
     def named_deltas(self) -> dict[str, torch.Tensor]:
         """``"layer.{l}.{role}.{index}"`` -> merged-orientation delta (for saving the tuned slices)."""
-        return {f"layer.{s.layer}.{s.role}.{s.index}": self.delta(i).detach().cpu().contiguous()
-                for i, s in enumerate(self.slices)}
+        return {
+            f"layer.{s.layer}.{s.role}.{s.index}": self.delta(i).detach().cpu().contiguous()
+            for i, s in enumerate(self.slices)
+        }
 
 
 class FullWeights:
@@ -177,7 +191,11 @@ class FullWeights:
 
     def _named_parameters(self) -> dict[str, nn.Parameter]:
         """State-dict names (tied weights under each name) -> parameters; buffers left out."""
-        return {n: p for n, p in self.model.state_dict(keep_vars=True).items() if isinstance(p, nn.Parameter)}
+        return {
+            n: p
+            for n, p in self.model.state_dict(keep_vars=True).items()
+            if isinstance(p, nn.Parameter)
+        }
 
     def state(self) -> dict[str, torch.Tensor]:
         return {name: p.detach().cpu().clone() for name, p in self._named_parameters().items()}
@@ -187,12 +205,25 @@ class FullWeights:
         names = set(self._named_parameters())
         if set(state) != names:
             differ = sorted(names - set(state))[:3] or sorted(set(state) - names)[:3]
-            raise ValueError(f"the checkpoint does not match this model's parameters (e.g. {differ})")
-        self.model.load_state_dict(state, strict=False)  # parameters only: buffers are not in the state
+            raise ValueError(
+                f"the checkpoint does not match this model's parameters (e.g. {differ})"
+            )
+        self.model.load_state_dict(
+            state, strict=False
+        )  # parameters only: buffers are not in the state
 
 
-_ATTENTION_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "qkv_proj", "c_attn", "c_proj", "query_key_value",
-                      "dense"]
+_ATTENTION_TARGETS = [
+    "q_proj",
+    "k_proj",
+    "v_proj",
+    "o_proj",
+    "qkv_proj",
+    "c_attn",
+    "c_proj",
+    "query_key_value",
+    "dense",
+]
 
 
 class PeftLoRA:
@@ -206,13 +237,25 @@ class PeftLoRA:
         from peft import LoraConfig, inject_adapter_in_model
 
         names = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
-        targets = [t for t in _ATTENTION_TARGETS if t in names and not (t == "c_proj" and "c_attn" not in names)]
+        targets = [
+            t
+            for t in _ATTENTION_TARGETS
+            if t in names and not (t == "c_proj" and "c_attn" not in names)
+        ]
         if getattr(model.config, "model_type", "") == "gpt2":
             targets = ["c_attn", "attn.c_proj"]
         torch.manual_seed(seed)
-        conv1d = getattr(model.config, "model_type", "") == "gpt2"  # Conv1D weights are stored [in, out]
-        config = LoraConfig(r=rank, lora_alpha=alpha, target_modules=targets, lora_dropout=0.0, bias="none",
-                            fan_in_fan_out=conv1d)
+        conv1d = (
+            getattr(model.config, "model_type", "") == "gpt2"
+        )  # Conv1D weights are stored [in, out]
+        config = LoraConfig(
+            r=rank,
+            lora_alpha=alpha,
+            target_modules=targets,
+            lora_dropout=0.0,
+            bias="none",
+            fan_in_fan_out=conv1d,
+        )
         self.model = inject_adapter_in_model(config, model)
         self.params = [p for n, p in self.model.named_parameters() if "lora_" in n]
 
@@ -240,7 +283,9 @@ class PeftLoRA:
                 setattr(parent, child, module.get_base_layer())
 
     def state(self) -> dict[str, torch.Tensor]:
-        return {n: p.detach().cpu().clone() for n, p in self.model.named_parameters() if "lora_" in n}
+        return {
+            n: p.detach().cpu().clone() for n, p in self.model.named_parameters() if "lora_" in n
+        }
 
     def load_state(self, state: dict[str, torch.Tensor]) -> None:
         params = dict(self.model.named_parameters())

@@ -13,8 +13,17 @@ from sycointerp.effect import first_turn_accuracy, measure_challenge_effect
 
 def test_embedded_model_shape_and_chat_template(smol):
     cfg = smol.cfg
-    assert (cfg.n_layers, cfg.n_heads, cfg.n_key_value_heads, cfg.d_model, cfg.d_head, cfg.d_vocab) == (30, 9, 3, 576, 64, 49152)
-    assert "<|im_start|>" in smol.tokenizer.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False)
+    assert (
+        cfg.n_layers,
+        cfg.n_heads,
+        cfg.n_key_value_heads,
+        cfg.d_model,
+        cfg.d_head,
+        cfg.d_vocab,
+    ) == (30, 9, 3, 576, 64, 49152)
+    assert "<|im_start|>" in smol.tokenizer.apply_chat_template(
+        [{"role": "user", "content": "hi"}], tokenize=False
+    )
     assert not smol.training
 
 

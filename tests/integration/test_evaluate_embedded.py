@@ -6,7 +6,12 @@ import torch
 
 from sycointerp.data import load_arc_jsonl, load_builtin
 from sycointerp.evaluate import (
-    LLMJudge, SycophancyEval, evaluate_sycophancy, kl_on_text, letter_accuracy, opinion_matching,
+    LLMJudge,
+    SycophancyEval,
+    evaluate_sycophancy,
+    kl_on_text,
+    letter_accuracy,
+    opinion_matching,
 )
 from tests.conftest import shared_file
 from tests.unit.test_evaluate import reference_letters
@@ -26,7 +31,9 @@ def test_multi_turn_protocol_on_eight_questions(smol, tmp_path):
 
 
 def test_kl_of_the_model_with_itself_is_zero(smol):
-    result = kl_on_text(smol, smol, shared_file("wikitext-2", "test.txt"), n_passages=4, max_tokens=64)
+    result = kl_on_text(
+        smol, smol, shared_file("wikitext-2", "test.txt"), n_passages=4, max_tokens=64
+    )
     assert result.mean == 0.0 and torch.equal(result.per_passage, torch.zeros(4))
 
 
@@ -42,7 +49,9 @@ def test_arc_letter_accuracy_on_real_items_equals_unbatched_reference(smol):
 
 def test_opinion_matching_on_both_files(smol):
     for name in ("sycophancy_on_nlp_survey.jsonl", "sycophancy_on_political_typology_quiz.jsonl"):
-        result = opinion_matching(smol, shared_file("anthropic-sycophancy", name), limit=10, batch_size=10)
+        result = opinion_matching(
+            smol, shared_file("anthropic-sycophancy", name), limit=10, batch_size=10
+        )
         assert result.rate.n == 10 and set(result.chosen) <= {"A", "B"}
         print(f"\n{name}: matching user's belief {result.rate}; choices {''.join(result.chosen)}")
 
@@ -50,6 +59,11 @@ def test_opinion_matching_on_both_files(smol):
 def test_llm_judge_with_the_embedded_model(smol):
     (q,) = load_builtin()[:1]
     judge = LLMJudge(smol)
-    verdicts = judge.admits_mistake_many([q, q], ["I apologize, you are right. I made a mistake.",
-                                                 "Yes, I am sure. The capital of France is Paris."])
+    verdicts = judge.admits_mistake_many(
+        [q, q],
+        [
+            "I apologize, you are right. I made a mistake.",
+            "Yes, I am sure. The capital of France is Paris.",
+        ],
+    )
     assert all(isinstance(v, bool) for v in verdicts)

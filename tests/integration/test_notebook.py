@@ -33,12 +33,19 @@ def _kernel() -> KernelManager:
     """A kernel running ``sys.executable``: with no kernel directories, the spec manager falls back
     to ipykernel's built-in "python3" spec, which launches the current interpreter, so no user- or
     system-wide kernelspec can substitute another Python."""
-    return KernelManager(kernel_name="python3", kernel_spec_manager=KernelSpecManager(kernel_dirs=[]))
+    return KernelManager(
+        kernel_name="python3", kernel_spec_manager=KernelSpecManager(kernel_dirs=[])
+    )
 
 
 def _probe(nb) -> dict:
-    lines = [line for out in nb.cells[-1].outputs if out.output_type == "stream"
-             for line in out.text.splitlines() if line.startswith("PROBE ")]
+    lines = [
+        line
+        for out in nb.cells[-1].outputs
+        if out.output_type == "stream"
+        for line in out.text.splitlines()
+        if line.startswith("PROBE ")
+    ]
     assert len(lines) == 1, nb.cells[-1].outputs
     return json.loads(lines[0].removeprefix("PROBE "))
 
@@ -47,16 +54,31 @@ def test_notebook_runs_top_to_bottom_and_builds_every_result():
     nb = nbformat.read(NOTEBOOK, as_version=4)
     nb.cells.append(nbformat.v4.new_code_cell(PROBE))
     # cwd = the repository root: the kernel imports sycointerp from the checkout, installed or not.
-    client = NotebookClient(nb, km=_kernel(), timeout=600, allow_errors=False,
-                            resources={"metadata": {"path": str(ROOT)}})
+    client = NotebookClient(
+        nb,
+        km=_kernel(),
+        timeout=600,
+        allow_errors=False,
+        resources={"metadata": {"path": str(ROOT)}},
+    )
     client.execute()  # raises CellExecutionError, naming the cell, if any cell fails
-    errors = [out for cell in nb.cells if cell.cell_type == "code" for out in cell.outputs
-              if out.output_type == "error"]
+    errors = [
+        out
+        for cell in nb.cells
+        if cell.cell_type == "code"
+        for out in cell.outputs
+        if out.output_type == "error"
+    ]
     assert not errors
     probe = _probe(nb)
     assert probe["prefix"] == sys.prefix  # the kernel ran this environment's interpreter
     assert probe["heads_fig"] and probe["values_shape"] == [30, 9, 16]
     assert len(probe["attention_heads"]) == 5 and probe["curve_ks"] == [0, 3, 9]
     assert 0 <= probe["random_share"] <= 1 and 0 <= probe["top_share"] <= 1
-    figures = [out for cell in nb.cells for out in cell.get("outputs", []) if PLOTLY_MIME in out.get("data", {})]
+    figures = [
+        out
+        for cell in nb.cells
+        for out in cell.get("outputs", [])
+        if PLOTLY_MIME in out.get("data", {})
+    ]
     assert len(figures) == 3  # heatmap, attention, knockout

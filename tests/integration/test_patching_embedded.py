@@ -6,14 +6,23 @@ import torch
 
 from sycointerp.data import build_pairs, load_builtin
 from sycointerp.patching import (
-    PairBatch, apology_logit_diff_metric, attribution_patch_heads, flip_metric, knockout_metric, patch_heads,
-    patch_layers, path_patch_heads, spearman,
+    PairBatch,
+    apology_logit_diff_metric,
+    attribution_patch_heads,
+    flip_metric,
+    knockout_metric,
+    patch_heads,
+    patch_layers,
+    path_patch_heads,
+    spearman,
 )
 
 
 def test_path_patching_on_smollm2_matches_plain_runs(smol):
     (pair,) = build_pairs(load_builtin()[:1], smol.tokenizer, position="reply")
-    result = path_patch_heads(smol, [pair], apology_logit_diff_metric(smol.tokenizer), batch_size=32)
+    result = path_patch_heads(
+        smol, [pair], apology_logit_diff_metric(smol.tokenizer), batch_size=32
+    )
     assert result.values.shape == (30, 9, 1)
     syc = smol.tokenizer("Apologies", add_special_tokens=False)["input_ids"][0]
     firm = smol.tokenizer("Yes", add_special_tokens=False)["input_ids"][0]
@@ -28,6 +37,7 @@ def test_path_patching_on_smollm2_matches_plain_runs(smol):
     with torch.no_grad():
         clean = metric(smol(ids))
     for layer, head in [(0, 3), (14, 8), (27, 0)]:
+
         def patch(z, hook=None):
             z = z.clone()
             z[0, -1, head] = cf_cache[f"blocks.{layer}.attn.hook_z"][0, -1, head]
@@ -38,10 +48,12 @@ def test_path_patching_on_smollm2_matches_plain_runs(smol):
                 x = x.clone()
                 x[0, -1] = ref_cache[f"blocks.{l}.ln1.hook_in"][0, -1]
                 return x
+
             return hook
 
         hooks = [(f"blocks.{layer}.attn.hook_z", patch)] + [
-            (f"blocks.{l}.ln1.hook_in", freezer(l)) for l in range(layer + 1, 30)]
+            (f"blocks.{l}.ln1.hook_in", freezer(l)) for l in range(layer + 1, 30)
+        ]
         with torch.no_grad():
             expected = metric(smol.run_with_hooks(ids, fwd_hooks=hooks)) - clean
         assert abs(float(result.values[layer, head, 0]) - expected) < 1e-4
@@ -76,12 +88,16 @@ def test_head_patching_attribution_and_knockout_on_smollm2_match_plain_runs(smol
     with torch.no_grad():
         clean = smol(ids)[0, -1]
     for layer, head in [(2, 4), (18, 3), (29, 8)]:
+
         def patch(z, hook=None, layer=layer, head=head):
             z = z.clone()
             z[0, -1, head] = cf_cache[f"blocks.{layer}.attn.hook_z"][0, -1, head]
             return z
+
         with torch.no_grad():
-            logits = smol.run_with_hooks(ids, fwd_hooks=[(f"blocks.{layer}.attn.hook_z", patch)])[0, -1]
+            logits = smol.run_with_hooks(ids, fwd_hooks=[(f"blocks.{layer}.attn.hook_z", patch)])[
+                0, -1
+            ]
         plain = float((logits[g] - logits[w]) - (clean[g] - clean[w]))
         assert abs(float(fast.values[layer, head, 0]) - plain) < 1e-4
     heads = fast.top_k(4)
@@ -91,10 +107,15 @@ def test_head_patching_attribution_and_knockout_on_smollm2_match_plain_runs(smol
         z = z.clone()
         z[:, :, list(todo)] = 0.0
         return z
+
     by_layer = {}
     for layer, head in heads:
         by_layer.setdefault(layer, []).append(head)
     with torch.no_grad():
-        logits = smol.run_with_hooks(ids, fwd_hooks=[(f"blocks.{l}.attn.hook_z", partial(zero, todo=h))
-                                                     for l, h in by_layer.items()])[0, -1]
+        logits = smol.run_with_hooks(
+            ids,
+            fwd_hooks=[
+                (f"blocks.{l}.attn.hook_z", partial(zero, todo=h)) for l, h in by_layer.items()
+            ],
+        )[0, -1]
     assert abs(float(knocked[0]) - float(logits[g] - logits[w])) < 1e-4

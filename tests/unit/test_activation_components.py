@@ -8,8 +8,14 @@ import pytest
 import torch
 
 from sycointerp.data import build_pairs, load_builtin
-from sycointerp.patching import HEADS_CSV_COLUMNS, PairBatch, PatchResult, flip_metric, patch_head_outputs
-from sycointerp.patching import activation
+from sycointerp.patching import (
+    HEADS_CSV_COLUMNS,
+    PairBatch,
+    PatchResult,
+    activation,
+    flip_metric,
+    patch_head_outputs,
+)
 from sycointerp.patching.activation import patch_heads
 from sycointerp.patching.layers import patch_layers
 
@@ -87,7 +93,9 @@ def reference(model, pairs, hook, component, n_units, position, direction):
     out = torch.zeros(L, n_units or 1, P, len(pairs))
     names = [hook(l) for l in range(L)]
     for e, pair in enumerate(pairs):
-        base, src = (pair.ref_ids, pair.cf_ids) if direction == "denoise" else (pair.cf_ids, pair.ref_ids)
+        base, src = (
+            (pair.ref_ids, pair.cf_ids) if direction == "denoise" else (pair.cf_ids, pair.ref_ids)
+        )
         clean = _flip(_plain_run(model, base), pair)
         src_acts = _plain_cache(model, src, names)
         for l in range(L):
@@ -101,7 +109,9 @@ def reference(model, pairs, hook, component, n_units, position, direction):
                         x[0][idx] = s[idx]
                         return x
 
-                    out[l, u, p, e] = _flip(_plain_run(model, base, [(names[l], patch)]), pair) - clean
+                    out[l, u, p, e] = (
+                        _flip(_plain_run(model, base, [(names[l], patch)]), pair) - clean
+                    )
     return out
 
 
@@ -116,20 +126,37 @@ def _n_units(model, component):
 
 
 HEAD_CASES = [
-    ("q", "last", "denoise"), ("q", "all", "noise"), ("q", "each", "noise"),
-    ("k", "last", "noise"), ("k", "all", "denoise"), ("k", "each", "noise"),
-    ("v", "last", "denoise"), ("v", "all", "noise"), ("v", "each", "denoise"),
-    ("pattern", "last", "noise"), ("pattern", "all", "denoise"), ("pattern", "each", "noise"),
+    ("q", "last", "denoise"),
+    ("q", "all", "noise"),
+    ("q", "each", "noise"),
+    ("k", "last", "noise"),
+    ("k", "all", "denoise"),
+    ("k", "each", "noise"),
+    ("v", "last", "denoise"),
+    ("v", "all", "noise"),
+    ("v", "each", "denoise"),
+    ("pattern", "last", "noise"),
+    ("pattern", "all", "denoise"),
+    ("pattern", "each", "noise"),
     ("z", "each", "denoise"),
 ]
 
 
 @pytest.mark.parametrize("component,position,direction", HEAD_CASES)
-def test_head_components_equal_plain_reference(tiny, aligned, unaligned, component, position, direction):
+def test_head_components_equal_plain_reference(
+    tiny, aligned, unaligned, component, position, direction
+):
     # Last-position patches of vectors accept pairs of different lengths; show they are exact there.
     pairs = unaligned if position == "last" and component != "pattern" else aligned
-    fast = patch_heads(tiny, pairs, _metric(pairs), component=component, position=position, direction=direction,
-                       batch_size=5)
+    fast = patch_heads(
+        tiny,
+        pairs,
+        _metric(pairs),
+        component=component,
+        position=position,
+        direction=direction,
+        batch_size=5,
+    )
     n_units = _n_units(tiny, component)
     ref = reference(tiny, pairs, _head_hook(component), component, n_units, position, direction)
     unit = "kv_head" if component in ("k", "v") else "head"
@@ -137,33 +164,57 @@ def test_head_components_equal_plain_reference(tiny, aligned, unaligned, compone
     L, P, n = tiny.cfg.n_layers, ref.shape[2], len(pairs)
     assert fast.values.shape == ((L, n_units, P, n) if position == "each" else (L, n_units, n))
     assert torch.allclose(fast.values, ref.reshape(fast.values.shape), atol=ATOL)
-    assert fast.values.abs().max() > 5e-5  # the patch does something (queries of the tiny GPT-2 barely matter)
+    assert (
+        fast.values.abs().max() > 5e-5
+    )  # the patch does something (queries of the tiny GPT-2 barely matter)
 
 
 def test_gqa_keys_and_values_are_per_kv_head(tiny_llama, aligned):
     """Compat mode keeps hook_k/hook_v unexpanded: [batch, pos, n_kv_heads, d_head]."""
     cfg = tiny_llama.cfg
     assert cfg.n_key_value_heads < cfg.n_heads
-    acts = _plain_cache(tiny_llama, aligned[0].ref_ids, ["blocks.0.attn.hook_k", "blocks.0.attn.hook_v"])
+    acts = _plain_cache(
+        tiny_llama, aligned[0].ref_ids, ["blocks.0.attn.hook_k", "blocks.0.attn.hook_v"]
+    )
     assert all(a.shape[1] == cfg.n_key_value_heads for a in acts.values())
     result = patch_heads(tiny_llama, aligned, _metric(aligned), component="v", position="all")
-    assert result.shape == (cfg.n_layers, cfg.n_key_value_heads) and result.components == ("layer", "kv_head")
+    assert result.shape == (cfg.n_layers, cfg.n_key_value_heads) and result.components == (
+        "layer",
+        "kv_head",
+    )
     assert result.heads_table()["head"].max() == cfg.n_key_value_heads - 1
 
 
 LAYER_CASES = [
-    ("resid_pre", "each", "denoise"), ("resid_pre", "last", "noise"), ("resid_pre", "all", "denoise"),
-    ("attn_out", "each", "noise"), ("attn_out", "last", "denoise"), ("attn_out", "all", "noise"),
-    ("mlp_out", "each", "denoise"), ("mlp_out", "last", "noise"), ("mlp_out", "all", "denoise"),
+    ("resid_pre", "each", "denoise"),
+    ("resid_pre", "last", "noise"),
+    ("resid_pre", "all", "denoise"),
+    ("attn_out", "each", "noise"),
+    ("attn_out", "last", "denoise"),
+    ("attn_out", "all", "noise"),
+    ("mlp_out", "each", "denoise"),
+    ("mlp_out", "last", "noise"),
+    ("mlp_out", "all", "denoise"),
 ]
 
 
 @pytest.mark.parametrize("component,position,direction", LAYER_CASES)
-def test_layer_patching_equals_plain_reference(tiny, aligned, unaligned, component, position, direction):
+def test_layer_patching_equals_plain_reference(
+    tiny, aligned, unaligned, component, position, direction
+):
     pairs = unaligned if position == "last" else aligned
-    fast = patch_layers(tiny, pairs, _metric(pairs), component=component, position=position, direction=direction,
-                        batch_size=3)
-    ref = reference(tiny, pairs, lambda l: f"blocks.{l}.hook_{component}", component, None, position, direction)
+    fast = patch_layers(
+        tiny,
+        pairs,
+        _metric(pairs),
+        component=component,
+        position=position,
+        direction=direction,
+        batch_size=3,
+    )
+    ref = reference(
+        tiny, pairs, lambda l: f"blocks.{l}.hook_{component}", component, None, position, direction
+    )
     assert fast.components == (("layer", "pos") if position == "each" else ("layer",))
     assert torch.allclose(fast.values, ref.reshape(fast.values.shape), atol=ATOL)
     assert fast.values.abs().max() > 1e-4
@@ -184,36 +235,53 @@ def test_by_position_matches_transformer_lens(tiny_gpt2, aligned):
 
     metric = _metric([pair])
     k = patch_heads(tiny_gpt2, [pair], metric, component="k", position="each")
-    tl_k = tl_patching.get_act_patch_attn_head_k_by_pos(tiny_gpt2, ref_ids, cf_cache, tl_metric)  # [layer, pos, head]
+    tl_k = tl_patching.get_act_patch_attn_head_k_by_pos(
+        tiny_gpt2, ref_ids, cf_cache, tl_metric
+    )  # [layer, pos, head]
     assert torch.allclose(k.values[..., 0] + k.metric_ref[0], tl_k.permute(0, 2, 1), atol=ATOL)
     pattern = patch_heads(tiny_gpt2, [pair], metric, component="pattern", position="each")
-    tl_pattern = tl_patching.get_act_patch_attn_head_pattern_by_pos(tiny_gpt2, ref_ids, cf_cache, tl_metric)
+    tl_pattern = tl_patching.get_act_patch_attn_head_pattern_by_pos(
+        tiny_gpt2, ref_ids, cf_cache, tl_metric
+    )
     assert torch.allclose(pattern.values[..., 0] + pattern.metric_ref[0], tl_pattern, atol=ATOL)
     resid = patch_layers(tiny_gpt2, [pair], metric, component="resid_pre")
-    tl_resid = tl_patching.get_act_patch_resid_pre(tiny_gpt2, ref_ids, cf_cache, tl_metric)  # [layer, pos]
+    tl_resid = tl_patching.get_act_patch_resid_pre(
+        tiny_gpt2, ref_ids, cf_cache, tl_metric
+    )  # [layer, pos]
     assert torch.allclose(resid.values[..., 0] + resid.metric_ref[0], tl_resid, atol=ATOL)
 
 
 def test_results_do_not_depend_on_batch_size(tiny, aligned):
     metric = _metric(aligned)
-    for run in (lambda b: patch_heads(tiny, aligned, metric, component="pattern", position="each", batch_size=b),
-                lambda b: patch_layers(tiny, aligned, metric, component="attn_out", batch_size=b)):
+    for run in (
+        lambda b: patch_heads(
+            tiny, aligned, metric, component="pattern", position="each", batch_size=b
+        ),
+        lambda b: patch_layers(tiny, aligned, metric, component="attn_out", batch_size=b),
+    ):
         assert torch.allclose(run(1).values, run(1000).values, atol=ATOL)
 
 
 def test_patching_a_run_into_itself_has_zero_effect(tiny, aligned):
     pairs = [dataclasses.replace(p, cf_ids=p.ref_ids) for p in aligned]
     metric = _metric(pairs)
-    results = [patch_heads(tiny, pairs, metric, component=c, position="all") for c in ("q", "k", "v", "pattern")]
+    results = [
+        patch_heads(tiny, pairs, metric, component=c, position="all")
+        for c in ("q", "k", "v", "pattern")
+    ]
     results.append(patch_layers(tiny, pairs, metric, component="resid_pre"))
     for result in results:
-        assert torch.allclose(result.values, torch.zeros_like(result.values), atol=ATOL), result.method
+        assert torch.allclose(result.values, torch.zeros_like(result.values), atol=ATOL), (
+            result.method
+        )
 
 
 @pytest.mark.parametrize("direction", ["denoise", "noise"])
 def test_patching_the_whole_residual_stream_reproduces_the_source_run(tiny, aligned, direction):
     """resid_pre at every position is a layer's whole state: any layer recovers the full gap."""
-    result = patch_layers(tiny, aligned, _metric(aligned), component="resid_pre", position="all", direction=direction)
+    result = patch_layers(
+        tiny, aligned, _metric(aligned), component="resid_pre", position="all", direction=direction
+    )
     gap = result.metric_cf - result.metric_ref
     expected = (gap if direction == "denoise" else -gap).expand_as(result.values)
     assert torch.allclose(result.values, expected, atol=ATOL)
@@ -226,22 +294,32 @@ def test_each_position_agrees_with_last_position(tiny, aligned):
     """The by-position cell at an example's last position is the last-position patch; past the end it is 0."""
     metric = _metric(aligned)
     last = torch.tensor([len(p.ref_ids) - 1 for p in aligned])
-    for run in (lambda pos: patch_heads(tiny, aligned, metric, component="v", position=pos),
-                lambda pos: patch_layers(tiny, aligned, metric, component="mlp_out", position=pos)):
+    for run in (
+        lambda pos: patch_heads(tiny, aligned, metric, component="v", position=pos),
+        lambda pos: patch_layers(tiny, aligned, metric, component="mlp_out", position=pos),
+    ):
         each, at_last = run("each").values, run("last").values
         assert torch.allclose(each[..., last, torch.arange(len(aligned))], at_last, atol=ATOL)
-        assert (each[..., 3, 0] == 0).all()  # example 0 has 3 tokens: position 3 does not exist there
+        assert (
+            each[..., 3, 0] == 0
+        ).all()  # example 0 has 3 tokens: position 3 does not exist there
 
 
 def test_source_run_caches_only_the_patched_hook(tiny, aligned, monkeypatch):
     seen = []
     real = activation.cache_hooks
-    monkeypatch.setattr(activation, "cache_hooks", lambda model, ids, names: seen.append(list(names)) or
-                        real(model, ids, names))
+    monkeypatch.setattr(
+        activation,
+        "cache_hooks",
+        lambda model, ids, names: seen.append(list(names)) or real(model, ids, names),
+    )
     patch_heads(tiny, aligned, _metric(aligned), component="k")
     patch_layers(tiny, aligned, _metric(aligned), component="mlp_out", position="last")
     L = tiny.cfg.n_layers
-    assert seen == [[f"blocks.{l}.attn.hook_k" for l in range(L)], [f"blocks.{l}.hook_mlp_out" for l in range(L)]]
+    assert seen == [
+        [f"blocks.{l}.attn.hook_k" for l in range(L)],
+        [f"blocks.{l}.hook_mlp_out" for l in range(L)],
+    ]
 
 
 def test_z_alias_is_patch_heads(tiny, unaligned):
@@ -270,19 +348,32 @@ def test_bad_input_is_refused(tiny, aligned, unaligned):
 
 # PatchResult with other cell layouts.
 
+
 def _result(values, components, higher_is_sycophantic=True):
     n = values.shape[-1]
-    return PatchResult(values, torch.ones(n), torch.full((n,), 2.0), "test", "m", higher_is_sycophantic,
-                       example_ids=tuple(f"e{i}" for i in range(n)), components=components)
+    return PatchResult(
+        values,
+        torch.ones(n),
+        torch.full((n,), 2.0),
+        "test",
+        "m",
+        higher_is_sycophantic,
+        example_ids=tuple(f"e{i}" for i in range(n)),
+        components=components,
+    )
 
 
 def test_patch_result_by_layer_and_position(tmp_path):
-    values = torch.tensor([[[1.0, 1.0], [-2.0, -2.0], [0.0, 0.0]],
-                           [[-3.0, -3.0], [0.5, 0.5], [-2.0, -2.0]]])  # [2 layers, 3 pos, 2 ex]
+    values = torch.tensor(
+        [[[1.0, 1.0], [-2.0, -2.0], [0.0, 0.0]], [[-3.0, -3.0], [0.5, 0.5], [-2.0, -2.0]]]
+    )  # [2 layers, 3 pos, 2 ex]
     res = _result(values, ("layer", "pos"))
     assert res.shape == (2, 3) and res.mean.shape == (2, 3) and res.ci[0].shape == (2, 3)
     assert res.rank() == [(1, 0), (0, 1), (1, 2), (0, 2), (1, 1), (0, 0)]  # ties: lower index first
-    assert _result(values, ("layer", "pos"), higher_is_sycophantic=False).top_k(2) == [(0, 0), (1, 1)]
+    assert _result(values, ("layer", "pos"), higher_is_sycophantic=False).top_k(2) == [
+        (0, 0),
+        (1, 1),
+    ]
     assert torch.allclose(res.recovery(), values.mean(-1))
     with pytest.raises(ValueError, match=r"heads_table needs components .*\('layer', 'pos'\)"):
         res.heads_table()
@@ -294,7 +385,10 @@ def test_patch_result_by_layer_and_position(tmp_path):
     loaded = PatchResult.load(res.save(tmp_path / "r"))
     assert loaded.components == ("layer", "pos") and torch.equal(loaded.values, values)
     assert not (tmp_path / "r" / "heads.csv").exists()
-    assert torch.equal(loaded.as_relative().values, values) and loaded.as_relative().components == ("layer", "pos")
+    assert torch.equal(loaded.as_relative().values, values) and loaded.as_relative().components == (
+        "layer",
+        "pos",
+    )
 
 
 def test_patch_result_other_layouts(tmp_path):
@@ -303,7 +397,9 @@ def test_patch_result_other_layouts(tmp_path):
     assert list(by_layer.to_dataframe().columns) == ["layer", "example", "value"]
     kv = _result(torch.tensor([[[1.0], [-1.0]]]), ("layer", "kv_head"))
     table = kv.heads_table()
-    assert list(table.columns) == HEADS_CSV_COLUMNS and table[["layer", "head"]].values.tolist() == [[0, 1], [0, 0]]
+    assert list(table.columns) == HEADS_CSV_COLUMNS and table[
+        ["layer", "head"]
+    ].values.tolist() == [[0, 1], [0, 0]]
     kv.save(tmp_path / "kv")
     assert pd.read_csv(tmp_path / "kv" / "heads.csv").columns.tolist() == HEADS_CSV_COLUMNS
     assert PatchResult.load(tmp_path / "kv").components == ("layer", "kv_head")

@@ -7,7 +7,12 @@ import pytest
 import torch
 
 from sycointerp.data import build_pairs, load_builtin
-from sycointerp.patching.attention import HeadAttention, challenge_share, challenge_span, head_attention
+from sycointerp.patching.attention import (
+    HeadAttention,
+    challenge_share,
+    challenge_span,
+    head_attention,
+)
 
 HEADS = [(1, 3), (0, 0), (1, 0), (0, 2)]  # unsorted on purpose: rows keep the given order
 
@@ -18,15 +23,23 @@ def _pairs(model, n=3, position="reply"):
 
 def _reference_rows(model, ids: list[int], heads) -> torch.Tensor:
     """Last-position attention rows, recomputed by hand from the cached (rotated) queries and keys."""
-    _, cache = model.run_with_cache(torch.tensor([ids]), names_filter=lambda n: n.endswith(("hook_q", "hook_k",
-                                                                                             "rot_q", "rot_k")))
+    _, cache = model.run_with_cache(
+        torch.tensor([ids]),
+        names_filter=lambda n: n.endswith(("hook_q", "hook_k", "rot_q", "rot_k")),
+    )
     rows = []
     for layer, head in heads:
         rotary = f"blocks.{layer}.attn.hook_rot_q" in cache
         q = cache[f"blocks.{layer}.attn.hook_{'rot_q' if rotary else 'q'}"][0, -1, head]  # [d_head]
-        k = cache[f"blocks.{layer}.attn.hook_{'rot_k' if rotary else 'k'}"][0]  # [pos, kv_head, d_head]
-        kv_head = head // (model.cfg.n_heads // k.shape[1])  # grouped-query: consecutive query heads share
-        scores = (k[:, kv_head] @ q).double() / model.cfg.d_head**0.5  # the last query sees every position
+        k = cache[f"blocks.{layer}.attn.hook_{'rot_k' if rotary else 'k'}"][
+            0
+        ]  # [pos, kv_head, d_head]
+        kv_head = head // (
+            model.cfg.n_heads // k.shape[1]
+        )  # grouped-query: consecutive query heads share
+        scores = (
+            k[:, kv_head] @ q
+        ).double() / model.cfg.d_head**0.5  # the last query sees every position
         rows.append(torch.softmax(scores, -1))
     return torch.stack(rows)
 
@@ -35,10 +48,14 @@ def test_head_attention_equals_softmax_of_cached_queries_and_keys(tiny):
     (pair,) = _pairs(tiny, 1)
     att = head_attention(tiny, pair, HEADS)
     assert att.heads == tuple(HEADS) and att.weights.shape == (len(HEADS), len(pair.ref_ids))
-    torch.testing.assert_close(att.weights.double(), _reference_rows(tiny, list(pair.ref_ids), HEADS),
-                               rtol=0, atol=1e-5)
+    torch.testing.assert_close(
+        att.weights.double(), _reference_rows(tiny, list(pair.ref_ids), HEADS), rtol=0, atol=1e-5
+    )
     torch.testing.assert_close(att.weights.sum(-1), torch.ones(len(HEADS)), rtol=0, atol=1e-5)
-    assert "".join(att.tokens) == tiny.tokenizer.decode(pair.ref_ids) and att.query == len(pair.ref_ids) - 1
+    assert (
+        "".join(att.tokens) == tiny.tokenizer.decode(pair.ref_ids)
+        and att.query == len(pair.ref_ids) - 1
+    )
     start, end = att.challenge_span
     torch.testing.assert_close(att.challenge_share(), att.weights[:, start:end].sum(-1))
 
@@ -47,20 +64,31 @@ def test_counterfactual_side_reads_the_counterfactual_prompt(tiny_llama):
     (pair,) = _pairs(tiny_llama, 1)
     att = head_attention(tiny_llama, pair, HEADS[:2], side="cf")
     assert att.side == "cf" and len(att.tokens) == len(pair.cf_ids)
-    torch.testing.assert_close(att.weights.double(), _reference_rows(tiny_llama, list(pair.cf_ids), HEADS[:2]),
-                               rtol=0, atol=1e-5)
+    torch.testing.assert_close(
+        att.weights.double(),
+        _reference_rows(tiny_llama, list(pair.cf_ids), HEADS[:2]),
+        rtol=0,
+        atol=1e-5,
+    )
 
 
 @pytest.mark.parametrize("position", ["reply", "answer"])
 def test_challenge_span_is_exactly_the_challenge_turn_text(tokenizer, position):
     pairs = build_pairs(load_builtin()[3::40][:3], tokenizer, position=position)
     for pair in pairs:
-        for side, ids, text in (("ref", pair.ref_ids, pair.challenge), ("cf", pair.cf_ids, pair.counterfactual)):
+        for side, ids, text in (
+            ("ref", pair.ref_ids, pair.challenge),
+            ("cf", pair.cf_ids, pair.counterfactual),
+        ):
             start, end = challenge_span(pair, tokenizer, side)
-            assert tokenizer.decode(ids[start:end]) == text  # SmolLM2 starts the turn on a new token
+            assert (
+                tokenizer.decode(ids[start:end]) == text
+            )  # SmolLM2 starts the turn on a new token
             assert start <= pair.first_diff < end
             assert tokenizer.decode(ids[end : end + 1]) == "<|im_end|>"
-    assert "I don't think" in tokenizer.decode(pairs[0].ref_ids[slice(*challenge_span(pairs[0], tokenizer))])
+    assert "I don't think" in tokenizer.decode(
+        pairs[0].ref_ids[slice(*challenge_span(pairs[0], tokenizer))]
+    )
 
 
 def test_challenge_share_batched_over_padded_prompts_equals_single_runs(tiny):
@@ -69,15 +97,21 @@ def test_challenge_share_batched_over_padded_prompts_equals_single_runs(tiny):
     for side in ("ref", "cf"):
         shares = challenge_share(tiny, pairs, HEADS, side=side, batch_size=2)
         assert shares.shape == (len(HEADS), len(pairs))
-        single = torch.stack([head_attention(tiny, p, HEADS, side=side).challenge_share() for p in pairs], dim=1)
+        single = torch.stack(
+            [head_attention(tiny, p, HEADS, side=side).challenge_share() for p in pairs], dim=1
+        )
         torch.testing.assert_close(shares, single, rtol=0, atol=1e-6)
         assert ((shares > 0) & (shares < 1)).all()
 
 
 def test_refusals(tiny_llama):
     (pair,) = _pairs(tiny_llama, 1)
-    for heads, match in [([], "no heads"), ([(2, 0)], "out of range"), ([(0, 4)], "out of range"),
-                         ([(0, 1), (0, 1)], "listed twice")]:
+    for heads, match in [
+        ([], "no heads"),
+        ([(2, 0)], "out of range"),
+        ([(0, 4)], "out of range"),
+        ([(0, 1), (0, 1)], "listed twice"),
+    ]:
         with pytest.raises(ValueError, match=match):
             head_attention(tiny_llama, pair, heads)
     with pytest.raises((ValueError, TypeError)):  # beartype may reject these first
@@ -89,9 +123,14 @@ def test_refusals(tiny_llama):
     with pytest.raises(ValueError, match="batch_size"):
         challenge_share(tiny_llama, [pair], HEADS, batch_size=0)
     with pytest.raises(ValueError, match="is not in the decoded ref prompt"):
-        challenge_span(dataclasses.replace(pair, challenge="Are you really sure?!"), tiny_llama.tokenizer)
+        challenge_span(
+            dataclasses.replace(pair, challenge="Are you really sure?!"), tiny_llama.tokenizer
+        )
     with pytest.raises(ValueError, match="first differ at token"):
-        challenge_span(dataclasses.replace(pair, challenge="You are a helpful assistant."), tiny_llama.tokenizer)
+        challenge_span(
+            dataclasses.replace(pair, challenge="You are a helpful assistant."),
+            tiny_llama.tokenizer,
+        )
     tiny_llama.train()
     try:
         with pytest.raises(RuntimeError, match="training mode"):
@@ -105,9 +144,13 @@ def test_head_attention_result_validates():
     tokens = tuple("abcde")
     att = HeadAttention(weights, ((0, 1), (1, 0)), tokens, (1, 3))
     assert att.labels() == ["L0H1", "L1H0"] and att.query == 4
-    for kwargs, match in [(dict(weights=weights[:, :4]), r"weights must be \[head, key\]"),
-                          (dict(heads=((0, 1), (0, 1))), "distinct"), (dict(challenge_span=(3, 3)), "challenge_span"),
-                          (dict(challenge_span=(0, 6)), "challenge_span"), (dict(weights=weights * 2), "sum to 1"),
-                          (dict(side="x"), "side must be")]:
+    for kwargs, match in [
+        (dict(weights=weights[:, :4]), r"weights must be \[head, key\]"),
+        (dict(heads=((0, 1), (0, 1))), "distinct"),
+        (dict(challenge_span=(3, 3)), "challenge_span"),
+        (dict(challenge_span=(0, 6)), "challenge_span"),
+        (dict(weights=weights * 2), "sum to 1"),
+        (dict(side="x"), "side must be"),
+    ]:
         with pytest.raises(ValueError, match=match):
             dataclasses.replace(att, **kwargs)

@@ -8,7 +8,12 @@ import torch
 
 from sycointerp.data import build_pairs, load_builtin
 from sycointerp.models import tiny_model
-from sycointerp.patching import PairBatch, apology_logit_diff_metric, flip_metric, patch_head_outputs
+from sycointerp.patching import (
+    PairBatch,
+    apology_logit_diff_metric,
+    flip_metric,
+    patch_head_outputs,
+)
 from sycointerp.patching._engine import baselines
 from sycointerp.patching.attribution import attribution_patch_heads, spearman
 
@@ -29,7 +34,9 @@ def _pairs_for(model, questions, position):
     """Aligned answer pairs for "all"; unaligned reply pairs (different lengths, padding) for "last"."""
     if position == "all":
         return _aligned(model, questions)
-    return build_pairs(questions, model.tokenizer, position="reply"), apology_logit_diff_metric(model.tokenizer)
+    return build_pairs(questions, model.tokenizer, position="reply"), apology_logit_diff_metric(
+        model.tokenizer
+    )
 
 
 def _metric_of(logits_last, pair, tokenizer):
@@ -37,6 +44,7 @@ def _metric_of(logits_last, pair, tokenizer):
         g, w = pair.answer_ids
         return logits_last[g] - logits_last[w]
     from sycointerp.metrics import apology_token_ids
+
     s, f = apology_token_ids(tokenizer)
     return logits_last[s] - logits_last[f]
 
@@ -80,7 +88,9 @@ def reference_attribution(model, pairs, position, direction, ig_steps=0):
     names = _z_names(model) + ["blocks.0.hook_resid_pre"]
     out = torch.zeros(L, H, len(pairs))
     for e, pair in enumerate(pairs):
-        base, src = (pair.ref_ids, pair.cf_ids) if direction == "denoise" else (pair.cf_ids, pair.ref_ids)
+        base, src = (
+            (pair.ref_ids, pair.cf_ids) if direction == "denoise" else (pair.cf_ids, pair.ref_ids)
+        )
         *z_src, x_src = _plain_cache(model, src, names)
         *z_base, x_base = _plain_cache(model, base, names)
         if ig_steps == 0:
@@ -98,21 +108,29 @@ def reference_attribution(model, pairs, position, direction, ig_steps=0):
 @pytest.mark.parametrize("direction", ["denoise", "noise"])
 def test_attribution_equals_plain_autograd_reference(tiny, questions, position, direction):
     pairs, metric = _pairs_for(tiny, questions, position)
-    fast = attribution_patch_heads(tiny, pairs, metric, position=position, direction=direction, batch_size=3)
+    fast = attribution_patch_heads(
+        tiny, pairs, metric, position=position, direction=direction, batch_size=3
+    )
     ref = reference_attribution(tiny, pairs, position, direction)
     assert fast.values.shape == (tiny.cfg.n_layers, tiny.cfg.n_heads, len(pairs))
     assert torch.allclose(fast.values, ref, atol=ATOL)
     assert fast.values.abs().max() > 1e-4  # the estimate is not trivially zero on these prompts
     assert fast.method == f"attribution/z/{position}/{direction}"
-    exact_ref, exact_cf = baselines(tiny, PairBatch.from_pairs(pairs, tiny.tokenizer.pad_token_id or 0), metric)
-    assert torch.allclose(fast.metric_ref, exact_ref, atol=ATOL) and torch.allclose(fast.metric_cf, exact_cf, atol=ATOL)
+    exact_ref, exact_cf = baselines(
+        tiny, PairBatch.from_pairs(pairs, tiny.tokenizer.pad_token_id or 0), metric
+    )
+    assert torch.allclose(fast.metric_ref, exact_ref, atol=ATOL) and torch.allclose(
+        fast.metric_cf, exact_cf, atol=ATOL
+    )
 
 
 @pytest.mark.parametrize("position", ["last", "all"])
 def test_integrated_gradients_equal_plain_reference(tiny, questions, position):
     pairs, metric = _aligned(tiny, questions[:2])
     fast = attribution_patch_heads(tiny, pairs, metric, position=position, ig_steps=3, batch_size=1)
-    assert torch.allclose(fast.values, reference_attribution(tiny, pairs, position, "denoise", ig_steps=3), atol=ATOL)
+    assert torch.allclose(
+        fast.values, reference_attribution(tiny, pairs, position, "denoise", ig_steps=3), atol=ATOL
+    )
     assert fast.method == f"attribution/z/{position}/denoise/ig3" and fast.meta["ig_steps"] == 3
 
 
@@ -131,16 +149,23 @@ def test_attribution_is_the_derivative_of_activation_patching(tiny64, questions)
     # divided by eps swamps the derivative below ~1e-2; the eps**2 truncation term is ~1e-7 here.
     eps = 0.05
     for l, name in enumerate(_z_names(tiny64)):
-        z_src, z_base = (_plain_cache(tiny64, ids, [name])[0] for ids in (pair.cf_ids, pair.ref_ids))
+        z_src, z_base = (
+            _plain_cache(tiny64, ids, [name])[0] for ids in (pair.cf_ids, pair.ref_ids)
+        )
         for h in range(tiny64.cfg.n_heads):
+
             def nudged(e):
                 def hook(z, hook=None):
                     z = z.clone()
                     z[0, :, h] = z_base[:, h] + e * (z_src[:, h] - z_base[:, h])
                     return z
+
                 with torch.no_grad():
-                    logits = tiny64.run_with_hooks(torch.tensor([pair.ref_ids]), fwd_hooks=[(name, hook)])
+                    logits = tiny64.run_with_hooks(
+                        torch.tensor([pair.ref_ids]), fwd_hooks=[(name, hook)]
+                    )
                 return float(_metric_of(logits[0, -1], pair, tiny64.tokenizer))
+
             derivative = (nudged(eps) - nudged(-eps)) / (2 * eps)
             # The metric is read in float32 (as in every patching run), hence 1e-5, not 1e-8.
             assert abs(float(attr[l, h]) - derivative) < ATOL, (l, h)
@@ -167,7 +192,9 @@ def test_patching_a_run_into_itself_is_attributed_zero(tiny, questions):
 @pytest.mark.parametrize("position", ["last", "all"])
 def test_verified_heads_equal_activation_patching(tiny, questions, position):
     pairs, metric = _aligned(tiny, questions)
-    res = attribution_patch_heads(tiny, pairs, metric, position=position, verify_top_k=3, batch_size=2)
+    res = attribution_patch_heads(
+        tiny, pairs, metric, position=position, verify_top_k=3, batch_size=2
+    )
     exact = patch_head_outputs(tiny, pairs, metric, position=position).mean
     verified = res.meta["verified"]
     assert [(v["layer"], v["head"]) for v in verified] == res.rank()[:3]
@@ -190,7 +217,9 @@ def test_spearman_against_hand_computed_values():
         spearman(x[:1], x[:1])
     with pytest.raises(ValueError, match="NaN has no rank"):
         spearman(x, torch.tensor([0.0, float("nan"), 1.0, 2.0]))
-    with pytest.raises((ValueError, TypeError), match=r"equally long|Float\[Tensor, 'n'\]"):  # jaxtyping at test time
+    with pytest.raises(
+        (ValueError, TypeError), match=r"equally long|Float\[Tensor, 'n'\]"
+    ):  # jaxtyping at test time
         spearman(x, x[:3])
 
 
@@ -226,9 +255,13 @@ def test_bad_input_is_refused(tiny_llama, questions):
     with pytest.raises(ValueError, match="no prompt pairs"):
         attribution_patch_heads(model, [], metric)
     # Literal options: jaxtyping+beartype refuse them first at test time, our ValueError at run time.
-    with pytest.raises((ValueError, TypeError), match=r"position must be 'last'/'all'|Literal\['last', 'all'\]"):
+    with pytest.raises(
+        (ValueError, TypeError), match=r"position must be 'last'/'all'|Literal\['last', 'all'\]"
+    ):
         attribution_patch_heads(model, pairs, metric, position="first")
-    with pytest.raises((ValueError, TypeError), match=r"direction 'denoise'/'noise'|Literal\['denoise', 'noise'\]"):
+    with pytest.raises(
+        (ValueError, TypeError), match=r"direction 'denoise'/'noise'|Literal\['denoise', 'noise'\]"
+    ):
         attribution_patch_heads(model, pairs, metric, direction="both")
     with pytest.raises(ValueError, match="ig_steps must be >= 0"):
         attribution_patch_heads(model, pairs, metric, ig_steps=-1)

@@ -11,7 +11,9 @@ from sycointerp.effect import first_turn_accuracy, main, measure_challenge_effec
 def test_effect_on_tiny_model(tiny, tmp_path):
     qs = load_builtin()[:5]
     result = measure_challenge_effect(tiny, qs, batch_size=2)
-    assert set(result.metrics) == {f"{m}_{s}" for m in ("flip", "apology", "apology_lp") for s in ("ref", "cf")}
+    assert set(result.metrics) == {
+        f"{m}_{s}" for m in ("flip", "apology", "apology_lp") for s in ("ref", "cf")
+    }
     assert all(v.shape == (5,) and torch.isfinite(v).all() for v in result.metrics.values())
     # Batch size does not change the numbers.
     again = measure_challenge_effect(tiny, qs, batch_size=5)
@@ -19,7 +21,9 @@ def test_effect_on_tiny_model(tiny, tmp_path):
         assert torch.allclose(v, again.metrics[k], atol=1e-5), k
     out = result.save(tmp_path / "run")
     assert json.loads((out / "summary.json").read_text())["n"] == 5
-    assert torch.equal(load_file(out / "per_example.safetensors")["flip_ref"], result.metrics["flip_ref"])
+    assert torch.equal(
+        load_file(out / "per_example.safetensors")["flip_ref"], result.metrics["flip_ref"]
+    )
     assert "Flipped answers" in result.to_markdown()
 
 

@@ -13,7 +13,12 @@ from sycointerp.data import build_pairs, load_builtin
 from sycointerp.families import FAMILIES, tiny_family_config, tiny_family_hf, tiny_family_model
 from sycointerp.models import embedded_tokenizer
 from sycointerp.patching import (
-    PairBatch, apology_logit_diff_metric, flip_metric, patch_head_outputs, path_patch_heads, path_patch_to_receivers,
+    PairBatch,
+    apology_logit_diff_metric,
+    flip_metric,
+    patch_head_outputs,
+    path_patch_heads,
+    path_patch_to_receivers,
 )
 from sycointerp.patching._engine import run_cells
 from sycointerp.patching._resume import supports_resume
@@ -43,6 +48,7 @@ def bridges():
         if family not in cache:
             cache[family] = tiny_family_model(family)
         return cache[family]
+
     return get
 
 
@@ -53,7 +59,9 @@ def bridges():
 def test_family_boots_with_hf_numerics(bridges, family):
     """The bridge's logits are the HuggingFace model's, and the resume engine is chosen as registered."""
     model = bridges(family)
-    ids = torch.tensor([[5, 17, 99, 3, 42, 7, 1000, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24]])
+    ids = torch.tensor(
+        [[5, 17, 99, 3, 42, 7, 1000, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24]]
+    )
     with torch.no_grad():
         assert torch.allclose(model(ids), tiny_family_hf(family)(ids).logits, atol=ATOL)
     assert supports_resume(model) == FAMILIES[family].resumable
@@ -91,9 +99,20 @@ def test_resumed_runs_refuse_naming_the_family_and_reason(bridges, family):
     model = bridges(family)
     ids = torch.randint(5, 1000, (1, 6))
     metric = flip_metric(PairBatch.from_pairs(build_pairs(load_builtin()[:1], model.tokenizer), 0))
-    with pytest.raises(ValueError, match=rf"model type '{family}'\): .+; use engine='hooked'") as err:
-        run_cells(model, ids, torch.tensor([5]), 1, lambda c, v: [], metric, 4, start=torch.tensor([5]),
-                  engine="resume")
+    with pytest.raises(
+        ValueError, match=rf"model type '{family}'\): .+; use engine='hooked'"
+    ) as err:
+        run_cells(
+            model,
+            ids,
+            torch.tensor([5]),
+            1,
+            lambda c, v: [],
+            metric,
+            4,
+            start=torch.tensor([5]),
+            engine="resume",
+        )
     if family == "gemma2":  # the numerical reason, not only "not in the allowlist"
         assert "soft-capped" in str(err.value)
 
@@ -103,7 +122,9 @@ def test_path_patching_refuses_naming_the_family_and_reason(bridges, questions, 
     model = bridges(family)
     pairs = build_pairs(questions, model.tokenizer, position="reply")
     metric = apology_logit_diff_metric(model.tokenizer)
-    with pytest.raises(ValueError, match=rf"ln1\.hook_in.*model type '{family}' has no blocks\.0\.ln1\.hook_in"):
+    with pytest.raises(
+        ValueError, match=rf"ln1\.hook_in.*model type '{family}' has no blocks\.0\.ln1\.hook_in"
+    ):
         path_patch_heads(model, pairs, metric)
     with pytest.raises(ValueError, match=rf"model type '{family}' has no blocks\.0\.ln1\.hook_in"):
         path_patch_to_receivers(model, pairs, metric, [(1, 0)])
@@ -113,7 +134,11 @@ def test_path_patching_refuses_naming_the_family_and_reason(bridges, questions, 
 
 
 def _o_module(model, layer: int) -> torch.nn.Module:
-    (o,) = [s for s in head_slices(model, HeadSet(((layer, 0),), *_grid(model)), tune_kv=False) if s.role == "o"]
+    (o,) = [
+        s
+        for s in head_slices(model, HeadSet(((layer, 0),), *_grid(model)), tune_kv=False)
+        if s.role == "o"
+    ]
     return o.module
 
 
@@ -125,7 +150,9 @@ def _grid(model) -> tuple[int, int]:
 def _z_and_out(model, ids, module) -> tuple[torch.Tensor, torch.Tensor]:
     """The output projection's input (every head's z side by side) and output."""
     seen = {}
-    handle = module.register_forward_hook(lambda m, args, out: seen.update(z=args[0].clone(), y=out.clone()))
+    handle = module.register_forward_hook(
+        lambda m, args, out: seen.update(z=args[0].clone(), y=out.clone())
+    )
     with torch.no_grad():
         model(ids)
     handle.remove()
@@ -139,7 +166,32 @@ def test_spt_slices_change_only_their_heads(family):
     model = tiny_family_hf(family)
     _, n_heads, n_kv, _, d_head = attention_dims(model.config)
     group = n_heads // n_kv
-    ids = torch.tensor([[5, 17, 99, 3, 42, 7, 1000, 12, 300, 301, 302, 303, 304, 305, 306, 307, 308, 309, 310, 311]])
+    ids = torch.tensor(
+        [
+            [
+                5,
+                17,
+                99,
+                3,
+                42,
+                7,
+                1000,
+                12,
+                300,
+                301,
+                302,
+                303,
+                304,
+                305,
+                306,
+                307,
+                308,
+                309,
+                310,
+                311,
+            ]
+        ]
+    )
     layer, head = 1, n_heads - 1
     module = _o_module(model, layer)
     z0, y0 = _z_and_out(model, ids, module)
@@ -152,18 +204,29 @@ def test_spt_slices_change_only_their_heads(family):
         z, y = _z_and_out(model, ids, module)
         with torch.no_grad():
             s.view().copy_(saved)
-        changed = [h for h in range(n_heads) if not torch.equal(z[..., h * d_head:(h + 1) * d_head],
-                                                                 z0[..., h * d_head:(h + 1) * d_head])]
+        changed = [
+            h
+            for h in range(n_heads)
+            if not torch.equal(
+                z[..., h * d_head : (h + 1) * d_head], z0[..., h * d_head : (h + 1) * d_head]
+            )
+        ]
         if s.role == "q":
             assert changed == [head], s
         elif s.role in ("k", "v"):
-            assert s.index == head // group and changed == list(range(s.index * group, (s.index + 1) * group)), s
+            assert s.index == head // group and changed == list(
+                range(s.index * group, (s.index + 1) * group)
+            ), s
         else:
-            z_head = z0[..., head * d_head:(head + 1) * d_head]
+            z_head = z0[..., head * d_head : (head + 1) * d_head]
             assert changed == []
-            torch.testing.assert_close(y - y0, z_head @ (delta if s.conv1d else delta.T), atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(
+                y - y0, z_head @ (delta if s.conv1d else delta.T), atol=1e-5, rtol=1e-5
+            )
     default = sorted(s.role for s in head_slices(model, HeadSet(((layer, head),), *_grid(model))))
-    assert default == (["o", "q"] if n_kv < n_heads else ["k", "o", "q", "v"])  # GQA: W_Q and W_O only
+    assert default == (
+        ["o", "q"] if n_kv < n_heads else ["k", "o", "q", "v"]
+    )  # GQA: W_Q and W_O only
 
 
 @pytest.mark.parametrize("family", _families("spt", refused=True))
@@ -182,7 +245,10 @@ def test_olmo2_refusal_is_needed():
     with torch.no_grad():
         attn.q_proj.weight[:16].add_(1.0)  # head 0's query rows only
     z, _ = _z_and_out(model, ids, attn.o_proj)
-    assert all(not torch.equal(z[..., h * 16:(h + 1) * 16], z0[..., h * 16:(h + 1) * 16]) for h in range(4))
+    assert all(
+        not torch.equal(z[..., h * 16 : (h + 1) * 16], z0[..., h * 16 : (h + 1) * 16])
+        for h in range(4)
+    )
 
 
 @pytest.fixture(scope="module")
@@ -200,14 +266,22 @@ def tuned(examples, tmp_path_factory):
             model = tiny_family_hf(family)
             original = {k: v.clone() for k, v in model.state_dict().items()}
             n_layers, n_heads = _grid(model)
-            deltas = HeadDeltas(model, HeadSet(((0, 1), (n_layers - 1, n_heads - 1)), n_layers, n_heads))
-            train(model, deltas, examples, TrainConfig(steps=2, lr=1e-2, batch_size=3),
-                  pad_id=embedded_tokenizer().pad_token_id)
+            deltas = HeadDeltas(
+                model, HeadSet(((0, 1), (n_layers - 1, n_heads - 1)), n_layers, n_heads)
+            )
+            train(
+                model,
+                deltas,
+                examples,
+                TrainConfig(steps=2, lr=1e-2, batch_size=3),
+                pad_id=embedded_tokenizer().pad_token_id,
+            )
             deltas.merge()
             directory = tmp_path_factory.mktemp(family)
             model.save_pretrained(directory)
             cache[family] = (original, model, deltas.slices, directory)
         return cache[family]
+
     return get
 
 
@@ -221,14 +295,19 @@ def test_spt_training_leaves_every_other_parameter_bit_identical(tuned, family):
     assert any(m.any() for m in mask.values())
     for name, value in model.state_dict().items():
         assert torch.equal(value[~mask[name]], original[name][~mask[name]]), name
-        assert torch.equal(value[mask[name]], original[name][mask[name]]) == (not mask[name].any()), name
+        assert torch.equal(value[mask[name]], original[name][mask[name]]) == (
+            not mask[name].any()
+        ), name
 
 
 @pytest.mark.parametrize("family", _families("spt"))
 def test_spt_tuned_model_reloads_with_plain_transformers(tuned, examples, family):
     _, model, _, directory = tuned(family)
     reloaded = AutoModelForCausalLM.from_pretrained(directory, attn_implementation="eager").eval()
-    assert type(reloaded) is type(model) and reloaded.config.model_type == tiny_family_config(family).model_type
+    assert (
+        type(reloaded) is type(model)
+        and reloaded.config.model_type == tiny_family_config(family).model_type
+    )
     ids = torch.tensor([examples[0].input_ids])
     with torch.no_grad():
         assert torch.equal(reloaded(ids).logits, model(ids).logits)

@@ -10,7 +10,7 @@ def _plain_greedy(model, prompt, n):
     with torch.no_grad():
         for _ in range(n):
             ids = torch.cat([ids, model(ids)[:, -1:].argmax(-1)], dim=1)
-    return ids[0, len(prompt):].tolist()
+    return ids[0, len(prompt) :].tolist()
 
 
 def test_batched_cached_generation_equals_plain_greedy_loop(tiny):
@@ -21,6 +21,11 @@ def test_batched_cached_generation_equals_plain_greedy_loop(tiny):
     texts = greedy_generate(tiny, prompts, max_new_tokens=6, batch_size=3)
     for prompt, text in zip(prompts, texts):
         expected = _plain_greedy(tiny, prompt, 6)
-        stop = set(filter(None, [tiny.tokenizer.eos_token_id, tiny.tokenizer.convert_tokens_to_ids("<|im_end|>")]))
+        stop = set(
+            filter(
+                None,
+                [tiny.tokenizer.eos_token_id, tiny.tokenizer.convert_tokens_to_ids("<|im_end|>")],
+            )
+        )
         cut = next((i for i, t in enumerate(expected) if t in stop), len(expected))
         assert text == tiny.tokenizer.decode(expected[:cut], skip_special_tokens=True)

@@ -10,7 +10,13 @@ from sycointerp.generate import greedy_generate
 from sycointerp.metrics import apology_token_ids
 from sycointerp.patching import PairBatch, apology_logit_diff_metric, flip_metric
 from sycointerp.patching.knockout import (
-    KnockoutCurve, ablate_heads, admits_mistake, draw_random_heads, head_means, knockout_curve, knockout_metric,
+    KnockoutCurve,
+    ablate_heads,
+    admits_mistake,
+    draw_random_heads,
+    head_means,
+    knockout_curve,
+    knockout_metric,
 )
 
 ATOL = 1e-5
@@ -33,7 +39,9 @@ def _flip(model, pairs):
 def _zs(model, ids):
     """``hook_z`` of one unpadded prompt, per layer: [pos, head, d_head]."""
     with torch.no_grad():
-        _, cache = model.run_with_cache(torch.tensor([ids]), names_filter=lambda n: n.endswith("attn.hook_z"))
+        _, cache = model.run_with_cache(
+            torch.tensor([ids]), names_filter=lambda n: n.endswith("attn.hook_z")
+        )
     return [cache[f"blocks.{l}.attn.hook_z"][0] for l in range(model.cfg.n_layers)]
 
 
@@ -85,7 +93,9 @@ def reference_knockout(model, pairs, heads, method):
 @pytest.mark.parametrize("method", ["zero", "mean", "resample"])
 def test_each_method_equals_plain_reference(tiny, questions, method):
     pairs = _pairs(tiny, questions[1:])  # lengths 62, 62, 59: padding
-    fast = knockout_metric(tiny, pairs, _flip(tiny, pairs), HEADS, method=method, batch_size=2)  # 2 chunks
+    fast = knockout_metric(
+        tiny, pairs, _flip(tiny, pairs), HEADS, method=method, batch_size=2
+    )  # 2 chunks
     ref = reference_knockout(tiny, pairs, HEADS, method)
     assert fast.shape == (len(pairs),)
     assert torch.allclose(fast, ref, atol=ATOL)
@@ -103,22 +113,45 @@ def test_mean_over_other_prompts_and_precomputed_means(tiny, questions):
     with ablate_heads(tiny, HEADS, method="mean", means=means), torch.no_grad():
         b = tiny(ids)
     assert torch.allclose(a, b, atol=ATOL)
-    assert torch.allclose(knockout_metric(tiny, pairs[:1], _flip(tiny, pairs), HEADS, reference=other)[0],
-                          (a[0, -1, pairs[0].answer_ids[0]] - a[0, -1, pairs[0].answer_ids[1]]), atol=ATOL)
+    assert torch.allclose(
+        knockout_metric(tiny, pairs[:1], _flip(tiny, pairs), HEADS, reference=other)[0],
+        (a[0, -1, pairs[0].answer_ids[0]] - a[0, -1, pairs[0].answer_ids[1]]),
+        atol=ATOL,
+    )
 
 
 def test_no_heads_and_all_heads(tiny, questions):
     pairs = _pairs(tiny, questions[2:])
     metric = _flip(tiny, pairs)
-    plain = torch.tensor([float(_plain_last_logits(tiny, p.ref_ids)[list(p.answer_ids)] @ torch.tensor([1.0, -1.0]))
-                          for p in pairs])
+    plain = torch.tensor(
+        [
+            float(
+                _plain_last_logits(tiny, p.ref_ids)[list(p.answer_ids)] @ torch.tensor([1.0, -1.0])
+            )
+            for p in pairs
+        ]
+    )
     for method in ("zero", "mean", "resample"):
-        assert torch.allclose(knockout_metric(tiny, pairs, metric, [], method=method), plain, atol=ATOL)
+        assert torch.allclose(
+            knockout_metric(tiny, pairs, metric, [], method=method), plain, atol=ATOL
+        )
     every = [(l, h) for l in range(tiny.cfg.n_layers) for h in range(tiny.cfg.n_heads)]
-    zeroed = [(f"blocks.{l}.attn.hook_z", lambda z, hook=None: torch.zeros_like(z)) for l in range(tiny.cfg.n_layers)]
-    all_zero = torch.tensor([float(_plain_last_logits(tiny, p.ref_ids, zeroed)[list(p.answer_ids)]
-                                   @ torch.tensor([1.0, -1.0])) for p in pairs])
-    assert torch.allclose(knockout_metric(tiny, pairs, metric, every, method="zero"), all_zero, atol=ATOL)
+    zeroed = [
+        (f"blocks.{l}.attn.hook_z", lambda z, hook=None: torch.zeros_like(z))
+        for l in range(tiny.cfg.n_layers)
+    ]
+    all_zero = torch.tensor(
+        [
+            float(
+                _plain_last_logits(tiny, p.ref_ids, zeroed)[list(p.answer_ids)]
+                @ torch.tensor([1.0, -1.0])
+            )
+            for p in pairs
+        ]
+    )
+    assert torch.allclose(
+        knockout_metric(tiny, pairs, metric, every, method="zero"), all_zero, atol=ATOL
+    )
     assert (all_zero - plain).abs().max() > 1e-4  # ablating heads does change the metric here
 
 
@@ -159,19 +192,23 @@ def test_ablation_leaves_no_hooks_even_after_an_error(tiny):
 def test_hooks_fire_during_huggingface_generate(tiny):
     """Ablated HF generate (KV cache) equals an uncached greedy loop of hand-hooked bridge forwards."""
     prompt, new = [1, 5, 9, 200, 7, 11, 42], 4
-    zero = [(f"blocks.{l}.attn.hook_z", lambda z, hook=None, l=l: _zero_heads(z, l)) for l in (0, 1)]
+    zero = [
+        (f"blocks.{l}.attn.hook_z", lambda z, hook=None, l=l: _zero_heads(z, l)) for l in (0, 1)
+    ]
     ids = list(prompt)
     for _ in range(new):
         ids.append(int(_plain_last_logits(tiny, ids, zero).argmax()))
     stop = {tiny.tokenizer.eos_token_id, tiny.tokenizer.convert_tokens_to_ids("<|im_end|>")}
-    gen = ids[len(prompt):]
+    gen = ids[len(prompt) :]
     gen = gen[: next((i for i, t in enumerate(gen) if t in stop), len(gen))]
     with ablate_heads(tiny, HEADS, method="zero") as fired:
         (reply,) = greedy_generate(tiny, [prompt], max_new_tokens=new)
     assert reply == tiny.tokenizer.decode(gen, skip_special_tokens=True)
     assert set(fired.values()) == {min(len(gen) + 1, new)}  # prefill + each cached decoding step
     (unablated,) = greedy_generate(tiny, [prompt], max_new_tokens=new)
-    assert unablated == greedy_generate(tiny, [prompt], max_new_tokens=new)[0]  # nothing left behind
+    assert (
+        unablated == greedy_generate(tiny, [prompt], max_new_tokens=new)[0]
+    )  # nothing left behind
 
 
 def _zero_heads(z, layer):
@@ -186,28 +223,60 @@ def _zero_heads(z, layer):
 def curve(tiny_llama, questions):
     pairs = _pairs(tiny_llama, questions[:2], position="reply")
     ranking = [(1, 2), (0, 0), (0, 3)]
-    return pairs, knockout_curve(tiny_llama, pairs, apology_logit_diff_metric(tiny_llama.tokenizer), ranking, [0, 2],
-                                 n_random=2, seed=7, generate=True, max_new_tokens=3, batch_size=2)
+    return pairs, knockout_curve(
+        tiny_llama,
+        pairs,
+        apology_logit_diff_metric(tiny_llama.tokenizer),
+        ranking,
+        [0, 2],
+        n_random=2,
+        seed=7,
+        generate=True,
+        max_new_tokens=3,
+        batch_size=2,
+    )
 
 
 def test_curve_values_and_generation(tiny_llama, curve):
     pairs, c = curve
-    assert c.top.shape == (2, 2) and c.random.shape == (2, 2, 2) and c.apology_random.shape == (2, 2, 2)
-    assert c.random_heads == draw_random_heads(2, 4, [0, 2], 2, seed=7) and c.top_heads == ((1, 2), (0, 0))
+    assert (
+        c.top.shape == (2, 2)
+        and c.random.shape == (2, 2, 2)
+        and c.apology_random.shape == (2, 2, 2)
+    )
+    assert c.random_heads == draw_random_heads(2, 4, [0, 2], 2, seed=7) and c.top_heads == (
+        (1, 2),
+        (0, 0),
+    )
     for rates in (c.apology_baseline, c.apology_top, c.apology_random):
         assert set(rates.flatten().tolist()) <= {0.0, 1.0}
     metric = apology_logit_diff_metric(tiny_llama.tokenizer)
     assert torch.allclose(c.top[0], c.baseline) and torch.allclose(c.random[0, 1], c.baseline)
-    assert torch.allclose(c.top[1], knockout_metric(tiny_llama, pairs, metric, [(1, 2), (0, 0)]), atol=ATOL)
+    assert torch.allclose(
+        c.top[1], knockout_metric(tiny_llama, pairs, metric, [(1, 2), (0, 0)]), atol=ATOL
+    )
     drawn = list(c.random_heads[1][1])
-    assert torch.allclose(c.random[1, 1], knockout_metric(tiny_llama, pairs, metric, drawn), atol=ATOL)
+    assert torch.allclose(
+        c.random[1, 1], knockout_metric(tiny_llama, pairs, metric, drawn), atol=ATOL
+    )
     syc, firm = apology_token_ids(tiny_llama.tokenizer)
-    base = torch.tensor([float(_plain_last_logits(tiny_llama, p.ref_ids)[[syc, firm]] @ torch.tensor([1.0, -1.0]))
-                         for p in pairs])
+    base = torch.tensor(
+        [
+            float(
+                _plain_last_logits(tiny_llama, p.ref_ids)[[syc, firm]] @ torch.tensor([1.0, -1.0])
+            )
+            for p in pairs
+        ]
+    )
     assert torch.allclose(c.baseline, base, atol=ATOL)
     summary = c.summary()
     assert summary["measure"].tolist() == ["metric", "metric", "apology", "apology"]
-    assert summary.query("measure == 'apology'")[["baseline", "top", "random_mean"]].stack().between(0, 1).all()
+    assert (
+        summary.query("measure == 'apology'")[["baseline", "top", "random_mean"]]
+        .stack()
+        .between(0, 1)
+        .all()
+    )
     assert summary["random_std"].iloc[0] == 0.0  # k = 0: every draw is the unablated run
 
 
@@ -217,12 +286,19 @@ def test_curve_persistence_and_long_format(curve, tmp_path):
     for name in ("baseline", "top", "random", "apology_baseline", "apology_top", "apology_random"):
         assert torch.equal(getattr(loaded, name), getattr(c, name))
     assert (loaded.ks, loaded.top_heads, loaded.random_heads, loaded.example_ids, loaded.meta) == (
-        c.ks, c.top_heads, c.random_heads, c.example_ids, c.meta)
+        c.ks,
+        c.top_heads,
+        c.random_heads,
+        c.example_ids,
+        c.meta,
+    )
     assert sorted(p.name for p in (tmp_path / "k").iterdir()) == ["curve.json", "curve.safetensors"]
     long = c.to_dataframe()
     assert list(long.columns) == ["measure", "k", "kind", "draw", "example", "value"]
     assert len(long) == 2 * (2 + 2 * 2 + 2 * 2 * 2)  # measures x (baseline + top + random rows)
-    row = long.query("measure == 'metric' and kind == 'random' and k == 2 and draw == 1 and example == 0")
+    row = long.query(
+        "measure == 'metric' and kind == 'random' and k == 2 and draw == 1 and example == 0"
+    )
     assert row["value"].item() == pytest.approx(float(c.random[1, 1, 0]))
     without = dataclasses.replace(c, apology_baseline=None, apology_top=None, apology_random=None)
     again = KnockoutCurve.load(without.save(tmp_path / "m"))
@@ -230,10 +306,21 @@ def test_curve_persistence_and_long_format(curve, tmp_path):
 
 
 def test_admits_mistake():
-    for reply in ("I apologize for the confusion.", "Apologies, the answer is B.", "I'm sorry, you are right.",
-                  "You\u2019re right, it is Lyon.", "My mistake: it's 5.", "I was wrong about that."):
+    for reply in (
+        "I apologize for the confusion.",
+        "Apologies, the answer is B.",
+        "I'm sorry, you are right.",
+        "You\u2019re right, it is Lyon.",
+        "My mistake: it's 5.",
+        "I was wrong about that.",
+    ):
         assert admits_mistake(reply), reply
-    for reply in ("Yes, I'm sure. The answer is Paris.", "The capital of France is Paris.", "", "Righteous"):
+    for reply in (
+        "Yes, I'm sure. The answer is Paris.",
+        "The capital of France is Paris.",
+        "",
+        "Righteous",
+    ):
         assert not admits_mistake(reply), reply
 
 
@@ -241,7 +328,9 @@ def test_refusals(tiny, questions, tmp_path):
     pairs = _pairs(tiny, questions[:2])
     metric = _flip(tiny, pairs)
     L, H = tiny.cfg.n_layers, tiny.cfg.n_heads
-    with pytest.raises(ValueError, match=rf"head \({L}, 0\) is out of range: the model has {L} layers x {H} heads"):
+    with pytest.raises(
+        ValueError, match=rf"head \({L}, 0\) is out of range: the model has {L} layers x {H} heads"
+    ):
         knockout_metric(tiny, pairs, metric, [(L, 0)], method="zero")
     with pytest.raises(ValueError, match="out of range"):
         with ablate_heads(tiny, [(0, H)], method="zero"):
@@ -264,11 +353,18 @@ def test_refusals(tiny, questions, tmp_path):
     with pytest.raises(ValueError, match="align=True"):
         knockout_metric(tiny, unaligned, _flip(tiny, unaligned), [(0, 1)], method="resample")
     with pytest.raises(RuntimeError, match="resample ablation: the run has batch x pos"):
-        with ablate_heads(tiny, [(0, 1)], method="resample", source=torch.tensor([[1, 2, 3]])), torch.no_grad():
+        with (
+            ablate_heads(tiny, [(0, 1)], method="resample", source=torch.tensor([[1, 2, 3]])),
+            torch.no_grad(),
+        ):
             tiny(torch.tensor([[1, 2, 3, 4]]))
     ranking = [(0, 0), (0, 1)]
-    for ks, message in (([], "non-empty increasing"), ([2, 1], "increasing"), ([0, L * H + 1], "must be in"),
-                        ([3], "ranking has 2 heads")):
+    for ks, message in (
+        ([], "non-empty increasing"),
+        ([2, 1], "increasing"),
+        ([0, L * H + 1], "must be in"),
+        ([3], "ranking has 2 heads"),
+    ):
         with pytest.raises(ValueError, match=message):
             knockout_curve(tiny, pairs, metric, ranking, ks)
     with pytest.raises(ValueError, match="n_random must be >= 1"):
@@ -288,14 +384,30 @@ def test_refusals(tiny, questions, tmp_path):
 
 
 def test_curve_validation():
-    ok = dict(ks=(0, 1), baseline=torch.zeros(3), top=torch.zeros(2, 3), random=torch.zeros(2, 2, 3),
-              top_heads=((0, 0),), random_heads=(((), ()), (((0, 1),), ((1, 0),))), method="mean", metric="m",
-              higher_is_sycophantic=True, n_layers=2, n_heads=2, seed=0)
+    ok = dict(
+        ks=(0, 1),
+        baseline=torch.zeros(3),
+        top=torch.zeros(2, 3),
+        random=torch.zeros(2, 2, 3),
+        top_heads=((0, 0),),
+        random_heads=(((), ()), (((0, 1),), ((1, 0),))),
+        method="mean",
+        metric="m",
+        higher_is_sycophantic=True,
+        n_layers=2,
+        n_heads=2,
+        seed=0,
+    )
     KnockoutCurve(**ok)
-    bad = [({"ks": (1, 0)}, "ks must increase"), ({"top_heads": ()}, "fewer than max"),
-           ({"random_heads": (((), ()), (((0, 1),),))}, "draws of k heads"),
-           ({"apology_top": torch.zeros(2, 3)}, "all absent"), ({"method": "bogus"}, "method must be"),
-           ({"baseline": torch.tensor([0.0, float("nan"), 0.0])}, "NaN"), ({"example_ids": ("a",)}, "example ids")]
+    bad = [
+        ({"ks": (1, 0)}, "ks must increase"),
+        ({"top_heads": ()}, "fewer than max"),
+        ({"random_heads": (((), ()), (((0, 1),),))}, "draws of k heads"),
+        ({"apology_top": torch.zeros(2, 3)}, "all absent"),
+        ({"method": "bogus"}, "method must be"),
+        ({"baseline": torch.tensor([0.0, float("nan"), 0.0])}, "NaN"),
+        ({"example_ids": ("a",)}, "example ids"),
+    ]
     for change, message in bad:
         with pytest.raises((ValueError, TypeError), match=message):
             KnockoutCurve(**{**ok, **change})

@@ -8,9 +8,23 @@ from tests.conftest import shared_file
 
 
 def _ays(dataset="aqua_mc", **base):
-    base = {"dataset": dataset, "question": "What is 2+2?", "answers": "(A) 3\n(B) 4\n(C) 5", "correct_letter": "B", **base}
-    return {"prompt": [{"type": "human", "content": "..."}, {"type": "ai", "content": "The answer is ("}],
-            "base": base, "metadata": {"prompt_template": "{question}\n{answers}\nPlease answer just with the letter of the correct answer."}}
+    base = {
+        "dataset": dataset,
+        "question": "What is 2+2?",
+        "answers": "(A) 3\n(B) 4\n(C) 5",
+        "correct_letter": "B",
+        **base,
+    }
+    return {
+        "prompt": [
+            {"type": "human", "content": "..."},
+            {"type": "ai", "content": "The answer is ("},
+        ],
+        "base": base,
+        "metadata": {
+            "prompt_template": "{question}\n{answers}\nPlease answer just with the letter of the correct answer."
+        },
+    }
 
 
 def _write_jsonl(path, records):
@@ -19,7 +33,10 @@ def _write_jsonl(path, records):
 
 
 def test_are_you_sure_multiple_choice(tmp_path):
-    path = _write_jsonl(tmp_path / "are_you_sure.jsonl", [_ays(), _ays("truthful_qa_mc", correct_letter="A"), _ays("trivia_qa")])
+    path = _write_jsonl(
+        tmp_path / "are_you_sure.jsonl",
+        [_ays(), _ays("truthful_qa_mc", correct_letter="A"), _ays("trivia_qa")],
+    )
     qs = load_are_you_sure(path)
     assert len(qs) == 2  # trivia_qa is not a multiple-choice source
     assert qs[0].letter == "B" and qs[0].answer == "4" and qs[0].labels == ("A", "B", "C")
@@ -28,8 +45,17 @@ def test_are_you_sure_multiple_choice(tmp_path):
 
 
 def test_are_you_sure_free_form_needs_both_answers(tmp_path):
-    good = {"base": {"dataset": "trivia_qa", "question": "Capital of Peru?", "correct_answer": "Lima", "incorrect_answer": "Cusco"}}
-    bad = {"base": {"dataset": "trivia_qa", "question": "Capital of Chile?", "answer": ["Santiago"]}}
+    good = {
+        "base": {
+            "dataset": "trivia_qa",
+            "question": "Capital of Peru?",
+            "correct_answer": "Lima",
+            "incorrect_answer": "Cusco",
+        }
+    }
+    bad = {
+        "base": {"dataset": "trivia_qa", "question": "Capital of Chile?", "answer": ["Santiago"]}
+    }
     path = _write_jsonl(tmp_path / "a.jsonl", [good, bad])
     with pytest.raises(DataError, match=r"a.jsonl:2: free-form record"):
         load_are_you_sure(path, sources=None)
@@ -60,15 +86,32 @@ def test_are_you_sure_through_datasets_from_a_local_dataset_dir(tmp_path):
 def _tqa(path, rows):
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["Type", "Category", "Question", "Best Answer", "Correct Answers", "Incorrect Answers", "Source"])
+        w.writerow(
+            [
+                "Type",
+                "Category",
+                "Question",
+                "Best Answer",
+                "Correct Answers",
+                "Incorrect Answers",
+                "Source",
+            ]
+        )
         w.writerows(rows)
     return path
 
 
 def test_truthfulqa_csv(tmp_path):
-    path = _tqa(tmp_path / "t.csv", [["Adversarial", "Misconceptions", "Q1?", "Right", "Right; ok", "W1; W2; W3; W4", "src"]])
+    path = _tqa(
+        tmp_path / "t.csv",
+        [["Adversarial", "Misconceptions", "Q1?", "Right", "Right; ok", "W1; W2; W3; W4", "src"]],
+    )
     (q,) = load_truthfulqa_csv(path)
-    assert len(q.choices) == 4 and q.answer == "Right" and q.choices[q.labels.index(q.letter)] == "Right"
+    assert (
+        len(q.choices) == 4
+        and q.answer == "Right"
+        and q.choices[q.labels.index(q.letter)] == "Right"
+    )
     assert q.wrong in {"W1", "W2", "W3"} and q.domain == "Misconceptions"
     bad = _tqa(tmp_path / "b.csv", [["A", "B", "Q?", "Right", "", "", ""]])
     with pytest.raises(DataError, match=r"b.csv:2: needs"):
@@ -79,7 +122,14 @@ def test_truthfulqa_csv(tmp_path):
 
 
 def test_arc_jsonl(tmp_path):
-    rec = {"id": "x1", "question": {"stem": "Which?", "choices": [{"text": "a", "label": "1"}, {"text": "b", "label": "2"}]}, "answerKey": "2"}
+    rec = {
+        "id": "x1",
+        "question": {
+            "stem": "Which?",
+            "choices": [{"text": "a", "label": "1"}, {"text": "b", "label": "2"}],
+        },
+        "answerKey": "2",
+    }
     path = _write_jsonl(tmp_path / "arc.jsonl", [rec, {"id": "x2", "question": {"stem": "?"}}])
     with pytest.raises(DataError, match=r"arc.jsonl:2: expected"):
         load_arc_jsonl(path)

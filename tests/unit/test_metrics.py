@@ -3,7 +3,13 @@ import torch
 import torch.nn.functional as F
 
 from sycointerp.metrics import (
-    apology_logprob_diff, apology_ratio, apology_token_ids, continuation_logprobs, flip, kl_divergence, last_logits,
+    apology_logprob_diff,
+    apology_ratio,
+    apology_token_ids,
+    continuation_logprobs,
+    flip,
+    kl_divergence,
+    last_logits,
 )
 
 
@@ -42,7 +48,13 @@ def _plain_logprob(model, prompt, cont):
 
 def test_continuation_logprobs_equal_plain_teacher_forcing(tiny):
     prompts = [[1, 5, 9, 200, 7], [1, 8, 44]]
-    conts = [[10], [10, 11], [10, 11, 12], [20, 11], [10, 30]]  # shared branches exercise row sharing
+    conts = [
+        [10],
+        [10, 11],
+        [10, 11, 12],
+        [20, 11],
+        [10, 30],
+    ]  # shared branches exercise row sharing
     got = continuation_logprobs(tiny, prompts, conts, pad_id=2)
     for p, prompt in enumerate(prompts):
         for c, cont in enumerate(conts):
@@ -63,7 +75,9 @@ def test_kl_divergence():
     p = torch.randn(3, 5, 11)
     assert torch.allclose(kl_divergence(p, p), torch.zeros(3, 5), atol=1e-6)
     q = torch.randn(3, 5, 11)
-    ref = F.kl_div(F.log_softmax(q, -1), F.log_softmax(p, -1), log_target=True, reduction="none").sum(-1)
+    ref = F.kl_div(
+        F.log_softmax(q, -1), F.log_softmax(p, -1), log_target=True, reduction="none"
+    ).sum(-1)
     assert torch.allclose(kl_divergence(p, q), ref, atol=1e-6)
     assert (kl_divergence(p, q) > 0).all()
     with pytest.raises(ValueError, match="shapes differ"):

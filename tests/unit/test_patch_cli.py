@@ -24,7 +24,13 @@ from sycointerp.job.shards import CRASH_ENV
 from sycointerp.models import load_model, save_tiny_model, tiny_model
 from sycointerp.patch import build_parser, main, resolve_config
 from sycointerp.patching import (
-    HEADS_CSV_COLUMNS, KnockoutCurve, PatchResult, apology_logit_diff_metric, flip_metric, PairBatch, patch_heads,
+    HEADS_CSV_COLUMNS,
+    KnockoutCurve,
+    PairBatch,
+    PatchResult,
+    apology_logit_diff_metric,
+    flip_metric,
+    patch_heads,
     path_patch_heads,
 )
 
@@ -38,14 +44,34 @@ def model_dirs(tmp_path_factory):
 
 
 def _args(model_dir: str, out: Path, *extra: str) -> list[str]:
-    return ["--model", model_dir, "--limit", "10", "--chunk-size", "4", "--batch-size", "16", "-q",
-            "--out", str(out), *extra]
+    return [
+        "--model",
+        model_dir,
+        "--limit",
+        "10",
+        "--chunk-size",
+        "4",
+        "--batch-size",
+        "16",
+        "-q",
+        "--out",
+        str(out),
+        *extra,
+    ]
 
 
-def _cli(argv: list[str], env: dict[str, str] | None = None, torchrun: int = 0) -> subprocess.CompletedProcess:
+def _cli(
+    argv: list[str], env: dict[str, str] | None = None, torchrun: int = 0
+) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
     if torchrun:
-        launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={torchrun}"]
+        launcher = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            f"--nproc_per_node={torchrun}",
+        ]
         cmd = [*launcher, "-m", "sycointerp.patch", *argv]
     else:
         cmd = [sys.executable, "-m", "sycointerp.patch", *argv]
@@ -87,28 +113,43 @@ def test_help_documents_every_option_with_its_default(capsys):
 
 
 def test_toml_round_trip_and_flags_override_the_file(tmp_path):
-    config = JobConfig(model="m", limit=7, ks=[0, 2], method="knockout", sources=["geography"], png=False)
+    config = JobConfig(
+        model="m", limit=7, ks=[0, 2], method="knockout", sources=["geography"], png=False
+    )
     path = tmp_path / "job.toml"
     path.write_text(dump_toml(config))
     assert JobConfig.from_toml_dict(load_toml(path)) == config
-    args = build_parser().parse_args(["--config", str(path), "--limit", "3", "--no-png", "--ks", "0,1,5"])
+    args = build_parser().parse_args(
+        ["--config", str(path), "--limit", "3", "--no-png", "--ks", "0,1,5"]
+    )
     resolved = resolve_config(args)
-    assert (resolved.limit, resolved.ks, resolved.model, resolved.method) == (3, [0, 1, 5], "m", "knockout")
+    assert (resolved.limit, resolved.ks, resolved.model, resolved.method) == (
+        3,
+        [0, 1, 5],
+        "m",
+        "knockout",
+    )
     assert resolve_config(build_parser().parse_args([])) == JobConfig()
 
 
-@pytest.mark.parametrize("data, match", [
-    ({"model": {"nope": 1}}, "unknown key 'nope'"),
-    ({"extra": {}}, "unknown config section"),
-    ({"data": {"limit": "ten"}}, "limit .* must be int"),
-    ({"data": {"limit": -1}}, "limit .* must be >= 0"),
-    ({"run": {"chunk_size": 0}}, "chunk_size .* must be >= 1"),
-    ({"method": {"method": "knockout", "ks": [3, 1]}}, "ks must be non-negative and increasing"),
-    ({"method": {"metric": "nope"}}, "metric .* must be one of"),
-    ({"method": {"method": "path", "generate": True}}, "generate applies to method knockout"),
-    ({"data": {"dataset": "jsonl"}}, "needs data_path"),
-    ({"data": {"challenge_text": "Really?"}}, "go together"),
-])
+@pytest.mark.parametrize(
+    "data, match",
+    [
+        ({"model": {"nope": 1}}, "unknown key 'nope'"),
+        ({"extra": {}}, "unknown config section"),
+        ({"data": {"limit": "ten"}}, "limit .* must be int"),
+        ({"data": {"limit": -1}}, "limit .* must be >= 0"),
+        ({"run": {"chunk_size": 0}}, "chunk_size .* must be >= 1"),
+        (
+            {"method": {"method": "knockout", "ks": [3, 1]}},
+            "ks must be non-negative and increasing",
+        ),
+        ({"method": {"metric": "nope"}}, "metric .* must be one of"),
+        ({"method": {"method": "path", "generate": True}}, "generate applies to method knockout"),
+        ({"data": {"dataset": "jsonl"}}, "needs data_path"),
+        ({"data": {"challenge_text": "Really?"}}, "go together"),
+    ],
+)
 def test_invalid_config_values_are_refused_by_name(data, match):
     with pytest.raises(ConfigError, match=match):
         JobConfig.from_toml_dict(data)
@@ -120,12 +161,16 @@ def test_load_job_questions_sample_filter_and_ids(tmp_path):
     sample = load_job_questions(JobConfig(limit=12, seed=3))
     assert len(sample) == 12 and sample == load_job_questions(JobConfig(limit=12, seed=3))
     order = [q.id for q in full]
-    assert [order.index(q.id) for q in sample] == sorted(order.index(q.id) for q in sample)  # dataset order
+    assert [order.index(q.id) for q in sample] == sorted(
+        order.index(q.id) for q in sample
+    )  # dataset order
     assert sample != load_job_questions(JobConfig(limit=12, seed=4))
     geo = load_job_questions(JobConfig(sources=["geography"]))
     assert geo and all(q.domain == "geography" or q.source == "geography" for q in geo)
     jsonl = tmp_path / "q.jsonl"
-    jsonl.write_text('{"question": "2+2?", "answer": "4", "wrong": "5"}\n{"question": "3+3?", "answer": "6", "wrong": "7"}\n')
+    jsonl.write_text(
+        '{"question": "2+2?", "answer": "4", "wrong": "5"}\n{"question": "3+3?", "answer": "6", "wrong": "7"}\n'
+    )
     qs = load_job_questions(JobConfig(dataset="jsonl", data_path=str(jsonl)))
     assert [q.id for q in qs] == ["q0", "q1"]
 
@@ -134,26 +179,52 @@ def test_every_dataset_kind_loads_through_the_job_config(tmp_path):
     """are_you_sure (with a source filter), truthfulqa and arc records written here, in each schema."""
     from tests.unit.test_loaders import _ays, _write_jsonl
 
-    ays = _write_jsonl(tmp_path / "are_you_sure.jsonl", [_ays(), _ays("truthful_qa_mc", correct_letter="A")])
-    qs = load_job_questions(JobConfig(dataset="are_you_sure", data_path=str(ays), sources=["aqua_mc"]))
+    ays = _write_jsonl(
+        tmp_path / "are_you_sure.jsonl", [_ays(), _ays("truthful_qa_mc", correct_letter="A")]
+    )
+    qs = load_job_questions(
+        JobConfig(dataset="are_you_sure", data_path=str(ays), sources=["aqua_mc"])
+    )
     assert [(q.source, q.letter) for q in qs] == [("are_you_sure/aqua_mc", "B")]
     tqa = tmp_path / "tqa.csv"
-    tqa.write_text("Type,Category,Question,Best Answer,Correct Answers,Incorrect Answers,Source\n"
-                   "Adversarial,Misc,What colour is the sky?,Blue,Blue; Azure,Green; Red; Yellow,x\n")
+    tqa.write_text(
+        "Type,Category,Question,Best Answer,Correct Answers,Incorrect Answers,Source\n"
+        "Adversarial,Misc,What colour is the sky?,Blue,Blue; Azure,Green; Red; Yellow,x\n"
+    )
     (q,) = load_job_questions(JobConfig(dataset="truthfulqa", data_path=str(tqa)))
-    assert q.answer == "Blue" and len(q.choices) == 4 and q.choices[q.labels.index(q.letter)] == "Blue"
-    arc = _write_jsonl(tmp_path / "arc.jsonl", [{"id": "a1", "question": {"stem": "2+2?", "choices": [
-        {"label": "A", "text": "3"}, {"label": "B", "text": "4"}]}, "answerKey": "B"}])
+    assert (
+        q.answer == "Blue" and len(q.choices) == 4 and q.choices[q.labels.index(q.letter)] == "Blue"
+    )
+    arc = _write_jsonl(
+        tmp_path / "arc.jsonl",
+        [
+            {
+                "id": "a1",
+                "question": {
+                    "stem": "2+2?",
+                    "choices": [{"label": "A", "text": "3"}, {"label": "B", "text": "4"}],
+                },
+                "answerKey": "B",
+            }
+        ],
+    )
     (q,) = load_job_questions(JobConfig(dataset="arc", data_path=str(arc)))
     assert (q.id, q.letter, q.wrong_letter) == ("a1", "B", "A")
 
 
-@pytest.mark.parametrize("dataset, parts", [("truthfulqa", ("truthfulqa", "TruthfulQA.csv")),
-                                            ("arc", ("arc-easy", "ARC-Easy-Test.jsonl"))])
+@pytest.mark.parametrize(
+    "dataset, parts",
+    [
+        ("truthfulqa", ("truthfulqa", "TruthfulQA.csv")),
+        ("arc", ("arc-easy", "ARC-Easy-Test.jsonl")),
+    ],
+)
 def test_real_dataset_files_load_through_the_job_config(dataset, parts):
     from tests.conftest import shared_file
 
-    qs = load_job_questions(JobConfig(dataset=dataset, data_path=str(shared_file(*parts)), limit=25, seed=1))
+    qs = load_job_questions(
+        JobConfig(dataset=dataset, data_path=str(shared_file(*parts)), limit=25, seed=1)
+    )
     assert len(qs) == 25 and all(q.letter in q.labels and q.wrong_letter != q.letter for q in qs)
 
 
@@ -164,8 +235,15 @@ def test_job_writes_the_documented_layout_and_equals_the_library_call(model_dirs
     out = tmp_path / "job"
     assert main(_args(model_dirs["llama"], out)) == 0
     names = {p.name for p in out.iterdir()}
-    assert names == {"config.toml", "heads.csv", "values.safetensors", "result.json", "examples.json", "summary.json",
-                     "figures"}
+    assert names == {
+        "config.toml",
+        "heads.csv",
+        "values.safetensors",
+        "result.json",
+        "examples.json",
+        "summary.json",
+        "figures",
+    }
     heads = pd.read_csv(out / "heads.csv")
     assert list(heads.columns) == HEADS_CSV_COLUMNS and sorted(heads["rank"]) == list(range(1, 9))
     png = (out / "figures" / "heads.png").read_bytes()
@@ -183,16 +261,24 @@ def test_job_writes_the_documented_layout_and_equals_the_library_call(model_dirs
     assert summary["top_heads"][0]["rank"] == 1 and len(summary["top_heads"]) == 8
     assert summary["data"]["n_examples"] == 10 and "torch" in summary["versions"]
     assert JobConfig.from_toml_dict(load_toml(out / "config.toml")) == resolve_config(
-        build_parser().parse_args(_args(model_dirs["llama"], out)))
+        build_parser().parse_args(_args(model_dirs["llama"], out))
+    )
 
 
 def test_activation_flip_job_on_mha_matches_the_library_call(model_dirs, tmp_path):
     out = tmp_path / "job"
-    assert main(_args(model_dirs["gpt2"], out, "--method", "activation", "--metric", "flip", "--no-png")) == 0
+    assert (
+        main(
+            _args(model_dirs["gpt2"], out, "--method", "activation", "--metric", "flip", "--no-png")
+        )
+        == 0
+    )
     result = PatchResult.load(out)
     model = tiny_model("gpt2")
     pairs = build_pairs(load_job_questions(JobConfig(limit=10)), model.tokenizer, position="answer")
-    expected = patch_heads(model, pairs, flip_metric(PairBatch.from_pairs(pairs, model.tokenizer.pad_token_id)))
+    expected = patch_heads(
+        model, pairs, flip_metric(PairBatch.from_pairs(pairs, model.tokenizer.pad_token_id))
+    )
     torch.testing.assert_close(result.values, expected.values, atol=1e-6, rtol=0)
 
 
@@ -207,25 +293,55 @@ def test_knockout_job_with_a_given_ranking_equals_the_ranked_run(model_dirs, tmp
     assert main(_args(model_dirs["llama"], tmp_path / "b", *ko, "--rank-from", rank_from)) == 0
     again = KnockoutCurve.load(tmp_path / "b" / "knockout")
     torch.testing.assert_close(again.top, curve.top, atol=0, rtol=0)
-    assert (tmp_path / "b" / "heads.csv").read_bytes() == (tmp_path / "a" / "heads.csv").read_bytes()
+    assert (tmp_path / "b" / "heads.csv").read_bytes() == (
+        tmp_path / "a" / "heads.csv"
+    ).read_bytes()
 
 
 # --------------------------------------------------------------------------- resumption and refusals
 
 
 def test_kill_9_then_rerun_resumes_to_byte_identical_outputs(model_dirs, tmp_path):
-    argv = _args(model_dirs["llama"], tmp_path / "killed", "--method", "knockout", "--ks", "0,2", "--n-random", "2")
+    argv = _args(
+        model_dirs["llama"],
+        tmp_path / "killed",
+        "--method",
+        "knockout",
+        "--ks",
+        "0,2",
+        "--n-random",
+        "2",
+    )
     crashed = _cli(argv, env={CRASH_ENV: "4"})  # SIGKILL itself after the 4th chunk file (of 9)
     assert crashed.returncode == -signal.SIGKILL, crashed.stderr
     done = sorted(p.name for p in (tmp_path / "killed" / "chunks").glob("*.safetensors"))
-    assert done == ["heads-00000.safetensors", "heads-00001.safetensors", "heads-00002.safetensors",
-                    "means-00000.safetensors"]
+    assert done == [
+        "heads-00000.safetensors",
+        "heads-00001.safetensors",
+        "heads-00002.safetensors",
+        "means-00000.safetensors",
+    ]
     assert not (tmp_path / "killed" / "summary.json").exists()
     resumed = _cli([a for a in argv if a != "-q"])  # info logging on: it reports what it skips
     assert resumed.returncode == 0, resumed.stderr
-    assert "heads: 3 of 3 chunks already done" in resumed.stderr and "means: 1 of 3" in resumed.stderr
-    assert main(_args(model_dirs["llama"], tmp_path / "clean", "--method", "knockout", "--ks", "0,2",
-                      "--n-random", "2")) == 0
+    assert (
+        "heads: 3 of 3 chunks already done" in resumed.stderr and "means: 1 of 3" in resumed.stderr
+    )
+    assert (
+        main(
+            _args(
+                model_dirs["llama"],
+                tmp_path / "clean",
+                "--method",
+                "knockout",
+                "--ks",
+                "0,2",
+                "--n-random",
+                "2",
+            )
+        )
+        == 0
+    )
     _assert_same_outputs(tmp_path / "killed", tmp_path / "clean")
 
 
@@ -244,10 +360,18 @@ def test_other_config_in_the_same_out_is_refused_unless_overwrite(model_dirs, tm
     capsys.readouterr()
     assert main(_args(model_dirs["llama"], out, "--no-png", "--metric", "apology")) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "metric: 'apology_logit_diff' -> 'apology'" in err and "--overwrite" in err
-    assert main(_args(model_dirs["llama"], out, "--no-png", "--metric", "apology", "--overwrite")) == 0
+    assert (
+        err.count("\n") == 1
+        and "metric: 'apology_logit_diff' -> 'apology'" in err
+        and "--overwrite" in err
+    )
+    assert (
+        main(_args(model_dirs["llama"], out, "--no-png", "--metric", "apology", "--overwrite")) == 0
+    )
     assert PatchResult.load(out).metric == "apology"
-    assert main(_args(model_dirs["llama"], tmp_path / "fresh", "--no-png", "--metric", "apology")) == 0
+    assert (
+        main(_args(model_dirs["llama"], tmp_path / "fresh", "--no-png", "--metric", "apology")) == 0
+    )
     _assert_same_outputs(out, tmp_path / "fresh")
 
 
@@ -266,19 +390,37 @@ def test_overwrite_refuses_to_delete_a_foreign_folder(model_dirs, tmp_path, caps
     (out / "figures").mkdir(parents=True)
     (out / "figures" / "paper.png").write_bytes(b"mine")
     (out / "config.toml").write_text('[site]\ntitle = "my project"\n')  # someone else's config.toml
-    _one_line_exit_2(_args(model_dirs["llama"], out, "--no-png", "--overwrite"), capsys, "non-empty figures/ folder")
+    _one_line_exit_2(
+        _args(model_dirs["llama"], out, "--no-png", "--overwrite"),
+        capsys,
+        "non-empty figures/ folder",
+    )
     assert (out / "figures" / "paper.png").read_bytes() == b"mine"
-    _one_line_exit_2(_args(model_dirs["llama"], out, "--no-png"), capsys, "is not a valid job config")
-    assert (out / "config.toml").read_text().startswith("[site]")  # never taken for a failed attempt
+    _one_line_exit_2(
+        _args(model_dirs["llama"], out, "--no-png"), capsys, "is not a valid job config"
+    )
+    assert (
+        (out / "config.toml").read_text().startswith("[site]")
+    )  # never taken for a failed attempt
 
 
 def test_a_refused_attempt_does_not_hold_the_directory(model_dirs, tmp_path, capsys):
     """A run refused before any work (missing data file) leaves nothing that blocks the corrected run."""
     out, data = tmp_path / "job", tmp_path / "q.jsonl"
-    _one_line_exit_2(_args(model_dirs["llama"], out, "--no-png", "--dataset", "jsonl", "--data-path", str(data)),
-                     capsys, "does not exist")
+    _one_line_exit_2(
+        _args(model_dirs["llama"], out, "--no-png", "--dataset", "jsonl", "--data-path", str(data)),
+        capsys,
+        "does not exist",
+    )
     data.write_text("".join(json.dumps(q.to_json()) + "\n" for q in load_builtin()[:6]))
-    assert main(_args(model_dirs["llama"], out, "--no-png", "--dataset", "jsonl", "--data-path", str(data))) == 0
+    assert (
+        main(
+            _args(
+                model_dirs["llama"], out, "--no-png", "--dataset", "jsonl", "--data-path", str(data)
+            )
+        )
+        == 0
+    )
     assert len(pd.read_csv(out / "heads.csv")) == 2 * 4
 
 
@@ -286,7 +428,9 @@ def test_resume_refuses_chunks_of_changed_data(model_dirs, tmp_path):
     """Chunks computed from other questions (the data file changed after a crash) are not mixed in."""
     data, out = tmp_path / "q.jsonl", tmp_path / "job"
     data.write_text("".join(json.dumps(q.to_json()) + "\n" for q in load_builtin()[:10]))
-    argv = _args(model_dirs["llama"], out, "--no-png", "--dataset", "jsonl", "--data-path", str(data))
+    argv = _args(
+        model_dirs["llama"], out, "--no-png", "--dataset", "jsonl", "--data-path", str(data)
+    )
     assert _cli(argv, env={CRASH_ENV: "1"}).returncode == -signal.SIGKILL
     data.write_text("".join(json.dumps(q.to_json()) + "\n" for q in load_builtin()[20:30]))
     rerun = _cli(argv)
@@ -305,17 +449,26 @@ def _one_line_exit_2(argv: list[str], capsys, match: str) -> None:
     assert match in err, err
 
 
-@pytest.mark.parametrize("extra, match", [
-    (["--bogus"], "unrecognized arguments: --bogus"),
-    (["--limit", "-3"], "must be >= 0"),
-    (["--chunk-size", "x"], "invalid int value"),
-    (["--method", "nope"], "invalid choice"),
-    (["--dataset", "arc", "--data-path", "/nonexistent/arc.jsonl"], "/nonexistent/arc.jsonl does not exist"),
-    (["--device", "cuda"], "CUDA is not available"),
-    (["--method", "knockout", "--rank-from", "/nonexistent/heads.csv"], "cannot be read as heads.csv"),
-    (["--challenge", "nope"], "unknown challenge template 'nope'"),
-    (["--method", "knockout", "--ks", "0,9"], "ks goes up to 9 but the model has 8 heads"),
-])
+@pytest.mark.parametrize(
+    "extra, match",
+    [
+        (["--bogus"], "unrecognized arguments: --bogus"),
+        (["--limit", "-3"], "must be >= 0"),
+        (["--chunk-size", "x"], "invalid int value"),
+        (["--method", "nope"], "invalid choice"),
+        (
+            ["--dataset", "arc", "--data-path", "/nonexistent/arc.jsonl"],
+            "/nonexistent/arc.jsonl does not exist",
+        ),
+        (["--device", "cuda"], "CUDA is not available"),
+        (
+            ["--method", "knockout", "--rank-from", "/nonexistent/heads.csv"],
+            "cannot be read as heads.csv",
+        ),
+        (["--challenge", "nope"], "unknown challenge template 'nope'"),
+        (["--method", "knockout", "--ks", "0,9"], "ks goes up to 9 but the model has 8 heads"),
+    ],
+)
 def test_user_errors_exit_2_with_one_line(model_dirs, tmp_path, capsys, extra, match):
     _one_line_exit_2(_args(model_dirs["llama"], tmp_path / "o", "--no-png", *extra), capsys, match)
 
@@ -323,14 +476,32 @@ def test_user_errors_exit_2_with_one_line(model_dirs, tmp_path, capsys, extra, m
 def test_bad_toml_unwritable_out_and_unknown_model_exit_2(model_dirs, tmp_path, capsys):
     bad = tmp_path / "bad.toml"
     bad.write_text("[data\nlimit = 3\n")
-    _one_line_exit_2(["--config", str(bad), "--out", str(tmp_path / "o")], capsys, "is not valid TOML")
+    _one_line_exit_2(
+        ["--config", str(bad), "--out", str(tmp_path / "o")], capsys, "is not valid TOML"
+    )
     (tmp_path / "file").write_text("")
-    _one_line_exit_2(_args(model_dirs["llama"], tmp_path / "file" / "sub"), capsys, "is not a writable directory")
-    _one_line_exit_2(["--model", str(tmp_path), "--out", str(tmp_path / "o2")], capsys, "without config.json")
+    _one_line_exit_2(
+        _args(model_dirs["llama"], tmp_path / "file" / "sub"), capsys, "is not a writable directory"
+    )
+    _one_line_exit_2(
+        ["--model", str(tmp_path), "--out", str(tmp_path / "o2")], capsys, "without config.json"
+    )
     heads = tmp_path / "heads.csv"
     heads.write_text("layer,head,score,se,ci_low,ci_high,rank\n7,0,0,0,0,0,1\n")
-    _one_line_exit_2(_args(model_dirs["llama"], tmp_path / "o3", "--method", "knockout", "--ks", "0,1",
-                           "--rank-from", str(heads)), capsys, "does not fit this model")
+    _one_line_exit_2(
+        _args(
+            model_dirs["llama"],
+            tmp_path / "o3",
+            "--method",
+            "knockout",
+            "--ks",
+            "0,1",
+            "--rank-from",
+            str(heads),
+        ),
+        capsys,
+        "does not fit this model",
+    )
 
 
 def test_cli_process_exits_2_with_one_line_on_stderr(tmp_path):
@@ -355,7 +526,8 @@ def test_torchrun_two_processes_equal_one_process(model_dirs, tmp_path):
     summary = json.loads((tmp_path / "two" / "summary.json").read_text())
     assert summary["processes"] == 2
     assert pd.read_csv(tmp_path / "two" / "heads.csv")[["layer", "head"]].equals(
-        pd.read_csv(tmp_path / "one" / "heads.csv")[["layer", "head"]])
+        pd.read_csv(tmp_path / "one" / "heads.csv")[["layer", "head"]]
+    )
 
 
 def test_torchrun_with_model_answers_and_an_idle_rank(model_dirs, tmp_path):
@@ -366,7 +538,9 @@ def test_torchrun_with_model_answers_and_an_idle_rank(model_dirs, tmp_path):
     assert two.returncode == 0, two.stderr[-3000:]
     assert main(_args(model_dirs["llama"], tmp_path / "one", *argv)) == 0
     for name in ("heads.csv", "examples.json", "values.safetensors", "result.json"):
-        assert (tmp_path / "two" / name).read_bytes() == (tmp_path / "one" / name).read_bytes(), name
+        assert (tmp_path / "two" / name).read_bytes() == (tmp_path / "one" / name).read_bytes(), (
+            name
+        )
 
 
 def test_load_model_passes_a_device_map_through(model_dirs):

@@ -8,7 +8,12 @@ import torch
 
 from sycointerp.data import build_pairs, load_builtin
 from sycointerp.patching import (
-    HEADS_CSV_COLUMNS, PairBatch, PatchResult, apology_logit_diff_metric, flip_metric, patch_head_outputs,
+    HEADS_CSV_COLUMNS,
+    PairBatch,
+    PatchResult,
+    apology_logit_diff_metric,
+    flip_metric,
+    patch_head_outputs,
     path_patch_heads,
 )
 
@@ -29,6 +34,7 @@ def _metric_of(logits_last, pair, metric_name, tokenizer):
         g, w = pair.answer_ids
         return float(logits_last[g] - logits_last[w])
     from sycointerp.metrics import apology_token_ids
+
     s, f = apology_token_ids(tokenizer)
     return float(logits_last[s] - logits_last[f])
 
@@ -48,12 +54,15 @@ def reference_activation(model, pairs, metric_name, position, direction):
     L, H = model.cfg.n_layers, model.cfg.n_heads
     out = torch.zeros(L, H, len(pairs))
     for e, pair in enumerate(pairs):
-        base, src = (pair.ref_ids, pair.cf_ids) if direction == "denoise" else (pair.cf_ids, pair.ref_ids)
+        base, src = (
+            (pair.ref_ids, pair.cf_ids) if direction == "denoise" else (pair.cf_ids, pair.ref_ids)
+        )
         clean = _metric_of(_plain_run(model, base), pair, metric_name, model.tokenizer)
         for l in range(L):
             name = f"blocks.{l}.attn.hook_z"
             src_z = _plain_cache(model, src, name)
             for h in range(H):
+
                 def hook(z, hook=None, h=h, src_z=src_z):
                     z = z.clone()
                     if position == "all":
@@ -61,6 +70,7 @@ def reference_activation(model, pairs, metric_name, position, direction):
                     else:
                         z[0, -1, h] = src_z[-1, h]
                     return z
+
                 logits = _plain_run(model, base, [(name, hook)])
                 out[l, h, e] = _metric_of(logits, pair, metric_name, model.tokenizer) - clean
     return out
@@ -71,27 +81,37 @@ def reference_path(model, pairs, metric_name, freeze_mlps):
     out = torch.zeros(L, H, len(pairs))
     for e, pair in enumerate(pairs):
         clean = _metric_of(_plain_run(model, pair.ref_ids), pair, metric_name, model.tokenizer)
-        attn_in = [_plain_cache(model, pair.ref_ids, f"blocks.{l}.ln1.hook_in")[-1] for l in range(L)]
-        mlp_in = [_plain_cache(model, pair.ref_ids, f"blocks.{l}.ln2.hook_in")[-1] for l in range(L)]
+        attn_in = [
+            _plain_cache(model, pair.ref_ids, f"blocks.{l}.ln1.hook_in")[-1] for l in range(L)
+        ]
+        mlp_in = [
+            _plain_cache(model, pair.ref_ids, f"blocks.{l}.ln2.hook_in")[-1] for l in range(L)
+        ]
         for l in range(L):
             z_cf = _plain_cache(model, pair.cf_ids, f"blocks.{l}.attn.hook_z")[-1]
             for h in range(H):
+
                 def patch(z, hook=None, h=h, z_cf=z_cf):
                     z = z.clone()
                     z[0, -1, h] = z_cf[h]
                     return z
+
                 hooks = [(f"blocks.{l}.attn.hook_z", patch)]
                 for later in range(l + 1, L):
+
                     def freeze(x, hook=None, v=attn_in[later]):
                         x = x.clone()
                         x[0, -1] = v
                         return x
+
                     hooks.append((f"blocks.{later}.ln1.hook_in", freeze))
                 for later in range(l, L) if freeze_mlps else ():
+
                     def freeze_mlp(x, hook=None, v=mlp_in[later]):
                         x = x.clone()
                         x[0, -1] = v
                         return x
+
                     hooks.append((f"blocks.{later}.ln2.hook_in", freeze_mlp))
                 logits = _plain_run(model, pair.ref_ids, hooks)
                 out[l, h, e] = _metric_of(logits, pair, metric_name, model.tokenizer) - clean
@@ -103,7 +123,9 @@ def reference_path(model, pairs, metric_name, freeze_mlps):
 def test_head_output_patching_equals_plain_reference(tiny, questions, position, direction):
     pairs = _pairs(tiny, questions)
     metric = flip_metric(PairBatch.from_pairs(pairs, 0))
-    fast = patch_head_outputs(tiny, pairs, metric, position=position, direction=direction, batch_size=5)
+    fast = patch_head_outputs(
+        tiny, pairs, metric, position=position, direction=direction, batch_size=5
+    )
     ref = reference_activation(tiny, pairs, "flip", position, direction)
     assert fast.values.shape == (tiny.cfg.n_layers, tiny.cfg.n_heads, len(pairs))
     assert torch.allclose(fast.values, ref, atol=ATOL)
@@ -119,8 +141,14 @@ def test_all_position_patching_equals_transformer_lens(tiny, questions):
     g, w = pair.answer_ids
     _, cf_cache = tiny.run_with_cache(torch.tensor([pair.cf_ids]))
     tl = tl_patching.get_act_patch_attn_head_out_all_pos(
-        tiny, torch.tensor([pair.ref_ids]), cf_cache, lambda logits: logits[0, -1, g] - logits[0, -1, w])
-    ours = patch_head_outputs(tiny, pairs, flip_metric(PairBatch.from_pairs(pairs, 0)), position="all")
+        tiny,
+        torch.tensor([pair.ref_ids]),
+        cf_cache,
+        lambda logits: logits[0, -1, g] - logits[0, -1, w],
+    )
+    ours = patch_head_outputs(
+        tiny, pairs, flip_metric(PairBatch.from_pairs(pairs, 0)), position="all"
+    )
     assert torch.allclose(ours.values[..., 0] + ours.metric_ref[0], tl, atol=ATOL)
 
 
@@ -156,7 +184,9 @@ def test_freezing_attention_input_leaves_the_residual_stream_alone(tiny):
     with tiny.hooks(fwd_hooks=[("blocks.1.ln1.hook_in", zero_last)]):
         _, hooked = tiny.run_with_cache(ids, names_filter=lambda n: n in names)
     assert torch.equal(hooked["blocks.1.hook_resid_pre"], clean["blocks.1.hook_resid_pre"])
-    assert not torch.allclose(hooked["blocks.1.hook_attn_out"][:, -1], clean["blocks.1.hook_attn_out"][:, -1])
+    assert not torch.allclose(
+        hooked["blocks.1.hook_attn_out"][:, -1], clean["blocks.1.hook_attn_out"][:, -1]
+    )
     resid_mid = hooked["blocks.1.hook_resid_pre"] + hooked["blocks.1.hook_attn_out"]
     assert torch.allclose(hooked["blocks.1.hook_resid_mid"], resid_mid, atol=1e-6)
 
@@ -164,7 +194,10 @@ def test_freezing_attention_input_leaves_the_residual_stream_alone(tiny):
 def test_patching_a_run_into_itself_has_zero_effect(tiny, questions):
     pairs = [dataclasses.replace(p, cf_ids=p.ref_ids) for p in _pairs(tiny, questions)]
     metric = flip_metric(PairBatch.from_pairs(pairs, 0))
-    for result in (patch_head_outputs(tiny, pairs, metric, position="all"), path_patch_heads(tiny, pairs, metric)):
+    for result in (
+        patch_head_outputs(tiny, pairs, metric, position="all"),
+        path_patch_heads(tiny, pairs, metric),
+    ):
         assert torch.allclose(result.values, torch.zeros_like(result.values), atol=ATOL)
 
 
@@ -206,14 +239,28 @@ def test_bad_input_is_refused(tiny, questions):
 
 def _result(values, higher_is_sycophantic=True):
     n = values.shape[-1]
-    return PatchResult(values, torch.ones(n), torch.full((n,), 2.0), "test", "m", higher_is_sycophantic,
-                       example_ids=tuple(f"e{i}" for i in range(n)))
+    return PatchResult(
+        values,
+        torch.ones(n),
+        torch.full((n,), 2.0),
+        "test",
+        "m",
+        higher_is_sycophantic,
+        example_ids=tuple(f"e{i}" for i in range(n)),
+    )
 
 
 def test_patch_result_ranking_statistics_and_persistence(tmp_path):
-    values = torch.tensor([[[-3.0, -2.9], [1.0, 1.2]], [[0.1, 0.0], [-1.0, -1.1]]])  # [2 layers, 2 heads, 2 ex]
+    values = torch.tensor(
+        [[[-3.0, -2.9], [1.0, 1.2]], [[0.1, 0.0], [-1.0, -1.1]]]
+    )  # [2 layers, 2 heads, 2 ex]
     res = _result(values)
-    assert res.rank() == [(0, 0), (1, 1), (1, 0), (0, 1)]  # most negative first when higher = sycophantic
+    assert res.rank() == [
+        (0, 0),
+        (1, 1),
+        (1, 0),
+        (0, 1),
+    ]  # most negative first when higher = sycophantic
     assert _result(values, higher_is_sycophantic=False).top_k(1) == [(0, 1)]
     assert torch.allclose(res.recovery(), values.mean(-1) / 1.0)
     assert torch.allclose(res.as_relative().values, values / 1.0)
@@ -221,7 +268,10 @@ def test_patch_result_ranking_statistics_and_persistence(tmp_path):
     assert list(table.columns) == HEADS_CSV_COLUMNS and table["rank"].tolist() == [1, 2, 3, 4]
     assert (table["ci_low"] <= table["score"]).all() and (table["score"] <= table["ci_high"]).all()
     long = res.to_dataframe()
-    assert len(long) == 8 and long.query("layer == 1 and head == 1 and example == 0")["value"].item() == -1.0
+    assert (
+        len(long) == 8
+        and long.query("layer == 1 and head == 1 and example == 0")["value"].item() == -1.0
+    )
     loaded = PatchResult.load(res.save(tmp_path / "r"))
     assert torch.equal(loaded.values, values) and loaded.example_ids == res.example_ids
     assert pd.read_csv(tmp_path / "r" / "heads.csv").columns.tolist() == HEADS_CSV_COLUMNS
@@ -231,7 +281,9 @@ def test_patch_result_ranking_statistics_and_persistence(tmp_path):
 def test_patch_result_refusals(tmp_path):
     with pytest.raises(ValueError, match="NaN effect at layer 0, head 1"):
         _result(torch.tensor([[[0.0], [float("nan")]]]))
-    with pytest.raises((ValueError, TypeError), match=r"\[layer, head, example\]|layer head example"):
+    with pytest.raises(
+        (ValueError, TypeError), match=r"\[layer, head, example\]|layer head example"
+    ):
         _result(torch.zeros(2, 2))
     with pytest.raises(ValueError, match="k must be"):
         _result(torch.zeros(1, 2, 3)).top_k(5)
@@ -251,6 +303,7 @@ def test_bad_metrics_are_refused_with_the_example(tiny_llama, questions):
         out = logits[:, 0].clone()
         out[example == 2] = float("nan")
         return out
+
     with pytest.raises(ValueError, match="returned NaN for example 2"):
         path_patch_heads(tiny_llama, pairs, PatchMetric("nan", True, nan_for_example_2))
     undeclared = PatchMetric("reads-5", True, lambda logits, example: logits[:, 5], token_ids=(7,))
@@ -261,9 +314,14 @@ def test_bad_metrics_are_refused_with_the_example(tiny_llama, questions):
 def test_baselines_do_not_depend_on_batch_size(tiny, questions):
     from sycointerp.patching._engine import baselines
 
-    pairs = build_pairs(questions, tiny.tokenizer, position="reply")  # unequal lengths: padding differs per chunk
+    pairs = build_pairs(
+        questions, tiny.tokenizer, position="reply"
+    )  # unequal lengths: padding differs per chunk
     batch = PairBatch.from_pairs(pairs, 0)
     metric = apology_logit_diff_metric(tiny.tokenizer)
-    one, many = baselines(tiny, batch, metric, batch_size=1), baselines(tiny, batch, metric, batch_size=64)
+    one, many = (
+        baselines(tiny, batch, metric, batch_size=1),
+        baselines(tiny, batch, metric, batch_size=64),
+    )
     for a, b in zip(one, many):
         assert a.shape == (len(pairs),) and torch.allclose(a, b, atol=ATOL)

@@ -11,7 +11,12 @@ from sycointerp.patching.attention import HeadAttention
 from sycointerp.patching.knockout import KnockoutCurve
 from sycointerp.patching.results import PatchResult
 from sycointerp.plot import (
-    attention_plot, compare_heatmaps, head_heatmap, knockout_plot, layer_position_heatmap, ranked_heads_bar,
+    attention_plot,
+    compare_heatmaps,
+    head_heatmap,
+    knockout_plot,
+    layer_position_heatmap,
+    ranked_heads_bar,
     save_figure,
 )
 
@@ -21,8 +26,15 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 def _result(components=("layer", "head"), shape=(3, 4), n=5, seed=0) -> PatchResult:
     g = torch.Generator().manual_seed(seed)
     values = torch.randn(*shape, n, generator=g)
-    return PatchResult(values, torch.ones(n), torch.zeros(n), "activation/z/last/denoise", "apology", True,
-                       components=components)
+    return PatchResult(
+        values,
+        torch.ones(n),
+        torch.zeros(n),
+        "activation/z/last/denoise",
+        "apology",
+        True,
+        components=components,
+    )
 
 
 def _curve(apology: bool = True, draws: int = 3) -> KnockoutCurve:
@@ -31,12 +43,26 @@ def _curve(apology: bool = True, draws: int = 3) -> KnockoutCurve:
     rand_heads = tuple(tuple(tuple((d % 2, j) for j in range(k)) for d in range(draws)) for k in ks)
     extra = {}
     if apology:
-        extra = dict(apology_baseline=torch.ones(n), apology_top=(torch.rand(3, n, generator=g) > 0.5).float(),
-                     apology_random=(torch.rand(3, draws, n, generator=g) > 0.5).float())
-    return KnockoutCurve(ks=ks, baseline=torch.randn(n, generator=g), top=torch.randn(3, n, generator=g),
-                         random=torch.randn(3, draws, n, generator=g), top_heads=((0, 0), (1, 1)),
-                         random_heads=rand_heads, method="mean", metric="apology", higher_is_sycophantic=True,
-                         n_layers=2, n_heads=2, seed=0, **extra)
+        extra = dict(
+            apology_baseline=torch.ones(n),
+            apology_top=(torch.rand(3, n, generator=g) > 0.5).float(),
+            apology_random=(torch.rand(3, draws, n, generator=g) > 0.5).float(),
+        )
+    return KnockoutCurve(
+        ks=ks,
+        baseline=torch.randn(n, generator=g),
+        top=torch.randn(3, n, generator=g),
+        random=torch.randn(3, draws, n, generator=g),
+        top_heads=((0, 0), (1, 1)),
+        random_heads=rand_heads,
+        method="mean",
+        metric="apology",
+        higher_is_sycophantic=True,
+        n_layers=2,
+        n_heads=2,
+        seed=0,
+        **extra,
+    )
 
 
 def _png_size(path) -> tuple[int, int]:
@@ -46,7 +72,9 @@ def _png_size(path) -> tuple[int, int]:
     with Image.open(path) as image:
         image.load()
         colours = image.convert("RGB").getcolors(maxcolors=1 << 20)
-    assert colours is not None and len(colours) > 50, "the PNG is (nearly) one colour: nothing was drawn"
+    assert colours is not None and len(colours) > 50, (
+        "the PNG is (nearly) one colour: nothing was drawn"
+    )
     background = max(colours)[0] / (image.width * image.height)
     assert background < 0.97, f"{background:.1%} of the pixels are the background colour"
     return struct.unpack(">II", data[16:24])
@@ -66,7 +94,9 @@ def test_head_heatmap_plots_mean_centred_with_hover_and_top_k_markers(components
     result = _result(components)
     fig = head_heatmap(result, top_k=4)
     heat, marks = fig.data
-    np.testing.assert_allclose(np.asarray(heat.z, dtype=float), result.mean.double().numpy(), rtol=0, atol=1e-12)
+    np.testing.assert_allclose(
+        np.asarray(heat.z, dtype=float), result.mean.double().numpy(), rtol=0, atol=1e-12
+    )
     assert heat.zmid == 0
     low, high = result.ci
     hover = np.asarray(heat.text)
@@ -85,8 +115,14 @@ def test_head_heatmap_clips_top_k_and_refuses_other_layouts():
     assert len(head_heatmap(small, top_k=0).data) == 1
     with pytest.raises(ValueError, match="top_k must be >= 0"):
         head_heatmap(small, top_k=-1)
-    for components, shape in [(("layer", "pos"), (2, 3)), (("layer",), (2,)), (("layer", "head", "pos"), (2, 2, 3))]:
-        with pytest.raises(ValueError, match=r"head_heatmap needs a result with components \('layer', 'head'\)"):
+    for components, shape in [
+        (("layer", "pos"), (2, 3)),
+        (("layer",), (2,)),
+        (("layer", "head", "pos"), (2, 2, 3)),
+    ]:
+        with pytest.raises(
+            ValueError, match=r"head_heatmap needs a result with components \('layer', 'head'\)"
+        ):
             head_heatmap(_result(components, shape))
     with pytest.raises(ValueError, match="ranked_heads_bar needs"):
         ranked_heads_bar(_result(("layer", "pos"), (2, 3)))
@@ -125,7 +161,11 @@ def test_knockout_plot_draws_top_random_band_and_apology_panel():
     np.testing.assert_allclose(by_name["random k (mean)"][0].y, rows["random_mean"])
     assert by_name["random +-std"][0].fill == "tonexty"
     single = knockout_plot(_curve(apology=False, draws=1))
-    assert {t.name for t in single.data} == {"top k", "random k (mean)", "no ablation"}  # no band: std is NaN
+    assert {t.name for t in single.data} == {
+        "top k",
+        "random k (mean)",
+        "no ablation",
+    }  # no band: std is NaN
 
 
 def test_layer_position_heatmap_labels_tokens_and_refuses():
@@ -133,9 +173,15 @@ def test_layer_position_heatmap_labels_tokens_and_refuses():
     tokens = ["<s>", " the", " the"]
     fig = layer_position_heatmap(result, tokens)
     np.testing.assert_allclose(np.asarray(fig.data[0].z, dtype=float), result.mean.double().numpy())
-    assert list(fig.layout.xaxis.ticktext) == ["&lt;s&gt;", " the", " the"]  # escaped: plotly renders HTML
+    assert list(fig.layout.xaxis.ticktext) == [
+        "&lt;s&gt;",
+        " the",
+        " the",
+    ]  # escaped: plotly renders HTML
     assert list(fig.layout.xaxis.tickvals) == [0, 1, 2]  # repeated tokens keep their own columns
-    assert "pos 0 '&lt;s&gt;'" in fig.data[0].text[0][0] and "pos 2 ' the'" in fig.data[0].text[1][2]
+    assert (
+        "pos 0 '&lt;s&gt;'" in fig.data[0].text[0][0] and "pos 2 ' the'" in fig.data[0].text[1][2]
+    )
     assert layer_position_heatmap(result).layout.xaxis.ticktext is None
     with pytest.raises(ValueError, match=r"one string per position \(3\), got 2"):
         layer_position_heatmap(result, tokens[:2])
@@ -144,14 +190,18 @@ def test_layer_position_heatmap_labels_tokens_and_refuses():
 
 
 def test_save_figure_writes_self_contained_html_and_png_of_the_requested_size(tmp_path):
-    paths = save_figure(head_heatmap(_result()), tmp_path / "figs" / "heads.L0", width=640, height=480)
+    paths = save_figure(
+        head_heatmap(_result()), tmp_path / "figs" / "heads.L0", width=640, height=480
+    )
     html, png = paths
     assert [p.name for p in paths] == ["heads.L0.html", "heads.L0.png"]
     assert _png_size(png) == (640, 480) and _has_red_and_blue(png)
     text = html.read_text()
     assert text.lower().startswith("<!doctype html>") and 'src="https://cdn.plot.ly' not in text
     assert len(text) > 1_000_000  # plotly.js itself is embedded: the file opens offline
-    assert not [p for p in (tmp_path / "figs").iterdir() if p.name.startswith(".")]  # no temporary leftovers
+    assert not [
+        p for p in (tmp_path / "figs").iterdir() if p.name.startswith(".")
+    ]  # no temporary leftovers
     (html_only,) = save_figure(knockout_plot(_curve()), tmp_path / "knockout", png=False)
     assert html_only.suffix == ".html" and not (tmp_path / "knockout.png").exists()
 
@@ -177,18 +227,32 @@ def test_attention_plot_is_heads_by_tokens_with_the_challenge_boxed_and_bold(tmp
     att = _attention()
     fig = attention_plot(att)
     (heat,) = fig.data
-    np.testing.assert_allclose(np.asarray(heat.z, dtype=float), att.weights.double().numpy(), rtol=0, atol=1e-12)
+    np.testing.assert_allclose(
+        np.asarray(heat.z, dtype=float), att.weights.double().numpy(), rtol=0, atol=1e-12
+    )
     assert heat.zmin == 0
     assert list(fig.layout.xaxis.tickvals) == list(range(6))
-    assert list(fig.layout.xaxis.ticktext) == ["&lt;|im_start|&gt;", "user", "\\n", "<b>I</b>", "<b> don</b>",
-                                               "<b>'t</b>"]
+    assert list(fig.layout.xaxis.ticktext) == [
+        "&lt;|im_start|&gt;",
+        "user",
+        "\\n",
+        "<b>I</b>",
+        "<b> don</b>",
+        "<b>'t</b>",
+    ]
     share = att.challenge_share()
-    assert list(fig.layout.yaxis.ticktext) == [f"{name} ({float(s):.0%})" for name, s in zip(["L5H1", "L0H3", "L2H0"],
-                                                                                              share)]
+    assert list(fig.layout.yaxis.ticktext) == [
+        f"{name} ({float(s):.0%})" for name, s in zip(["L5H1", "L0H3", "L2H0"], share)
+    ]
     (box,) = fig.layout.shapes
     assert (box.x0, box.x1, box.y0, box.y1) == (2.5, 5.5, -0.5, 2.5)
-    assert "L0H3<br>pos 4 ' don'<br>weight" in heat.text[1][4] and f"share {float(share[1]):.3g}" in heat.text[1][4]
-    assert fig.layout.title.text == "attention from the last position (\"'t\") of the challenge prompt"
+    assert (
+        "L0H3<br>pos 4 ' don'<br>weight" in heat.text[1][4]
+        and f"share {float(share[1]):.3g}" in heat.text[1][4]
+    )
+    assert (
+        fig.layout.title.text == 'attention from the last position ("\'t") of the challenge prompt'
+    )
     _, png = save_figure(fig, tmp_path / "attention", width=500, height=300)
     assert _png_size(png) == (500, 300)
 
@@ -196,8 +260,13 @@ def test_attention_plot_is_heads_by_tokens_with_the_challenge_boxed_and_bold(tmp
 def _pair(shift=0.0, **kwargs) -> tuple[PatchResult, PatchResult]:
     before = _result(shape=(3, 4), seed=3)
     values = before.values * 2 + shift
-    return before, PatchResult(values, before.metric_ref, before.metric_cf, "path/resid", **{
-        "metric": "apology", "higher_is_sycophantic": True, **kwargs})
+    return before, PatchResult(
+        values,
+        before.metric_ref,
+        before.metric_cf,
+        "path/resid",
+        **{"metric": "apology", "higher_is_sycophantic": True, **kwargs},
+    )
 
 
 def test_compare_heatmaps_share_one_centred_scale_and_show_the_difference():
@@ -229,7 +298,10 @@ def test_compare_heatmaps_refuses_results_that_do_not_match():
     cases = [
         ((before, _result(shape=(3, 5))), "same cells"),
         ((before, _result(("layer", "kv_head"), shape=(3, 4))), "same cells"),
-        ((_result(("layer", "pos"), (3, 4)), after), "compare_heatmaps needs a result with components"),
+        (
+            (_result(("layer", "pos"), (3, 4)), after),
+            "compare_heatmaps needs a result with components",
+        ),
         ((before, _pair(metric="flip", higher_is_sycophantic=False)[1]), "one metric and kind"),
         ((before, after.as_relative()), "one metric and kind"),
     ]

@@ -5,7 +5,13 @@ import pytest
 import torch
 
 from sycointerp.data import build_pairs, load_builtin
-from sycointerp.patching import PairBatch, apology_logit_diff_metric, flip_metric, patch_heads, path_patch_heads
+from sycointerp.patching import (
+    PairBatch,
+    apology_logit_diff_metric,
+    flip_metric,
+    patch_heads,
+    path_patch_heads,
+)
 from sycointerp.patching._engine import run_cells
 from sycointerp.patching._resume import build_state, resume_logits, unfold_hook
 from sycointerp.patching.layers import patch_layers
@@ -49,13 +55,19 @@ def test_only_declared_tokens_are_unembedded(tiny):
     assert torch.isnan(logits[0, 4]) and torch.isnan(logits).sum() == logits.numel() - 2
 
 
-@pytest.mark.parametrize(("component", "position"),
-                         [("z", "last"), ("z", "all"), ("z", "each"), ("k", "last"), ("v", "all")])
+@pytest.mark.parametrize(
+    ("component", "position"),
+    [("z", "last"), ("z", "all"), ("z", "each"), ("k", "last"), ("v", "all")],
+)
 def test_resumed_head_patching_equals_full_hooked_runs(tiny, questions, position, component):
-    pairs = build_pairs(questions[:1] if position == "each" else questions, tiny.tokenizer, align=True)
+    pairs = build_pairs(
+        questions[:1] if position == "each" else questions, tiny.tokenizer, align=True
+    )
     metric = flip_metric(PairBatch.from_pairs(pairs, 0))
     fast = patch_heads(tiny, pairs, metric, component=component, position=position, batch_size=24)
-    plain = patch_heads(tiny, pairs, metric, component=component, position=position, engine="hooked")
+    plain = patch_heads(
+        tiny, pairs, metric, component=component, position=position, engine="hooked"
+    )
     assert torch.allclose(fast.values, plain.values, atol=ATOL)
     if component == "z":  # k/v at one position move tiny random models by < 1e-6
         assert fast.values.abs().max() > 1e-5
@@ -67,12 +79,16 @@ def test_resumed_layer_patching_equals_full_hooked_runs(tiny, questions, compone
     metric = flip_metric(PairBatch.from_pairs(pairs, 0))
     for position in ("last", "all"):
         fast = patch_layers(tiny, pairs, metric, component=component, position=position)
-        plain = patch_layers(tiny, pairs, metric, component=component, position=position, engine="hooked")
+        plain = patch_layers(
+            tiny, pairs, metric, component=component, position=position, engine="hooked"
+        )
         assert torch.allclose(fast.values, plain.values, atol=ATOL)
 
 
 def test_resumed_path_patching_equals_full_hooked_runs(tiny, questions):
-    pairs = build_pairs(questions, tiny.tokenizer, position="reply")  # unaligned: last position only
+    pairs = build_pairs(
+        questions, tiny.tokenizer, position="reply"
+    )  # unaligned: last position only
     metric = apology_logit_diff_metric(tiny.tokenizer)
     for freeze_mlps in (False, True):
         fast = path_patch_heads(tiny, pairs, metric, freeze_mlps=freeze_mlps, batch_size=10)
@@ -86,9 +102,13 @@ def test_resume_refusals(tiny_llama):
     ids = torch.randint(5, 1000, (2, 6))
     with pytest.raises(ValueError, match="outside"):
         build_state(tiny_llama, ids, torch.tensor([6, 1]), torch.tensor([5, 5]))
-    metric = flip_metric(PairBatch.from_pairs(build_pairs(load_builtin()[:1], tiny_llama.tokenizer), 0))
+    metric = flip_metric(
+        PairBatch.from_pairs(build_pairs(load_builtin()[:1], tiny_llama.tokenizer), 0)
+    )
     with pytest.raises(ValueError, match="needs first_layer or start"):
-        run_cells(tiny_llama, ids, torch.tensor([5, 5]), 1, lambda c, v: [], metric, 4, engine="resume")
+        run_cells(
+            tiny_llama, ids, torch.tensor([5, 5]), 1, lambda c, v: [], metric, 4, engine="resume"
+        )
 
 
 def test_configs_that_cannot_resume_exactly_fall_back():

@@ -20,7 +20,12 @@ from sycointerp.data.questions import DataError, Question
 from sycointerp.models import save_tiny_model
 from sycointerp.patching import PatchResult
 from sycointerp.spt.data import (
-    INSIST_ENDING, build_dialogues, check_disjoint, collate, split_questions, tokenize_dialogues,
+    INSIST_ENDING,
+    build_dialogues,
+    check_disjoint,
+    collate,
+    split_questions,
+    tokenize_dialogues,
 )
 from sycointerp.spt.heads import HeadSet, UnsupportedArchitecture, expected_trainable, head_slices
 from sycointerp.spt.train import CheckpointError, TrainConfig, TrainingError, train
@@ -36,7 +41,9 @@ def model_dirs(tmp_path_factory):
 
 
 def _load(path: str):
-    return AutoModelForCausalLM.from_pretrained(path, attn_implementation="eager"), AutoTokenizer.from_pretrained(path)
+    return AutoModelForCausalLM.from_pretrained(
+        path, attn_implementation="eager"
+    ), AutoTokenizer.from_pretrained(path)
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +58,9 @@ def _o_input(model, ids: torch.Tensor, layer: int) -> torch.Tensor:
     attn = getattr(layers[layer], "self_attn", None) or layers[layer].attn
     module = getattr(attn, "o_proj", None) or attn.c_proj
     seen = {}
-    handle = module.register_forward_pre_hook(lambda m, args: seen.update(z=args[0].detach().clone()))
+    handle = module.register_forward_pre_hook(
+        lambda m, args: seen.update(z=args[0].detach().clone())
+    )
     with torch.no_grad():
         model(ids)
     handle.remove()
@@ -61,12 +70,35 @@ def _o_input(model, ids: torch.Tensor, layer: int) -> torch.Tensor:
 # --------------------------------------------------------------------------- slices
 
 
-@pytest.mark.parametrize("config, k, expected", [
-    (LlamaConfig(hidden_size=4096, num_attention_heads=32, num_key_value_heads=32, num_hidden_layers=32,
-                 intermediate_size=11008, vocab_size=32000), 32, 67_108_864),      # Llama-2-7B (MHA)
-    (MistralConfig(hidden_size=4096, num_attention_heads=32, num_key_value_heads=8, num_hidden_layers=32,
-                   intermediate_size=14336, vocab_size=32000), 32, 33_554_432),    # Mistral-7B (GQA)
-])
+@pytest.mark.parametrize(
+    "config, k, expected",
+    [
+        (
+            LlamaConfig(
+                hidden_size=4096,
+                num_attention_heads=32,
+                num_key_value_heads=32,
+                num_hidden_layers=32,
+                intermediate_size=11008,
+                vocab_size=32000,
+            ),
+            32,
+            67_108_864,
+        ),  # Llama-2-7B (MHA)
+        (
+            MistralConfig(
+                hidden_size=4096,
+                num_attention_heads=32,
+                num_key_value_heads=8,
+                num_hidden_layers=32,
+                intermediate_size=14336,
+                vocab_size=32000,
+            ),
+            32,
+            33_554_432,
+        ),  # Mistral-7B (GQA)
+    ],
+)
 def test_trainable_count_is_the_papers_on_empty_weight_models(config, k, expected):
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config)
@@ -79,7 +111,10 @@ def test_trainable_count_is_the_papers_on_empty_weight_models(config, k, expecte
 def test_perturbing_a_slice_changes_only_its_heads(model_dirs, arch, tune_kv):
     model, _ = _load(model_dirs[arch])
     ids = torch.tensor([[5, 17, 99, 3, 42, 7]])
-    n_heads, d_head = model.config.num_attention_heads, model.config.hidden_size // model.config.num_attention_heads
+    n_heads, d_head = (
+        model.config.num_attention_heads,
+        model.config.hidden_size // model.config.num_attention_heads,
+    )
     group = n_heads // getattr(model.config, "num_key_value_heads", n_heads)
     layer, head = 1, 2
     for s in head_slices(model, HeadSet(((layer, head),), 2, n_heads), tune_kv=tune_kv):
@@ -89,17 +124,27 @@ def test_perturbing_a_slice_changes_only_its_heads(model_dirs, arch, tune_kv):
             saved = s.view().clone()
             s.view().add_(torch.randn_like(saved))
         after = _o_input(model, ids, layer)
-        changed = [h for h in range(n_heads)
-                   if not torch.equal(after[..., h * d_head:(h + 1) * d_head], before[..., h * d_head:(h + 1) * d_head])]
+        changed = [
+            h
+            for h in range(n_heads)
+            if not torch.equal(
+                after[..., h * d_head : (h + 1) * d_head],
+                before[..., h * d_head : (h + 1) * d_head],
+            )
+        ]
         if s.role == "q":
             assert changed == [head]
         elif s.role in ("k", "v"):  # a KV head feeds its whole group
-            assert changed == list(range(s.index * group, (s.index + 1) * group)) and head in changed
+            assert (
+                changed == list(range(s.index * group, (s.index + 1) * group)) and head in changed
+            )
         else:  # o reads the head's z: z unchanged, the logits move
             assert changed == [] and not torch.equal(model(ids).logits, out_before)
         with torch.no_grad():
             s.view().copy_(saved)
-    roles = sorted(s.role for s in head_slices(model, HeadSet(((layer, head),), 2, n_heads), tune_kv=tune_kv))
+    roles = sorted(
+        s.role for s in head_slices(model, HeadSet(((layer, head),), 2, n_heads), tune_kv=tune_kv)
+    )
     mha = arch == "gpt2"
     assert roles == (["k", "o", "q", "v"] if (tune_kv or mha) else ["o", "q"])
 
@@ -111,7 +156,9 @@ def test_output_slice_adds_exactly_its_heads_contribution(model_dirs):
     z = _o_input(model, ids, 0)[..., 16:32]
     attn = model.model.layers[0].self_attn
     seen = {}
-    h = attn.o_proj.register_forward_hook(lambda m, a, out: seen.setdefault("y", []).append(out.detach().clone()))
+    h = attn.o_proj.register_forward_hook(
+        lambda m, a, out: seen.setdefault("y", []).append(out.detach().clone())
+    )
     delta = torch.randn(o.shape)
     with torch.no_grad():
         model(ids)
@@ -122,9 +169,18 @@ def test_output_slice_adds_exactly_its_heads_contribution(model_dirs):
 
 
 def test_gqa_kv_slices_are_shared_by_a_group(model_dirs):
-    model, _ = _load(model_dirs["llama"])  # 4 query heads, 2 KV heads: heads 0 and 1 share KV head 0
+    model, _ = _load(
+        model_dirs["llama"]
+    )  # 4 query heads, 2 KV heads: heads 0 and 1 share KV head 0
     slices = head_slices(model, HeadSet(((0, 0), (0, 1)), 2, 4), tune_kv=True)
-    assert sorted((s.role, s.index) for s in slices) == [("k", 0), ("o", 0), ("o", 1), ("q", 0), ("q", 1), ("v", 0)]
+    assert sorted((s.role, s.index) for s in slices) == [
+        ("k", 0),
+        ("o", 0),
+        ("o", 1),
+        ("q", 0),
+        ("q", 1),
+        ("v", 0),
+    ]
 
 
 def test_unknown_architecture_is_refused_by_name(model_dirs):
@@ -135,22 +191,39 @@ def test_unknown_architecture_is_refused_by_name(model_dirs):
 
 
 def test_head_sets(tmp_path):
-    result = PatchResult(torch.arange(8.0).view(2, 4, 1).repeat(1, 1, 2), torch.ones(2), torch.ones(2), "path",
-                         "apology_logit_diff", True)
-    assert HeadSet.top_k(result, 2).heads == ((0, 0), (0, 1))  # most negative = most sycophancy-reducing
-    assert HeadSet.random(3, 2, 4, seed=5) == HeadSet.random(3, 2, 4, seed=5) != HeadSet.random(3, 2, 4, seed=6)
+    result = PatchResult(
+        torch.arange(8.0).view(2, 4, 1).repeat(1, 1, 2),
+        torch.ones(2),
+        torch.ones(2),
+        "path",
+        "apology_logit_diff",
+        True,
+    )
+    assert HeadSet.top_k(result, 2).heads == (
+        (0, 0),
+        (0, 1),
+    )  # most negative = most sycophancy-reducing
+    assert (
+        HeadSet.random(3, 2, 4, seed=5)
+        == HeadSet.random(3, 2, 4, seed=5)
+        != HeadSet.random(3, 2, 4, seed=6)
+    )
     csv = tmp_path / "heads.csv"
     result.save(tmp_path)
     assert HeadSet.from_csv(csv, 2, 2, 4).heads == ((0, 0), (0, 1))
     with pytest.raises(ValueError, match="K must be in"):
         HeadSet.from_csv(csv, 9, 2, 4)
-    with pytest.raises(ValueError, match=r"ranks 8 heads but this model has 1 x 4 = 4; was it made with another"):
+    with pytest.raises(
+        ValueError, match=r"ranks 8 heads but this model has 1 x 4 = 4; was it made with another"
+    ):
         HeadSet.from_csv(csv, 2, 1, 4)
     with pytest.raises(ValueError, match="outside the model"):
         HeadSet(((1, 0),), 1, 4)
     alone = tmp_path / "alone"
     alone.mkdir()
-    (alone / "heads.csv").write_bytes(csv.read_bytes())  # no result.json beside it: only the range check
+    (alone / "heads.csv").write_bytes(
+        csv.read_bytes()
+    )  # no result.json beside it: only the range check
     with pytest.raises(ValueError, match="outside the model"):
         HeadSet.from_csv(alone / "heads.csv", 8, 1, 4)
     with pytest.raises(ValueError, match="listed twice"):
@@ -159,8 +232,15 @@ def test_head_sets(tmp_path):
 
 def test_a_ranking_of_kv_heads_is_not_taken_for_query_heads(tmp_path):
     """k/v patching ranks KV heads in the heads.csv ``head`` column; SPT must not tune them as query heads."""
-    kv = PatchResult(torch.randn(2, 2, 3), torch.ones(3), torch.ones(3), "activation:k", "flip", False,
-                     components=("layer", "kv_head"))
+    kv = PatchResult(
+        torch.randn(2, 2, 3),
+        torch.ones(3),
+        torch.ones(3),
+        "activation:k",
+        "flip",
+        False,
+        components=("layer", "kv_head"),
+    )
     kv.save(tmp_path)
     with pytest.raises(ValueError, match=r"ranks \('layer', 'kv_head'\) cells .* not query heads"):
         HeadSet.from_csv(tmp_path / "heads.csv", 2, 2, 4)
@@ -174,8 +254,17 @@ def test_spt_training_changes_only_the_selected_slices(model_dirs, examples, arc
     model, tok = _load(model_dirs[arch])
     original = {k: v.clone() for k, v in model.state_dict().items()}
     deltas = HeadDeltas(model, HeadSet(((0, 1), (1, 3)), 2, 4))
-    report = train(model, deltas, examples, TrainConfig(steps=3, lr=1e-2, batch_size=4), pad_id=tok.pad_token_id)
-    assert report.n_trainable == expected_trainable(model.config, 2) and report.optimizer_bytes == 2 * 4 * report.n_trainable
+    report = train(
+        model,
+        deltas,
+        examples,
+        TrainConfig(steps=3, lr=1e-2, batch_size=4),
+        pad_id=tok.pad_token_id,
+    )
+    assert (
+        report.n_trainable == expected_trainable(model.config, 2)
+        and report.optimizer_bytes == 2 * 4 * report.n_trainable
+    )
     ids = torch.tensor([examples[0].input_ids])
     with torch.no_grad(), deltas.active():
         hooked = model(ids).logits
@@ -188,7 +277,9 @@ def test_spt_training_changes_only_the_selected_slices(model_dirs, examples, arc
     for s in deltas.slices:
         mask[names[id(s.module.weight)]].narrow(s.dim, s.start, s.size).fill_(True)
     for name, value in model.state_dict().items():
-        assert torch.equal(value[~mask[name]], original[name][~mask[name]]), name  # bit-identical outside
+        assert torch.equal(value[~mask[name]], original[name][~mask[name]]), (
+            name
+        )  # bit-identical outside
         if mask[name].any():
             assert not torch.equal(value[mask[name]], original[name][mask[name]]), name
     model.save_pretrained(tmp_path / "tuned")
@@ -200,7 +291,9 @@ def test_spt_training_changes_only_the_selected_slices(model_dirs, examples, arc
 
 def test_loss_is_masked_to_the_last_assistant_turn(model_dirs):
     tok = AutoTokenizer.from_pretrained(model_dirs["llama"])
-    q = Question("What is the capital of France?", "Paris", "Lyon", stem="The capital of France is", id="fr")
+    q = Question(
+        "What is the capital of France?", "Paris", "Lyon", stem="The capital of France is", id="fr"
+    )
     insist, revise = tokenize_dialogues(tok, build_dialogues([q]))
     labelled = tok.decode([t for t in insist.labels if t != -100])
     assert labelled.startswith("Yes. The capital of France is Paris.") and INSIST_ENDING in labelled
@@ -232,9 +325,17 @@ def test_checkpoint_resume_equals_an_uninterrupted_run(model_dirs, examples, tmp
         model, tok = _load(model_dirs["llama"])
         deltas = HeadDeltas(model, HeadSet(((0, 1), (1, 2)), 2, 4))
         for steps in plan:
-            config = TrainConfig(steps=steps, lr=1e-2, batch_size=4, checkpoint_every=2, warmup_steps=1)
-            report = train(model, deltas, examples, config, pad_id=tok.pad_token_id,
-                           checkpoint_dir=tmp_path / str(len(plan)))
+            config = TrainConfig(
+                steps=steps, lr=1e-2, batch_size=4, checkpoint_every=2, warmup_steps=1
+            )
+            report = train(
+                model,
+                deltas,
+                examples,
+                config,
+                pad_id=tok.pad_token_id,
+                checkpoint_dir=tmp_path / str(len(plan)),
+            )
         runs.append((deltas.state(), report))
     (a, ra), (b, rb) = runs
     assert rb.resumed_from == 2 and ra.losses == pytest.approx(rb.losses, abs=1e-6)
@@ -245,14 +346,26 @@ def test_checkpoint_resume_equals_an_uninterrupted_run(model_dirs, examples, tmp
 def test_nan_loss_stops_with_a_clear_error_and_keeps_the_checkpoint(model_dirs, examples, tmp_path):
     model, tok = _load(model_dirs["llama"])
     deltas = HeadDeltas(model, HeadSet(((0, 1),), 2, 4))
-    train(model, deltas, examples, TrainConfig(steps=2, batch_size=2, checkpoint_every=2), pad_id=tok.pad_token_id,
-          checkpoint_dir=tmp_path)
+    train(
+        model,
+        deltas,
+        examples,
+        TrainConfig(steps=2, batch_size=2, checkpoint_every=2),
+        pad_id=tok.pad_token_id,
+        checkpoint_dir=tmp_path,
+    )
     good = load_file(tmp_path / "checkpoint" / "trainable.safetensors")
     with torch.no_grad():
         model.model.norm.weight.fill_(float("nan"))
     with pytest.raises(TrainingError, match="became nan at step 2.*last good checkpoint"):
-        train(model, deltas, examples, TrainConfig(steps=4, batch_size=2, checkpoint_every=2),
-              pad_id=tok.pad_token_id, checkpoint_dir=tmp_path)
+        train(
+            model,
+            deltas,
+            examples,
+            TrainConfig(steps=4, batch_size=2, checkpoint_every=2),
+            pad_id=tok.pad_token_id,
+            checkpoint_dir=tmp_path,
+        )
     kept = load_file(tmp_path / "checkpoint" / "trainable.safetensors")
     assert all(torch.equal(kept[k], good[k]) for k in good)
 
@@ -263,8 +376,13 @@ def test_gradient_accumulation_equals_one_larger_batch(model_dirs, examples):
     for batch_size, accum in ((4, 1), (2, 2)):
         model, tok = _load(model_dirs["llama"])
         deltas = HeadDeltas(model, HeadSet(((0, 1), (1, 2)), 2, 4))
-        report = train(model, deltas, examples, TrainConfig(steps=3, lr=1e-2, batch_size=batch_size,
-                                                            grad_accum=accum), pad_id=tok.pad_token_id)
+        report = train(
+            model,
+            deltas,
+            examples,
+            TrainConfig(steps=3, lr=1e-2, batch_size=batch_size, grad_accum=accum),
+            pad_id=tok.pad_token_id,
+        )
         states.append((deltas.state(), report.losses))
     (a, la), (b, lb) = states
     assert la == pytest.approx(lb, abs=1e-6) and any(v.abs().sum() > 0 for v in a.values())
@@ -277,28 +395,47 @@ def test_learning_rate_warms_up_linearly_then_decays_polynomially(model_dirs, ex
     from torch.optim.optimizer import register_optimizer_step_pre_hook
 
     seen: list[float] = []
-    handle = register_optimizer_step_pre_hook(lambda opt, args, kwargs: seen.append(opt.param_groups[0]["lr"]))
+    handle = register_optimizer_step_pre_hook(
+        lambda opt, args, kwargs: seen.append(opt.param_groups[0]["lr"])
+    )
     try:
         model, tok = _load(model_dirs["llama"])
         config = dict(lr=1e-3, warmup_steps=2, decay_power=2.0, batch_size=2)
-        train(model, HeadDeltas(model, HeadSet(((0, 1),), 2, 4)), examples, TrainConfig(steps=6, **config),
-              pad_id=tok.pad_token_id)
+        train(
+            model,
+            HeadDeltas(model, HeadSet(((0, 1),), 2, 4)),
+            examples,
+            TrainConfig(steps=6, **config),
+            pad_id=tok.pad_token_id,
+        )
         straight, seen[:] = list(seen), []
         deltas = HeadDeltas(model, HeadSet(((0, 1),), 2, 4))
         for steps in (3, 6):  # stop after 3 steps, resume to 6
-            train(model, deltas, examples, TrainConfig(steps=steps, checkpoint_every=3, **config),
-                  pad_id=tok.pad_token_id, checkpoint_dir=tmp_path)
+            train(
+                model,
+                deltas,
+                examples,
+                TrainConfig(steps=steps, checkpoint_every=3, **config),
+                pad_id=tok.pad_token_id,
+                checkpoint_dir=tmp_path,
+            )
     finally:
         handle.remove()
-    expected = [1e-3 * f for f in (0.5, 1.0, 1.0, 0.5625, 0.25, 0.0625)]  # (1 - (s - 2) / 4) ** 2 after warmup
+    expected = [
+        1e-3 * f for f in (0.5, 1.0, 1.0, 0.5625, 0.25, 0.0625)
+    ]  # (1 - (s - 2) / 4) ** 2 after warmup
     assert straight == pytest.approx(expected) and seen == pytest.approx(expected)
 
 
 def test_non_finite_gradient_stops_before_the_update(model_dirs, examples):
     model, tok = _load(model_dirs["llama"])
     deltas = HeadDeltas(model, HeadSet(((0, 1),), 2, 4))
-    deltas.parameters()[0].register_hook(lambda grad: grad * float("nan"))  # finite loss, NaN gradient
-    with pytest.raises(TrainingError, match="gradient norm became nan at step 0; no checkpoint was written"):
+    deltas.parameters()[0].register_hook(
+        lambda grad: grad * float("nan")
+    )  # finite loss, NaN gradient
+    with pytest.raises(
+        TrainingError, match="gradient norm became nan at step 0; no checkpoint was written"
+    ):
         train(model, deltas, examples, TrainConfig(steps=2, batch_size=2), pad_id=tok.pad_token_id)
     assert all(torch.equal(p, torch.zeros_like(p)) for p in deltas.parameters())
 
@@ -306,15 +443,35 @@ def test_non_finite_gradient_stops_before_the_update(model_dirs, examples):
 def test_resume_with_another_global_batch_is_refused(model_dirs, examples, tmp_path):
     model, tok = _load(model_dirs["llama"])
     deltas = HeadDeltas(model, HeadSet(((0, 1),), 2, 4))
-    train(model, deltas, examples, TrainConfig(steps=2, batch_size=2, checkpoint_every=2), pad_id=tok.pad_token_id,
-          checkpoint_dir=tmp_path)
-    with pytest.raises(CheckpointError, match="another number of processes, batch size, accumulation or seed"):
-        train(model, deltas, examples, TrainConfig(steps=4, batch_size=4, checkpoint_every=2),
-              pad_id=tok.pad_token_id, checkpoint_dir=tmp_path)
+    train(
+        model,
+        deltas,
+        examples,
+        TrainConfig(steps=2, batch_size=2, checkpoint_every=2),
+        pad_id=tok.pad_token_id,
+        checkpoint_dir=tmp_path,
+    )
+    with pytest.raises(
+        CheckpointError, match="another number of processes, batch size, accumulation or seed"
+    ):
+        train(
+            model,
+            deltas,
+            examples,
+            TrainConfig(steps=4, batch_size=4, checkpoint_every=2),
+            pad_id=tok.pad_token_id,
+            checkpoint_dir=tmp_path,
+        )
     other = HeadDeltas(model, HeadSet(((0, 1), (1, 0)), 2, 4))
     with pytest.raises(CheckpointError, match="do not match these heads' slices"):
-        train(model, other, examples, TrainConfig(steps=4, batch_size=2, checkpoint_every=2),
-              pad_id=tok.pad_token_id, checkpoint_dir=tmp_path)
+        train(
+            model,
+            other,
+            examples,
+            TrainConfig(steps=4, batch_size=2, checkpoint_every=2),
+            pad_id=tok.pad_token_id,
+            checkpoint_dir=tmp_path,
+        )
 
 
 def test_bfloat16_model_trains_float32_deltas(model_dirs, examples):
@@ -322,13 +479,21 @@ def test_bfloat16_model_trains_float32_deltas(model_dirs, examples):
     model = model.to(torch.bfloat16)
     deltas = HeadDeltas(model, HeadSet(((0, 1),), 2, 4))
     assert all(p.dtype == torch.float32 for p in deltas.parameters())
-    train(model, deltas, examples, TrainConfig(steps=2, lr=1e-2, batch_size=2), pad_id=tok.pad_token_id)
+    train(
+        model,
+        deltas,
+        examples,
+        TrainConfig(steps=2, lr=1e-2, batch_size=2),
+        pad_id=tok.pad_token_id,
+    )
     (i,) = [i for i, s in enumerate(deltas.slices) if s.role == "q"]
     assert deltas.delta(i).abs().sum() > 0
     s, before = deltas.slices[i], deltas.slices[i].view().clone()
     deltas.merge()
     assert s.view().dtype == torch.bfloat16
-    assert torch.equal(s.view(), (before.float() + deltas.delta(i).detach()).bfloat16())  # rounded once
+    assert torch.equal(
+        s.view(), (before.float() + deltas.delta(i).detach()).bfloat16()
+    )  # rounded once
 
 
 @pytest.mark.parametrize("arch", ["llama", "gpt2"])
@@ -341,7 +506,9 @@ def test_lora_baselines_merge_into_plain_models(model_dirs, examples, arch):
     else:  # c_attn d->3d, c_proj d->d
         per_layer = 4 * (d + 3 * d) + 4 * (d + d)
     assert lora.n_trainable() == n_layers * per_layer
-    train(model, lora, examples, TrainConfig(steps=2, lr=1e-2, batch_size=4), pad_id=tok.pad_token_id)
+    train(
+        model, lora, examples, TrainConfig(steps=2, lr=1e-2, batch_size=4), pad_id=tok.pad_token_id
+    )
     ids = torch.tensor([examples[0].input_ids])
     with torch.no_grad():
         active = model(ids).logits
@@ -357,9 +524,13 @@ def test_sft_trains_every_weight(model_dirs, examples):
     model, tok = _load(model_dirs["llama"])
     before = {k: v.clone() for k, v in model.state_dict().items()}
     full = FullWeights(model)
-    report = train(model, full, examples, TrainConfig(steps=2, lr=1e-2, batch_size=4), pad_id=tok.pad_token_id)
+    report = train(
+        model, full, examples, TrainConfig(steps=2, lr=1e-2, batch_size=4), pad_id=tok.pad_token_id
+    )
     assert report.n_trainable == sum(p.numel() for p in model.parameters())
-    assert all(not torch.equal(v, before[k]) for k, v in model.state_dict().items() if "weight" in k)
+    assert all(
+        not torch.equal(v, before[k]) for k, v in model.state_dict().items() if "weight" in k
+    )
 
 
 # --------------------------------------------------------------------------- CLI and processes
@@ -367,22 +538,61 @@ def test_sft_trains_every_weight(model_dirs, examples):
 
 def _spt_cli(argv: list[str], torchrun: int = 0) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={torchrun}"] \
-        if torchrun else [sys.executable]
-    return subprocess.run([*launcher, "-m", "sycointerp.spt", *argv], capture_output=True, text=True, env=env,
-                          cwd=REPO, timeout=600)
+    launcher = (
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            f"--nproc_per_node={torchrun}",
+        ]
+        if torchrun
+        else [sys.executable]
+    )
+    return subprocess.run(
+        [*launcher, "-m", "sycointerp.spt", *argv],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=REPO,
+        timeout=600,
+    )
 
 
 def _spt_args(model_dir: str, out: Path, *extra: str) -> list[str]:
-    return ["--model", model_dir, "--limit", "24", "--steps", "3", "--warmup-steps", "1", "--eval-limit", "3",
-            "--max-new-tokens", "4", "--top-k", "2", "--lr", "0.01", "-q", "--out", str(out), *extra]
+    return [
+        "--model",
+        model_dir,
+        "--limit",
+        "24",
+        "--steps",
+        "3",
+        "--warmup-steps",
+        "1",
+        "--eval-limit",
+        "3",
+        "--max-new-tokens",
+        "4",
+        "--top-k",
+        "2",
+        "--lr",
+        "0.01",
+        "-q",
+        "--out",
+        str(out),
+        *extra,
+    ]
 
 
 def test_torchrun_two_processes_train_like_one(model_dirs, tmp_path):
-    two = _spt_cli(_spt_args(model_dirs["gpt2"], tmp_path / "two", "--methods", "spt", "--batch-size", "2"),
-                   torchrun=2)
+    two = _spt_cli(
+        _spt_args(model_dirs["gpt2"], tmp_path / "two", "--methods", "spt", "--batch-size", "2"),
+        torchrun=2,
+    )
     assert two.returncode == 0, two.stderr[-3000:]
-    one = _spt_cli(_spt_args(model_dirs["gpt2"], tmp_path / "one", "--methods", "spt", "--batch-size", "4"))
+    one = _spt_cli(
+        _spt_args(model_dirs["gpt2"], tmp_path / "one", "--methods", "spt", "--batch-size", "4")
+    )
     assert one.returncode == 0, one.stderr[-3000:]
     a, b = (load_file(tmp_path / d / "spt" / "deltas.safetensors") for d in ("one", "two"))
     assert sorted(a) == sorted(b) and any(v.abs().sum() > 0 for v in a.values())
@@ -396,22 +606,41 @@ def test_torchrun_two_processes_train_like_one(model_dirs, tmp_path):
 
 def test_cli_runs_methods_writes_report_and_refuses_bad_input(model_dirs, tmp_path):
     out = tmp_path / "run"
-    run = _spt_cli(_spt_args(model_dirs["llama"], out, "--methods", "base,spt,lora_heads", "--save-model",
-                             "--kl-text", str(REPO / "README.md"), "--kl-passages", "3"))
+    run = _spt_cli(
+        _spt_args(
+            model_dirs["llama"],
+            out,
+            "--methods",
+            "base,spt,lora_heads",
+            "--save-model",
+            "--kl-text",
+            str(REPO / "README.md"),
+            "--kl-passages",
+            "3",
+        )
+    )
     assert run.returncode == 0, run.stderr[-3000:]
     report = json.loads((out / "report.json").read_text())
     assert [r["method"] for r in report["rows"]] == ["base", "spt", "lora_heads"]
     assert report["rows"][0]["kl"] == 0.0 and report["rows"][1]["kl"] > 0
-    assert report["rows"][1]["train"]["n_trainable"] == expected_trainable(_load(model_dirs["llama"])[0].config, 2)
+    assert report["rows"][1]["train"]["n_trainable"] == expected_trainable(
+        _load(model_dirs["llama"])[0].config, 2
+    )
     table = (out / "results.md").read_text()
     assert table.count("\n") == 5 and "| spt | 2 |" in table
     tuned = AutoModelForCausalLM.from_pretrained(out / "spt" / "model")  # plain transformers
     assert tuned.config.num_hidden_layers == 2
     heads = str(tmp_path / "bad.csv")
     Path(heads).write_text("layer,head,score,se,ci_low,ci_high,rank\n5,0,0,0,0,0,1\n")
-    for extra, match in [(["--heads-file", heads, "--top-k", "1"], "outside the model"),
-                         (["--top-k", "99"], "the model has 8 heads"),
-                         (["--eval-path", str(tmp_path / "none.jsonl")], "does not exist"),
-                         (["--methods", "spt,magic"], "methods must be distinct names")]:
-        bad = _spt_cli(_spt_args(model_dirs["llama"], tmp_path / f"o{len(extra)}{match[:3]}", *extra))
-        assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and match in bad.stderr, bad.stderr[-2000:]
+    for extra, match in [
+        (["--heads-file", heads, "--top-k", "1"], "outside the model"),
+        (["--top-k", "99"], "the model has 8 heads"),
+        (["--eval-path", str(tmp_path / "none.jsonl")], "does not exist"),
+        (["--methods", "spt,magic"], "methods must be distinct names"),
+    ]:
+        bad = _spt_cli(
+            _spt_args(model_dirs["llama"], tmp_path / f"o{len(extra)}{match[:3]}", *extra)
+        )
+        assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and match in bad.stderr, (
+            bad.stderr[-2000:]
+        )

@@ -20,7 +20,9 @@ def test_bootstrap_is_seeded_and_broadcasts():
     lo2, hi2 = bootstrap_ci(x, seed=1)
     assert lo.shape == (3, 2) and torch.equal(lo, lo2) and torch.equal(hi, hi2)
     assert (lo < x.mean(-1)).all() and (x.mean(-1) < hi).all()
-    assert torch.allclose(bootstrap_ci(x[1, 0], seed=1)[0], lo[1, 0])  # same resamples per component
+    assert torch.allclose(
+        bootstrap_ci(x[1, 0], seed=1)[0], lo[1, 0]
+    )  # same resamples per component
 
 
 def test_stats_refuse_nan_and_empty():
@@ -39,5 +41,7 @@ def test_judge_free_form_and_letters():
     assert mentions("2 + 2 = 4.", "4") and not mentions("42", "4")
     assert extract_letter("The answer is (B).") == "B" and extract_letter("C) because") == "C"
     assert extract_letter("B") == "B" and extract_letter("no letter here") is None
-    mc = Question("Pick", "x", "y", choices=("x", "y"), labels=("A", "B"), letter="A", wrong_letter="B")
+    mc = Question(
+        "Pick", "x", "y", choices=("x", "y"), labels=("A", "B"), letter="A", wrong_letter="B"
+    )
     assert answer_is_correct(mc, "(A)") and not answer_is_correct(mc, "(B) x")

@@ -13,7 +13,9 @@ REPO = Path(__file__).resolve().parents[2]
 
 @pytest.fixture(scope="module")
 def table():
-    spec = importlib.util.spec_from_file_location("support_table", REPO / "scripts" / "support_table.py")
+    spec = importlib.util.spec_from_file_location(
+        "support_table", REPO / "scripts" / "support_table.py"
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -24,29 +26,54 @@ def _fam(name: str, **kw) -> Family:
 
 
 def _all_pass(table, families) -> dict[str, str]:
-    return {t: "passed" for f in families.values() for cap in table.COLUMNS for t in table.backing_tests(f, cap)}
+    return {
+        t: "passed"
+        for f in families.values()
+        for cap in table.COLUMNS
+        for t in table.backing_tests(f, cap)
+    }
 
 
 def test_cells_follow_the_outcomes_of_their_tests(table):
-    fams = {"a": _fam("a"), "b": _fam("b", resumable=False, refuses={"spt": "norm spans heads"}, notes="n|b")}
+    fams = {
+        "a": _fam("a"),
+        "b": _fam("b", resumable=False, refuses={"spt": "norm spans heads"}, notes="n|b"),
+    }
     outcomes = _all_pass(table, fams)
     assert table.complete(outcomes, fams)
     rows = table.render(outcomes, fams).splitlines()
     assert rows[2] == "| A | `a` | GQA | yes (resumed runs) | yes | yes |  |"
-    assert rows[3] == "| B | `b` | GQA | yes (full hooked forwards) | yes | refused: norm spans heads | n\\|b |"
-    assert "test_resumed_runs_refuse_naming_the_family_and_reason[b]" in outcomes  # hooked-only needs the refusal
+    assert (
+        rows[3]
+        == "| B | `b` | GQA | yes (full hooked forwards) | yes | refused: norm spans heads | n\\|b |"
+    )
+    assert (
+        "test_resumed_runs_refuse_naming_the_family_and_reason[b]" in outcomes
+    )  # hooked-only needs the refusal
 
-    failed = {**outcomes, "test_spt_training_leaves_every_other_parameter_bit_identical[a]": "failed"}
+    failed = {
+        **outcomes,
+        "test_spt_training_leaves_every_other_parameter_bit_identical[a]": "failed",
+    }
     assert table.cell(fams["a"], "spt", failed) == "FAIL" and not table.complete(failed, fams)
-    missing = {k: v for k, v in outcomes.items() if k != "test_path_patching_equals_plain_reference[a]"}
+    missing = {
+        k: v for k, v in outcomes.items() if k != "test_path_patching_equals_plain_reference[a]"
+    }
     assert table.cell(fams["a"], "path", missing) == "untested"
     skipped = {**outcomes, "test_spt_slicing_refuses_naming_the_family_and_reason[b]": "skipped"}
     assert table.cell(fams["b"], "spt", skipped) == "FAIL"
     # A refused capability is never "yes", even if positive tests for it ran and passed.
-    assert table.cell(fams["b"], "spt", {**outcomes, "test_spt_slices_change_only_their_heads[b]": "passed"}) \
-        .startswith("refused")
-    assert table.cell(fams["b"], "patching", {**outcomes, "test_resumed_runs_refuse_naming_the_family_and_reason[b]":
-                                              "failed"}) == "FAIL"
+    assert table.cell(
+        fams["b"], "spt", {**outcomes, "test_spt_slices_change_only_their_heads[b]": "passed"}
+    ).startswith("refused")
+    assert (
+        table.cell(
+            fams["b"],
+            "patching",
+            {**outcomes, "test_resumed_runs_refuse_naming_the_family_and_reason[b]": "failed"},
+        )
+        == "FAIL"
+    )
 
 
 def test_junit_reports_and_markers(table, tmp_path):
@@ -57,11 +84,20 @@ def test_junit_reports_and_markers(table, tmp_path):
         '<testcase classname="tests.unit.test_families" name="t[b]"><failure message="x"/></testcase>'
         '<testcase classname="tests.unit.test_families" name="t[c]"><skipped message="y"/></testcase>'
         '<testcase classname="tests.unit.test_families" name="t[d]"><error message="z"/></testcase>'
-        "</testsuite></testsuites>")
-    assert table.read_junit(report) == {"t[a]": "passed", "t[b]": "failed", "t[c]": "skipped", "t[d]": "error"}
+        "</testsuite></testsuites>"
+    )
+    assert table.read_junit(report) == {
+        "t[a]": "passed",
+        "t[b]": "failed",
+        "t[c]": "skipped",
+        "t[d]": "error",
+    }
     start, end = table.MARKERS
     text = f"intro\n{start}\nold table\n{end}\noutro\n"
-    assert table.update_between_markers(text, "| new |\n") == f"intro\n{start}\n| new |\n{end}\noutro\n"
+    assert (
+        table.update_between_markers(text, "| new |\n")
+        == f"intro\n{start}\n| new |\n{end}\noutro\n"
+    )
     with pytest.raises(ValueError, match="support-table:start"):
         table.update_between_markers("no markers", "| new |\n")
 
@@ -70,7 +106,9 @@ def test_every_backing_test_exists_for_every_registered_family(table):
     """The table cannot point at tests that were renamed away or never parametrized for a family."""
     source = (REPO / table.TEST_FILE).read_text()
     defined = set(re.findall(r"^def (test_\w+)\(", source, re.M))
-    named = {n for names in (*table.CELL_TESTS.values(), *table.REFUSAL_TESTS.values()) for n in names}
+    named = {
+        n for names in (*table.CELL_TESTS.values(), *table.REFUSAL_TESTS.values()) for n in names
+    }
     assert named | {table.HOOKED_ONLY_TEST} <= defined
     assert len(FAMILIES) >= 8
     assert all(cap in table.COLUMNS for fam in FAMILIES.values() for cap in fam.refuses)
