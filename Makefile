@@ -10,7 +10,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.sycointerp-installed
 
-.PHONY: demo test install clean chromium
+.PHONY: demo test lint install clean chromium
 
 $(PY):
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "sycointerp needs Python >= 3.11; set PYTHON=python3.11")'
@@ -48,7 +48,12 @@ install: $(STAMP) chromium
 demo: $(STAMP) chromium
 	$(PY) -m sycointerp.patch --out $(OUT)
 
-test: $(STAMP) chromium
+# Lint and format checks first (seconds), then the whole suite.
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+test: $(STAMP) chromium lint
 	$(PY) -m pytest -q
 
 clean:

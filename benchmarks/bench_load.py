@@ -25,7 +25,8 @@ def main() -> None:
         _, cold = _timed(models.load_model)
         _, warm = _timed(models.load_model)
     print(
-        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch threads "
+        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+        "torch threads "
         f"{__import__('torch').get_num_threads()}"
     )
     print(f"first load (convert GGUF + write cache): {cold:6.2f} s")

@@ -38,15 +38,10 @@ import torch
 from transformer_lens import patching as tl_patching
 
 from sycointerp.data import build_pairs, load_builtin
+from sycointerp.data.batch import PairBatch
+from sycointerp.metrics import flip_metric
 from sycointerp.models import load_model
-from sycointerp.patching import (
-    PairBatch,
-    attribution_patch_heads,
-    flip_metric,
-    patch_heads,
-    path_patch_heads,
-    spearman,
-)
+from sycointerp.patching import attribution_patch_heads, patch_heads, path_patch_heads, spearman
 
 TOL = 1e-4
 
@@ -150,7 +145,7 @@ def report(name: str, ours, ours_s, ours_mb, tl, tl_s, tl_mb, scale: float) -> d
     status = "OK" if diff <= TOL else "MISMATCH"
     print(
         f"{name:<28} ours {ours_s:8.1f} s  reference {tl_s * scale:8.1f} s"
-        f"{' (scaled x%.1f)' % scale if scale != 1 else '':>14}  ratio {row['ratio']:6.1f}x  "
+        f"{f' (scaled x{scale:.1f})' if scale != 1 else '':>14}  ratio {row['ratio']:6.1f}x  "
         f"peak RSS +{ours_mb:6.0f} / +{tl_mb:6.0f} MiB  max|diff| {diff:.1e} {status}",
         flush=True,
     )
@@ -191,7 +186,8 @@ def main() -> None:
     _, forward_s, _ = measure(lambda: model(batch.ref))
     _, forward_s, _ = measure(lambda: model(batch.ref))
     print(
-        f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+        f"torch {torch.__version__}, "
         f"{torch.get_num_threads()} threads; {batch.n} pairs of {batch.ref.shape[1]} tokens; "
         f"one forward {forward_s:.2f} s; TransformerLens loops on {tl_layers}/{L} layers",
         flush=True,
@@ -260,7 +256,10 @@ def main() -> None:
                 model, pairs, metric, position="all", batch_size=batch.n
             )
         )
-        line = f"attribution patching (all)   {s:8.1f} s = {s / forward_s:.1f} forward-equivalents, peak RSS +{mb:.0f} MiB"
+        line = (
+            f"attribution patching (all)   {s:8.1f} s = {s / forward_s:.1f} forward-equivalents, "
+            f"peak RSS +{mb:.0f} MiB"
+        )
         if exact_all is not None:
             rho = spearman(attr.mean.flatten(), exact_all.mean.flatten())
             line += f", Spearman vs exact all-position patching {rho:.3f} over {L * H} heads"

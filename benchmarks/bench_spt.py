@@ -13,9 +13,9 @@ import time
 import torch
 
 from sycointerp.data import load_builtin
+from sycointerp.heads import HeadSet
 from sycointerp.models import load_hf_model
 from sycointerp.spt.data import build_dialogues, tokenize_dialogues
-from sycointerp.spt.heads import HeadSet
 from sycointerp.spt.train import TrainConfig, train
 from sycointerp.spt.tunable import FullWeights, HeadDeltas
 
@@ -52,7 +52,8 @@ def main() -> None:
     torch.manual_seed(0)
     spt, sft = (run(kind, args.steps, args.k, args.batch_size) for kind in ("spt", "sft"))
     print(
-        f"torch threads: {torch.get_num_threads()}, steps: {args.steps}, batch: {args.batch_size}, K: {args.k}"
+        f"torch threads: {torch.get_num_threads()}, steps: {args.steps}, "
+        f"batch: {args.batch_size}, K: {args.k}"
     )
     for r in (spt, sft):
         print(
@@ -61,7 +62,8 @@ def main() -> None:
         )
     print(f"SPT / SFT step time: {spt['step_s'] / sft['step_s']:.2f}x (target <= 0.7x)")
     print(
-        f"SPT / SFT optimizer state: {spt['optimizer_bytes'] / sft['optimizer_bytes']:.4%} (target <= 10%)"
+        f"SPT / SFT optimizer state: {spt['optimizer_bytes'] / sft['optimizer_bytes']:.4%} "
+        "(target <= 10%)"
     )
 
 

@@ -13,8 +13,9 @@ from pathlib import Path
 import torch
 
 from sycointerp.data import build_pairs, load_builtin
+from sycointerp.metrics import apology_logit_diff_metric
 from sycointerp.models import load_model
-from sycointerp.patching import apology_logit_diff_metric, knockout_curve, path_patch_heads
+from sycointerp.patching import knockout_curve, path_patch_heads
 from sycointerp.plot import head_heatmap, knockout_plot, save_figure
 
 

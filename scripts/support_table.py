@@ -4,7 +4,7 @@ Every cell is derived from test outcomes, never written by hand: a capability is
 every test named for it in ``CELL_TESTS`` passed for that family, "refused: <reason>" only when
 its refusal test (``REFUSAL_TESTS``) passed, "FAIL" when one of them failed and "untested" when
 one did not run. Families, attention layouts, refusal reasons and notes come from
-``sycointerp.families.FAMILIES``.
+``sycointerp.testing.families.FAMILIES``.
 
 Usage::
 
@@ -29,7 +29,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # run as a script from anywhere
     sys.path.insert(0, str(REPO))
 
-from sycointerp.families import FAMILIES, Family  # noqa: E402
+from sycointerp.testing.families import FAMILIES, Family  # noqa: E402
 
 TEST_FILE = "tests/unit/test_families.py"
 MARKERS = ("<!-- support-table:start -->", "<!-- support-table:end -->")

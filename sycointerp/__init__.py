@@ -1,51 +1,32 @@
-"""sycointerp: find the attention heads that make a chat model cave in when challenged, and tune only those."""
+"""sycointerp: find the attention heads that make a chat model cave in when challenged, and tune
+only those.
 
-from sycointerp.data import (
-    CHALLENGES,
-    ChallengeTemplate,
-    DataError,
-    PromptPair,
-    Question,
-    build_pairs,
-    load_arc_jsonl,
-    load_are_you_sure,
-    load_builtin,
-    load_questions_jsonl,
-    load_truthfulqa_csv,
-)
-from sycointerp.models import ModelLoadError, load_model, tiny_model
+The names below are loaded on first use, so ``import sycointerp`` (and every ``python -m
+sycointerp.<job> --help``) stays fast: torch and TransformerLens load only when a model does.
+Layers (imports go one way, downward; ``tests/unit/test_layers.py`` enforces it):
 
-_LAZY = {"EffectResult", "first_turn_accuracy", "measure_challenge_effect"}
+- ground: :mod:`~sycointerp.chat`, :mod:`~sycointerp.data`, :mod:`~sycointerp.models`,
+  :mod:`~sycointerp.stats`, :mod:`~sycointerp.testing`, ``_io``, ``_config``, ``errors``;
+- analysis: :mod:`~sycointerp.metrics`, :mod:`~sycointerp.generate`, :mod:`~sycointerp.heads`,
+  :mod:`~sycointerp.patching`, :mod:`~sycointerp.evaluate`, :mod:`~sycointerp.plot`;
+- tuning: :mod:`~sycointerp.spt`;
+- applications: :mod:`~sycointerp.cli` (the ``patch``, ``spt`` and ``effect`` jobs).
+"""
 
-
-def __getattr__(name: str):
-    # sycointerp.effect is also a `python -m` entry point; importing it eagerly here would make
-    # runpy warn that the module was imported before it ran as __main__.
-    if name in _LAZY:
-        from sycointerp import effect
-
-        return getattr(effect, name)
-    raise AttributeError(f"module 'sycointerp' has no attribute {name!r}")
-
+from sycointerp._lazy import lazy_namespace
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "CHALLENGES",
-    "ChallengeTemplate",
-    "DataError",
-    "EffectResult",
-    "ModelLoadError",
-    "PromptPair",
-    "Question",
-    "build_pairs",
-    "first_turn_accuracy",
-    "load_arc_jsonl",
-    "load_are_you_sure",
-    "load_builtin",
-    "load_model",
-    "load_questions_jsonl",
-    "load_truthfulqa_csv",
-    "measure_challenge_effect",
-    "tiny_model",
-]
+_HOMES = {
+    "sycointerp.data": (
+        "CHALLENGES ChallengeTemplate DataError PromptPair Question build_pairs load_arc_jsonl "
+        "load_are_you_sure load_builtin load_questions_jsonl load_truthfulqa_csv"
+    ),
+    "sycointerp.errors": "UserError",
+    "sycointerp.models": "ModelLoadError load_model",
+    "sycointerp.testing": "tiny_model",
+    "sycointerp.evaluate.challenge": "EffectResult measure_challenge_effect",
+    "sycointerp.evaluate.capability": "first_turn_accuracy",
+    "sycointerp.heads": "HeadGrid HeadSet read_heads_csv",
+}
+__all__, __getattr__, __dir__ = lazy_namespace("sycointerp", _HOMES)

@@ -10,7 +10,7 @@ import torch
 from tqdm.auto import tqdm
 from transformer_lens.model_bridge import TransformerBridge
 
-from sycointerp.data.pairs import DEFAULT_SYSTEM, chat_prompt_ids
+from sycointerp.chat import DEFAULT_SYSTEM, chat_prompt_ids
 from sycointerp.data.questions import Question
 
 __all__ = ["greedy_generate", "first_turn_prompts", "first_answers"]

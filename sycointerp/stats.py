@@ -118,7 +118,8 @@ def wilson_interval(k: int, n: int, level: float = 0.95) -> tuple[float, float]:
 
 @dataclass(frozen=True)
 class Proportion:
-    """A rate ``k / n`` with its Wilson interval; ``n == 0`` gives NaN rate and bounds (not an error).
+    """A rate ``k / n`` with its Wilson interval; ``n == 0`` gives NaN rate and bounds (not an
+    error).
 
     Attributes:
         k: number of items with the outcome.
@@ -142,7 +143,10 @@ class Proportion:
     def __str__(self) -> str:
         if self.n == 0:
             return "n/a (n=0)"
-        return f"{100 * self.rate:.1f}% [{100 * self.ci_low:.1f}, {100 * self.ci_high:.1f}] ({self.k}/{self.n})"
+        return (
+            f"{100 * self.rate:.1f}% [{100 * self.ci_low:.1f}, {100 * self.ci_high:.1f}] "
+            f"({self.k}/{self.n})"
+        )
 
     def to_json(self) -> dict[str, float | int | None]:
         nan = lambda x: None if math.isnan(x) else x  # noqa: E731 (JSON has no NaN)

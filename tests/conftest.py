@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from sycointerp.models import load_model, tiny_model
+from sycointerp.models import load_model
+from sycointerp.testing import tiny_model
 
 _CANDIDATES = [
     os.environ.get("SYCOINTERP_SHARED_DATA"),
@@ -29,6 +30,16 @@ def shared_file(*parts: str) -> Path:
     if not path.is_file():
         pytest.skip(f"{path} not present (set SYCOINTERP_SHARED_DATA to the shared data folder)")
     return path
+
+
+def grid_meta(values, components) -> dict:
+    """The ``meta`` a patching method records about its model, for a hand-made PatchResult:
+    a head grid shaped like ``values`` (none for cells that are not heads)."""
+    if tuple(components[:2]) not in (("layer", "head"), ("layer", "kv_head")):
+        return {}
+    n_layers, n = values.shape[:2]
+    n_heads = 2 * n if components[1] == "kv_head" else n
+    return {"model": "test", "grid": {"n_layers": n_layers, "n_heads": n_heads, "n_kv_heads": n}}
 
 
 @pytest.fixture(scope="session")

@@ -4,7 +4,8 @@
   directory or a HuggingFace hub dataset id (through ``datasets``);
 - TruthfulQA's CSV, converted to multiple choice (best answer + up to three incorrect answers,
   shuffled with a per-question seed so the gold letter is not always ``A``);
-- ARC-style JSONL (AI2 layout: ``{"question": {"stem", "choices": [{"text", "label"}]}, "answerKey"}``).
+- ARC-style JSONL (AI2 layout:
+  ``{"question": {"stem", "choices": [{"text", "label"}]}, "answerKey"}``).
 
 The wrong answer of a multiple-choice record is drawn among the other choices with a seeded RNG
 (``seed`` argument), so loading is deterministic. Every malformed record raises :class:`DataError`
@@ -113,8 +114,8 @@ def _are_you_sure_record(where: str, record: Any, rng: random.Random) -> Questio
     wrong = base.get("incorrect_answer")
     if not gold or not wrong:
         raise DataError(
-            f"{where}: free-form record ({dataset}) without both a correct and an incorrect answer; "
-            f"restrict to the multiple-choice sources with sources={MC_SOURCES}"
+            f"{where}: free-form record ({dataset}) without both a correct and an incorrect "
+            f"answer; restrict to the multiple-choice sources with sources={MC_SOURCES}"
         )
     try:
         return Question(question=question, answer=str(gold), wrong=str(wrong), **meta)
@@ -137,8 +138,9 @@ def _are_you_sure_rows(path_or_id: str | Path) -> Iterable[tuple[str, Any]]:
             )
         except Exception as err:  # datasets raises many unrelated types for a missing dataset
             raise DataError(
-                f"could not load are_you_sure.jsonl from dataset {path_or_id!r} ({err}); pass a local "
-                "path to are_you_sure.jsonl, or check the hub id (meg-tong/sycophancy-eval) and network"
+                f"could not load are_you_sure.jsonl from dataset {path_or_id!r} ({err}); pass a "
+                "local path to are_you_sure.jsonl, or check the hub id (meg-tong/sycophancy-eval) "
+                "and network"
             ) from err
         return ((f"{path_or_id}[{i}]", row) for i, row in enumerate(table))
     raise DataError(
@@ -169,7 +171,8 @@ def load_are_you_sure(
     wanted = None if sources is None else set(sources)
     if wanted is not None and wanted - set(ARE_YOU_SURE_SOURCES):
         raise DataError(
-            f"unknown source(s) {sorted(wanted - set(ARE_YOU_SURE_SOURCES))}; choose from {ARE_YOU_SURE_SOURCES}"
+            f"unknown source(s) {sorted(wanted - set(ARE_YOU_SURE_SOURCES))}; choose from "
+            f"{ARE_YOU_SURE_SOURCES}"
         )
     rng = random.Random(seed)
     out: list[Question] = []
@@ -269,7 +272,8 @@ def load_arc_jsonl(path: str | Path, *, limit: int | None = None, seed: int = 0)
             gold = str(record["answerKey"])
         except (KeyError, TypeError) as err:
             raise DataError(
-                f"{where}: expected {{question: {{stem, choices: [{{text, label}}]}}, answerKey}}; missing {err}"
+                f"{where}: expected {{question: {{stem, choices: [{{text, label}}]}}, answerKey}}; "
+                f"missing {err}"
             ) from err
         out.append(
             _mc_question(

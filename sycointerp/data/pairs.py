@@ -23,10 +23,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-import torch
-from jaxtyping import Int
 from transformers import PreTrainedTokenizerBase
 
+from sycointerp.chat import DEFAULT_SYSTEM, chat_prompt_ids, encode
+from sycointerp.data.answers import answer_is_correct
 from sycointerp.data.questions import DataError, Question
 from sycointerp.data.templates import ChallengeTemplate, get_challenge
 
@@ -34,12 +34,9 @@ __all__ = [
     "DEFAULT_SYSTEM",
     "PromptPair",
     "build_pairs",
-    "chat_prompt_ids",
     "require_aligned",
-    "pad_right",
 ]
 
-DEFAULT_SYSTEM = "You are a helpful assistant."
 Position = Literal["answer", "reply"]
 
 
@@ -86,27 +83,6 @@ class PromptPair:
         return min(len(self.ref_ids), len(self.cf_ids))
 
 
-def _encode(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
-    # The chat template already writes every special token.
-    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
-
-
-def chat_prompt_ids(
-    tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, str]], stem: str | None = None
-) -> list[int]:
-    """Token ids of ``messages`` rendered with the chat template plus the generation prompt (+stem).
-
-    Raises:
-        DataError: the tokenizer has no chat template.
-    """
-    if not getattr(tokenizer, "chat_template", None):
-        raise DataError(
-            "the tokenizer has no chat template; use a chat model or set tokenizer.chat_template"
-        )
-    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    return _encode(tokenizer, text + (stem or ""))
-
-
 def _dialogue(
     question: Question, first_answer: str, turn2: str, system: str | None
 ) -> list[dict[str, str]]:
@@ -121,7 +97,7 @@ def _dialogue(
 def _continuation(
     tokenizer: PreTrainedTokenizerBase, text: str, base: list[int], answer: str
 ) -> list[int]:
-    full = _encode(tokenizer, text + answer)
+    full = encode(tokenizer, text + answer)
     if full[: len(base)] != base:
         raise DataError(
             f"the answer {answer.strip()!r} merges with the end of the prompt when tokenized; "
@@ -133,21 +109,22 @@ def _continuation(
 def answer_token_ids(
     tokenizer: PreTrainedTokenizerBase, prompt_text: str, question: Question, sep: str
 ) -> tuple[list[int], int, int]:
-    """(shared ids to append to the prompt, gold id, wrong id) for answers following ``prompt_text``.
+    """(shared ids to append to the prompt, gold id, wrong id) for answers following
+    ``prompt_text``.
 
     Raises:
         DataError: the two answers share a first token that carries letters or digits.
     """
-    base = _encode(tokenizer, prompt_text)
+    base = encode(tokenizer, prompt_text)
     gold = _continuation(tokenizer, prompt_text, base, sep + question.response(True))
     wrong = _continuation(tokenizer, prompt_text, base, sep + question.response(False))
     shared: list[int] = []
     while gold and wrong and gold[0] == wrong[0]:
         if any(ch.isalnum() for ch in tokenizer.decode([gold[0]])):
             raise DataError(
-                f"question {question.id or question.question!r}: gold {question.response(True)!r} and wrong "
-                f"{question.response(False)!r} share their first token {tokenizer.decode([gold[0]])!r}; "
-                "choose a wrong answer that starts differently"
+                f"question {question.id or question.question!r}: gold {question.response(True)!r} "
+                f"and wrong {question.response(False)!r} share their first token "
+                f"{tokenizer.decode([gold[0]])!r}; choose a wrong answer that starts differently"
             )
         shared.append(gold.pop(0))
         wrong.pop(0)
@@ -174,7 +151,7 @@ def _prompt(
         stem or ""
     )
     shared, gold, wrong = answer_token_ids(tokenizer, text, question, " " if stem else "")
-    return _encode(tokenizer, text) + shared, (gold, wrong)
+    return encode(tokenizer, text) + shared, (gold, wrong)
 
 
 def _pick_counterfactual(
@@ -194,8 +171,9 @@ def _pick_counterfactual(
             return text, ids
         lengths[text] = len(ids)
     raise DataError(
-        f"question {question.id or question.question!r}: no counterfactual of template {template.name!r} has the "
-        f"challenge's {ref_len} tokens (got {lengths}); add an aligned wording to the template or use align=False"
+        f"question {question.id or question.question!r}: no counterfactual of template "
+        f"{template.name!r} has the challenge's {ref_len} tokens (got {lengths}); add an aligned "
+        "wording to the template or use align=False"
     )
 
 
@@ -234,8 +212,6 @@ def build_pairs(
     if first_answers is not None and len(first_answers) != len(questions):
         raise DataError(f"{len(first_answers)} first answers for {len(questions)} questions")
     template = get_challenge(challenge)
-    from sycointerp.judge import answer_is_correct
-
     pairs = []
     for i, question in enumerate(questions):
         first = question.first_answer() if first_answers is None else first_answers[i]
@@ -272,24 +248,8 @@ def require_aligned(pairs: Sequence[PromptPair]) -> None:
     for i, pair in enumerate(pairs):
         if not pair.aligned:
             raise ValueError(
-                f"pair {i} ({pair.question.id or pair.question.question!r}): reference has {len(pair.ref_ids)} "
-                f"tokens, counterfactual {len(pair.cf_ids)}; all-position methods need equal lengths. "
-                "Build the pairs with build_pairs(..., align=True) or use a last-position method"
+                f"pair {i} ({pair.question.id or pair.question.question!r}): reference has "
+                f"{len(pair.ref_ids)} tokens, counterfactual {len(pair.cf_ids)}; all-position "
+                "methods need equal lengths. Build the pairs with build_pairs(..., align=True) or "
+                "use a last-position method"
             )
-
-
-def pad_right(
-    sequences: Sequence[Sequence[int]], pad_id: int
-) -> tuple[Int[torch.Tensor, "batch pos"], Int[torch.Tensor, " batch"]]:
-    """Right-pad token sequences; returns (ids, lengths).
-
-    Right padding is exact for causal models: no real token attends to a later pad, so the logits
-    at ``lengths - 1`` equal those of the unpadded sequence.
-    """
-    if not sequences:
-        raise ValueError("no sequences to pad")
-    lengths = torch.tensor([len(s) for s in sequences])
-    ids = torch.full((len(sequences), int(lengths.max())), pad_id, dtype=torch.long)
-    for row, seq in enumerate(sequences):
-        ids[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
-    return ids, lengths

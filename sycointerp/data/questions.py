@@ -20,13 +20,11 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from sycointerp.errors import DataError
+
 __all__ = ["DataError", "Question", "load_builtin", "load_questions_jsonl", "save_questions_jsonl"]
 
 MC_STEM = "The answer is"
-
-
-class DataError(ValueError):
-    """A dataset or record is malformed; the message names the file, the line and the fix."""
 
 
 @dataclass(frozen=True)
@@ -66,11 +64,13 @@ class Question:
             value = getattr(self, name)
             if not isinstance(value, str) or not value.strip():
                 raise DataError(
-                    f"question {self.id or self.question!r}: field {name!r} must be a non-empty string"
+                    f"question {self.id or self.question!r}: field {name!r} must be a non-empty "
+                    "string"
                 )
         if self.answer.strip().lower() == self.wrong.strip().lower():
             raise DataError(
-                f"question {self.id or self.question!r}: gold and wrong answers are both {self.answer!r}"
+                f"question {self.id or self.question!r}: gold and wrong answers are both "
+                f"{self.answer!r}"
             )
         object.__setattr__(self, "choices", tuple(self.choices))
         object.__setattr__(self, "labels", tuple(self.labels))
@@ -83,7 +83,8 @@ class Question:
             raise DataError(f"{where}: {len(self.choices)} choices but {len(self.labels)} labels")
         if self.letter not in self.labels or self.wrong_letter not in self.labels:
             raise DataError(
-                f"{where}: letter {self.letter!r} / wrong_letter {self.wrong_letter!r} not among labels {self.labels}"
+                f"{where}: letter {self.letter!r} / wrong_letter {self.wrong_letter!r} not among "
+                f"labels {self.labels}"
             )
         if self.letter == self.wrong_letter:
             raise DataError(f"{where}: gold and wrong letter are both {self.letter!r}")
@@ -93,7 +94,8 @@ class Question:
         return bool(self.choices)
 
     def response(self, correct: bool = True) -> str:
-        """What the assistant says after the stem: the answer text, or ``(B)`` for multiple choice."""
+        """What the assistant says after the stem: the answer text, or ``(B)`` for multiple
+        choice."""
         if self.is_multiple_choice:
             return f"({self.letter if correct else self.wrong_letter})"
         return self.answer if correct else self.wrong

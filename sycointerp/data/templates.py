@@ -145,5 +145,6 @@ def get_challenge(name: str | ChallengeTemplate) -> ChallengeTemplate:
         return CHALLENGES[name]
     except KeyError:
         raise KeyError(
-            f"unknown challenge template {name!r}; choose from {sorted(CHALLENGES)} or pass a ChallengeTemplate"
+            f"unknown challenge template {name!r}; choose from {sorted(CHALLENGES)} or pass a "
+            "ChallengeTemplate"
         ) from None

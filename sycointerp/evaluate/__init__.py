@@ -1,28 +1,34 @@
-"""Evaluation before and after tuning: the multi-turn sycophancy protocol, capability, opinion matching.
+"""Evaluation before and after tuning: the multi-turn sycophancy protocol, capability, opinion
+matching.
 
 One concept per module:
 
 - :mod:`~sycointerp.evaluate.protocol`: the SPT paper's "are you sure?" dialogue, judged turn by
-  turn: Confidence, Truthfulness, apology rate, accuracy before / after (:func:`evaluate_sycophancy`);
+  turn: Confidence, Truthfulness, apology rate, accuracy before / after
+  (:func:`evaluate_sycophancy`);
 - :mod:`~sycointerp.evaluate.capability`: damage checks: next-token KL on plain text
   (:func:`kl_on_text`), multiple-choice accuracy by letter logits (:func:`letter_accuracy`), and
-  held-out accuracy without challenge (:func:`first_turn_accuracy`, from :mod:`sycointerp.effect`);
+  held-out accuracy without challenge (:func:`first_turn_accuracy`);
 - :mod:`~sycointerp.evaluate.opinion`: out-of-distribution sycophancy on Anthropic's
-  opinion-matching sets (:func:`opinion_matching`).
-
-Judges (rule-based by default, or an LLM) live in :mod:`sycointerp.judge`.
+  opinion-matching sets (:func:`opinion_matching`);
+- :mod:`~sycointerp.evaluate.challenge`: the challenge effect on single-turn metrics, challenge vs
+  counterfactual (:func:`measure_challenge_effect`);
+- :mod:`~sycointerp.evaluate.judges`: does a reply admit a mistake, is an answer correct
+  (rule-based :class:`RuleJudge` by default, or :class:`LLMJudge`).
 """
 
-from sycointerp.effect import first_turn_accuracy
 from sycointerp.evaluate.capability import (
     LETTER_STEM,
     LetterAccuracy,
     TextKL,
     choose_letters,
+    first_turn_accuracy,
     kl_on_text,
     letter_accuracy,
     read_passages,
 )
+from sycointerp.evaluate.challenge import EffectResult, measure_challenge_effect
+from sycointerp.evaluate.judges import Judge, LLMJudge, RuleJudge, admits_mistake
 from sycointerp.evaluate.opinion import (
     OpinionItem,
     OpinionResult,
@@ -38,9 +44,11 @@ from sycointerp.evaluate.protocol import (
     evaluate_sycophancy,
     turn_prompt,
 )
-from sycointerp.judge import Judge, LLMJudge, RuleJudge
 
 __all__ = [
+    "EffectResult",
+    "admits_mistake",
+    "measure_challenge_effect",
     "EvalItem",
     "FOLLOW_UP_FREE",
     "FOLLOW_UP_MC",

@@ -5,9 +5,9 @@
   reference distribution; 0 means the tuned model predicts exactly as before. Passages are
   paragraphs (blocks of non-blank lines) of a text file, or strings given directly, tokenized
   with the tokenizer's own special tokens (BOS where it has one), cut to ``max_tokens``; passages
-  shorter than ``min_tokens`` before the cut (headings) are skipped. The overall mean weighs every position equally;
-  ``per_passage`` averages within each passage. Works with two TransformerBridges or two
-  HuggingFace causal LMs (pass ``tokenizer=`` then); both must share the tokenizer.
+  shorter than ``min_tokens`` before the cut (headings) are skipped. The overall mean weighs every
+  position equally; ``per_passage`` averages within each passage. Works with two TransformerBridges
+  or two HuggingFace causal LMs (pass ``tokenizer=`` then); both must share the tokenizer.
 - :func:`letter_accuracy`: multiple choice scored without generation: through the chat template
   with the assistant turn opened by ``"The answer is ("`` (SycophancyEval's prefill), the option
   whose label token has the highest logit is the model's choice. Label tokens are tokenized in
@@ -31,9 +31,12 @@ from pathlib import Path
 import torch
 from jaxtyping import Float, Int
 from tqdm.auto import tqdm
+from transformer_lens.model_bridge import TransformerBridge
 
-from sycointerp.data.pairs import DEFAULT_SYSTEM, chat_prompt_ids, pad_right
+from sycointerp.chat import DEFAULT_SYSTEM, chat_prompt_ids, pad_right
+from sycointerp.data.answers import answer_is_correct
 from sycointerp.data.questions import Question
+from sycointerp.generate import first_answers
 from sycointerp.metrics import LogitsModel, kl_divergence, last_logits
 from sycointerp.stats import Proportion, proportion
 
@@ -109,7 +112,8 @@ def _passage_ids(
     if isinstance(texts, (str, Path)):
         if not Path(texts).is_file():
             raise ValueError(
-                f"{str(texts)[:60]!r} is not a file; pass a path to a text file or a list of passages"
+                f"{str(texts)[:60]!r} is not a file; pass a path to a text file or a list of "
+                "passages"
             )
         texts = read_passages(texts)
     out = []
@@ -221,7 +225,8 @@ def choose_letters(
     """
     if not messages or len(messages) != len(labels):
         raise ValueError(
-            f"need one label list per chat and at least one chat, got {len(messages)} and {len(labels)}"
+            f"need one label list per chat and at least one chat, got {len(messages)} and "
+            f"{len(labels)}"
         )
     tok = _tokenizer(model, tokenizer)
     prompts, ids = [], []
@@ -237,7 +242,8 @@ def choose_letters(
 
 @dataclass(frozen=True)
 class LetterAccuracy:
-    """Result of :func:`letter_accuracy`: the label chosen for each question and whether it is gold."""
+    """Result of :func:`letter_accuracy`: the label chosen for each question and whether it is
+    gold."""
 
     question_ids: tuple[str, ...]
     chosen: tuple[str, ...]
@@ -271,7 +277,8 @@ def letter_accuracy(
     free = [q.id or q.question for q in questions if not q.is_multiple_choice]
     if free:
         raise ValueError(
-            f"letter_accuracy needs multiple-choice questions; {len(free)} are free-form (e.g. {free[0]!r})"
+            f"letter_accuracy needs multiple-choice questions; {len(free)} are free-form (e.g. "
+            f"{free[0]!r})"
         )
     chats = [
         ([{"role": "system", "content": system}] if system else [])
@@ -291,3 +298,24 @@ def letter_accuracy(
         tuple(chosen),
         tuple(c == q.letter for c, q in zip(chosen, questions)),
     )
+
+
+def first_turn_accuracy(
+    model: TransformerBridge,
+    questions: Sequence[Question],
+    *,
+    batch_size: int = 16,
+    progress: bool = False,
+) -> tuple[float, list[str], list[bool]]:
+    """Share of questions answered correctly in the first turn (greedy, through the chat template).
+
+    Protocol: system "You are a helpful assistant.", the question + "Answer briefly.", then the
+    assistant turn opens with the answer stem; greedy decoding for 24 tokens; correct when the
+    gold answer is mentioned and the wrong one is not (letters for multiple choice).
+
+    Returns:
+        (accuracy, first answers, correctness per question).
+    """
+    answers = first_answers(model, questions, batch_size=batch_size, progress=progress)
+    correct = [answer_is_correct(q, a) for q, a in zip(questions, answers)]
+    return sum(correct) / len(correct), answers, correct

@@ -1,4 +1,5 @@
-"""The SPT paper's multi-turn sycophancy evaluation ("are you sure?"), greedy, through the chat template.
+"""The SPT paper's multi-turn sycophancy evaluation ("are you sure?"), greedy, through the chat
+template.
 
 Dialogue per question (three greedy generations, batched, KV-cached, left-padded)::
 
@@ -23,11 +24,10 @@ Wilson interval):
 - ``accuracy_before`` / ``accuracy_after``: among all items, first / final answer correct.
 
 No initially-correct item gives confidence and truthfulness NaN with ``n = 0`` (not an error).
-Judging is :class:`~sycointerp.judge.RuleJudge` unless a judge is given. Cost: three
+Judging is :class:`~sycointerp.evaluate.judges.RuleJudge` unless a judge is given. Cost: three
 ``greedy_generate`` passes over the questions.
 """
 
-import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -35,12 +35,12 @@ from pathlib import Path
 from transformer_lens.model_bridge import TransformerBridge
 from transformers import PreTrainedTokenizerBase
 
-from sycointerp._io import write_json
-from sycointerp.data.pairs import DEFAULT_SYSTEM, chat_prompt_ids
+from sycointerp._io import BundleError, read_json, write_json
+from sycointerp.chat import DEFAULT_SYSTEM, chat_prompt_ids
 from sycointerp.data.questions import Question
 from sycointerp.data.templates import ChallengeTemplate, get_challenge
+from sycointerp.evaluate.judges import Judge, RuleJudge, judge_all
 from sycointerp.generate import greedy_generate
-from sycointerp.judge import Judge, RuleJudge, judge_all
 from sycointerp.stats import Proportion, proportion
 
 __all__ = [
@@ -199,7 +199,8 @@ class SycophancyEval:
         }
 
     def rejudge(self, questions: Sequence[Question], judge: Judge) -> "SycophancyEval":
-        """The same dialogues judged again by ``judge`` (no generation): compare judges or conventions.
+        """The same dialogues judged again by ``judge`` (no generation): compare judges or
+        conventions.
 
         Raises:
             ValueError: ``questions`` do not match the items' ids, in order.
@@ -219,7 +220,8 @@ class SycophancyEval:
 
     def to_markdown(self) -> str:
         rows = [
-            f'Sycophancy evaluation of `{self.model}` ({self.n} questions; challenge: "{self.challenge}"; '
+            f"Sycophancy evaluation of `{self.model}` ({self.n} questions; "
+            f'challenge: "{self.challenge}"; '
             f"judge: {self.judge})",
             "",
             "| metric | rate [95% CI] (k/n) |",
@@ -229,7 +231,8 @@ class SycophancyEval:
         return "\n".join(rows)
 
     def save(self, out_dir: str | Path) -> Path:
-        """Write ``sycophancy_eval.json`` (items + summary) in ``out_dir`` atomically; returns the file."""
+        """Write ``sycophancy_eval.json`` (items + summary) in ``out_dir`` atomically; returns the
+        file."""
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         record = {
@@ -248,18 +251,21 @@ class SycophancyEval:
         """Read what :meth:`save` wrote (the directory or the JSON file).
 
         Raises:
-            FileNotFoundError: no saved evaluation there.
+            MissingBundleError: no saved evaluation there (a ``FileNotFoundError``).
+            BundleError: a corrupt file.
         """
         src = Path(path)
         src = src / _FILE if src.is_dir() else src
-        if not src.is_file():
-            raise FileNotFoundError(f"{src} is missing; is it a saved SycophancyEval?")
-        record = json.loads(src.read_text())
+        record = read_json(src, "SycophancyEval")
+        try:
+            items = tuple(EvalItem(**it) for it in record["items"])
+        except (KeyError, TypeError) as err:
+            raise BundleError(f"{src} is not a saved SycophancyEval ({err})") from None
         return cls(
             record["model"],
             record["challenge"],
             record["judge"],
-            tuple(EvalItem(**it) for it in record["items"]),
+            items,
         )
 
 
@@ -287,7 +293,8 @@ def evaluate_sycophancy(
         model: a loaded chat model bridge.
         questions: the questions (free-form and multiple choice may be mixed).
         challenge: challenge template name or template (its ``challenge`` text is the user turn).
-        judge: a :class:`~sycointerp.judge.Judge`; :class:`~sycointerp.judge.RuleJudge` when ``None``.
+        judge: a :class:`~sycointerp.evaluate.judges.Judge`;
+            :class:`~sycointerp.evaluate.judges.RuleJudge` when ``None``.
         system: system prompt (``None`` for none).
         stem: prefill the answer stem in the first and final answer turns.
         batch_size: prompts per generation batch.

@@ -1,4 +1,6 @@
-"""Shared machinery: pair batches, patch metrics, and batched multi-cell patched runs.
+"""Shared machinery of the patching techniques: batched multi-cell patched runs and hook helpers.
+
+Pair batches live in :mod:`sycointerp.data.batch`, patch metrics in :mod:`sycointerp.metrics`.
 
 Many patches per forward: a chunk of cells (e.g. heads) x a chunk of examples becomes one batch
 of ``cells * examples`` rows, cell ``i`` owning rows ``[i * n_ex, (i + 1) * n_ex)``; each hook
@@ -26,17 +28,12 @@ import torch
 from jaxtyping import Float, Int
 from transformer_lens.model_bridge import TransformerBridge
 
-from sycointerp.data.pairs import PromptPair, pad_right
-from sycointerp.metrics import apology_ratio, apology_token_ids, flip
+from sycointerp.data.batch import PairBatch
+from sycointerp.metrics import PatchMetric
 from sycointerp.patching._resume import build_state, resume_logits, supports_resume, unfold_hook
 
 __all__ = [
-    "PairBatch",
-    "PatchMetric",
     "RowView",
-    "flip_metric",
-    "apology_metric",
-    "apology_logit_diff_metric",
     "run_cells",
     "run_metric",
     "baselines",
@@ -61,7 +58,8 @@ class RowView:
         last: ``[rows]`` local index of each row's metric (last) position in the hooked tensors.
         pos: ``[rows, local_pos]`` absolute prompt position of every local position (positions
             past a row's end are clamped to its last position; they never reach the metric).
-        n_ex: examples per cell block: cell ``i`` of the chunk owns rows ``[i * n_ex, (i+1) * n_ex)``.
+        n_ex: examples per cell block: cell ``i`` of the chunk owns rows
+            ``[i * n_ex, (i+1) * n_ex)``.
     """
 
     example: Int[torch.Tensor, " rows"]
@@ -74,109 +72,10 @@ class RowView:
         return slice(i * self.n_ex, (i + 1) * self.n_ex)
 
     def gather(self, source: torch.Tensor, i: int) -> torch.Tensor:
-        """``source[example, abs_pos, ...]`` (a full-prompt cache) at cell ``i``'s local positions."""
+        """``source[example, abs_pos, ...]`` (a full-prompt cache) at cell ``i``'s local
+        positions."""
         rows = self.rows(i)
         return source[self.example[rows, None], self.pos[rows]]
-
-
-@dataclass(frozen=True)
-class PairBatch:
-    """Reference and counterfactual prompts of a pair list as right-padded tensors."""
-
-    ref: Int[torch.Tensor, "example pos"]
-    cf: Int[torch.Tensor, "example pos_cf"]
-    ref_last: Int[torch.Tensor, " example"]
-    cf_last: Int[torch.Tensor, " example"]
-    answer_ids: Int[torch.Tensor, "example 2"] | None
-    ids: tuple[str, ...]
-
-    @classmethod
-    def from_pairs(cls, pairs: Sequence[PromptPair], pad_id: int) -> "PairBatch":
-        """Raises: ValueError for an empty pair list."""
-        if not pairs:
-            raise ValueError("no prompt pairs to patch; build some with build_pairs()")
-        ref, ref_len = pad_right([p.ref_ids for p in pairs], pad_id)
-        cf, cf_len = pad_right([p.cf_ids for p in pairs], pad_id)
-        answers = (
-            None
-            if any(p.answer_ids is None for p in pairs)
-            else torch.tensor([p.answer_ids for p in pairs])
-        )
-        return cls(ref, cf, ref_len - 1, cf_len - 1, answers, tuple(p.question.id for p in pairs))
-
-    @property
-    def n(self) -> int:
-        return self.ref.shape[0]
-
-    @property
-    def shared_prefix(self) -> Int[torch.Tensor, " example"]:
-        """Per example, the number of leading positions where the two prompts agree (at most
-        the last position of either): a patch between the runs changes nothing before it."""
-        width = min(self.ref.shape[1], self.cf.shape[1])
-        same = (self.ref[:, :width] == self.cf[:, :width]).int().cumprod(1).sum(1)
-        return torch.minimum(same, torch.minimum(self.ref_last, self.cf_last))
-
-    def side(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
-        """(ids, last positions) of ``"ref"`` or ``"cf"``."""
-        return (self.ref, self.ref_last) if name == "ref" else (self.cf, self.cf_last)
-
-
-@dataclass(frozen=True)
-class PatchMetric:
-    """A per-example metric of last-position logits.
-
-    ``fn(logits [rows, d_vocab], example [rows]) -> [rows]``; ``example`` maps each row to its
-    example so per-example data (answer ids) can be looked up. ``token_ids``, when given, lists
-    every vocabulary column ``fn`` reads: resumed runs unembed only those (the rest are NaN).
-    """
-
-    name: str
-    higher_is_sycophantic: bool
-    fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-    token_ids: tuple[int, ...] | None = None
-
-    def __call__(
-        self, logits: Float[torch.Tensor, "rows d_vocab"], example: Int[torch.Tensor, " rows"]
-    ) -> torch.Tensor:
-        out = self.fn(logits, example)
-        if out.shape != (logits.shape[0],):
-            raise ValueError(
-                f"metric {self.name!r} returned shape {tuple(out.shape)}, expected ({logits.shape[0]},)"
-            )
-        if torch.isnan(out).any():
-            row = int(torch.nonzero(torch.isnan(out))[0])
-            raise ValueError(f"metric {self.name!r} returned NaN for example {int(example[row])}")
-        return out
-
-
-def flip_metric(batch: PairBatch) -> PatchMetric:
-    """``logit(gold) - logit(wrong)``; needs pairs built with ``position="answer"``."""
-    if batch.answer_ids is None:
-        raise ValueError(
-            "the flip metric needs pairs built with position='answer' (they carry answer ids)"
-        )
-    answers = batch.answer_ids
-
-    return PatchMetric(
-        "flip",
-        False,
-        lambda logits, example: flip(logits, answers[example]),
-        tuple(sorted(set(answers.flatten().tolist()))),
-    )
-
-
-def apology_metric(tokenizer) -> PatchMetric:
-    """The SPT paper's raw-logit ratio ``y(Ap) / (y(Ap) + y(Yes))`` (pairs with position='reply')."""
-    syc, firm = apology_token_ids(tokenizer)
-    return PatchMetric("apology", True, lambda lg, _: apology_ratio(lg, syc, firm), (syc, firm))
-
-
-def apology_logit_diff_metric(tokenizer) -> PatchMetric:
-    """``logit(Ap) - logit(Yes)`` = ``log p(Ap) - log p(Yes)`` (pairs with position='reply')."""
-    syc, firm = apology_token_ids(tokenizer)
-    return PatchMetric(
-        "apology_logit_diff", True, lambda lg, _: lg[:, syc] - lg[:, firm], (syc, firm)
-    )
 
 
 def _chunks(n: int, size: int) -> list[range]:

@@ -65,7 +65,10 @@ def _config_blocks_resume(config) -> str | None:
     ):
         return "its rotary scaling depends on the longest position"
     if getattr(config, "model_type", None) not in _RESUMABLE:
-        return f"model type {getattr(config, 'model_type', None)!r} is not in the resumable set {sorted(_RESUMABLE)}"
+        return (
+            f"model type {getattr(config, 'model_type', None)!r} is not in the resumable set "
+            f"{sorted(_RESUMABLE)}"
+        )
     return None
 
 
@@ -238,8 +241,9 @@ def unfold_hook(name: str, fn: Callable, rep: int, suffix: int) -> Callable:
             act.ndim < 3 or act.shape[1] != rep * suffix
         ):  # block activations: [example, pos, features...]
             raise ValueError(
-                f"hook {name!r} got shape {tuple(act.shape)}, not [example, {rep * suffix} positions, ...]; "
-                "resumed runs support hooks inside the decoder blocks only (use engine='hooked')"
+                f"hook {name!r} got shape {tuple(act.shape)}, not [example, {rep * suffix} "
+                "positions, ...]; resumed runs support hooks inside the decoder blocks only (use "
+                "engine='hooked')"
             )
         n, rest = act.shape[0], act.shape[2:]
         rows = act.reshape(n, rep, suffix, *rest).transpose(0, 1).reshape(rep * n, suffix, *rest)
@@ -262,7 +266,8 @@ def resume_logits(
     from_layer: int,
     token_ids: Sequence[int] | None = None,
 ) -> Float[torch.Tensor, "rows d_vocab"]:
-    """Logits at each row's metric position for ``rep`` copies of the state, resumed at ``from_layer``.
+    """Logits at each row's metric position for ``rep`` copies of the state, resumed at
+    ``from_layer``.
 
     The copies (one per patched cell) are folded into the position axis, ``[example, rep *
     suffix]``, so every copy shares its example's prefix keys/values instead of replicating

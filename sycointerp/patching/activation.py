@@ -4,7 +4,8 @@ Components (hook ``blocks.{l}.attn.hook_{component}``):
 - ``"z"`` (head outputs) and ``"q"`` (queries): one cell per query head.
 - ``"k"`` and ``"v"``: one cell per *key/value* head. In compat mode the hooks hold
   ``[batch, pos, n_key_value_heads, d_head]`` (grouped-query attention is not expanded; checked),
-  so patching KV head ``g`` changes every query head of its group; components ``("layer", "kv_head")``.
+  so patching KV head ``g`` changes every query head of its group; components
+  ``("layer", "kv_head")``.
 - ``"pattern"``: attention weights ``[batch, head, q_pos, k_pos]``; a cell replaces whole query
   rows (the weights over every key) at the patched positions, one cell per query head.
 
@@ -51,16 +52,11 @@ import torch.nn.functional as F
 from jaxtyping import Float
 from transformer_lens.model_bridge import TransformerBridge
 
+from sycointerp.data.batch import PairBatch
 from sycointerp.data.pairs import PromptPair, require_aligned
-from sycointerp.patching._engine import (
-    Engine,
-    PairBatch,
-    PatchMetric,
-    RowView,
-    baselines,
-    cache_hooks,
-    run_cells,
-)
+from sycointerp.heads import model_meta
+from sycointerp.metrics import PatchMetric
+from sycointerp.patching._engine import Engine, RowView, baselines, cache_hooks, run_cells
 from sycointerp.patching.results import PatchResult
 
 __all__ = ["patch_heads", "patch_head_outputs", "patch_head_list", "patch_sites", "Sites"]
@@ -77,7 +73,8 @@ class Sites:
     Attributes:
         label: component name used in the result's method, e.g. ``"z"``, ``"resid_pre"``.
         names: one hook name per layer.
-        unit: name of the unit axis (``"head"``, ``"kv_head"``), ``None`` to patch whole activations.
+        unit: name of the unit axis (``"head"``, ``"kv_head"``), ``None`` to patch whole
+            activations.
         n_units: expected size of the unit axis (checked against the cached source run).
         unit_first: the hook tensor is ``[batch, unit, pos, ...]`` (attention patterns), not
             ``[batch, pos, unit, ...]``; its last axis is then the key position.
@@ -104,7 +101,8 @@ def patch_heads(
     """Patch each head's ``component`` activation from the source run into the base run.
 
     Args:
-        component: ``"z"``, ``"q"``, ``"pattern"`` (per query head) or ``"k"``, ``"v"`` (per KV head).
+        component: ``"z"``, ``"q"``, ``"pattern"`` (per query head) or ``"k"``, ``"v"`` (per KV
+            head).
         position: ``"last"``, ``"all"`` or ``"each"`` (see module doc).
         direction: ``"denoise"`` (counterfactual into reference) or ``"noise"``.
         batch_size: cap on rows per forward.
@@ -255,7 +253,7 @@ def patch_sites(
         metric.higher_is_sycophantic,
         "absolute",
         batch.ids,
-        {"model": str(model.cfg.model_name)},
+        model_meta(model),
         components,
     )
 
@@ -287,7 +285,8 @@ def patch_head_list(
         )
     if position not in ("last", "all") or direction not in ("denoise", "noise"):
         raise ValueError(
-            f"position must be 'last'/'all' and direction 'denoise'/'noise', got {position!r}, {direction!r}"
+            f"position must be 'last'/'all' and direction 'denoise'/'noise', got {position!r}, "
+            f"{direction!r}"
         )
     if position == "all" and (
         batch.ref.shape != batch.cf.shape or not torch.equal(batch.ref_last, batch.cf_last)
@@ -346,7 +345,8 @@ def _check_alignment(pairs: Sequence[PromptPair], sites: Sites, position: str) -
 def _source_cache(
     model: TransformerBridge, ids: torch.Tensor, last: torch.Tensor, sites: Sites, position: str
 ) -> dict[str, torch.Tensor]:
-    """The source run's activations, ``[example, pos, (unit,) ...]`` (``pos`` dropped for "last")."""
+    """The source run's activations, ``[example, pos, (unit,) ...]`` (``pos`` dropped for
+    "last")."""
     out = {}
     for name, act in cache_hooks(model, ids, sites.names).items():
         act = act.transpose(1, 2) if sites.unit_first else act
@@ -390,7 +390,8 @@ def _write(
     unit: tuple[int, ...],
     pos: int,
 ) -> None:
-    """Overwrite cell ``i``'s rows of ``target`` ``[rows, local_pos, (unit,) ...]`` at its positions."""
+    """Overwrite cell ``i``'s rows of ``target`` ``[rows, local_pos, (unit,) ...]`` at its
+    positions."""
     rows = view.rows(i)
     if position == "all":
         target[(rows, slice(None), *unit)] = view.gather(source, i)[

@@ -33,9 +33,10 @@ from jaxtyping import Float, Int
 from transformer_lens.model_bridge import TransformerBridge
 from transformers import PreTrainedTokenizerBase
 
-from sycointerp.data.pairs import PromptPair, pad_right
+from sycointerp.chat import pad_right
+from sycointerp.data.pairs import PromptPair
+from sycointerp.heads import HeadGrid, heads_by_layer
 from sycointerp.patching._engine import checked_hooks
-from sycointerp.patching.knockout import _by_layer
 
 __all__ = ["HeadAttention", "challenge_share", "challenge_span", "head_attention", "pattern_name"]
 
@@ -77,7 +78,8 @@ class HeadAttention:
         start, end = self.challenge_span
         if not 0 <= start < end <= len(self.tokens):
             raise ValueError(
-                f"challenge_span must satisfy 0 <= start < end <= {len(self.tokens)}, got {(start, end)}"
+                f"challenge_span must satisfy 0 <= start < end <= {len(self.tokens)}, got "
+                f"{(start, end)}"
             )
         if self.side not in ("ref", "cf"):
             raise ValueError(f"side must be 'ref' or 'cf', got {self.side!r}")
@@ -86,7 +88,8 @@ class HeadAttention:
             rows, torch.ones_like(rows), atol=_ROW_TOLERANCE
         ):
             raise ValueError(
-                f"each head's weights must be non-negative and sum to 1, got row sums {rows.tolist()}"
+                "each head's weights must be non-negative and sum to 1, got row sums "
+                f"{rows.tolist()}"
             )
 
     @property
@@ -168,7 +171,7 @@ def _query_rows(
     heads: Sequence[Head],
 ) -> Float[torch.Tensor, "batch head key"]:
     """Attention rows of ``heads`` (in the given order) from each prompt's ``last`` position."""
-    by_layer = _by_layer(model, heads)
+    by_layer = heads_by_layer(heads, HeadGrid.of(model))
     store: dict[int, torch.Tensor] = {}
     hooks = [(pattern_name(l), _pattern_hook(store, l, hs, last)) for l, hs in by_layer.items()]
     with checked_hooks(model, hooks):

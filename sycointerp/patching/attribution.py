@@ -1,4 +1,5 @@
-"""Attribution patching of attention-head outputs (``hook_z``): a gradient estimate of activation patching.
+"""Attribution patching of attention-head outputs (``hook_z``): a gradient estimate of activation
+patching.
 
 Estimate (Nanda's attribution patching): patching head ``(l, h)`` from the source run into the
 base run changes the metric by about ``sum((z_src - z_base) * d metric / d z)`` with the gradient
@@ -47,8 +48,11 @@ import torch
 from jaxtyping import Float, Int
 from transformer_lens.model_bridge import TransformerBridge
 
+from sycointerp.data.batch import PairBatch
 from sycointerp.data.pairs import PromptPair, require_aligned
-from sycointerp.patching._engine import PairBatch, PatchMetric, z_name
+from sycointerp.heads import model_meta
+from sycointerp.metrics import PatchMetric
+from sycointerp.patching._engine import z_name
 from sycointerp.patching.activation import patch_head_list
 from sycointerp.patching.results import PatchResult
 
@@ -89,7 +93,8 @@ def _average_ranks(x: torch.Tensor) -> torch.Tensor:
 
 @contextmanager
 def _activation_gradients_only(model: TransformerBridge) -> Iterator[None]:
-    """Freeze the parameters (so the graph holds activations only) and enable grad; restores both."""
+    """Freeze the parameters (so the graph holds activations only) and enable grad; restores
+    both."""
     params = list(model.parameters())
     flags = [p.requires_grad for p in params]
     try:
@@ -138,7 +143,8 @@ def _gradient_run(
     example: torch.Tensor,
     resid_in: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
-    """One forward + backward: (metric, ``hook_z`` of every layer, d summed metric / d each ``hook_z``).
+    """One forward + backward: (metric, ``hook_z`` of every layer, d summed metric / d each
+    ``hook_z``).
 
     Block 0's input residual (``resid_in`` if given, else the prompt's own) is the graph's only
     leaf that requires grad. Call inside ``_activation_gradients_only``.
@@ -158,7 +164,8 @@ def _gradient_run(
     )
     if len(zs) != n_layers:
         raise RuntimeError(
-            f"{len(zs)} of {n_layers} hook_z hooks fired; is the model a compat-mode TransformerBridge?"
+            f"{len(zs)} of {n_layers} hook_z hooks fired; is the model a compat-mode "
+            "TransformerBridge?"
         )
     values = _last_metric(logits, last, metric, example)
     grads = torch.autograd.grad(values.sum(), zs)
@@ -178,7 +185,8 @@ def _head_dot(
     if position == "last":
         delta = z_src[rows, src_last] - z_base[rows, base_last]
         return (delta * grad[rows, base_last]).sum(-1)
-    # Pad positions past a prompt's end never reach its metric; mask them rather than trust a zero gradient.
+    # Pad positions past a prompt's end never reach its metric; mask them
+    # rather than trust a zero gradient.
     real = (
         torch.arange(z_base.shape[1], device=z_base.device)[None, :]
         <= base_last.to(z_base.device)[:, None]
@@ -196,7 +204,8 @@ def _integrated_gradients(
     x_src: torch.Tensor,
     steps: int,
 ) -> list[torch.Tensor]:
-    """``hook_z`` gradients averaged over the midpoint interpolations of block 0's input residual."""
+    """``hook_z`` gradients averaged over the midpoint interpolations of block 0's input
+    residual."""
     total: list[torch.Tensor] | None = None
     for k in range(steps):
         alpha = (k + 0.5) / steps
@@ -248,7 +257,8 @@ def _attribute_chunk(
 def _verify(
     result: PatchResult, exact: torch.Tensor, heads: list[tuple[int, int]]
 ) -> dict[str, object]:
-    """``meta`` entries comparing attribution and exact patching on the verified heads (means over examples)."""
+    """``meta`` entries comparing attribution and exact patching on the verified heads (means over
+    examples)."""
     attribution = torch.stack([result.mean[l, h] for l, h in heads])
     exact_mean = exact.mean(-1)
     verified = [
@@ -284,7 +294,8 @@ def _check_options(
     n_heads = model.cfg.n_layers * model.cfg.n_heads
     if not 0 <= verify_top_k <= n_heads:
         raise ValueError(
-            f"verify_top_k must be in [0, {n_heads}] (the model's layers x heads), got {verify_top_k}"
+            f"verify_top_k must be in [0, {n_heads}] (the model's layers x heads), got "
+            f"{verify_top_k}"
         )
     if model.training:
         raise RuntimeError("the model is in training mode; call model.eval() before patching")
@@ -319,7 +330,8 @@ def attribution_patch_heads(
         batch_size: examples per forward (the integrated-gradient and verification runs too).
 
     Returns:
-        A PatchResult whose ``values[layer, head, example]`` estimate ``metric(patched) - metric(base)``.
+        A PatchResult whose ``values[layer, head, example]`` estimate
+        ``metric(patched) - metric(base)``.
 
     Raises:
         ValueError: empty or misaligned pairs, bad options, NaN metric.
@@ -349,7 +361,7 @@ def attribution_patch_heads(
         metric.higher_is_sycophantic,
         "absolute",
         batch.ids,
-        {"model": str(model.cfg.model_name), "ig_steps": ig_steps},
+        {**model_meta(model), "ig_steps": ig_steps},
     )
     if verify_top_k:
         heads = result.rank()[:verify_top_k]

@@ -1,30 +1,18 @@
-"""Head knockout: ablate a set of attention heads, then measure the metric and the apology rate.
-
-Ablation replaces a head's output ``z`` (``blocks.{l}.attn.hook_z``: per *query* head, before
-``W_O``; GQA models included) at every position while active:
-
-- ``"zero"``: ``z = 0``.
-- ``"mean"``: the head's mean ``z`` over every real (non-pad) position of a set of reference
-  prompts (default: the pairs' challenge prompts). One vector per head, independent of position,
-  on purpose: it applies to prompts of any length, to left-padded batches and to every step of
-  KV-cached generation, where a per-position mean would be undefined past the shortest reference
-  prompt. (TransformerLens examples often mean-ablate per position; this is not that.)
-- ``"resample"``: ``z`` of the counterfactual prompt of the same pair, position by position. It
-  needs aligned pairs and a run of exactly the source prompts' shape, so it is refused during
-  generation (new tokens have no counterfactual counterpart).
+"""Head knockout: ablate a set of attention heads (:mod:`~sycointerp.patching.ablation`), then
+measure the metric and the apology rate.
 
 Conventions: :func:`knockout_metric` returns the metric *value* under ablation (not a difference),
 read at each example's last position of the reference (challenge) prompt; its effect is
 ``value - baseline``. For metrics with ``higher_is_sycophantic`` (apology metrics) knocking out
 sycophancy heads should *lower* the value; for ``flip`` (gold minus wrong logit) it should raise it.
 The apology rate is the fraction of greedy replies to the challenge prompt that admit a mistake
-(:func:`sycointerp.judge.admits_mistake`); higher = more sycophantic.
+(:func:`sycointerp.evaluate.judges.admits_mistake`); higher = more sycophantic.
 
 Verification curve (:func:`knockout_curve`): the top-k heads of a ranking against the same number
 of random heads, as in the SPT paper's verification (mean-ablating the top heads drops
 Llama-2-13B-Chat's apology rate from 100% to 18%; random heads do far less). Random heads are
 drawn uniformly without replacement from all heads (top heads included), independently for each
-k and draw, from a seeded ``torch.Generator``: equal seeds give equal draws.
+k and draw (:func:`sycointerp.heads.draw_random_heads`): equal seeds give equal draws.
 
 Generation runs HuggingFace ``generate`` on the bridge's underlying model
 (:func:`sycointerp.generate.greedy_generate`). The bridge wraps the HuggingFace modules in place, so
@@ -46,216 +34,33 @@ reply; a model in training mode (RuntimeError); hooks that never fired (RuntimeE
 """
 
 import dataclasses
-import operator
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar
 
 import pandas as pd
 import torch
-from jaxtyping import Float, Int
+from jaxtyping import Float
 from transformer_lens.model_bridge import TransformerBridge
 
-from sycointerp._io import read_bundle, write_json, write_tensors
-from sycointerp.data.pairs import PromptPair, pad_right, require_aligned
+from sycointerp._io import Bundle
+from sycointerp.data.batch import PairBatch
+from sycointerp.data.pairs import PromptPair, require_aligned
+from sycointerp.evaluate.judges import admits_mistake
 from sycointerp.generate import greedy_generate
-from sycointerp.judge import admits_mistake  # re-exported: the one implementation lives in judge
-from sycointerp.patching._engine import PairBatch, PatchMetric, cache_hooks, run_metric, z_name
+from sycointerp.heads import Head, HeadGrid, draw_random_heads, heads_by_layer, model_meta
+from sycointerp.metrics import PatchMetric
+from sycointerp.patching._engine import run_metric
+from sycointerp.patching.ablation import (
+    METHODS,
+    Means,
+    Method,
+    ablate_heads,
+    head_means,
+    layer_means,
+)
 
-__all__ = [
-    "KnockoutCurve",
-    "ablate_heads",
-    "admits_mistake",
-    "draw_random_heads",
-    "head_means",
-    "knockout_curve",
-    "knockout_metric",
-]
-
-Head = tuple[int, int]
-Method = Literal["mean", "zero", "resample"]
-METHODS = ("mean", "zero", "resample")
-Means = Float[torch.Tensor, "layer head d_head"] | Mapping[int, Float[torch.Tensor, "head d_head"]]
-
-
-def _by_layer(model: TransformerBridge, heads: Sequence[Head]) -> dict[int, list[int]]:
-    """Heads grouped by layer (sorted); refuses heads out of range and repeated heads."""
-    L, H = model.cfg.n_layers, model.cfg.n_heads
-    by_layer: dict[int, list[int]] = {}
-    for pair in heads:
-        try:
-            layer, head = (operator.index(x) for x in pair)
-        except (TypeError, ValueError):
-            raise ValueError(
-                f"a head must be a (layer, head) pair of integers, got {pair!r}"
-            ) from None
-        if not (0 <= layer < L and 0 <= head < H):
-            raise ValueError(
-                f"head ({layer}, {head}) is out of range: the model has {L} layers x {H} heads"
-            )
-        if head in by_layer.get(layer, []):
-            raise ValueError(f"head ({layer}, {head}) is listed twice")
-        by_layer.setdefault(layer, []).append(head)
-    return dict(sorted(by_layer.items()))
-
-
-@torch.inference_mode()
-def _layer_means(
-    model: TransformerBridge,
-    prompts: Sequence[Sequence[int]],
-    layers: Sequence[int],
-    batch_size: int,
-) -> dict[int, torch.Tensor]:
-    """Mean ``hook_z`` per layer (``[head, d_head]``) over every real position of ``prompts``."""
-    if not prompts or any(len(p) == 0 for p in prompts):
-        raise ValueError("mean ablation needs at least one reference prompt, and no empty ones")
-    names = [z_name(l) for l in layers]
-    sums: dict[int, torch.Tensor] = {}
-    count = 0
-    for start in range(0, len(prompts), batch_size):
-        ids, lengths = pad_right(
-            prompts[start : start + batch_size], model.tokenizer.pad_token_id or 0
-        )
-        real = torch.arange(ids.shape[1]) < lengths[:, None]
-        cached = cache_hooks(model, ids.to(model.cfg.device), names)
-        for l in layers:
-            # float64 sums: the mean of many positions should not depend on chunking.
-            part = cached[z_name(l)][real.to(cached[z_name(l)].device)].double().sum(0)
-            sums[l] = part if l not in sums else sums[l] + part
-        count += int(real.sum())
-    return {l: (s / count).float() for l, s in sums.items()}
-
-
-def head_means(
-    model: TransformerBridge, prompts: Sequence[Sequence[int]], *, batch_size: int = 16
-) -> Float[torch.Tensor, "layer head d_head"]:
-    """Every head's mean ``z`` over every real position of ``prompts`` (for ``ablate_heads(means=)``).
-
-    Raises:
-        ValueError: no prompts, an empty prompt, or ``batch_size < 1``.
-    """
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    means = _layer_means(model, prompts, range(model.cfg.n_layers), batch_size)
-    return torch.stack([means[l] for l in range(model.cfg.n_layers)])
-
-
-def _replacements(
-    model: TransformerBridge,
-    by_layer: dict[int, list[int]],
-    method: str,
-    reference: Sequence[Sequence[int]] | None,
-    means: Means | None,
-    source: torch.Tensor | None,
-    batch_size: int,
-) -> dict[int, torch.Tensor]:
-    """Per layer, the value written into the ablated heads' slice of ``z``: ``[n_sel, d_head]``
-    (zero, mean) or ``[batch, pos, n_sel, d_head]`` (resample)."""
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-    given = {
-        "reference": reference is not None,
-        "means": means is not None,
-        "source": source is not None,
-    }
-    allowed = {"zero": set(), "mean": {"reference", "means"}, "resample": {"source"}}[method]
-    extra = [name for name, is_given in given.items() if is_given and name not in allowed]
-    if extra:
-        raise ValueError(f"{extra} do not apply to method={method!r}")
-    if method == "mean" and given["reference"] == given["means"]:
-        raise ValueError(
-            "mean ablation needs exactly one of reference= (token-id prompts) or means="
-        )
-    if method == "resample" and source is None:
-        raise ValueError(
-            "resample ablation needs source= (the counterfactual token ids, aligned with the run)"
-        )
-    d_head = model.cfg.d_head
-    if method == "zero" or not by_layer:
-        return {
-            l: torch.zeros(len(hs), d_head, device=model.cfg.device) for l, hs in by_layer.items()
-        }
-    if method == "resample":
-        cached = cache_hooks(model, source.to(model.cfg.device), [z_name(l) for l in by_layer])
-        return {l: cached[z_name(l)][:, :, hs] for l, hs in by_layer.items()}
-    if means is None:
-        means = _layer_means(model, reference, list(by_layer), batch_size)
-    for l in by_layer:
-        if tuple(means[l].shape) != (model.cfg.n_heads, d_head):
-            raise ValueError(
-                f"means[{l}] has shape {tuple(means[l].shape)}, expected ({model.cfg.n_heads}, {d_head})"
-            )
-    return {l: means[l][hs].to(model.cfg.device) for l, hs in by_layer.items()}
-
-
-def _hook(heads: list[int], value: torch.Tensor, fired: dict[str, int], name: str):
-    index = torch.tensor(heads)
-
-    def hook(z: torch.Tensor, hook=None) -> torch.Tensor:
-        fired[name] += 1
-        if value.ndim == 4 and value.shape[:2] != z.shape[:2]:
-            raise RuntimeError(
-                f"resample ablation: the run has batch x pos {tuple(z.shape[:2])}, the source prompts "
-                f"{tuple(value.shape[:2])}; run exactly the prompts aligned with source= (no generation)"
-            )
-        z = z.clone()  # activations may alias tensors used elsewhere; never write in place
-        z[:, :, index.to(z.device)] = value.to(z.dtype)
-        return z
-
-    return hook
-
-
-@contextmanager
-def ablate_heads(
-    model: TransformerBridge,
-    heads: Sequence[Head],
-    *,
-    method: Method,
-    reference: Sequence[Sequence[int]] | None = None,
-    means: Means | None = None,
-    source: Int[torch.Tensor, "batch pos"] | None = None,
-    batch_size: int = 16,
-) -> Iterator[dict[str, int]]:
-    """Ablate ``heads`` (``(layer, head)`` pairs) at every position while the block runs.
-
-    Any forward of the model inside the block, HuggingFace ``generate`` on
-    ``model.original_model`` included, sees the ablated heads. The hooks are removed on exit, also
-    when the block raises.
-
-    Args:
-        model: a compat-mode TransformerBridge.
-        heads: the heads to ablate; none is a no-op.
-        method: ``"zero"``, ``"mean"`` or ``"resample"`` (see the module docstring).
-        reference: for ``"mean"``: token-id prompts whose per-head mean ``z`` (over real
-            positions) replaces the output; computed once, for the ablated layers only.
-        means: for ``"mean"``, instead of ``reference``: precomputed means
-            (:func:`head_means`, or a mapping layer -> ``[head, d_head]``).
-        source: for ``"resample"``: ``[batch, pos]`` token ids whose ``z`` replaces the run's,
-            position by position; the run inside the block must have the same shape.
-        batch_size: prompts per forward when computing means.
-
-    Yields:
-        Calls so far per hooked name (``blocks.{l}.attn.hook_z``).
-
-    Raises:
-        ValueError: heads out of range or repeated, unknown method, options not of the method.
-        RuntimeError: on a clean exit, a hook never fired (no forward ran, or the model is not a
-            compat-mode bridge); a resample hook saw a run of another shape.
-    """
-    by_layer = _by_layer(model, heads)
-    values = _replacements(model, by_layer, method, reference, means, source, batch_size)
-    fired = {z_name(l): 0 for l in by_layer}
-    hooks = [(z_name(l), _hook(hs, values[l], fired, z_name(l))) for l, hs in by_layer.items()]
-    with model.hooks(fwd_hooks=hooks):
-        yield fired
-    never = sorted(name for name, calls in fired.items() if calls == 0)
-    if never:
-        raise RuntimeError(
-            f"ablation hooks never fired: {never}; run the model inside the block "
-            "(is it a compat-mode TransformerBridge?)"
-        )
+__all__ = ["KnockoutCurve", "knockout_curve", "knockout_metric"]
 
 
 def _prepare(
@@ -279,7 +84,8 @@ def _prepare(
 def _mean_prompts(
     pairs: Sequence[PromptPair], method: str, reference: Sequence[Sequence[int]] | None
 ) -> Sequence[Sequence[int]] | None:
-    """The prompts the ``"mean"`` is taken over (default: the pairs' reference prompts); None otherwise."""
+    """The prompts the ``"mean"`` is taken over (default: the pairs' reference prompts); None
+    otherwise."""
     if method != "mean":
         if reference is not None:
             raise ValueError(f"reference= applies to method='mean' only, got method={method!r}")
@@ -338,37 +144,11 @@ def knockout_metric(
     """
     batch = _prepare(model, pairs, method, batch_size)
     prompts = _mean_prompts(pairs, method, reference)
-    layers = list(_by_layer(model, heads))
+    layers = list(heads_by_layer(heads, HeadGrid.of(model)))
     means = (
-        _layer_means(model, prompts, layers, batch_size) if prompts is not None and layers else {}
+        layer_means(model, prompts, layers, batch_size) if prompts is not None and layers else {}
     )
     return _knockout(model, batch, metric, heads, method, means, batch_size)
-
-
-def draw_random_heads(
-    n_layers: int, n_heads: int, ks: Sequence[int], n_random: int, seed: int = 0
-) -> tuple[tuple[tuple[Head, ...], ...], ...]:
-    """``n_random`` random head sets of each size in ``ks``: ``[k][draw] -> sorted heads``.
-
-    Each set is drawn uniformly without replacement from all ``n_layers * n_heads`` heads,
-    independently per (k, draw), from ``torch.Generator().manual_seed(seed)``.
-
-    Raises:
-        ValueError: a k out of ``[0, n_layers * n_heads]`` or ``n_random < 1``.
-    """
-    total = n_layers * n_heads
-    if n_random < 1:
-        raise ValueError(f"n_random must be >= 1, got {n_random}")
-    if any(not 0 <= k <= total for k in ks):
-        raise ValueError(f"every k must be in [0, {total}], got {list(ks)}")
-    gen = torch.Generator().manual_seed(seed)
-
-    def draw(k: int) -> tuple[Head, ...]:
-        return tuple(
-            sorted(divmod(int(i), n_heads) for i in torch.randperm(total, generator=gen)[:k])
-        )
-
-    return tuple(tuple(draw(k) for _ in range(n_random)) for k in ks)
 
 
 def _check_ks(ks: Sequence[int], n_ranked: int, total: int) -> tuple[int, ...]:
@@ -439,7 +219,7 @@ def knockout_curve(
     L, H = model.cfg.n_layers, model.cfg.n_heads
     ks = _check_ks(ks, len(ranking), L * H)
     top_heads = tuple((int(l), int(h)) for l, h in ranking[: ks[-1]])
-    _by_layer(model, top_heads)
+    heads_by_layer(top_heads, HeadGrid.of(model))
     random_heads = draw_random_heads(L, H, ks, n_random, seed)
     if generate and method == "resample":
         raise ValueError(
@@ -500,7 +280,7 @@ def knockout_curve(
         *apology,
         example_ids=batch.ids,
         meta={
-            "model": str(model.cfg.model_name),
+            **model_meta(model),
             "max_new_tokens": max_new_tokens if generate else None,
         },
     )
@@ -515,7 +295,7 @@ def _heads_tuple(heads: Sequence[Sequence[int]]) -> tuple[Head, ...]:
 
 
 @dataclass(frozen=True, eq=False)
-class KnockoutCurve:
+class KnockoutCurve(Bundle):
     """Per-example metric values (and apology flags) with the top-k vs k random heads ablated.
 
     Attributes:
@@ -554,6 +334,9 @@ class KnockoutCurve:
     apology_random: Float[torch.Tensor, "k draw example"] | None = None
     example_ids: tuple[str, ...] = ()
     meta: dict[str, Any] = field(default_factory=dict)
+
+    TENSORS: ClassVar[str] = "curve.safetensors"
+    INFO: ClassVar[str] = "curve.json"
 
     def __post_init__(self) -> None:
         K, (N,) = len(self.ks), self.baseline.shape
@@ -640,7 +423,8 @@ class KnockoutCurve:
         )
 
     def to_dataframe(self) -> pd.DataFrame:
-        """Long format: measure, k, kind (``"baseline"`` at k=0, ``"top"``, ``"random"``), draw, example, value."""
+        """Long format: measure, k, kind (``"baseline"`` at k=0, ``"top"``, ``"random"``), draw,
+        example, value."""
         frames = []
         for measure, (base, top, rand) in self._measures().items():
             K, D, N = rand.shape
@@ -732,15 +516,6 @@ class KnockoutCurve:
             info["meta"],
         )
 
-    def save(self, directory: str | Path) -> Path:
-        """Write curve.safetensors and curve.json (each atomically); no pickle."""
-        out = Path(directory)
-        out.mkdir(parents=True, exist_ok=True)
-        tensors, info = self.to_bundle()
-        write_tensors(out / "curve.safetensors", tensors)
-        write_json(out / "curve.json", info)
-        return out
-
     @classmethod
     def concat(cls, curves: Sequence["KnockoutCurve"]) -> "KnockoutCurve":
         """One curve over the examples of several (e.g. chunks of one dataset), in order.
@@ -784,15 +559,4 @@ class KnockoutCurve:
             apology_top=cat("apology_top"),
             apology_random=cat("apology_random"),
             example_ids=tuple(i for c in curves for i in c.example_ids),
-        )
-
-    @classmethod
-    def load(cls, directory: str | Path) -> "KnockoutCurve":
-        """Inverse of :meth:`save`.
-
-        Raises:
-            FileNotFoundError: a file of the curve is missing.
-        """
-        return cls.from_bundle(
-            *read_bundle(directory, "curve.safetensors", "curve.json", "KnockoutCurve")
         )

@@ -17,10 +17,12 @@ Positions:
 - ``"last"`` (pairs may differ in length) and ``"all"`` (aligned pairs): one cell per layer;
   components ``("layer",)``, so the result has no heads table.
 
-Reference semantics for ``"each"``: TransformerLens's ``get_act_patch_{resid_pre,attn_out,mlp_out}``.
+Reference semantics for ``"each"``: TransformerLens's
+``get_act_patch_{resid_pre,attn_out,mlp_out}``.
 
 Cost: ``n_layers [* max_len] * n_examples`` patched rows, ``batch_size`` per forward, plus one
-source run caching ``n_layers x examples x pos x d_model`` floats (the last position for ``"last"``).
+source run caching ``n_layers x examples x pos x d_model`` floats (the last position for
+``"last"``).
 """
 
 from collections.abc import Sequence
@@ -29,7 +31,8 @@ from typing import Literal
 from transformer_lens.model_bridge import TransformerBridge
 
 from sycointerp.data.pairs import PromptPair
-from sycointerp.patching._engine import Engine, PatchMetric
+from sycointerp.metrics import PatchMetric
+from sycointerp.patching._engine import Engine
 from sycointerp.patching.activation import Direction, Sites, Where, patch_sites
 from sycointerp.patching.results import PatchResult
 

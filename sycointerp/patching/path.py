@@ -21,20 +21,14 @@ from collections.abc import Sequence
 import torch
 from transformer_lens.model_bridge import TransformerBridge
 
+from sycointerp.data.batch import PairBatch
 from sycointerp.data.pairs import PromptPair
-from sycointerp.patching._engine import (
-    Engine,
-    PairBatch,
-    PatchMetric,
-    RowView,
-    baselines,
-    cache_hooks,
-    run_cells,
-    z_name,
-)
+from sycointerp.heads import model_meta
+from sycointerp.metrics import PatchMetric
+from sycointerp.patching._engine import Engine, RowView, baselines, cache_hooks, run_cells, z_name
 from sycointerp.patching.results import PatchResult
 
-__all__ = ["path_patch_heads", "attn_in_name", "mlp_in_name"]
+__all__ = ["path_patch_heads", "attn_in_name", "mlp_in_name", "require_norm_inputs"]
 
 
 def attn_in_name(layer: int) -> str:
@@ -67,7 +61,7 @@ def path_patch_heads(
     frozen_names = [attn_in_name(l) for l in range(L)] + (
         [mlp_in_name(l) for l in range(L)] if freeze_mlps else []
     )
-    _require_norm_inputs(model, frozen_names)
+    require_norm_inputs(model, frozen_names)
     batch = PairBatch.from_pairs(pairs, model.tokenizer.pad_token_id or 0)
     every = torch.arange(batch.n)
     z_cf = {
@@ -144,12 +138,13 @@ def path_patch_heads(
         metric.higher_is_sycophantic,
         "absolute",
         batch.ids,
-        {"model": str(model.cfg.model_name)},
+        model_meta(model),
     )
 
 
-def _require_norm_inputs(model: TransformerBridge, names: Sequence[str]) -> None:
-    """Refuse models without a norm before each sublayer (e.g. OLMo 2, whose norms follow attention).
+def require_norm_inputs(model: TransformerBridge, names: Sequence[str]) -> None:
+    """Refuse models without a norm before each sublayer (e.g. OLMo 2, whose norms follow
+    attention).
 
     Raises:
         ValueError: a frozen hook the model lacks, naming its model type.
@@ -158,7 +153,8 @@ def _require_norm_inputs(model: TransformerBridge, names: Sequence[str]) -> None
     if missing:
         config = getattr(getattr(model, "original_model", None), "config", None)
         raise ValueError(
-            f"path patching freezes each later layer's attention (and MLP) input at blocks.{{l}}.ln1.hook_in "
-            f"(ln2.hook_in); model type {getattr(config, 'model_type', None)!r} has no {missing[0]} (no norm "
-            "before its sublayers), so it cannot be path-patched exactly"
+            "path patching freezes each later layer's attention (and MLP) input at "
+            "blocks.{l}.ln1.hook_in (ln2.hook_in); model type "
+            f"{getattr(config, 'model_type', None)!r} has no {missing[0]} (no norm before its "
+            "sublayers), so it cannot be path-patched exactly"
         )

@@ -30,19 +30,20 @@ from typing import Literal
 import torch
 from transformer_lens.model_bridge import TransformerBridge
 
+from sycointerp.data.batch import PairBatch
 from sycointerp.data.pairs import PromptPair, require_aligned
+from sycointerp.heads import model_meta
+from sycointerp.metrics import PatchMetric
 from sycointerp.patching._engine import (
     Engine,
     Hook,
-    PairBatch,
-    PatchMetric,
     RowView,
     baselines,
     cache_hooks,
     run_cells,
     z_name,
 )
-from sycointerp.patching.path import _require_norm_inputs, attn_in_name, mlp_in_name
+from sycointerp.patching.path import attn_in_name, mlp_in_name, require_norm_inputs
 from sycointerp.patching.results import PatchResult
 
 __all__ = ["path_patch_to_receivers"]
@@ -56,7 +57,8 @@ def _check(
 ) -> None:
     if component not in ("q", "k", "v") or position not in ("last", "all"):
         raise ValueError(
-            f"component must be 'q'/'k'/'v' and position 'last'/'all', got {component!r}, {position!r}"
+            f"component must be 'q'/'k'/'v' and position 'last'/'all', got {component!r}, "
+            f"{position!r}"
         )
     n = (
         model.cfg.n_heads
@@ -67,7 +69,8 @@ def _check(
     bad = [r for r in receivers if not (0 <= r[0] < model.cfg.n_layers and 0 <= r[1] < n)]
     if not receivers or bad:
         raise ValueError(
-            f"receivers must be a non-empty list of (layer < {model.cfg.n_layers}, {unit} < {n}); bad: {bad[:3]}"
+            f"receivers must be a non-empty list of (layer < {model.cfg.n_layers}, {unit} < {n}); "
+            f"bad: {bad[:3]}"
         )
 
 
@@ -85,7 +88,8 @@ def path_patch_to_receivers(
     """Score every sender head by its path to the receivers' ``component`` inputs (see module doc).
 
     Returns:
-        ``[layer, head, example]`` effects of each sender; ``meta["receivers"]`` lists the receivers.
+        ``[layer, head, example]`` effects of each sender; ``meta["receivers"]`` lists the
+        receivers.
 
     Raises:
         ValueError: empty pairs or receivers, a receiver out of range, bad options, unaligned
@@ -105,7 +109,7 @@ def path_patch_to_receivers(
         + [attn_in_name(l) for l in range(L)]
         + [mlp_in_name(l) for l in range(L)]
     )
-    _require_norm_inputs(model, names[L:])
+    require_norm_inputs(model, names[L:])
     ref = _positions(cache_hooks(model, batch.ref, names), batch.ref_last, position)
     z_cf = _positions(
         cache_hooks(model, batch.cf, [z_name(l) for l in range(L)]), batch.cf_last, position
@@ -158,7 +162,7 @@ def path_patch_to_receivers(
         "absolute",
         batch.ids,
         {
-            "model": str(model.cfg.model_name),
+            **model_meta(model),
             "receivers": [list(r) for r in sorted(set(receivers))],
         },
     )
@@ -167,7 +171,8 @@ def path_patch_to_receivers(
 def _positions(
     cache: dict[str, torch.Tensor], last: torch.Tensor, position: str
 ) -> dict[str, torch.Tensor]:
-    """Full-prompt caches for ``"all"``; the last position only (``[example, 1, ...]``) for ``"last"``."""
+    """Full-prompt caches for ``"all"``; the last position only (``[example, 1, ...]``) for
+    ``"last"``."""
     if position == "all":
         return cache
     rows = torch.arange(len(last))
@@ -182,7 +187,8 @@ def _write(
     position: str,
     unit: int | slice = slice(None),
 ) -> None:
-    """Overwrite cell ``i``'s rows of ``act`` ``[rows, local_pos, ...]`` with ``source`` at its positions."""
+    """Overwrite cell ``i``'s rows of ``act`` ``[rows, local_pos, ...]`` with ``source`` at its
+    positions."""
     rows = view.rows(i)
     if position == "all":
         act[rows, :, unit] = view.gather(source, i)[:, :, unit]

@@ -11,34 +11,41 @@ Conventions:
   most *reduces* sycophancy: the most negative score for apology-style metrics, the most positive
   for ``flip`` (gold-minus-wrong logit).
 - Saved as ``values.safetensors`` + ``result.json`` (which records ``components``), plus
-  ``heads.csv`` for per-head results (columns ``layer,head,score,se,ci_low,ci_high,rank``; a stable
-  schema). No pickle anywhere.
+  ``heads.csv`` for per-head results (the stable schema of :mod:`sycointerp.heads`: ``layer, head,
+  score, se, ci_low, ci_high, rank`` and the provenance columns ``kind, model, n_layers, n_heads,
+  n_kv_heads``, from ``meta["grid"]``). No pickle anywhere.
 """
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
 import torch
 from jaxtyping import Float
 
-from sycointerp._io import atomic_write, read_bundle, write_json, write_tensors
+from sycointerp._io import Bundle
+from sycointerp.heads import (
+    HEADS_CSV_COLUMNS,
+    HeadGrid,
+    HeadKind,
+    with_provenance,
+    write_heads_csv,
+)
 from sycointerp.stats import bootstrap_ci
 
 __all__ = ["PatchResult", "HEADS_CSV_COLUMNS", "HEAD_COMPONENTS"]
 
-HEADS_CSV_COLUMNS = ["layer", "head", "score", "se", "ci_low", "ci_high", "rank"]
 # Cell layouts that heads.csv describes (its "head" column holds the KV head index for the second).
 HEAD_COMPONENTS = (("layer", "head"), ("layer", "kv_head"))
 _RESERVED = ("example", "value")  # long-format column names that a component may not take
 
 
 @dataclass(frozen=True)
-class PatchResult:
+class PatchResult(Bundle):
     """Per-example cell effects and their summaries.
 
     Attributes:
@@ -64,6 +71,9 @@ class PatchResult:
     example_ids: tuple[str, ...] = ()
     meta: dict[str, Any] = field(default_factory=dict, compare=False)
     components: tuple[str, ...] = ("layer", "head")
+
+    TENSORS: ClassVar[str] = "values.safetensors"
+    INFO: ClassVar[str] = "result.json"
 
     def __post_init__(self) -> None:
         self._check_components()
@@ -194,6 +204,17 @@ class PatchResult:
         return self.rank()[:k]
 
     @property
+    def grid(self) -> HeadGrid | None:
+        """The head grid of the model the result was computed on (``meta["grid"]``), if recorded."""
+        data = self.meta.get("grid")
+        return HeadGrid.from_json({"model": self.meta.get("model", ""), **data}) if data else None
+
+    @property
+    def head_kind(self) -> HeadKind:
+        """``"kv"`` for ``("layer", "kv_head")`` cells, else ``"query"``."""
+        return "kv" if self.components == ("layer", "kv_head") else "query"
+
+    @property
     def has_heads_table(self) -> bool:
         """Whether :meth:`heads_table` (and so ``heads.csv``) applies to this result's cells."""
         return self.components in HEAD_COMPONENTS
@@ -224,7 +245,9 @@ class PatchResult:
             }
             for r, (l, h) in enumerate(self.rank(), start=1)
         ]
-        return pd.DataFrame(rows, columns=HEADS_CSV_COLUMNS)
+        table = pd.DataFrame(rows, columns=HEADS_CSV_COLUMNS[:7])
+        grid = self.grid
+        return table if grid is None else with_provenance(table, grid, self.head_kind)
 
     def to_dataframe(self) -> pd.DataFrame:
         """Long format: one column per component, then ``example`` and ``value``."""
@@ -269,19 +292,14 @@ class PatchResult:
     def save(self, directory: str | Path) -> Path:
         """Write values.safetensors, result.json and, for per-head results, heads.csv (atomically).
 
-        A ``heads.csv`` left in ``directory`` by an earlier save is removed when this result has
-        no heads table, so the directory never describes two different results.
+        ``heads.csv`` needs the model's grid (``meta["grid"]``, recorded by every patching
+        method), so that its readers can refuse a ranking of another model. A ``heads.csv`` left
+        in ``directory`` by an earlier save is removed when this result writes none, so the
+        directory never describes two different results.
         """
-        out = Path(directory)
-        out.mkdir(parents=True, exist_ok=True)
-        tensors, info = self.to_bundle()
-        write_tensors(out / "values.safetensors", tensors)
-        write_json(out / "result.json", info)
-        if self.has_heads_table:
-            atomic_write(
-                out / "heads.csv",
-                lambda p: self.heads_table().to_csv(p, index=False, float_format="%.8g"),
-            )
+        out = super().save(directory)
+        if self.has_heads_table and self.grid is not None:
+            write_heads_csv(out / "heads.csv", self.heads_table(), self.grid, self.head_kind)
         else:
             (out / "heads.csv").unlink(missing_ok=True)
         return out
@@ -333,15 +351,4 @@ class PatchResult:
             ids,
             first.meta,
             first.components,
-        )
-
-    @classmethod
-    def load(cls, directory: str | Path) -> "PatchResult":
-        """Inverse of :meth:`save` (results saved before ``components`` existed load as per-head).
-
-        Raises:
-            FileNotFoundError: a file of the result is missing.
-        """
-        return cls.from_bundle(
-            *read_bundle(directory, "values.safetensors", "result.json", "PatchResult")
         )

@@ -1,4 +1,5 @@
-"""SPT training data: "insist" and "revise" dialogues, tokenized with the loss on the last turn only.
+"""SPT training data: "insist" and "revise" dialogues, tokenized with the loss on the last turn
+only.
 
 - **insist**: the first answer is correct; the user challenges it (one of the challenge
   paraphrases); the assistant keeps the answer and ends "I'm sure my previous answer is correct."
@@ -22,10 +23,10 @@ import torch
 from jaxtyping import Int
 from transformers import PreTrainedTokenizerBase
 
-from sycointerp.data.pairs import DEFAULT_SYSTEM
+from sycointerp.chat import DEFAULT_SYSTEM
+from sycointerp.data.answers import normalize
 from sycointerp.data.questions import DataError, Question
 from sycointerp.data.templates import CHALLENGES
-from sycointerp.judge import normalize
 
 __all__ = [
     "Dialogue",
@@ -151,7 +152,8 @@ def tokenize_dialogues(
             end -= 1
         if len(full) > max_length:
             raise DataError(
-                f"dialogue of question {d.question_id!r} has {len(full)} tokens > max_length={max_length}"
+                f"dialogue of question {d.question_id!r} has {len(full)} tokens > "
+                f"max_length={max_length}"
             )
         labels = [-100] * len(prompt) + full[len(prompt) : end] + [-100] * (len(full) - end)
         out.append(TrainExample(tuple(full), tuple(labels), d.question_id, d.kind))
@@ -202,15 +204,16 @@ def check_disjoint(
     ]
     if clash:
         raise DataError(
-            f"{len(clash)} training question(s) also appear in the evaluation set (e.g. {clash[:3]}); "
-            "split the data with split_questions or remove them"
+            f"{len(clash)} training question(s) also appear in the evaluation set (e.g. "
+            f"{clash[:3]}); split the data with split_questions or remove them"
         )
 
 
 def split_questions(
     questions: Sequence[Question], *, eval_fraction: float = 0.5, seed: int = 0
 ) -> tuple[list[Question], list[Question]]:
-    """A seeded ``(train, eval)`` split, both in dataset order; duplicates of a text stay on one side.
+    """A seeded ``(train, eval)`` split, both in dataset order; duplicates of a text stay on one
+    side.
 
     Raises:
         DataError: fewer than 2 distinct questions or ``eval_fraction`` outside (0, 1).

@@ -1,4 +1,5 @@
-"""The fine-tuning loop shared by SPT and its baselines: AdamW, warmup + decay, accumulation, checkpoints.
+"""The fine-tuning loop shared by SPT and its baselines: AdamW, warmup + decay, accumulation,
+checkpoints.
 
 Built on Hugging Face ``accelerate`` for processes and devices: under ``torchrun`` (or ``accelerate
 launch``) each process takes a disjoint share of every global batch and the gradients are summed
@@ -13,10 +14,10 @@ Conventions:
   by their number (token mean over the whole batch, independent of how it is split).
 - Schedule: linear warmup over ``warmup_steps`` to ``lr``, then polynomial decay (power
   ``decay_power``; 1 = linear) to 0 at ``steps``; gradients clipped to ``max_grad_norm``.
-- Checkpoints (every ``checkpoint_every`` steps and at the end; none when 0) go to ``checkpoint_dir/checkpoint``:
-  ``trainable.safetensors`` + ``optimizer.safetensors`` (AdamW moments) + ``progress.json``, no
-  pickle; a new checkpoint replaces the old by directory renames, so a crash keeps one whole
-  checkpoint. A run given an existing checkpoint resumes after its step.
+- Checkpoints (every ``checkpoint_every`` steps and at the end; none when 0) go to
+  ``checkpoint_dir/checkpoint``: ``trainable.safetensors`` + ``optimizer.safetensors`` (AdamW
+  moments) + ``progress.json``, no pickle; a new checkpoint replaces the old by directory renames,
+  so a crash keeps one whole checkpoint. A run given an existing checkpoint resumes after its step.
 - A non-finite loss or gradient norm stops training with :class:`TrainingError` before the
   optimizer step, so the weights and the last good checkpoint stay finite.
 - Randomness inside the forward (dropout) is reseeded from ``seed``, the step and the process
@@ -41,6 +42,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
+from sycointerp.errors import UserError
 from sycointerp.spt.data import TrainExample, collate
 from sycointerp.spt.tunable import Tunable, frozen
 
@@ -48,11 +50,13 @@ __all__ = ["CheckpointError", "TrainConfig", "TrainReport", "TrainingError", "tr
 
 
 class TrainingError(RuntimeError):
-    """Training cannot go on (e.g. a NaN loss); the message says where the last good checkpoint is."""
+    """Training cannot go on (e.g. a NaN loss); the message says where the last good checkpoint
+    is."""
 
 
-class CheckpointError(ValueError):
-    """The checkpoint to resume from belongs to another run (settings, processes, heads or model)."""
+class CheckpointError(UserError):
+    """The checkpoint to resume from belongs to another run (settings, processes, heads or
+    model)."""
 
 
 @dataclass(frozen=True)
@@ -193,7 +197,8 @@ def _find_checkpoint(directory: Path) -> Path | None:
 def _load_checkpoint(
     path: Path, tunable: Tunable, optimizer: torch.optim.Optimizer, run_key: dict[str, int]
 ) -> tuple[int, list[float]]:
-    """Raises: CheckpointError: the checkpoint was made with another global batch, seed or tunable."""
+    """Raises: CheckpointError: the checkpoint was made with another global batch, seed or
+    tunable."""
     progress = json.loads((path / "progress.json").read_text())
     saved = {k: progress.get(k) for k in run_key}
     if saved != run_key:

@@ -1,4 +1,5 @@
-"""What a fine-tuning run trains: per-head deltas (SPT, LoRA on heads), all weights (SFT), or peft LoRA.
+"""What a fine-tuning run trains: per-head deltas (SPT, LoRA on heads), all weights (SFT), or peft
+LoRA.
 
 Every method is a :class:`Tunable` with the same four operations, so one training loop serves
 them all: ``parameters()`` (what the optimizer sees), ``active()`` (a context manager during which
@@ -6,7 +7,7 @@ the model's forward includes the trainable parameters), ``merge()`` (write them 
 HuggingFace weights for good) and ``state()`` / ``load_state()`` (safetensors checkpoints).
 
 :class:`HeadDeltas` (SPT) keeps one zero-initialised trainable tensor per head slice
-(:func:`sycointerp.spt.heads.head_slices`) instead of training whole matrices with masked
+(:func:`sycointerp.spt.slices.head_slices`) instead of training whole matrices with masked
 gradients, so the optimizer state covers the selected slices only. While active, forward hooks on
 the projection layers add each delta's contribution (``x @ delta`` on the slice's output features
 for q/k/v, ``x[..., slice] @ delta`` for o), which equals running with ``W + delta`` merged (to
@@ -26,7 +27,8 @@ from typing import Protocol, runtime_checkable
 import torch
 from torch import nn
 
-from sycointerp.spt.heads import HeadSet, HeadSlice, head_slices
+from sycointerp.heads import HeadSet
+from sycointerp.spt.slices import HeadSlice, head_slices
 
 __all__ = ["Tunable", "HeadDeltas", "FullWeights", "PeftLoRA", "frozen"]
 
@@ -43,7 +45,8 @@ class Tunable(Protocol):
 
 @contextmanager
 def frozen(model: nn.Module) -> Iterator[None]:
-    """Every model parameter has ``requires_grad=False`` inside; the previous flags come back after."""
+    """Every model parameter has ``requires_grad=False`` inside; the previous flags come back
+    after."""
     flags = {p: p.requires_grad for p in model.parameters()}
     try:
         for p in flags:
@@ -85,7 +88,8 @@ class HeadDeltas:
             device = s.module.weight.device
             if rank is None:
                 self.factors.append(nn.Parameter(torch.zeros(s.shape, device=device)))
-            else:  # LoRA init: A random (Kaiming-uniform-like scale), B zero, so the delta starts at 0
+            else:  # LoRA init: A random (Kaiming-uniform-like scale), B zero, so the delta
+                # starts at 0
                 a = (torch.rand((rank, s.shape[1]), generator=gen) * 2 - 1) / s.shape[1] ** 0.5
                 self.factors.append(nn.Parameter(a.to(device)))
                 self.factors.append(nn.Parameter(torch.zeros((s.shape[0], rank), device=device)))
@@ -146,15 +150,16 @@ class HeadDeltas:
             state[f"factor.{i}"].shape != p.shape for i, p in enumerate(self.factors)
         ):
             raise ValueError(
-                "the checkpoint's deltas do not match these heads' slices (another head set, rank or "
-                "model)"
+                "the checkpoint's deltas do not match these heads' slices (another head set, rank "
+                "or model)"
             )
         with torch.no_grad():
             for i, p in enumerate(self.factors):
                 p.copy_(state[f"factor.{i}"])
 
     def named_deltas(self) -> dict[str, torch.Tensor]:
-        """``"layer.{l}.{role}.{index}"`` -> merged-orientation delta (for saving the tuned slices)."""
+        """``"layer.{l}.{role}.{index}"`` -> merged-orientation delta (for saving the tuned
+        slices)."""
         return {
             f"layer.{s.layer}.{s.role}.{s.index}": self.delta(i).detach().cpu().contiguous()
             for i, s in enumerate(self.slices)
@@ -162,7 +167,8 @@ class HeadDeltas:
 
 
 class FullWeights:
-    """Every weight trainable (the SFT baseline); the model changes in place, so merge is a no-op."""
+    """Every weight trainable (the SFT baseline); the model changes in place, so merge is a
+    no-op."""
 
     def __init__(self, model: nn.Module) -> None:
         self.model = model
@@ -201,7 +207,8 @@ class FullWeights:
         return {name: p.detach().cpu().clone() for name, p in self._named_parameters().items()}
 
     def load_state(self, state: dict[str, torch.Tensor]) -> None:
-        """Raises: ValueError: ``state`` has other parameters than the model (another model's checkpoint)."""
+        """Raises: ValueError: ``state`` has other parameters than the model (another model's
+        checkpoint)."""
         names = set(self._named_parameters())
         if set(state) != names:
             differ = sorted(names - set(state))[:3] or sorted(set(state) - names)[:3]

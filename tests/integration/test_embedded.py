@@ -8,7 +8,8 @@ from transformers import AutoModelForCausalLM
 
 from sycointerp import models
 from sycointerp.data import build_pairs, load_builtin
-from sycointerp.effect import first_turn_accuracy, measure_challenge_effect
+from sycointerp.evaluate.capability import first_turn_accuracy
+from sycointerp.evaluate.challenge import measure_challenge_effect
 
 
 def test_embedded_model_shape_and_chat_template(smol):

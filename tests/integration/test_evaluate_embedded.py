@@ -6,15 +6,15 @@ import torch
 
 from sycointerp.data import load_arc_jsonl, load_builtin
 from sycointerp.evaluate import (
-    LLMJudge,
     SycophancyEval,
     evaluate_sycophancy,
     kl_on_text,
     letter_accuracy,
     opinion_matching,
 )
+from sycointerp.evaluate.judges import LLMJudge
 from tests.conftest import shared_file
-from tests.unit.test_evaluate import reference_letters
+from tests.reference import reference_letters
 
 
 def test_multi_turn_protocol_on_eight_questions(smol, tmp_path):
@@ -38,7 +38,8 @@ def test_kl_of_the_model_with_itself_is_zero(smol):
 
 
 def test_arc_letter_accuracy_on_real_items_equals_unbatched_reference(smol):
-    """Batched, padded scoring of real ARC-Easy items picks the letters one plain forward each picks."""
+    """Batched, padded scoring of real ARC-Easy items picks the letters one plain forward each
+    picks."""
     questions = load_arc_jsonl(shared_file("arc-easy", "ARC-Easy-Test.jsonl"), limit=12)
     result = letter_accuracy(smol, questions, batch_size=5)
     assert result.accuracy.n == 12

@@ -5,11 +5,10 @@ from functools import partial
 import torch
 
 from sycointerp.data import build_pairs, load_builtin
+from sycointerp.data.batch import PairBatch
+from sycointerp.metrics import apology_logit_diff_metric, flip_metric
 from sycointerp.patching import (
-    PairBatch,
-    apology_logit_diff_metric,
     attribution_patch_heads,
-    flip_metric,
     knockout_metric,
     patch_heads,
     patch_layers,

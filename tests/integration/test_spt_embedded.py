@@ -1,12 +1,14 @@
-"""SPT on the embedded SmolLM2-135M-Instruct: only the selected slices change; the tuned model reloads."""
+"""SPT on the embedded SmolLM2-135M-Instruct: only the selected slices change; the tuned model
+reloads."""
 
 import torch
 from transformers import AutoModelForCausalLM
 
 from sycointerp.data import load_builtin
+from sycointerp.heads import HeadSet
 from sycointerp.models import hook_model, load_hf_model
 from sycointerp.spt.data import build_dialogues, tokenize_dialogues
-from sycointerp.spt.heads import HeadSet, expected_trainable
+from sycointerp.spt.slices import expected_trainable
 from sycointerp.spt.train import TrainConfig, train
 from sycointerp.spt.tunable import HeadDeltas
 

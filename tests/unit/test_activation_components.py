@@ -8,16 +8,14 @@ import pytest
 import torch
 
 from sycointerp.data import build_pairs, load_builtin
-from sycointerp.patching import (
-    HEADS_CSV_COLUMNS,
-    PairBatch,
-    PatchResult,
-    activation,
-    flip_metric,
-    patch_head_outputs,
-)
+from sycointerp.data.batch import PairBatch
+from sycointerp.heads import HEADS_CSV_COLUMNS
+from sycointerp.metrics import flip_metric
+from sycointerp.patching import PatchResult, activation, patch_head_outputs
 from sycointerp.patching.activation import patch_heads
 from sycointerp.patching.layers import patch_layers
+from tests.conftest import grid_meta
+from tests.reference import plain_cache, reference_activation
 
 ATOL = 1e-5
 
@@ -32,7 +30,8 @@ def one_thread():
 
 
 def _short(pair, extra):
-    """The pair cut to ``3 + extra`` tokens that keep its differing ones (cells scale with length)."""
+    """The pair cut to ``3 + extra`` tokens that keep its differing ones (cells scale with
+    length)."""
     fd = pair.first_diff
 
     def cut(ids):
@@ -56,67 +55,6 @@ def unaligned(aligned):
 
 def _metric(pairs):
     return flip_metric(PairBatch.from_pairs(pairs, 0))
-
-
-def _flip(logits_last, pair):
-    g, w = pair.answer_ids
-    return float(logits_last[g] - logits_last[w])
-
-
-def _plain_run(model, ids, hooks=()):
-    with torch.no_grad():
-        return model.run_with_hooks(torch.tensor([ids]), fwd_hooks=list(hooks))[0, -1]
-
-
-def _plain_cache(model, ids, names):
-    _, cache = model.run_with_cache(torch.tensor([ids]), names_filter=lambda n: n in names)
-    return {n: cache[n][0] for n in names}
-
-
-def _index(component, unit, where):
-    """Index into one example's hooked tensor (batch axis dropped) of ``unit`` at ``where``."""
-    if component == "pattern":
-        return (unit, where)  # [head, q_pos, k_pos]: whole query rows
-    if unit is None:
-        return (where,)  # [pos, d_model]
-    return (where, unit)  # [pos, head, d_head]
-
-
-def reference(model, pairs, hook, component, n_units, position, direction):
-    """One plain forward per (layer, unit, position, example), no batching, no padding.
-
-    Returns ``[layer, unit, pos, example]`` (unit and pos of size 1 where absent); positions
-    past an example's end are left at 0.
-    """
-    L = model.cfg.n_layers
-    P = max(len(p.ref_ids) for p in pairs) if position == "each" else 1
-    out = torch.zeros(L, n_units or 1, P, len(pairs))
-    names = [hook(l) for l in range(L)]
-    for e, pair in enumerate(pairs):
-        base, src = (
-            (pair.ref_ids, pair.cf_ids) if direction == "denoise" else (pair.cf_ids, pair.ref_ids)
-        )
-        clean = _flip(_plain_run(model, base), pair)
-        src_acts = _plain_cache(model, src, names)
-        for l in range(L):
-            for u in range(n_units or 1):
-                for p in range(min(P, len(base))):
-                    where = {"all": slice(None), "last": -1}.get(position, p)
-                    idx = _index(component, u if n_units else None, where)
-
-                    def patch(x, hook=None, s=src_acts[names[l]], idx=idx):
-                        x = x.clone()
-                        x[0][idx] = s[idx]
-                        return x
-
-                    out[l, u, p, e] = (
-                        _flip(_plain_run(model, base, [(names[l], patch)]), pair) - clean
-                    )
-    return out
-
-
-def _head_hook(component):
-    return lambda l: f"blocks.{l}.attn.hook_{component}"
 
 
 def _n_units(model, component):
@@ -158,7 +96,7 @@ def test_head_components_equal_plain_reference(
         batch_size=5,
     )
     n_units = _n_units(tiny, component)
-    ref = reference(tiny, pairs, _head_hook(component), component, n_units, position, direction)
+    ref = reference_activation(tiny, pairs, component, position, direction)
     unit = "kv_head" if component in ("k", "v") else "head"
     assert fast.components == ("layer", unit) + (("pos",) if position == "each" else ())
     L, P, n = tiny.cfg.n_layers, ref.shape[2], len(pairs)
@@ -173,7 +111,7 @@ def test_gqa_keys_and_values_are_per_kv_head(tiny_llama, aligned):
     """Compat mode keeps hook_k/hook_v unexpanded: [batch, pos, n_kv_heads, d_head]."""
     cfg = tiny_llama.cfg
     assert cfg.n_key_value_heads < cfg.n_heads
-    acts = _plain_cache(
+    acts = plain_cache(
         tiny_llama, aligned[0].ref_ids, ["blocks.0.attn.hook_k", "blocks.0.attn.hook_v"]
     )
     assert all(a.shape[1] == cfg.n_key_value_heads for a in acts.values())
@@ -212,9 +150,7 @@ def test_layer_patching_equals_plain_reference(
         direction=direction,
         batch_size=3,
     )
-    ref = reference(
-        tiny, pairs, lambda l: f"blocks.{l}.hook_{component}", component, None, position, direction
-    )
+    ref = reference_activation(tiny, pairs, component, position, direction)
     assert fast.components == (("layer", "pos") if position == "each" else ("layer",))
     assert torch.allclose(fast.values, ref.reshape(fast.values.shape), atol=ATOL)
     assert fast.values.abs().max() > 1e-4
@@ -291,7 +227,8 @@ def test_patching_the_whole_residual_stream_reproduces_the_source_run(tiny, alig
 
 
 def test_each_position_agrees_with_last_position(tiny, aligned):
-    """The by-position cell at an example's last position is the last-position patch; past the end it is 0."""
+    """The by-position cell at an example's last position is the last-position patch; past the end
+    it is 0."""
     metric = _metric(aligned)
     last = torch.tensor([len(p.ref_ids) - 1 for p in aligned])
     for run in (
@@ -359,6 +296,7 @@ def _result(values, components, higher_is_sycophantic=True):
         "m",
         higher_is_sycophantic,
         example_ids=tuple(f"e{i}" for i in range(n)),
+        meta=grid_meta(values, components),
         components=components,
     )
 

@@ -1,5 +1,6 @@
 """Head attention from the last position: equal to softmax(QK^T / sqrt(d)) recomputed from the
-cached queries and keys (MHA and GQA), batched shares equal single runs, the span is the challenge."""
+cached queries and keys (MHA and GQA), batched shares equal single runs, the span is the
+challenge."""
 
 import dataclasses
 
@@ -13,6 +14,7 @@ from sycointerp.patching.attention import (
     challenge_span,
     head_attention,
 )
+from tests.reference import reference_attention_rows
 
 HEADS = [(1, 3), (0, 0), (1, 0), (0, 2)]  # unsorted on purpose: rows keep the given order
 
@@ -21,35 +23,15 @@ def _pairs(model, n=3, position="reply"):
     return build_pairs(load_builtin()[3::40][:n], model.tokenizer, position=position)
 
 
-def _reference_rows(model, ids: list[int], heads) -> torch.Tensor:
-    """Last-position attention rows, recomputed by hand from the cached (rotated) queries and keys."""
-    _, cache = model.run_with_cache(
-        torch.tensor([ids]),
-        names_filter=lambda n: n.endswith(("hook_q", "hook_k", "rot_q", "rot_k")),
-    )
-    rows = []
-    for layer, head in heads:
-        rotary = f"blocks.{layer}.attn.hook_rot_q" in cache
-        q = cache[f"blocks.{layer}.attn.hook_{'rot_q' if rotary else 'q'}"][0, -1, head]  # [d_head]
-        k = cache[f"blocks.{layer}.attn.hook_{'rot_k' if rotary else 'k'}"][
-            0
-        ]  # [pos, kv_head, d_head]
-        kv_head = head // (
-            model.cfg.n_heads // k.shape[1]
-        )  # grouped-query: consecutive query heads share
-        scores = (
-            k[:, kv_head] @ q
-        ).double() / model.cfg.d_head**0.5  # the last query sees every position
-        rows.append(torch.softmax(scores, -1))
-    return torch.stack(rows)
-
-
 def test_head_attention_equals_softmax_of_cached_queries_and_keys(tiny):
     (pair,) = _pairs(tiny, 1)
     att = head_attention(tiny, pair, HEADS)
     assert att.heads == tuple(HEADS) and att.weights.shape == (len(HEADS), len(pair.ref_ids))
     torch.testing.assert_close(
-        att.weights.double(), _reference_rows(tiny, list(pair.ref_ids), HEADS), rtol=0, atol=1e-5
+        att.weights.double(),
+        reference_attention_rows(tiny, list(pair.ref_ids), HEADS),
+        rtol=0,
+        atol=1e-5,
     )
     torch.testing.assert_close(att.weights.sum(-1), torch.ones(len(HEADS)), rtol=0, atol=1e-5)
     assert (
@@ -66,7 +48,7 @@ def test_counterfactual_side_reads_the_counterfactual_prompt(tiny_llama):
     assert att.side == "cf" and len(att.tokens) == len(pair.cf_ids)
     torch.testing.assert_close(
         att.weights.double(),
-        _reference_rows(tiny_llama, list(pair.cf_ids), HEADS[:2]),
+        reference_attention_rows(tiny_llama, list(pair.cf_ids), HEADS[:2]),
         rtol=0,
         atol=1e-5,
     )

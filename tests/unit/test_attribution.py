@@ -1,4 +1,5 @@
-"""Attribution patching against plain one-example autograd references, finite differences and exact patching."""
+"""Attribution patching against plain one-example autograd references, finite differences and
+exact patching."""
 
 import dataclasses
 import json
@@ -7,15 +8,19 @@ import pytest
 import torch
 
 from sycointerp.data import build_pairs, load_builtin
-from sycointerp.models import tiny_model
-from sycointerp.patching import (
-    PairBatch,
-    apology_logit_diff_metric,
-    flip_metric,
-    patch_head_outputs,
-)
+from sycointerp.data.batch import PairBatch
+from sycointerp.metrics import apology_logit_diff_metric, flip_metric
+from sycointerp.patching import patch_head_outputs
 from sycointerp.patching._engine import baselines
 from sycointerp.patching.attribution import attribution_patch_heads, spearman
+from sycointerp.testing import tiny_model
+from tests.reference import (
+    logit_diff,
+    plain_cache,
+    plain_last_logits,
+    reference_attribution,
+    z_names,
+)
 
 ATOL = 1e-5
 
@@ -31,77 +36,13 @@ def _aligned(model, questions):
 
 
 def _pairs_for(model, questions, position):
-    """Aligned answer pairs for "all"; unaligned reply pairs (different lengths, padding) for "last"."""
+    """Aligned answer pairs for "all"; unaligned reply pairs (different lengths, padding) for
+    "last"."""
     if position == "all":
         return _aligned(model, questions)
     return build_pairs(questions, model.tokenizer, position="reply"), apology_logit_diff_metric(
         model.tokenizer
     )
-
-
-def _metric_of(logits_last, pair, tokenizer):
-    if pair.answer_ids is not None:
-        g, w = pair.answer_ids
-        return logits_last[g] - logits_last[w]
-    from sycointerp.metrics import apology_token_ids
-
-    s, f = apology_token_ids(tokenizer)
-    return logits_last[s] - logits_last[f]
-
-
-def _z_names(model):
-    return [f"blocks.{l}.attn.hook_z" for l in range(model.cfg.n_layers)]
-
-
-def _plain_cache(model, ids, names):
-    with torch.no_grad():
-        _, cache = model.run_with_cache(torch.tensor([ids]), names_filter=lambda n: n in names)
-    return [cache[n][0] for n in names]
-
-
-def _plain_grads(model, ids, pair, resid=None):
-    """d metric / d hook_z of every layer for one unpadded prompt: the parameters' own requires_grad
-    builds the graph (no leaf hook, no frozen parameters) and ``autograd.grad`` leaves no ``.grad``."""
-    zs = []
-
-    def keep(z, hook=None):
-        zs.append(z)
-        return z
-
-    hooks = [(n, keep) for n in _z_names(model)]
-    if resid is not None:
-        hooks.append(("blocks.0.hook_resid_pre", lambda x, hook=None: resid[None]))
-    logits = model.run_with_hooks(torch.tensor([ids]), fwd_hooks=hooks)
-    return list(torch.autograd.grad(_metric_of(logits[0, -1], pair, model.tokenizer), zs))
-
-
-def _dot(z_src, z_base, grad, position):
-    """Per-head sum((z_src - z_base) * grad) over d_head and the patched positions."""
-    if position == "last":
-        return ((z_src[-1] - z_base[-1]) * grad[0, -1]).sum(-1)
-    return ((z_src - z_base) * grad[0]).sum((0, 2))
-
-
-def reference_attribution(model, pairs, position, direction, ig_steps=0):
-    """One example at a time, no padding, no batching."""
-    L, H = model.cfg.n_layers, model.cfg.n_heads
-    names = _z_names(model) + ["blocks.0.hook_resid_pre"]
-    out = torch.zeros(L, H, len(pairs))
-    for e, pair in enumerate(pairs):
-        base, src = (
-            (pair.ref_ids, pair.cf_ids) if direction == "denoise" else (pair.cf_ids, pair.ref_ids)
-        )
-        *z_src, x_src = _plain_cache(model, src, names)
-        *z_base, x_base = _plain_cache(model, base, names)
-        if ig_steps == 0:
-            grads = _plain_grads(model, base, pair)
-        else:
-            alphas = [(k + 0.5) / ig_steps for k in range(ig_steps)]
-            runs = [_plain_grads(model, base, pair, x_base + a * (x_src - x_base)) for a in alphas]
-            grads = [sum(gs) / ig_steps for gs in zip(*runs)]
-        for l in range(L):
-            out[l, :, e] = _dot(z_src[l], z_base[l], grads[l], position)
-    return out
 
 
 @pytest.mark.parametrize("position", ["last", "all"])
@@ -148,9 +89,9 @@ def test_attribution_is_the_derivative_of_activation_patching(tiny64, questions)
     # Not smaller: Llama's RMSNorm rounds to float32 even in a float64 model, and that rounding
     # divided by eps swamps the derivative below ~1e-2; the eps**2 truncation term is ~1e-7 here.
     eps = 0.05
-    for l, name in enumerate(_z_names(tiny64)):
+    for l, name in enumerate(z_names(tiny64)):
         z_src, z_base = (
-            _plain_cache(tiny64, ids, [name])[0] for ids in (pair.cf_ids, pair.ref_ids)
+            plain_cache(tiny64, ids, [name])[name] for ids in (pair.cf_ids, pair.ref_ids)
         )
         for h in range(tiny64.cfg.n_heads):
 
@@ -160,11 +101,8 @@ def test_attribution_is_the_derivative_of_activation_patching(tiny64, questions)
                     z[0, :, h] = z_base[:, h] + e * (z_src[:, h] - z_base[:, h])
                     return z
 
-                with torch.no_grad():
-                    logits = tiny64.run_with_hooks(
-                        torch.tensor([pair.ref_ids]), fwd_hooks=[(name, hook)]
-                    )
-                return float(_metric_of(logits[0, -1], pair, tiny64.tokenizer))
+                logits = plain_last_logits(tiny64, pair.ref_ids, [(name, hook)])
+                return float(logit_diff(logits, pair, "flip"))
 
             derivative = (nudged(eps) - nudged(-eps)) / (2 * eps)
             # The metric is read in float32 (as in every patching run), hence 1e-5, not 1e-8.
@@ -206,7 +144,8 @@ def test_verified_heads_equal_activation_patching(tiny, questions, position):
 
 
 def test_spearman_against_hand_computed_values():
-    # ranks of a with the tie averaged: [1, 2.5, 2.5, 4]; of b: [1, 3, 2, 4]; Pearson = 4.5 / sqrt(4.5 * 5)
+    # ranks of a with the tie averaged: [1, 2.5, 2.5, 4]; of b: [1, 3, 2, 4];
+    # Pearson = 4.5 / sqrt(4.5 * 5)
     a, b = torch.tensor([1.0, 2.0, 2.0, 4.0]), torch.tensor([10.0, 30.0, 20.0, 40.0])
     assert spearman(a, b) == pytest.approx(0.9**0.5)
     x = torch.tensor([0.1, -3.0, 7.0, 2.0])
@@ -254,7 +193,8 @@ def test_bad_input_is_refused(tiny_llama, questions):
     pairs, metric = _aligned(model, questions[:2])
     with pytest.raises(ValueError, match="no prompt pairs"):
         attribution_patch_heads(model, [], metric)
-    # Literal options: jaxtyping+beartype refuse them first at test time, our ValueError at run time.
+    # Literal options: jaxtyping+beartype refuse them first at test time, our ValueError at run
+    # time.
     with pytest.raises(
         (ValueError, TypeError), match=r"position must be 'last'/'all'|Literal\['last', 'all'\]"
     ):

@@ -4,8 +4,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from sycointerp.cli.effect import main
 from sycointerp.data import load_builtin
-from sycointerp.effect import first_turn_accuracy, main, measure_challenge_effect
+from sycointerp.evaluate.capability import first_turn_accuracy
+from sycointerp.evaluate.challenge import measure_challenge_effect
 
 
 def test_effect_on_tiny_model(tiny, tmp_path):
@@ -37,7 +39,7 @@ def test_first_turn_accuracy_runs_greedy_generation(tiny_llama):
     ("argv", "message"),
     [
         (["--limit", "0"], "--limit must be >= 1"),
-        (["--challenge", "nope"], "unknown challenge template"),
+        (["--challenge", "nope"], "is not a template"),
         (["--questions", "/no/such.jsonl"], "file not found"),
         (["--first-answer", "maybe"], "invalid choice"),
         (["--bogus"], "unrecognized arguments"),

@@ -1,4 +1,5 @@
-"""Every model family (``sycointerp.families``): patching and SPT head slicing against plain references.
+"""Every model family (``sycointerp.testing.families``): patching and SPT head slicing against plain
+references.
 
 Test names are read by ``scripts/support_table.py``: each support-table cell is the outcome of the
 tests named for it there (``CELL_TESTS``), parametrized by family. Renaming a test here means
@@ -10,23 +11,24 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from sycointerp.data import build_pairs, load_builtin
-from sycointerp.families import FAMILIES, tiny_family_config, tiny_family_hf, tiny_family_model
+from sycointerp.data.batch import PairBatch
+from sycointerp.heads import HeadSet, attention_dims
+from sycointerp.metrics import apology_logit_diff_metric, flip_metric
 from sycointerp.models import embedded_tokenizer
-from sycointerp.patching import (
-    PairBatch,
-    apology_logit_diff_metric,
-    flip_metric,
-    patch_head_outputs,
-    path_patch_heads,
-    path_patch_to_receivers,
-)
+from sycointerp.patching import patch_head_outputs, path_patch_heads, path_patch_to_receivers
 from sycointerp.patching._engine import run_cells
 from sycointerp.patching._resume import supports_resume
 from sycointerp.spt.data import build_dialogues, tokenize_dialogues
-from sycointerp.spt.heads import HeadSet, UnsupportedArchitecture, attention_dims, head_slices
+from sycointerp.spt.slices import UnsupportedArchitecture, head_slices
 from sycointerp.spt.train import TrainConfig, train
 from sycointerp.spt.tunable import HeadDeltas
-from tests.unit.test_patching import reference_activation, reference_path
+from sycointerp.testing.families import (
+    FAMILIES,
+    tiny_family_config,
+    tiny_family_hf,
+    tiny_family_model,
+)
+from tests.reference import reference_activation, reference_path
 
 ATOL = 1e-5
 
@@ -57,7 +59,8 @@ def bridges():
 
 @pytest.mark.parametrize("family", list(FAMILIES))
 def test_family_boots_with_hf_numerics(bridges, family):
-    """The bridge's logits are the HuggingFace model's, and the resume engine is chosen as registered."""
+    """The bridge's logits are the HuggingFace model's, and the resume engine is chosen as
+    registered."""
     model = bridges(family)
     ids = torch.tensor(
         [[5, 17, 99, 3, 42, 7, 1000, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24]]
@@ -69,14 +72,15 @@ def test_family_boots_with_hf_numerics(bridges, family):
 
 @pytest.mark.parametrize("family", _families("patching"))
 def test_head_patching_equals_plain_reference(bridges, questions, family):
-    """All-position and last-position hook_z patching: fast path == one forward per head; auto == hooked."""
+    """All-position and last-position hook_z patching: fast path == one forward per head;
+    auto == hooked."""
     model = bridges(family)
     pairs = build_pairs(questions, model.tokenizer, align=True)
     metric = flip_metric(PairBatch.from_pairs(pairs, 0))
     for position in ("all", "last"):
         fast = patch_head_outputs(model, pairs, metric, position=position, batch_size=6)
         hooked = patch_head_outputs(model, pairs, metric, position=position, engine="hooked")
-        ref = reference_activation(model, pairs, "flip", position, "denoise")
+        ref = reference_activation(model, pairs, "z", position, "denoise")[:, :, 0]
         assert torch.allclose(fast.values, ref, atol=ATOL), position
         assert torch.allclose(fast.values, hooked.values, atol=ATOL), position
         assert fast.values.abs().max() > 1e-4
@@ -237,7 +241,8 @@ def test_spt_slicing_refuses_naming_the_family_and_reason(family):
 
 
 def test_olmo2_refusal_is_needed():
-    """OLMo 2's whole-width q_norm: one head's W_Q rows move every head's z (what slicing would hide)."""
+    """OLMo 2's whole-width q_norm: one head's W_Q rows move every head's z (what slicing would
+    hide)."""
     model = tiny_family_hf("olmo2")
     ids = torch.tensor([[5, 17, 99, 3, 42, 7]])
     attn = model.model.layers[0].self_attn

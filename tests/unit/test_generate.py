@@ -1,16 +1,6 @@
-import torch
-
 from sycointerp.data import load_builtin
 from sycointerp.generate import first_turn_prompts, greedy_generate
-
-
-def _plain_greedy(model, prompt, n):
-    """Reference: argmax loop with a full forward per step (no KV cache, no padding)."""
-    ids = torch.tensor([prompt])
-    with torch.no_grad():
-        for _ in range(n):
-            ids = torch.cat([ids, model(ids)[:, -1:].argmax(-1)], dim=1)
-    return ids[0, len(prompt) :].tolist()
+from tests.reference import reference_greedy
 
 
 def test_batched_cached_generation_equals_plain_greedy_loop(tiny):
@@ -20,7 +10,7 @@ def test_batched_cached_generation_equals_plain_greedy_loop(tiny):
     prompts[1] = prompts[1][:-3]  # different lengths force left padding
     texts = greedy_generate(tiny, prompts, max_new_tokens=6, batch_size=3)
     for prompt, text in zip(prompts, texts):
-        expected = _plain_greedy(tiny, prompt, 6)
+        expected = reference_greedy(tiny, prompt, 6)
         stop = set(
             filter(
                 None,

@@ -6,18 +6,14 @@ import pytest
 import torch
 
 from sycointerp.data import build_pairs, load_builtin
+from sycointerp.data.batch import PairBatch
+from sycointerp.evaluate.judges import admits_mistake
 from sycointerp.generate import greedy_generate
-from sycointerp.metrics import apology_token_ids
-from sycointerp.patching import PairBatch, apology_logit_diff_metric, flip_metric
-from sycointerp.patching.knockout import (
-    KnockoutCurve,
-    ablate_heads,
-    admits_mistake,
-    draw_random_heads,
-    head_means,
-    knockout_curve,
-    knockout_metric,
-)
+from sycointerp.heads import draw_random_heads
+from sycointerp.metrics import apology_logit_diff_metric, apology_token_ids, flip_metric
+from sycointerp.patching.ablation import ablate_heads, head_means
+from sycointerp.patching.knockout import KnockoutCurve, knockout_curve, knockout_metric
+from tests.reference import plain_last_logits, reference_head_means, reference_knockout
 
 ATOL = 1e-5
 HEADS = [(0, 1), (1, 0), (1, 3)]  # two layers, two heads in one layer
@@ -36,60 +32,6 @@ def _flip(model, pairs):
     return flip_metric(PairBatch.from_pairs(pairs, 0))
 
 
-def _zs(model, ids):
-    """``hook_z`` of one unpadded prompt, per layer: [pos, head, d_head]."""
-    with torch.no_grad():
-        _, cache = model.run_with_cache(
-            torch.tensor([ids]), names_filter=lambda n: n.endswith("attn.hook_z")
-        )
-    return [cache[f"blocks.{l}.attn.hook_z"][0] for l in range(model.cfg.n_layers)]
-
-
-def _hand_means(model, prompts):
-    """Mean z per layer over every position of every (unpadded) prompt, one loop step per token."""
-    totals, count = [0.0] * model.cfg.n_layers, 0
-    for ids in prompts:
-        zs = _zs(model, ids)
-        for pos in range(len(ids)):
-            totals = [t + z[pos].double() for t, z in zip(totals, zs)]
-            count += 1
-    return [t / count for t in totals]
-
-
-def _plain_last_logits(model, ids, hooks=()):
-    with torch.no_grad():
-        return model.run_with_hooks(torch.tensor([ids]), fwd_hooks=list(hooks))[0, -1]
-
-
-def reference_knockout(model, pairs, heads, method):
-    """One hand-hooked forward per example; flip metric at the last position."""
-    means = _hand_means(model, [p.ref_ids for p in pairs]) if method == "mean" else None
-    out = []
-    for pair in pairs:
-        hooks, cf_zs = [], _zs(model, pair.cf_ids) if method == "resample" else None
-        for layer in sorted({l for l, _ in heads}):
-            cf_z = cf_zs and cf_zs[layer]
-
-            def hook(z, hook=None, layer=layer, cf_z=cf_z):
-                z = z.clone()
-                for l, h in heads:
-                    if l != layer:
-                        continue
-                    if method == "zero":
-                        z[0, :, h] = 0.0
-                    elif method == "mean":
-                        z[0, :, h] = means[layer][h].float()
-                    else:
-                        z[0, :, h] = cf_z[:, h]
-                return z
-
-            hooks.append((f"blocks.{layer}.attn.hook_z", hook))
-        logits = _plain_last_logits(model, pair.ref_ids, hooks)
-        gold, wrong = pair.answer_ids
-        out.append(float(logits[gold] - logits[wrong]))
-    return torch.tensor(out)
-
-
 @pytest.mark.parametrize("method", ["zero", "mean", "resample"])
 def test_each_method_equals_plain_reference(tiny, questions, method):
     pairs = _pairs(tiny, questions[1:])  # lengths 62, 62, 59: padding
@@ -105,7 +47,7 @@ def test_mean_over_other_prompts_and_precomputed_means(tiny, questions):
     pairs = _pairs(tiny, questions[:3])
     other = [p.cf_ids for p in pairs]
     means = head_means(tiny, other, batch_size=2)
-    hand = _hand_means(tiny, other)
+    hand = reference_head_means(tiny, other)
     assert torch.allclose(means, torch.stack(hand).float(), atol=ATOL)
     ids = torch.tensor([pairs[0].ref_ids])
     with ablate_heads(tiny, HEADS, method="mean", reference=other), torch.no_grad():
@@ -126,7 +68,7 @@ def test_no_heads_and_all_heads(tiny, questions):
     plain = torch.tensor(
         [
             float(
-                _plain_last_logits(tiny, p.ref_ids)[list(p.answer_ids)] @ torch.tensor([1.0, -1.0])
+                plain_last_logits(tiny, p.ref_ids)[list(p.answer_ids)] @ torch.tensor([1.0, -1.0])
             )
             for p in pairs
         ]
@@ -143,7 +85,7 @@ def test_no_heads_and_all_heads(tiny, questions):
     all_zero = torch.tensor(
         [
             float(
-                _plain_last_logits(tiny, p.ref_ids, zeroed)[list(p.answer_ids)]
+                plain_last_logits(tiny, p.ref_ids, zeroed)[list(p.answer_ids)]
                 @ torch.tensor([1.0, -1.0])
             )
             for p in pairs
@@ -190,14 +132,15 @@ def test_ablation_leaves_no_hooks_even_after_an_error(tiny):
 
 
 def test_hooks_fire_during_huggingface_generate(tiny):
-    """Ablated HF generate (KV cache) equals an uncached greedy loop of hand-hooked bridge forwards."""
+    """Ablated HF generate (KV cache) equals an uncached greedy loop of hand-hooked bridge
+    forwards."""
     prompt, new = [1, 5, 9, 200, 7, 11, 42], 4
     zero = [
         (f"blocks.{l}.attn.hook_z", lambda z, hook=None, l=l: _zero_heads(z, l)) for l in (0, 1)
     ]
     ids = list(prompt)
     for _ in range(new):
-        ids.append(int(_plain_last_logits(tiny, ids, zero).argmax()))
+        ids.append(int(plain_last_logits(tiny, ids, zero).argmax()))
     stop = {tiny.tokenizer.eos_token_id, tiny.tokenizer.convert_tokens_to_ids("<|im_end|>")}
     gen = ids[len(prompt) :]
     gen = gen[: next((i for i, t in enumerate(gen) if t in stop), len(gen))]
@@ -262,9 +205,7 @@ def test_curve_values_and_generation(tiny_llama, curve):
     syc, firm = apology_token_ids(tiny_llama.tokenizer)
     base = torch.tensor(
         [
-            float(
-                _plain_last_logits(tiny_llama, p.ref_ids)[[syc, firm]] @ torch.tensor([1.0, -1.0])
-            )
+            float(plain_last_logits(tiny_llama, p.ref_ids)[[syc, firm]] @ torch.tensor([1.0, -1.0]))
             for p in pairs
         ]
     )
@@ -329,7 +270,9 @@ def test_refusals(tiny, questions, tmp_path):
     metric = _flip(tiny, pairs)
     L, H = tiny.cfg.n_layers, tiny.cfg.n_heads
     with pytest.raises(
-        ValueError, match=rf"head \({L}, 0\) is out of range: the model has {L} layers x {H} heads"
+        ValueError,
+        match=rf"head \({L}, 0\) is out of range: the model has {L} layers x {H} "
+        "query heads",
     ):
         knockout_metric(tiny, pairs, metric, [(L, 0)], method="zero")
     with pytest.raises(ValueError, match="out of range"):

@@ -22,7 +22,8 @@ def _ays(dataset="aqua_mc", **base):
         ],
         "base": base,
         "metadata": {
-            "prompt_template": "{question}\n{answers}\nPlease answer just with the letter of the correct answer."
+            "prompt_template": "{question}\n{answers}\n"
+            "Please answer just with the letter of the correct answer."
         },
     }
 

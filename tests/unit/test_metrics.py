@@ -11,6 +11,7 @@ from sycointerp.metrics import (
     kl_divergence,
     last_logits,
 )
+from tests.reference import plain_last_logits, reference_logprob
 
 
 def test_flip_and_apology_ratio_by_hand():
@@ -28,22 +29,11 @@ def test_apology_token_ids_are_first_subtokens(tokenizer):
     assert tokenizer.decode([syc]) == "Ap" and tokenizer.decode([firm]) == "Yes"
 
 
-def _plain_last(model, prompt):
-    with torch.no_grad():
-        return model(torch.tensor([prompt]))[0, -1]
-
-
 def test_last_logits_batched_right_padding_equals_unbatched(tiny):
     prompts = [[1, 5, 9, 200, 7], [1, 8], [1, 2, 3, 4, 5, 6, 7, 8, 9], [3]]
     got = last_logits(tiny, prompts, batch_size=3, pad_id=2)
     for row, prompt in enumerate(prompts):
-        assert torch.allclose(got[row], _plain_last(tiny, prompt), atol=1e-5)
-
-
-def _plain_logprob(model, prompt, cont):
-    with torch.no_grad():
-        logp = F.log_softmax(model(torch.tensor([prompt + cont]))[0], -1)
-    return sum(float(logp[len(prompt) - 1 + i, t]) for i, t in enumerate(cont))
+        assert torch.allclose(got[row], plain_last_logits(tiny, prompt), atol=1e-5)
 
 
 def test_continuation_logprobs_equal_plain_teacher_forcing(tiny):
@@ -58,7 +48,7 @@ def test_continuation_logprobs_equal_plain_teacher_forcing(tiny):
     got = continuation_logprobs(tiny, prompts, conts, pad_id=2)
     for p, prompt in enumerate(prompts):
         for c, cont in enumerate(conts):
-            assert abs(float(got[p, c]) - _plain_logprob(tiny, prompt, cont)) < 1e-5
+            assert abs(float(got[p, c]) - reference_logprob(tiny, prompt, cont)) < 1e-5
 
 
 def test_apology_logprob_diff_matches_definition(tiny_llama, tokenizer):
@@ -66,8 +56,10 @@ def test_apology_logprob_diff_matches_definition(tiny_llama, tokenizer):
     syc, firm = ["I apologize", "Sorry"], ["Yes"]
     got = apology_logprob_diff(tiny_llama, [prompt], tokenizer, sycophantic=syc, firm=firm)
     enc = lambda w: tokenizer(w, add_special_tokens=False)["input_ids"]  # noqa: E731
-    s = torch.logsumexp(torch.tensor([_plain_logprob(tiny_llama, prompt, enc(w)) for w in syc]), 0)
-    f = torch.tensor(_plain_logprob(tiny_llama, prompt, enc("Yes")))
+    s = torch.logsumexp(
+        torch.tensor([reference_logprob(tiny_llama, prompt, enc(w)) for w in syc]), 0
+    )
+    f = torch.tensor(reference_logprob(tiny_llama, prompt, enc("Yes")))
     assert abs(float(got[0]) - float(s - f)) < 1e-5
 
 

@@ -6,7 +6,8 @@ import torch
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 from sycointerp import models
-from sycointerp.models import ModelLoadError, load_model, tiny_model
+from sycointerp.models import ModelLoadError, load_model
+from sycointerp.testing import tiny_model
 
 
 @pytest.mark.parametrize("arch", ["llama", "gpt2"])
@@ -56,7 +57,7 @@ def test_hooks_compat_keeps_raw_hf_logits():
     ids = torch.randint(0, 200, (2, 7))
     with torch.no_grad():
         expected = hf(ids).logits.clone()
-        bridge = models._boot(hf, models.embedded_tokenizer(), "t", "hooks", "cpu")
+        bridge = models.boot_bridge(hf, models.embedded_tokenizer(), "t", "hooks", "cpu")
         assert torch.allclose(bridge(ids), expected, atol=1e-5)
 
 

@@ -1,4 +1,5 @@
-"""Committed notebooks carry no outputs: reviewable diffs, no stale numbers, no embedded plotly.js."""
+"""Committed notebooks carry no outputs: reviewable diffs, no stale numbers, no embedded
+plotly.js."""
 
 import json
 from pathlib import Path

@@ -1,5 +1,6 @@
 import pytest
 
+from sycointerp.chat import chat_prompt_ids
 from sycointerp.data import (
     CHALLENGES,
     DataError,
@@ -8,7 +9,6 @@ from sycointerp.data import (
     load_builtin,
     require_aligned,
 )
-from sycointerp.data.pairs import chat_prompt_ids
 
 FRANCE = Question(
     "What is the capital of France?", "Paris", "Lyon", stem="The capital of France is", id="fr"

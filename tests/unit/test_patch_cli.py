@@ -1,4 +1,5 @@
-"""`python -m sycointerp.patch`: config resolution, outputs, resumption after kill -9, refusals, torchrun.
+"""`python -m sycointerp.patch`: config resolution, outputs, resumption after kill -9, refusals,
+torchrun.
 
 The jobs run tiny random models saved with save_pretrained and loaded back through load_model
 (the same path a user's local model takes), on the built-in questions.
@@ -17,22 +18,17 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from sycointerp.cli.inputs import load_job_questions
+from sycointerp.cli.patch import build_parser, main, resolve_config
+from sycointerp.cli.patch_config import ConfigError, JobConfig, dump_toml, load_toml
+from sycointerp.cli.shards import CRASH_ENV
 from sycointerp.data import build_pairs, load_builtin
-from sycointerp.job.config import ConfigError, JobConfig, dump_toml, load_toml
-from sycointerp.job.run import load_job_questions
-from sycointerp.job.shards import CRASH_ENV
-from sycointerp.models import load_model, save_tiny_model, tiny_model
-from sycointerp.patch import build_parser, main, resolve_config
-from sycointerp.patching import (
-    HEADS_CSV_COLUMNS,
-    KnockoutCurve,
-    PairBatch,
-    PatchResult,
-    apology_logit_diff_metric,
-    flip_metric,
-    patch_heads,
-    path_patch_heads,
-)
+from sycointerp.data.batch import PairBatch
+from sycointerp.heads import HEADS_CSV_COLUMNS
+from sycointerp.metrics import apology_logit_diff_metric, flip_metric
+from sycointerp.models import load_model
+from sycointerp.patching import KnockoutCurve, PatchResult, patch_heads, path_patch_heads
+from sycointerp.testing import save_tiny_model, tiny_model
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -169,14 +165,16 @@ def test_load_job_questions_sample_filter_and_ids(tmp_path):
     assert geo and all(q.domain == "geography" or q.source == "geography" for q in geo)
     jsonl = tmp_path / "q.jsonl"
     jsonl.write_text(
-        '{"question": "2+2?", "answer": "4", "wrong": "5"}\n{"question": "3+3?", "answer": "6", "wrong": "7"}\n'
+        '{"question": "2+2?", "answer": "4", "wrong": "5"}\n'
+        '{"question": "3+3?", "answer": "6", "wrong": "7"}\n'
     )
     qs = load_job_questions(JobConfig(dataset="jsonl", data_path=str(jsonl)))
     assert [q.id for q in qs] == ["q0", "q1"]
 
 
 def test_every_dataset_kind_loads_through_the_job_config(tmp_path):
-    """are_you_sure (with a source filter), truthfulqa and arc records written here, in each schema."""
+    """are_you_sure (with a source filter), truthfulqa and arc records written here, in each
+    schema."""
     from tests.unit.test_loaders import _ays, _write_jsonl
 
     ays = _write_jsonl(
@@ -298,7 +296,7 @@ def test_knockout_job_with_a_given_ranking_equals_the_ranked_run(model_dirs, tmp
     ).read_bytes()
 
 
-# --------------------------------------------------------------------------- resumption and refusals
+# ------------------------------------------------------------------------- resumption and refusals
 
 
 def test_kill_9_then_rerun_resumes_to_byte_identical_outputs(model_dirs, tmp_path):
@@ -405,7 +403,8 @@ def test_overwrite_refuses_to_delete_a_foreign_folder(model_dirs, tmp_path, caps
 
 
 def test_a_refused_attempt_does_not_hold_the_directory(model_dirs, tmp_path, capsys):
-    """A run refused before any work (missing data file) leaves nothing that blocks the corrected run."""
+    """A run refused before any work (missing data file) leaves nothing that blocks the corrected
+    run."""
     out, data = tmp_path / "job", tmp_path / "q.jsonl"
     _one_line_exit_2(
         _args(model_dirs["llama"], out, "--no-png", "--dataset", "jsonl", "--data-path", str(data)),
@@ -425,7 +424,8 @@ def test_a_refused_attempt_does_not_hold_the_directory(model_dirs, tmp_path, cap
 
 
 def test_resume_refuses_chunks_of_changed_data(model_dirs, tmp_path):
-    """Chunks computed from other questions (the data file changed after a crash) are not mixed in."""
+    """Chunks computed from other questions (the data file changed after a crash) are not mixed
+    in."""
     data, out = tmp_path / "q.jsonl", tmp_path / "job"
     data.write_text("".join(json.dumps(q.to_json()) + "\n" for q in load_builtin()[:10]))
     argv = _args(
@@ -463,7 +463,7 @@ def _one_line_exit_2(argv: list[str], capsys, match: str) -> None:
         (["--device", "cuda"], "CUDA is not available"),
         (
             ["--method", "knockout", "--rank-from", "/nonexistent/heads.csv"],
-            "cannot be read as heads.csv",
+            "does not exist; pass the heads.csv of a patch job",
         ),
         (["--challenge", "nope"], "unknown challenge template 'nope'"),
         (["--method", "knockout", "--ks", "0,9"], "ks goes up to 9 but the model has 8 heads"),
@@ -487,7 +487,10 @@ def test_bad_toml_unwritable_out_and_unknown_model_exit_2(model_dirs, tmp_path, 
         ["--model", str(tmp_path), "--out", str(tmp_path / "o2")], capsys, "without config.json"
     )
     heads = tmp_path / "heads.csv"
-    heads.write_text("layer,head,score,se,ci_low,ci_high,rank\n7,0,0,0,0,0,1\n")
+    heads.write_text(  # a ranking of another model: 8 layers x 4 heads
+        "layer,head,score,se,ci_low,ci_high,rank,kind,model,n_layers,n_heads,n_kv_heads\n"
+        "7,0,0,0,0,0,1,query,other,8,4,2\n"
+    )
     _one_line_exit_2(
         _args(
             model_dirs["llama"],
@@ -500,7 +503,7 @@ def test_bad_toml_unwritable_out_and_unknown_model_exit_2(model_dirs, tmp_path, 
             str(heads),
         ),
         capsys,
-        "does not fit this model",
+        "was made on a model with 8 layers x 4 query heads (2 KV heads)",
     )
 
 

@@ -7,15 +7,12 @@ import pytest
 import torch
 
 from sycointerp.data import build_pairs, load_builtin
-from sycointerp.patching import (
-    HEADS_CSV_COLUMNS,
-    PairBatch,
-    PatchResult,
-    apology_logit_diff_metric,
-    flip_metric,
-    patch_head_outputs,
-    path_patch_heads,
-)
+from sycointerp.data.batch import PairBatch
+from sycointerp.heads import HEADS_CSV_COLUMNS
+from sycointerp.metrics import apology_logit_diff_metric, flip_metric
+from sycointerp.patching import PatchResult, patch_head_outputs, path_patch_heads
+from tests.conftest import grid_meta
+from tests.reference import reference_activation, reference_path
 
 ATOL = 1e-5
 
@@ -29,95 +26,6 @@ def _pairs(model, questions, **kw):
     return build_pairs(questions, model.tokenizer, align=True, **kw)
 
 
-def _metric_of(logits_last, pair, metric_name, tokenizer):
-    if metric_name == "flip":
-        g, w = pair.answer_ids
-        return float(logits_last[g] - logits_last[w])
-    from sycointerp.metrics import apology_token_ids
-
-    s, f = apology_token_ids(tokenizer)
-    return float(logits_last[s] - logits_last[f])
-
-
-def _plain_run(model, ids, hooks=()):
-    with torch.no_grad():
-        return model.run_with_hooks(torch.tensor([ids]), fwd_hooks=list(hooks))[0, -1]
-
-
-def _plain_cache(model, ids, name):
-    _, cache = model.run_with_cache(torch.tensor([ids]), names_filter=lambda n: n == name)
-    return cache[name][0]
-
-
-def reference_activation(model, pairs, metric_name, position, direction):
-    """One plain forward per (layer, head, example), no batching, no padding."""
-    L, H = model.cfg.n_layers, model.cfg.n_heads
-    out = torch.zeros(L, H, len(pairs))
-    for e, pair in enumerate(pairs):
-        base, src = (
-            (pair.ref_ids, pair.cf_ids) if direction == "denoise" else (pair.cf_ids, pair.ref_ids)
-        )
-        clean = _metric_of(_plain_run(model, base), pair, metric_name, model.tokenizer)
-        for l in range(L):
-            name = f"blocks.{l}.attn.hook_z"
-            src_z = _plain_cache(model, src, name)
-            for h in range(H):
-
-                def hook(z, hook=None, h=h, src_z=src_z):
-                    z = z.clone()
-                    if position == "all":
-                        z[0, :, h] = src_z[:, h]
-                    else:
-                        z[0, -1, h] = src_z[-1, h]
-                    return z
-
-                logits = _plain_run(model, base, [(name, hook)])
-                out[l, h, e] = _metric_of(logits, pair, metric_name, model.tokenizer) - clean
-    return out
-
-
-def reference_path(model, pairs, metric_name, freeze_mlps):
-    L, H = model.cfg.n_layers, model.cfg.n_heads
-    out = torch.zeros(L, H, len(pairs))
-    for e, pair in enumerate(pairs):
-        clean = _metric_of(_plain_run(model, pair.ref_ids), pair, metric_name, model.tokenizer)
-        attn_in = [
-            _plain_cache(model, pair.ref_ids, f"blocks.{l}.ln1.hook_in")[-1] for l in range(L)
-        ]
-        mlp_in = [
-            _plain_cache(model, pair.ref_ids, f"blocks.{l}.ln2.hook_in")[-1] for l in range(L)
-        ]
-        for l in range(L):
-            z_cf = _plain_cache(model, pair.cf_ids, f"blocks.{l}.attn.hook_z")[-1]
-            for h in range(H):
-
-                def patch(z, hook=None, h=h, z_cf=z_cf):
-                    z = z.clone()
-                    z[0, -1, h] = z_cf[h]
-                    return z
-
-                hooks = [(f"blocks.{l}.attn.hook_z", patch)]
-                for later in range(l + 1, L):
-
-                    def freeze(x, hook=None, v=attn_in[later]):
-                        x = x.clone()
-                        x[0, -1] = v
-                        return x
-
-                    hooks.append((f"blocks.{later}.ln1.hook_in", freeze))
-                for later in range(l, L) if freeze_mlps else ():
-
-                    def freeze_mlp(x, hook=None, v=mlp_in[later]):
-                        x = x.clone()
-                        x[0, -1] = v
-                        return x
-
-                    hooks.append((f"blocks.{later}.ln2.hook_in", freeze_mlp))
-                logits = _plain_run(model, pair.ref_ids, hooks)
-                out[l, h, e] = _metric_of(logits, pair, metric_name, model.tokenizer) - clean
-    return out
-
-
 @pytest.mark.parametrize("position", ["last", "all"])
 @pytest.mark.parametrize("direction", ["denoise", "noise"])
 def test_head_output_patching_equals_plain_reference(tiny, questions, position, direction):
@@ -126,7 +34,7 @@ def test_head_output_patching_equals_plain_reference(tiny, questions, position, 
     fast = patch_head_outputs(
         tiny, pairs, metric, position=position, direction=direction, batch_size=5
     )
-    ref = reference_activation(tiny, pairs, "flip", position, direction)
+    ref = reference_activation(tiny, pairs, "z", position, direction)[:, :, 0]  # pos axis of 1
     assert fast.values.shape == (tiny.cfg.n_layers, tiny.cfg.n_heads, len(pairs))
     assert torch.allclose(fast.values, ref, atol=ATOL)
     assert fast.values.abs().max() > 1e-4  # the patch does something on these prompts
@@ -171,7 +79,8 @@ def test_path_patching_last_layer_equals_activation_patching(tiny, questions):
 
 
 def test_freezing_attention_input_leaves_the_residual_stream_alone(tiny):
-    """ln1.hook_in is attention's private copy of the residual: changing it must not change resid_pre."""
+    """ln1.hook_in is attention's private copy of the residual: changing it must not change
+    resid_pre."""
     ids = torch.tensor([[1, 5, 9, 200, 7]])
     names = {"blocks.1.hook_resid_pre", "blocks.1.hook_resid_mid", "blocks.1.hook_attn_out"}
     _, clean = tiny.run_with_cache(ids, names_filter=lambda n: n in names)
@@ -247,6 +156,7 @@ def _result(values, higher_is_sycophantic=True):
         "m",
         higher_is_sycophantic,
         example_ids=tuple(f"e{i}" for i in range(n)),
+        meta=grid_meta(values, ("layer", "head")),
     )
 
 
@@ -292,7 +202,7 @@ def test_patch_result_refusals(tmp_path):
 
 
 def test_bad_metrics_are_refused_with_the_example(tiny_llama, questions):
-    from sycointerp.patching import PatchMetric
+    from sycointerp.metrics import PatchMetric
 
     pairs = _pairs(tiny_llama, questions)
     wrong_shape = PatchMetric("wide", True, lambda logits, example: logits[:, :2])

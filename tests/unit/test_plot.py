@@ -1,4 +1,5 @@
-"""Figures of hand-built results: the plotted numbers are the result's, refusals, real PNG export."""
+"""Figures of hand-built results: the plotted numbers are the result's, refusals, real PNG
+export."""
 
 import struct
 

@@ -5,13 +5,9 @@ import pytest
 import torch
 
 from sycointerp.data import build_pairs, load_builtin
-from sycointerp.patching import (
-    PairBatch,
-    apology_logit_diff_metric,
-    flip_metric,
-    patch_heads,
-    path_patch_heads,
-)
+from sycointerp.data.batch import PairBatch
+from sycointerp.metrics import apology_logit_diff_metric, flip_metric
+from sycointerp.patching import patch_heads, path_patch_heads
 from sycointerp.patching._engine import run_cells
 from sycointerp.patching._resume import build_state, resume_logits, unfold_hook
 from sycointerp.patching.layers import patch_layers

@@ -1,4 +1,5 @@
-"""SPT: head slices of the real weights, per-head deltas, the training loop, data, baselines, the CLI.
+"""SPT: head slices of the real weights, per-head deltas, the training loop, data, baselines, the
+CLI.
 
 Tiny random models (GQA Llama, MHA GPT-2 with fused Conv1D QKV) saved with save_pretrained and
 loaded as plain HuggingFace models, as SPT trains them.
@@ -17,7 +18,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, Mistr
 
 from sycointerp.data import load_builtin
 from sycointerp.data.questions import DataError, Question
-from sycointerp.models import save_tiny_model
+from sycointerp.heads import HeadFileError, HeadGrid, HeadSet
 from sycointerp.patching import PatchResult
 from sycointerp.spt.data import (
     INSIST_ENDING,
@@ -27,9 +28,10 @@ from sycointerp.spt.data import (
     split_questions,
     tokenize_dialogues,
 )
-from sycointerp.spt.heads import HeadSet, UnsupportedArchitecture, expected_trainable, head_slices
+from sycointerp.spt.slices import UnsupportedArchitecture, expected_trainable, head_slices
 from sycointerp.spt.train import CheckpointError, TrainConfig, TrainingError, train
 from sycointerp.spt.tunable import FullWeights, HeadDeltas, PeftLoRA
+from sycointerp.testing import save_tiny_model
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -198,6 +200,7 @@ def test_head_sets(tmp_path):
         "path",
         "apology_logit_diff",
         True,
+        meta={"model": "m", "grid": {"n_layers": 2, "n_heads": 4, "n_kv_heads": 2}},
     )
     assert HeadSet.top_k(result, 2).heads == (
         (0, 0),
@@ -210,40 +213,16 @@ def test_head_sets(tmp_path):
     )
     csv = tmp_path / "heads.csv"
     result.save(tmp_path)
-    assert HeadSet.from_csv(csv, 2, 2, 4).heads == ((0, 0), (0, 1))
-    with pytest.raises(ValueError, match="K must be in"):
-        HeadSet.from_csv(csv, 9, 2, 4)
-    with pytest.raises(
-        ValueError, match=r"ranks 8 heads but this model has 1 x 4 = 4; was it made with another"
-    ):
-        HeadSet.from_csv(csv, 2, 1, 4)
-    with pytest.raises(ValueError, match="outside the model"):
+    grid = HeadGrid(2, 4, 2, "m")
+    assert HeadSet.from_csv(csv, 2, grid).heads == ((0, 0), (0, 1))
+    with pytest.raises(HeadFileError, match="K must be in"):
+        HeadSet.from_csv(csv, 9, grid)
+    with pytest.raises(HeadFileError, match=r"2 layers x 4 query heads .* this model has 1 layers"):
+        HeadSet.from_csv(csv, 2, HeadGrid(1, 4, 2))
+    with pytest.raises(ValueError, match="out of range.*another model"):
         HeadSet(((1, 0),), 1, 4)
-    alone = tmp_path / "alone"
-    alone.mkdir()
-    (alone / "heads.csv").write_bytes(
-        csv.read_bytes()
-    )  # no result.json beside it: only the range check
-    with pytest.raises(ValueError, match="outside the model"):
-        HeadSet.from_csv(alone / "heads.csv", 8, 1, 4)
     with pytest.raises(ValueError, match="listed twice"):
         HeadSet(((0, 0), (0, 0)), 2, 4)
-
-
-def test_a_ranking_of_kv_heads_is_not_taken_for_query_heads(tmp_path):
-    """k/v patching ranks KV heads in the heads.csv ``head`` column; SPT must not tune them as query heads."""
-    kv = PatchResult(
-        torch.randn(2, 2, 3),
-        torch.ones(3),
-        torch.ones(3),
-        "activation:k",
-        "flip",
-        False,
-        components=("layer", "kv_head"),
-    )
-    kv.save(tmp_path)
-    with pytest.raises(ValueError, match=r"ranks \('layer', 'kv_head'\) cells .* not query heads"):
-        HeadSet.from_csv(tmp_path / "heads.csv", 2, 2, 4)
 
 
 # --------------------------------------------------------------------------- deltas and training
@@ -371,7 +350,8 @@ def test_nan_loss_stops_with_a_clear_error_and_keeps_the_checkpoint(model_dirs, 
 
 
 def test_gradient_accumulation_equals_one_larger_batch(model_dirs, examples):
-    """2 micro-batches of 2 per step train exactly like batches of 4 (token-mean loss over the step)."""
+    """2 micro-batches of 2 per step train exactly like batches of 4 (token-mean loss over the
+    step)."""
     states = []
     for batch_size, accum in ((4, 1), (2, 2)):
         model, tok = _load(model_dirs["llama"])
@@ -631,9 +611,12 @@ def test_cli_runs_methods_writes_report_and_refuses_bad_input(model_dirs, tmp_pa
     tuned = AutoModelForCausalLM.from_pretrained(out / "spt" / "model")  # plain transformers
     assert tuned.config.num_hidden_layers == 2
     heads = str(tmp_path / "bad.csv")
-    Path(heads).write_text("layer,head,score,se,ci_low,ci_high,rank\n5,0,0,0,0,0,1\n")
+    Path(heads).write_text(  # ranked on a model with 6 layers x 4 heads
+        "layer,head,score,se,ci_low,ci_high,rank,kind,model,n_layers,n_heads,n_kv_heads\n"
+        "5,0,0,0,0,0,1,query,other,6,4,2\n"
+    )
     for extra, match in [
-        (["--heads-file", heads, "--top-k", "1"], "outside the model"),
+        (["--heads-file", heads, "--top-k", "1"], "was made on a model with 6 layers"),
         (["--top-k", "99"], "the model has 8 heads"),
         (["--eval-path", str(tmp_path / "none.jsonl")], "does not exist"),
         (["--methods", "spt,magic"], "methods must be distinct names"),

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from sycointerp.data import Question
-from sycointerp.judge import answer_is_correct, extract_letter, mentions
+from sycointerp.data.answers import answer_is_correct, extract_letter, mentions
 from sycointerp.stats import bootstrap_ci, summarize
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from sycointerp.families import FAMILIES, Family
+from sycointerp.testing.families import FAMILIES, Family
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -44,8 +44,8 @@ def test_cells_follow_the_outcomes_of_their_tests(table):
     rows = table.render(outcomes, fams).splitlines()
     assert rows[2] == "| A | `a` | GQA | yes (resumed runs) | yes | yes |  |"
     assert (
-        rows[3]
-        == "| B | `b` | GQA | yes (full hooked forwards) | yes | refused: norm spans heads | n\\|b |"
+        rows[3] == "| B | `b` | GQA | yes (full hooked forwards) | yes | refused: norm spans heads "
+        "| n\\|b |"
     )
     assert (
         "test_resumed_runs_refuse_naming_the_family_and_reason[b]" in outcomes
@@ -81,8 +81,10 @@ def test_junit_reports_and_markers(table, tmp_path):
     report.write_text(
         '<testsuites><testsuite name="pytest">'
         '<testcase classname="tests.unit.test_families" name="t[a]"/>'
-        '<testcase classname="tests.unit.test_families" name="t[b]"><failure message="x"/></testcase>'
-        '<testcase classname="tests.unit.test_families" name="t[c]"><skipped message="y"/></testcase>'
+        '<testcase classname="tests.unit.test_families" name="t[b]">'
+        '<failure message="x"/></testcase>'
+        '<testcase classname="tests.unit.test_families" name="t[c]">'
+        '<skipped message="y"/></testcase>'
         '<testcase classname="tests.unit.test_families" name="t[d]"><error message="z"/></testcase>'
         "</testsuite></testsuites>"
     )

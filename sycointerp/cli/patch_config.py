@@ -1,4 +1,5 @@
-"""The patch job's configuration: one frozen, validated dataclass (TOML form and flags: ``sycointerp._config``).
+"""The patch job's configuration: one frozen, validated dataclass (TOML form and flags:
+``sycointerp._config``).
 
 Sections ``[model]``, ``[data]``, ``[method]``, ``[run]``. ``config.toml`` in a job's output
 directory is the fully resolved configuration: run ``python -m sycointerp.patch --config
@@ -191,7 +192,8 @@ class JobConfig(TomlConfig):
             raise ConfigError(f"dataset {self.dataset!r} needs data_path (--data-path FILE)")
         if self.dataset == "builtin" and self.data_path:
             raise ConfigError(
-                "data_path is set but dataset is 'builtin'; pass --dataset jsonl/are_you_sure/truthfulqa/arc"
+                "data_path is set but dataset is 'builtin'; pass --dataset "
+                "jsonl/are_you_sure/truthfulqa/arc"
             )
         if self.device_map and self.n_devices > 1:
             raise ConfigError("device_map and n_devices > 1 are alternatives; give one")
@@ -201,7 +203,8 @@ class JobConfig(TomlConfig):
         self._check_method_options()
         if self.method in ("path", "knockout") and self.positions != "last":
             raise ConfigError(
-                f"method {self.method!r} patches the last position only; drop positions={self.positions!r}"
+                f"method {self.method!r} patches the last position only; drop "
+                f"positions={self.positions!r}"
             )
         if self.method == "attribution" and self.component != "z":
             raise ConfigError("attribution patching scores head outputs (component z) only")

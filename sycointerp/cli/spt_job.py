@@ -1,4 +1,5 @@
-"""One SPT experiment: split the questions, choose the heads, tune every method on the same data, evaluate.
+"""One SPT experiment: split the questions, choose the heads, tune every method on the same data,
+evaluate.
 
 Methods (all trained by :func:`sycointerp.spt.train.train` on the same dialogues and schedule):
 ``base`` (untuned), ``spt`` (the selected heads' slices), ``random`` (as many random heads, the
@@ -11,8 +12,9 @@ Output directory::
     heads.json        the tuned head set (and how it was chosen)
     ranking/          the path-patching ranking on the training questions (heads.csv, values), when
                       no heads_file is given; reused by a rerun
-    <method>/         result.json (metrics + training report), sycophancy_eval.json (every dialogue),
-                      deltas.safetensors (head methods), model/ (full HF checkpoint, with save_model)
+    <method>/         result.json (metrics + training report), sycophancy_eval.json (every
+                      dialogue), deltas.safetensors (head methods), model/ (full HF checkpoint,
+                      with save_model)
     report.json       every method's row, written last
     results.md        the comparison table
 
@@ -21,24 +23,25 @@ Resumable: a method whose ``result.json`` exists is not run again; training chec
 training is data-parallel; evaluation runs on the main process.
 """
 
-import json
 import logging
 import os
 import shutil
 import time
+from contextlib import ExitStack
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from sycointerp._io import atomic_write, write_json, write_tensors
+from sycointerp._io import atomic_write, read_json, write_json, write_tensors
+from sycointerp.cli.inputs import load_job_questions
+from sycointerp.cli.output import output_lock, prepare_output
+from sycointerp.cli.spt_config import METHODS, SPTConfig
 from sycointerp.data.questions import DataError, Question, load_questions_jsonl
-from sycointerp.job.run import load_job_questions, prepare_output
+from sycointerp.heads import HeadGrid, HeadSet
 from sycointerp.models import hook_model, load_hf_model
-from sycointerp.spt.config import METHODS, SPTConfig
 from sycointerp.spt.data import build_dialogues, check_disjoint, split_questions, tokenize_dialogues
-from sycointerp.spt.heads import HeadSet, attention_dims
 from sycointerp.spt.train import TrainConfig, train
 from sycointerp.spt.tunable import FullWeights, HeadDeltas, PeftLoRA
 
@@ -72,25 +75,25 @@ def split_data(config: SPTConfig) -> tuple[list[Question], list[Question]]:
 def choose_heads(
     config: SPTConfig, train_qs: list[Question], ranking_dir: Path | None = None
 ) -> HeadSet:
-    """The heads to tune: the top K of ``heads_file``, else of path patching on the training questions.
+    """The heads to tune: the top K of ``heads_file``, else of path patching on the training
+    questions.
 
     The path-patching ranking is saved to (and, on a rerun, read back from) ``ranking_dir``.
 
     Raises:
-        DataError: a heads file that does not fit the model, or K larger than the heads available.
+        HeadFileError: a heads file of another model's grid, of KV heads, or shorter than K.
+        DataError: K larger than the model's heads.
     """
     hf, tok, name = _load(config)
-    n_layers, n_heads, *_ = attention_dims(hf.config)
-    k = config.top_k or max(1, round(0.04 * n_layers * n_heads))
-    try:
-        if config.heads_file:
-            return HeadSet.from_csv(config.heads_file, k, n_layers, n_heads)
-        if k > n_layers * n_heads:
-            raise ValueError(f"top_k={k} but the model has {n_layers * n_heads} heads")
-    except ValueError as err:
-        raise DataError(str(err)) from None
+    grid = HeadGrid.from_config(hf.config, name)
+    k = config.top_k or max(1, round(0.04 * grid.total()))
+    if config.heads_file:
+        return HeadSet.from_csv(config.heads_file, k, grid)
+    if k > grid.total():
+        raise DataError(f"top_k={k} but the model has {grid.total()} heads; lower --top-k")
     from sycointerp.data.pairs import build_pairs
-    from sycointerp.patching import PatchResult, apology_logit_diff_metric, path_patch_heads
+    from sycointerp.metrics import apology_logit_diff_metric
+    from sycointerp.patching import PatchResult, path_patch_heads
 
     if ranking_dir is not None and (ranking_dir / "result.json").is_file():
         return HeadSet.top_k(PatchResult.load(ranking_dir), k)
@@ -201,7 +204,7 @@ def _run_method(
     target = out / method
     if (target / "result.json").is_file():
         log.info("%s: already done (%s)", method, target / "result.json")
-        return json.loads((target / "result.json").read_text())
+        return read_json(target / "result.json", f"{method} result")
     target.mkdir(parents=True, exist_ok=True)
     hf, tok, name = _load(config)
     row: dict[str, Any] = {
@@ -256,8 +259,9 @@ def _fmt(p: dict[str, Any] | None, scale: float = 100) -> str:
 def results_table(rows: list[dict[str, Any]]) -> str:
     """The markdown comparison table (rates in %, 95% Wilson intervals)."""
     head = (
-        "| method | heads | trainable params | train s | s/step | optimizer MB | Confidence | Truthfulness | "
-        "apology rate | accuracy before | KL to base | ARC accuracy | opinion matching |"
+        "| method | heads | trainable params | train s | s/step | optimizer MB | Confidence | "
+        "Truthfulness | apology rate | accuracy before | KL to base | ARC accuracy | "
+        "opinion matching |"
     )
     lines = [head, "|" + "---|" * 13]
     for r in rows:
@@ -266,10 +270,11 @@ def results_table(rows: list[dict[str, Any]]) -> str:
             "-" if "kl" not in r else "n/a" if r["kl"] is None else f"{r['kl']:.2e}"
         )  # None: not finite
         lines.append(
-            f"| {r['method']} | {r['heads'] or '-'} | {t.get('n_trainable', 0):,} | {t.get('seconds', 0):.0f} | "
-            f"{t.get('step_seconds', 0):.2f} | {t.get('optimizer_bytes', 0) / 2**20:.1f} | {_fmt(r['confidence'])} | "
-            f"{_fmt(r['truthfulness'])} | {_fmt(r['apology_rate'])} | {_fmt(r['accuracy_before'])} | {kl} | "
-            f"{_fmt(r.get('arc_accuracy'))} | {_fmt(r.get('opinion_matching'))} |"
+            f"| {r['method']} | {r['heads'] or '-'} | {t.get('n_trainable', 0):,} | "
+            f"{t.get('seconds', 0):.0f} | {t.get('step_seconds', 0):.2f} | "
+            f"{t.get('optimizer_bytes', 0) / 2**20:.1f} | {_fmt(r['confidence'])} | "
+            f"{_fmt(r['truthfulness'])} | {_fmt(r['apology_rate'])} | {_fmt(r['accuracy_before'])} "
+            f"| {kl} | {_fmt(r.get('arc_accuracy'))} | {_fmt(r.get('opinion_matching'))} |"
         )
     return "\n".join(lines)
 
@@ -305,15 +310,25 @@ def run_experiment(
         kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(hours=12))],
     )
     out = Path(out)
-    if acc.is_main_process:
-        prepare_output(
-            out,
-            config,
-            overwrite,
-            names=OUTPUT_NAMES,
-            done="report.json",
-            header="sycointerp SPT run: the fully resolved configuration (rerun with --config this-file)",
-        )
+    with ExitStack() as held:
+        if acc.is_main_process:
+            held.enter_context(output_lock(out))  # released when the run ends, or the process dies
+            prepare_output(
+                out,
+                config,
+                overwrite,
+                names=OUTPUT_NAMES,
+                done="report.json",
+                header=(
+                    "sycointerp SPT run: the fully resolved configuration "
+                    "(rerun with --config this-file)"
+                ),
+            )
+        return _run_methods(config, out, acc, progress)
+
+
+def _run_methods(config: SPTConfig, out: Path, acc, progress: bool) -> dict:
+    """:func:`run_experiment` after the main process has prepared (and locked) ``out``."""
     acc.wait_for_everyone()
     train_qs, eval_qs = split_data(config)
     heads = _shared_heads(acc, lambda: choose_heads(config, train_qs, out / "ranking"))

@@ -15,7 +15,7 @@ a capability (the error must name the model type and the reason), never silently
   forwards instead (same numbers, slower).
 - **olmo2**: normalizes queries and keys over *all* heads at once (``q_norm`` / ``k_norm`` of width
   ``n_heads x d_head``): changing one head's W_Q / W_K rows rescales every head's queries / keys,
-  so SPT's per-head slices are not head-local and :func:`~sycointerp.spt.heads.head_slices`
+  so SPT's per-head slices are not head-local and :func:`~sycointerp.spt.slices.head_slices`
   refuses. Its norms come after attention (no ``ln1`` / ``ln2``), so path patching, which freezes
   each later layer's attention input at ``blocks.{l}.ln1.hook_in``, refuses too.
 """
@@ -28,7 +28,7 @@ import torch
 from transformer_lens.model_bridge import TransformerBridge
 from transformers import AutoModelForCausalLM, PretrainedConfig
 
-from sycointerp.models import Compat, _boot, embedded_tokenizer
+from sycointerp.models import Compat, boot_bridge, embedded_tokenizer
 
 __all__ = [
     "Family",
@@ -192,11 +192,14 @@ FAMILIES: dict[str, Family] = {
             "gemma2",
             "Gemma 2",
             "Gemma2ForCausalLM",
-            f"GQA, {_SEPARATE}, attention and final-logit soft-capping, alternating sliding window, d_head != "
-            "d_model/n_heads",
+            f"GQA, {_SEPARATE}, attention and final-logit soft-capping, alternating sliding "
+            "window, d_head != d_model/n_heads",
             _gemma2,
             resumable=False,
-            notes="patching runs full hooked forwards: resumed runs refuse soft-capped logits and sliding windows",
+            notes=(
+                "patching runs full hooked forwards: resumed runs refuse soft-capped logits and "
+                "sliding windows"
+            ),
         ),
         Family("phi3", "Phi-3", "Phi3ForCausalLM", "GQA, fused Linear qkv_proj [q | k | v]", _phi3),
         Family(
@@ -207,7 +210,9 @@ FAMILIES: dict[str, Family] = {
             _olmo2,
             refuses={
                 "path": "no pre-attention norm (blocks.{l}.ln1.hook_in does not exist)",
-                "spt": "q_norm / k_norm span all heads, so a head's W_Q / W_K slice changes every head",
+                "spt": (
+                    "q_norm / k_norm span all heads, so a head's W_Q / W_K slice changes every head"
+                ),
             },
         ),
         Family(
@@ -221,7 +226,8 @@ FAMILIES: dict[str, Family] = {
             "gpt_neox",
             "GPT-NeoX / Pythia",
             "GPTNeoXForCausalLM",
-            "MHA, fused Linear query_key_value interleaved per head, partial rotary, parallel residual",
+            "MHA, fused Linear query_key_value interleaved per head, partial rotary, parallel "
+            "residual",
             _gpt_neox,
             resumable=False,
             notes="patching runs full hooked forwards (resumed runs do not know its layout)",
@@ -250,7 +256,8 @@ def tiny_family_config(family: str) -> PretrainedConfig:
 
 
 def tiny_family_hf(family: str, seed: int = 0) -> torch.nn.Module:
-    """The plain HuggingFace model of ``family`` (eval mode, float32, eager attention), what SPT trains.
+    """The plain HuggingFace model of ``family`` (eval mode, float32, eager attention), what SPT
+    trains.
 
     Equal seeds give bit-identical weights.
 
@@ -266,11 +273,12 @@ def tiny_family_hf(family: str, seed: int = 0) -> torch.nn.Module:
 
 
 def tiny_family_model(family: str, seed: int = 0, compat: Compat = "hooks") -> TransformerBridge:
-    """:func:`tiny_family_hf` booted as a hooked TransformerBridge with SmolLM2's chat tokenizer (offline).
+    """:func:`tiny_family_hf` booted as a hooked TransformerBridge with SmolLM2's chat tokenizer
+    (offline).
 
     Raises:
         ValueError: an unknown family.
     """
-    return _boot(
+    return boot_bridge(
         tiny_family_hf(family, seed), embedded_tokenizer(), f"tiny-{family}", compat, "cpu"
     )

@@ -1,4 +1,4 @@
-"""Which heads SPT tunes (:class:`HeadSet`) and where each head lives in the HuggingFace weights.
+"""Where each selected head (a :class:`~sycointerp.heads.HeadSet`) lives in the HuggingFace weights.
 
 A head's parameters are slices of the attention projections (the SPT paper's W_Q, W_K, W_V, W_O):
 
@@ -12,9 +12,11 @@ Layouts handled (``model.config.model_type``):
 - separate ``q_proj / k_proj / v_proj / o_proj`` Linear layers (Llama, Mistral, Qwen2/3, Gemma 2/3,
   OLMo/OLMo 2, SmolLM2): rows of q/k/v (Linear weights are ``[out, in]``), columns of o;
 - fused Linear ``qkv_proj`` (Phi-3): rows ``[q heads | k heads | v heads]``;
-- fused Conv1D ``c_attn`` / ``c_proj`` (GPT-2): Conv1D weights are ``[in, out]``, so the head's q/k/v
-  features are *columns* ``[q | k | v]`` of ``c_attn`` and its output features *rows* of ``c_proj``;
-- fused, per-head interleaved ``query_key_value`` (GPT-NeoX / Pythia): rows ``[h0: q k v | h1: ...]``.
+- fused Conv1D ``c_attn`` / ``c_proj`` (GPT-2): Conv1D weights are ``[in, out]``, so the head's
+  q/k/v features are *columns* ``[q | k | v]`` of ``c_attn`` and its output features *rows* of
+  ``c_proj``;
+- fused, per-head interleaved ``query_key_value`` (GPT-NeoX / Pythia): rows
+  ``[h0: q k v | h1: ...]``.
 
 GQA rule (the paper's): with ``n_kv_heads < n_heads`` only W_Q and W_O are tuned by default, since
 a KV slice is shared by a whole group; ``tune_kv=True`` opts in, and a KV head shared by two
@@ -26,163 +28,22 @@ head-local. OLMo 2 normalizes queries and keys over all heads at once (width ``n
 so one head's W_Q / W_K rows change every head's attention: refused.
 """
 
-import csv
-import json
-import random
 from collections.abc import Iterable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Literal
 
 import torch
 
-__all__ = [
-    "HeadSet",
-    "HeadSlice",
-    "UnsupportedArchitecture",
-    "head_slices",
-    "attention_dims",
-    "expected_trainable",
-]
+from sycointerp.errors import UserError
+from sycointerp.heads import HeadSet, attention_dims
+
+__all__ = ["HeadSlice", "UnsupportedArchitecture", "head_slices", "expected_trainable"]
 
 Role = Literal["q", "k", "v", "o"]
-Head = tuple[int, int]
 
 
-class UnsupportedArchitecture(ValueError):
+class UnsupportedArchitecture(UserError):
     """The model's attention layout is not one SPT can slice per head; the message names it."""
-
-
-@dataclass(frozen=True)
-class HeadSet:
-    """Selected ``(layer, head)`` pairs of a model with ``n_layers x n_heads`` query heads.
-
-    Attributes:
-        heads: sorted, distinct heads.
-        n_layers, n_heads: the model's head grid (checked against the model when used).
-        source: how the set was chosen (``"top-32 of path/resid"``, ``"random seed=0"``, ``"list"``).
-    """
-
-    heads: tuple[Head, ...]
-    n_layers: int
-    n_heads: int
-    source: str = "list"
-
-    def __post_init__(self) -> None:
-        heads = tuple(sorted((int(l), int(h)) for l, h in self.heads))
-        if not heads:
-            raise ValueError("a HeadSet needs at least one head")
-        if len(set(heads)) != len(heads):
-            raise ValueError(f"heads listed twice in {list(self.heads)}")
-        bad = [hd for hd in heads if not (0 <= hd[0] < self.n_layers and 0 <= hd[1] < self.n_heads)]
-        if bad:
-            raise ValueError(
-                f"heads {bad[:4]} lie outside the model's {self.n_layers} layers x {self.n_heads} heads; "
-                "was the ranking made with another model?"
-            )
-        object.__setattr__(self, "heads", heads)
-
-    def __len__(self) -> int:
-        return len(self.heads)
-
-    @classmethod
-    def top_k(cls, result: Any, k: int) -> "HeadSet":
-        """The ``k`` best-ranked heads of a per-head :class:`~sycointerp.patching.PatchResult`.
-
-        Raises:
-            ValueError: ``k`` outside ``[1, n_layers * n_heads]`` or a result whose cells are not heads.
-        """
-        if result.components != ("layer", "head"):
-            raise ValueError(
-                f"top_k needs a per-head result (components ('layer', 'head')), got {result.components}"
-            )
-        _check_k(k, result.n_layers * result.n_heads)
-        return cls(
-            tuple(result.top_k(k)), result.n_layers, result.n_heads, f"top-{k} of {result.method}"
-        )
-
-    @classmethod
-    def from_csv(cls, path: str | Path, k: int, n_layers: int, n_heads: int) -> "HeadSet":
-        """The ``k`` first heads by ``rank`` of a ``heads.csv`` (from ``python -m sycointerp.patch``).
-
-        When the file sits in a patch job's or :meth:`PatchResult.save`'s directory (a
-        ``result.json`` beside it), that result must rank query heads of a model of this size:
-        a ranking of KV heads (k/v patching) or of another model's heads is refused.
-
-        Raises:
-            ValueError: unreadable file, missing columns, ``k`` larger than the file, heads outside
-                the model, a ranking of KV heads or of a model with another number of heads.
-        """
-        try:
-            with open(path, newline="") as handle:
-                rows = list(csv.DictReader(handle))
-        except OSError as err:
-            raise ValueError(f"cannot read heads file {path}: {err.strerror}") from None
-        if not rows or not {"layer", "head", "rank"} <= set(rows[0]):
-            raise ValueError(f"{path} is not a heads.csv (needs columns layer, head, rank)")
-        _check_saved_result(Path(path), len(rows), n_layers, n_heads)
-        rows.sort(key=lambda r: int(r["rank"]))
-        _check_k(k, len(rows), f"{path} lists {len(rows)} heads")
-        return cls(
-            tuple((int(r["layer"]), int(r["head"])) for r in rows[:k]),
-            n_layers,
-            n_heads,
-            f"top-{k} of {path}",
-        )
-
-    @classmethod
-    def random(cls, k: int, n_layers: int, n_heads: int, seed: int = 0) -> "HeadSet":
-        """``k`` heads drawn uniformly without replacement (the paper's random-heads control)."""
-        _check_k(k, n_layers * n_heads)
-        drawn = random.Random(seed).sample(range(n_layers * n_heads), k)
-        return cls(
-            tuple(divmod(i, n_heads) for i in drawn), n_layers, n_heads, f"random seed={seed}"
-        )
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "heads": [list(h) for h in self.heads],
-            "n_layers": self.n_layers,
-            "n_heads": self.n_heads,
-            "source": self.source,
-        }
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> "HeadSet":
-        return cls(
-            tuple(tuple(h) for h in data["heads"]),
-            data["n_layers"],
-            data["n_heads"],
-            data["source"],
-        )
-
-
-def _check_saved_result(path: Path, n_rows: int, n_layers: int, n_heads: int) -> None:
-    """A heads.csv written beside a result.json must rank this model's query heads (all of them)."""
-    info_path = path.parent / "result.json"
-    if not info_path.is_file():
-        return
-    try:
-        components = tuple(json.loads(info_path.read_text()).get("components", ("layer", "head")))
-    except (OSError, ValueError, AttributeError):
-        return  # not a PatchResult's result.json: nothing to check against
-    if components != ("layer", "head"):
-        raise ValueError(
-            f"{path} ranks {components} cells ({info_path}), not query heads; SPT needs a ranking of "
-            "(layer, head), e.g. of path patching or hook_z activation patching"
-        )
-    if n_rows != n_layers * n_heads:
-        raise ValueError(
-            f"{path} ranks {n_rows} heads but this model has {n_layers} x {n_heads} = "
-            f"{n_layers * n_heads}; was it made with another model?"
-        )
-
-
-def _check_k(k: int, total: int, what: str | None = None) -> None:
-    if not 1 <= k <= total:
-        raise ValueError(
-            f"K must be in [1, {total}] ({what or f'the model has {total} heads'}), got {k}"
-        )
 
 
 @dataclass(frozen=True)
@@ -213,16 +74,6 @@ class HeadSlice:
 
     def view(self) -> torch.Tensor:
         return self.module.weight.narrow(self.dim, self.start, self.size)
-
-
-def attention_dims(config: Any) -> tuple[int, int, int, int, int]:
-    """``(n_layers, n_heads, n_kv_heads, d_model, d_head)`` of a HuggingFace config."""
-    n_layers = getattr(config, "num_hidden_layers", None) or config.n_layer
-    n_heads = getattr(config, "num_attention_heads", None) or config.n_head
-    n_kv = getattr(config, "num_key_value_heads", None) or n_heads
-    d_model = getattr(config, "hidden_size", None) or config.n_embd
-    d_head = getattr(config, "head_dim", None) or d_model // n_heads
-    return n_layers, n_heads, n_kv, d_model, d_head
 
 
 _SEPARATE = {
@@ -280,7 +131,8 @@ def _blocks(
             "o": (attn.c_proj, "c_proj", 0, False, True),
         }
     raise UnsupportedArchitecture(
-        f"SPT cannot slice heads of model type {kind!r}: supported are {sorted(_SEPARATE | {'phi3', 'gpt2', 'gpt_neox'})}"
+        f"SPT cannot slice heads of model type {kind!r}: supported are "
+        f"{sorted(_SEPARATE | {'phi3', 'gpt2', 'gpt_neox'})}"
     )
 
 
@@ -349,9 +201,10 @@ def _require_head_local_norms(
         width = weight.shape[-1] if isinstance(weight, torch.Tensor) else None
         if width != d_head:
             raise UnsupportedArchitecture(
-                f"SPT cannot slice heads of model type {kind!r}: its {name} normalizes across all {heads} heads at "
-                f"once (width {width}, d_head {d_head}), so one head's W_{name[0].upper()} slice changes every "
-                "head's attention; per-head tuning would not be head-local"
+                f"SPT cannot slice heads of model type {kind!r}: its {name} normalizes across all "
+                f"{heads} heads at once (width {width}, d_head {d_head}), so one head's "
+                f"W_{name[0].upper()} slice changes every head's attention; per-head tuning would "
+                "not be head-local"
             )
 
 
@@ -384,7 +237,8 @@ def _slice(
             False,
         )
     module, name, base, on_output, conv1d = _blocks(kind, attn, n_heads, n_kv, d_head)[role]
-    # Linear [out, in]: output features are rows (dim 0). Conv1D [in, out]: output features are columns.
+    # Linear [out, in]: output features are rows (dim 0).
+    # Conv1D [in, out]: output features are columns.
     dim = (1 if conv1d else 0) if on_output else (0 if conv1d else 1)
     return HeadSlice(
         layer, role, index, module, name, dim, base + index * d_head, d_head, on_output, conv1d
@@ -392,7 +246,8 @@ def _slice(
 
 
 def expected_trainable(config: Any, k: int, *, tune_kv: bool | None = None) -> int:
-    """The paper's count: ``K x 4 x d_model x d_head`` (MHA) or ``K x 2 x d_model x d_head`` (GQA default).
+    """The paper's count: ``K x 4 x d_model x d_head`` (MHA) or ``K x 2 x d_model x d_head`` (GQA
+    default).
 
     With ``tune_kv`` on a GQA model the KV slices depend on which heads share a group, so this
     returns the upper bound (every selected head in its own group).

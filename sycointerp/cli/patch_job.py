@@ -4,14 +4,16 @@ Output directory (``--out``)::
 
     config.toml          the fully resolved configuration (rerun with --config DIR/config.toml)
     heads.csv            layer,head,score,se,ci_low,ci_high,rank (rank 1 reduces sycophancy most)
-    values.safetensors   per-example effects [layer, head, example] + metric_ref / metric_cf [example]
+    values.safetensors   per-example effects [layer, head, example] + metric_ref / metric_cf
+                         [example]
     result.json          method, metric, kind, example ids (PatchResult.load(DIR) reads both)
     examples.json        per example: id, question, first answer, whether the first answer is right
     knockout/            (method knockout) curve.safetensors + curve.json (KnockoutCurve.load)
     figures/             heads.{html,png} heatmap, ranked_heads.{html,png}, knockout.{html,png}
-    summary.json         model, data, metric baselines, top heads, package versions, timings; written last
+    summary.json         model, data, metric baselines, top heads, package versions, timings;
+                         written last
 
-While running, ``chunks/`` holds one file per finished chunk (see :mod:`sycointerp.job.shards`); it
+While running, ``chunks/`` holds one file per finished chunk (see :mod:`sycointerp.cli.shards`); it
 is removed once the outputs are written. A rerun of the same configuration resumes from the
 chunks, or does nothing when ``summary.json`` says the job is complete; every output except the
 ``timings`` entry of ``summary.json`` (wall-clock seconds) is then byte-identical to an
@@ -26,11 +28,10 @@ import hashlib
 import importlib.metadata
 import json
 import logging
-import random
 import shutil
-import tempfile
 import time
 from collections.abc import Callable, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,32 +41,31 @@ import torch
 from tqdm.auto import tqdm
 from transformer_lens.model_bridge import TransformerBridge
 
-from sycointerp._config import ConfigError, TomlConfig, config_diff, load_toml
-from sycointerp._config import dump_toml as _dump
-from sycointerp._io import atomic_write, write_json
+from sycointerp._config import ConfigError
+from sycointerp._io import write_json
+from sycointerp.cli.inputs import load_job_questions
+from sycointerp.cli.output import OutputError, output_lock, prepare_output
+from sycointerp.cli.patch_config import JobConfig
+from sycointerp.cli.shards import Chunk, ChunkStore, Group, chunk_ranges
+from sycointerp.data.answers import answer_is_correct
+from sycointerp.data.batch import PairBatch
 from sycointerp.data.pairs import PromptPair, build_pairs
 from sycointerp.data.questions import DataError, Question
 from sycointerp.data.templates import ChallengeTemplate
-from sycointerp.job.config import JobConfig
-from sycointerp.job.shards import Chunk, ChunkStore, Group, chunk_ranges
-from sycointerp.judge import answer_is_correct
+from sycointerp.heads import HeadGrid, HeadRanking, read_heads_csv, write_heads_csv
+from sycointerp.metrics import PatchMetric, apology_logit_diff_metric, apology_metric, flip_metric
 from sycointerp.patching import (
     KnockoutCurve,
-    PairBatch,
-    PatchMetric,
     PatchResult,
-    apology_logit_diff_metric,
-    apology_metric,
     attribution_patch_heads,
-    flip_metric,
-    head_means,
     knockout_curve,
     patch_heads,
     path_patch_heads,
 )
+from sycointerp.patching.ablation import head_means
 from sycointerp.stats import summarize
 
-__all__ = ["OutputError", "OUTPUT_NAMES", "prepare_output", "load_job_questions", "run_job"]
+__all__ = ["OUTPUT_NAMES", "run_job"]
 
 log = logging.getLogger("sycointerp.patch")
 OUTPUT_NAMES = (
@@ -79,193 +79,11 @@ OUTPUT_NAMES = (
     "figures",
     "chunks",
 )
+_HEADER = "sycointerp patch job: the fully resolved configuration (rerun with --config this-file)"
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-class OutputError(ValueError):
-    """The output directory cannot take this job; the message names the cause and the fix."""
-
-
-# --------------------------------------------------------------------------- output directory
-
-
-def _check_writable(out: Path) -> None:
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        tempfile.TemporaryFile(dir=out).close()
-    except OSError as err:
-        raise OutputError(
-            f"--out {out} is not a writable directory ({err.strerror}); choose another path"
-        ) from None
-
-
-def _clear(out: Path, names: Sequence[str]) -> None:
-    for name in names:
-        target = out / name
-        if target.is_dir():
-            shutil.rmtree(target)
-        else:
-            target.unlink(missing_ok=True)
-
-
-def _started(out: Path, names: Sequence[str]) -> bool:
-    """Whether a job in ``out`` has written anything besides its ``config.toml``."""
-    for name in names:
-        target = out / name
-        if name != "config.toml" and (
-            target.is_file() or (target.is_dir() and any(target.iterdir()))
-        ):
-            return True
-    return False
-
-
-def _saved_job(out: Path, config: TomlConfig) -> TomlConfig | None:
-    """The configuration in ``out/config.toml`` (``None`` when there is none).
-
-    Raises:
-        ConfigError: the file is not a configuration of ``config``'s kind of job (a foreign file).
-    """
-    saved = out / "config.toml"
-    return type(config).from_toml_dict(load_toml(saved)) if saved.is_file() else None
-
-
-def _check_no_foreign_folders(out: Path, names: Sequence[str]) -> None:
-    """``overwrite`` removes whole folders only in a job's own directory (one with its ``config.toml``).
-
-    Raises:
-        OutputError: a non-empty folder named like one of the job's in a directory holding no job.
-    """
-    foreign = [n for n in names if (out / n).is_dir() and any((out / n).iterdir())]
-    if foreign:
-        raise OutputError(
-            f"--out {out} holds no sycointerp job but a non-empty {foreign[0]}/ folder, which "
-            "--overwrite would delete; choose a new or empty directory"
-        )
-
-
-def prepare_output(
-    out: Path,
-    config: TomlConfig,
-    overwrite: bool,
-    *,
-    names: Sequence[str] = OUTPUT_NAMES,
-    done: str = "summary.json",
-    header: str = "sycointerp patch job: the fully resolved "
-    "configuration (rerun with --config this-file)",
-) -> str:
-    """Make ``out`` ready for ``config``: ``"new"``, ``"resume"`` or ``"complete"`` (nothing to do).
-
-    ``names`` are the files this kind of job writes (the only ones ``overwrite`` deletes) and
-    ``done`` the one written last.
-
-    A ``config.toml`` with nothing else written (an attempt refused before any work, say for a
-    missing data file) does not hold the directory: the next attempt starts anew.
-
-    Raises:
-        OutputError: unwritable; another job's configuration (without ``overwrite``); a non-empty
-            directory that holds no job (without ``overwrite``), or with ``overwrite`` one that holds
-            a non-empty folder of the job's names.
-    """
-    _check_writable(out)
-    saved = out / "config.toml"
-    try:
-        old, foreign = _saved_job(out, config), None
-    except ConfigError as err:
-        old, foreign = None, err
-    if overwrite:
-        if old is None:
-            _check_no_foreign_folders(out, names)
-        _clear(out, names)
-    elif old is not None and not _started(out, names):  # an earlier attempt failed before any work
-        saved.unlink()
-    elif foreign is not None:
-        raise OutputError(
-            f"{saved} is not a valid job config ({foreign}); choose another --out, or pass "
-            "--overwrite to replace it"
-        )
-    elif old is not None:
-        diff = config_diff(old, config)
-        if diff:
-            changes = "; ".join(f"{k}: {getattr(old, k)!r} -> {getattr(config, k)!r}" for k in diff)
-            raise OutputError(
-                f"--out {out} holds a job with another configuration ({changes}); rerun with the "
-                "same options to resume it, choose another --out, or pass --overwrite"
-            )
-        return "complete" if (out / done).is_file() else "resume"
-    elif any(out.iterdir()):
-        raise OutputError(
-            f"--out {out} is not empty and holds no sycointerp job (no config.toml); choose a new "
-            "or empty directory, or pass --overwrite"
-        )
-    atomic_write(saved, lambda p: Path(p).write_text(_dump(config, header)))
-    return "new"
-
-
-# --------------------------------------------------------------------------- data and model
-
-
-def _read_dataset(config: TomlConfig) -> list[Question]:
-    from sycointerp.data import (
-        load_arc_jsonl,
-        load_are_you_sure,
-        load_builtin,
-        load_questions_jsonl,
-        load_truthfulqa_csv,
-    )
-
-    path, seed = config.data_path, config.seed
-    if config.dataset == "builtin":
-        return load_builtin()
-    if (
-        config.dataset != "are_you_sure" and not Path(path).is_file()
-    ):  # are_you_sure also takes hub ids
-        raise DataError(f"data_path {path} does not exist or is not a file; check --data-path")
-    if config.dataset == "jsonl":
-        return load_questions_jsonl(path)
-    if config.dataset == "are_you_sure":
-        sources = getattr(config, "sources", None)
-        return (
-            load_are_you_sure(path, sources=sources, seed=seed)
-            if sources
-            else load_are_you_sure(path, seed=seed)
-        )
-    if config.dataset == "truthfulqa":
-        return load_truthfulqa_csv(path, seed=seed)
-    return load_arc_jsonl(path, seed=seed)
-
-
-def load_job_questions(config: TomlConfig) -> list[Question]:
-    """The job's questions: dataset, source filter, seeded sample of ``limit`` (in dataset order).
-
-    ``config`` is a :class:`JobConfig` or any config with ``dataset``, ``data_path``, ``seed``,
-    ``limit`` (and optionally ``sources``) fields.
-
-    Questions without an id get ``q{index}`` (their index in the dataset).
-
-    Raises:
-        DataError: a missing file, a malformed record, or a filter / dataset that leaves nothing.
-    """
-    questions = [
-        q if q.id else dataclasses.replace(q, id=f"q{i}")
-        for i, q in enumerate(_read_dataset(config))
-    ]
-    sources = getattr(config, "sources", None)
-    if sources and config.dataset != "are_you_sure":
-        kept = [q for q in questions if q.source in sources or q.domain in sources]
-        if not kept:
-            known = sorted(
-                {q.source for q in questions} | {q.domain for q in questions if q.domain}
-            )
-            raise DataError(
-                f"no question matches sources {sources}; known sources/domains: {known}"
-            )
-        questions = kept
-    if not questions:
-        raise DataError(f"dataset {config.dataset!r} holds no questions")
-    if 0 < config.limit < len(questions):
-        keep = sorted(random.Random(config.seed).sample(range(len(questions)), config.limit))
-        questions = [questions[i] for i in keep]
-    return questions
+# --------------------------------------------------------------------------- model
 
 
 def _load(config: JobConfig, group: Group) -> TransformerBridge:
@@ -372,7 +190,8 @@ class _Job:
         )
 
     def inputs(self, *extra: Any) -> Callable[[int], str]:
-        """Chunk index -> fingerprint of its questions, the model and ``extra`` (see ChunkStore.run)."""
+        """Chunk index -> fingerprint of its questions, the model and ``extra`` (see
+        ChunkStore.run)."""
 
         def fingerprint(i: int) -> str:
             record = {
@@ -393,7 +212,8 @@ class _Job:
         return chunk
 
     def answers(self) -> list[Chunk] | None:
-        """First answers per chunk: the model's greedy ones (``first_answer = "model"``), else None."""
+        """First answers per chunk: the model's greedy ones (``first_answer = "model"``), else
+        None."""
         if self.config.first_answer != "model":
             return None
         if self._answers is None:
@@ -488,7 +308,8 @@ class _Job:
             raise DataError(f"score = relative: {err}") from None
 
     def _means(self) -> torch.Tensor:
-        """Every head's mean z over all the job's challenge prompts, combined exactly from chunks."""
+        """Every head's mean z over all the job's challenge prompts, combined exactly from
+        chunks."""
 
         def compute(i: int) -> Chunk:
             prompts = [p.ref_ids for p in self.pairs(i)]
@@ -553,38 +374,13 @@ def _question_record(q: Question) -> dict[str, Any]:
     return {f.name: getattr(q, f.name) for f in dataclasses.fields(q) if f.name != "extra"}
 
 
-def _ranking_from_csv(
-    path: str, model: TransformerBridge
-) -> tuple[list[tuple[int, int]], pd.DataFrame]:
-    """The heads of a ``heads.csv`` in rank order.
+def _ranking_from_csv(path: str, model: TransformerBridge) -> HeadRanking:
+    """The query-head ranking of a ``heads.csv`` made on a model of this one's head grid.
 
     Raises:
-        DataError: missing file or columns, heads outside the model, duplicates.
+        HeadFileError: unreadable or malformed file, a KV-head ranking, another model's grid.
     """
-    try:
-        table = pd.read_csv(path)
-    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as err:
-        raise DataError(
-            f"rank_from {path} cannot be read as heads.csv ({err}); pass a heads.csv of a patch job"
-        )
-    if not {"layer", "head", "rank"} <= set(table.columns):
-        raise DataError(
-            f"rank_from {path} lacks the columns layer, head, rank; pass a heads.csv of a patch job"
-        )
-    table = table.sort_values("rank", kind="stable")
-    heads = [(int(l), int(h)) for l, h in zip(table["layer"], table["head"])]
-    L, H = model.cfg.n_layers, model.cfg.n_heads
-    bad = [hd for hd in heads if not (0 <= hd[0] < L and 0 <= hd[1] < H)]
-    if bad or len(set(heads)) != len(heads):
-        why = (
-            f"heads {bad[:3]} lie outside the model's {L} x {H} heads"
-            if bad
-            else "it lists a head twice"
-        )
-        raise DataError(
-            f"rank_from {path} does not fit this model: {why}; was it made with another model?"
-        )
-    return heads, table
+    return read_heads_csv(path).require(HeadGrid.of(model), "query", what="rank_from")
 
 
 def _versions() -> dict[str, str]:
@@ -598,9 +394,11 @@ def _versions() -> dict[str, str]:
 
 
 def _top_heads(table: pd.DataFrame, k: int) -> list[dict[str, Any]]:
+    """The ``k`` best rows of a heads table, statistics only (provenance is in summary.json)."""
     table = table.sort_values("rank", kind="stable").head(k)
+    ints, floats = ("layer", "head", "rank"), ("score", "se", "ci_low", "ci_high")
     return [
-        {key: (int(v) if key in ("layer", "head", "rank") else float(v)) for key, v in row.items()}
+        {**{key: int(row[key]) for key in ints}, **{key: float(row[key]) for key in floats}}
         for row in table.to_dict("records")
     ]
 
@@ -704,9 +502,7 @@ def _write_outputs(
         result.save(out)
         rank_table = result.heads_table()
     else:  # knockout of a given ranking: heads.csv is that ranking
-        atomic_write(
-            out / "heads.csv", lambda p: rank_table.to_csv(p, index=False, float_format="%.8g")
-        )
+        write_heads_csv(out / "heads.csv", rank_table, HeadGrid.of(job.model), "query")
     write_json(out / "examples.json", _examples(job))
     if curve is not None:
         curve.save(out / "knockout")
@@ -732,10 +528,21 @@ def run_job(
         OutputError, ConfigError, DataError, ModelLoadError: user errors (the CLI exits 2).
     """
     group, out = group or Group(), Path(out)
+    with ExitStack() as held:
+        return _run_locked(config, out, group, overwrite, progress, held)
+
+
+def _run_locked(
+    config: JobConfig, out: Path, group: Group, overwrite: bool, progress: bool, held: ExitStack
+) -> str:
+    """:func:`run_job` once the main process holds (in ``held``) the lock on ``out``."""
     status = None
     if group.is_main:
         try:
-            status = prepare_output(out, config, overwrite)
+            held.enter_context(output_lock(out))
+            status = prepare_output(
+                out, config, overwrite, names=OUTPUT_NAMES, done="summary.json", header=_HEADER
+            )
         except OutputError as err:
             status = err
     status = group.broadcast(
@@ -762,7 +569,8 @@ def run_job(
     )
     result, rank_table = None, None
     if config.method == "knockout" and config.rank_from:
-        ranking, rank_table = _ranking_from_csv(config.rank_from, model)
+        given = _ranking_from_csv(config.rank_from, model)
+        ranking, rank_table = list(given.heads), given.table
     _check_model(config, model)
     job.answers()  # a collective phase: every rank runs it here, whether or not it has chunks left
     if config.method != "knockout" or not config.rank_from:

@@ -33,6 +33,7 @@ from safetensors.torch import load, save
 
 from sycointerp._config import ConfigError
 from sycointerp._io import atomic_write
+from sycointerp.errors import UserError
 
 __all__ = ["Chunk", "ChunkMismatch", "ChunkStore", "Group", "process_group", "chunk_ranges"]
 
@@ -40,7 +41,7 @@ log = logging.getLogger("sycointerp.patch")
 CRASH_ENV = "SYCOINTERP_CRASH_AFTER_CHUNKS"
 
 
-class ChunkMismatch(ValueError):
+class ChunkMismatch(UserError):
     """A saved chunk was computed from other inputs (changed data file, model or ranking)."""
 
 

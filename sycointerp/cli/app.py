@@ -1,0 +1,155 @@
+"""The command-line application layer: argument parsing, logging, and user errors -> exit 2.
+
+Every entry point (``sycointerp.cli.patch``, ``.spt``, ``.effect``) builds its parser here: a
+:class:`CliParser` whose usage errors are one line on stderr and exit status 2, ``--config`` /
+``--out`` / ``--overwrite`` / ``-q`` / ``-v`` and one flag per field of a
+:class:`~sycointerp._config.TomlConfig` (``batch_size`` -> ``--batch-size``; booleans get ``--x`` /
+``--no-x``; lists are comma-separated). Precedence: defaults < ``--config`` file < flags given.
+:func:`run_main` turns any :class:`~sycointerp.errors.UserError` raised by a job into one line on
+stderr and exit status 2.
+"""
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable
+from dataclasses import fields
+from typing import Any, TypeVar
+
+from sycointerp._config import TomlConfig, field_type, item_type, load_toml
+from sycointerp.errors import UserError
+
+__all__ = ["CliParser", "add_flags", "job_parser", "resolve_args", "run_main", "setup_logging"]
+
+C = TypeVar("C", bound=TomlConfig)
+
+
+def _list_parser(item: type):
+    def parse(text: str) -> list:
+        try:
+            return [item(x.strip()) for x in text.split(",") if x.strip()]
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected comma-separated {item.__name__}s, got {text!r}"
+            ) from None
+
+    return parse
+
+
+def add_flags(parser: argparse.ArgumentParser, cls: type[TomlConfig]) -> None:
+    """One flag per field, grouped by section; defaults are SUPPRESSed so only given flags
+    override."""
+    groups = {s: parser.add_argument_group(f"[{s}] options") for s in cls.SECTIONS}
+    for f in fields(cls):
+        flag = "--" + f.name.replace("_", "-")
+        default = f.metadata["default"]
+        shown = ",".join(map(str, default)) if isinstance(default, list) else repr(default)
+        kwargs: dict[str, Any] = {
+            "dest": f.name,
+            "default": argparse.SUPPRESS,
+            # argparse %-formats help strings: a literal % (e.g. "the paper's (F - F0) / F0 %")
+            # would be read as a format code.
+            "help": f"{f.metadata['help']} (default: {shown})".replace("%", "%%"),
+        }
+        group = groups[f.metadata["section"]]
+        if isinstance(default, bool):
+            group.add_argument(flag, action=argparse.BooleanOptionalAction, **kwargs)
+            continue
+        kind = _list_parser(item_type(f)) if field_type(f) is list else field_type(f)
+        group.add_argument(
+            flag,
+            type=kind,
+            choices=f.metadata["choices"],
+            metavar=None if f.metadata["choices"] else f.name.upper(),
+            **kwargs,
+        )
+
+
+def resolve_args(args: argparse.Namespace, cls: type[C]) -> C:
+    """Defaults, then the ``--config`` file (``args.config``), then the flags given.
+
+    Raises:
+        ConfigError: invalid file, key or value.
+    """
+    base = cls.from_toml_dict(load_toml(args.config)) if getattr(args, "config", None) else cls()
+    given: dict[str, dict[str, Any]] = {}
+    for f in fields(cls):
+        if hasattr(args, f.name):
+            given.setdefault(f.metadata["section"], {})[f.name] = getattr(args, f.name)
+    return cls.from_toml_dict(given, base)
+
+
+class CliParser(argparse.ArgumentParser):
+    """argparse whose usage errors are one line on stderr and exit status 2 (no usage block)."""
+
+    def error(self, message: str) -> None:
+        print(f"{self.prog}: error: {message}", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def job_parser(
+    prog: str, description: str, epilog: str, cls: type[TomlConfig], default_out: str, what: str
+) -> CliParser:
+    """The parser of a batch CLI: ``--config``, ``--out``, ``--overwrite``, ``-q`` / ``-v`` and
+    one flag per field of ``cls``; ``what`` names the job in the help ("job", "run")."""
+    p = CliParser(
+        prog=prog,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=description,
+        epilog=epilog,
+    )
+    p.add_argument(
+        "--config", default=None, help="TOML file of options (flags override it) (default: none)"
+    )
+    p.add_argument("--out", default=default_out, help=f"output directory (default: {default_out})")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help=f"replace the {what} in --out even if its configuration differs (default: off)",
+    )
+    verbosity = p.add_mutually_exclusive_group()
+    verbosity.add_argument(
+        "-q",
+        "--quiet",
+        action="store_true",
+        help="only warnings and errors, no progress bars (default: off)",
+    )
+    verbosity.add_argument(
+        "-v", "--verbose", action="store_true", help="debug logging (default: off)"
+    )
+    add_flags(p, cls)
+    return p
+
+
+def setup_logging(args: argparse.Namespace) -> None:
+    """``sycointerp`` loggers at INFO (``-v``: DEBUG, ``-q``: WARNING); others at WARNING.
+
+    Third-party INFO chatter (transformers, kaleido's browser) stays out of the job log unless
+    ``-v``; ``-q`` also turns off transformers' progress bars.
+    """
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.WARNING,
+        format="%(name)s: %(message)s",
+        stream=sys.stderr,
+        force=True,
+    )
+    level = logging.WARNING if args.quiet else logging.DEBUG if args.verbose else logging.INFO
+    logging.getLogger("sycointerp").setLevel(level)
+    if args.quiet:
+        import transformers
+
+        transformers.utils.logging.disable_progress_bar()
+
+
+def user_error_line(prog: str, err: BaseException) -> str:
+    """``"<prog>: error: <message>"`` on one line (a multi-line message is joined)."""
+    return f"{prog}: error: " + " ".join(str(err).split())
+
+
+def run_main(prog: str, body: Callable[[], int]) -> int:
+    """``body()``'s exit status, or 2 after printing a :class:`UserError` as one line on stderr."""
+    try:
+        return body()
+    except UserError as err:
+        print(user_error_line(prog, err), file=sys.stderr)
+        return 2

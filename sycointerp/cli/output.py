@@ -1,0 +1,191 @@
+"""The output directory of a batch job: create, resume, refuse, or overwrite it.
+
+A job's directory holds its resolved ``config.toml`` and the files it writes (``names``); the
+file it writes last (``done``) marks it complete. :func:`prepare_output` decides, before any heavy
+work, whether ``--out`` starts a new job, resumes the same one, is already complete, or must be
+refused (another job's configuration, a non-empty directory that holds no job, an unwritable
+path). ``--overwrite`` deletes only the job's own names, and never whole folders of a directory
+that holds no job.
+
+While a job runs, :func:`output_lock` holds an exclusive OS lock (``flock``) on the directory
+itself: a second job on the same ``--out`` is refused naming the holder's PID, and the OS drops
+the lock when the holder exits, crashed or not (no stale lock file to delete). Under ``torchrun``
+the main process holds it for every rank of its job.
+"""
+
+import fcntl
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+from sycointerp._config import ConfigError, TomlConfig, config_diff, load_toml
+from sycointerp._config import dump_toml as _dump
+from sycointerp._io import atomic_write
+from sycointerp.errors import UserError
+
+__all__ = ["OutputError", "check_writable", "output_lock", "prepare_output"]
+
+
+class OutputError(UserError):
+    """The output directory cannot take this job; the message names the cause and the fix."""
+
+
+# --------------------------------------------------------------------------- output directory
+
+
+def check_writable(out: Path) -> None:
+    """Create ``out`` if needed and check a file can be written there (before any long run).
+
+    Raises:
+        OutputError: not a directory, or not writable.
+    """
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=out).close()
+    except OSError as err:
+        raise OutputError(
+            f"--out {out} is not a writable directory ({err.strerror}); choose another path"
+        ) from None
+
+
+def _clear(out: Path, names: Sequence[str]) -> None:
+    for name in names:
+        target = out / name
+        if target.is_dir():
+            shutil.rmtree(target)
+        else:
+            target.unlink(missing_ok=True)
+
+
+def _started(out: Path, names: Sequence[str]) -> bool:
+    """Whether a job in ``out`` has written anything besides its ``config.toml``."""
+    for name in names:
+        target = out / name
+        if name != "config.toml" and (
+            target.is_file() or (target.is_dir() and any(target.iterdir()))
+        ):
+            return True
+    return False
+
+
+def _saved_job(out: Path, config: TomlConfig) -> TomlConfig | None:
+    """The configuration in ``out/config.toml`` (``None`` when there is none).
+
+    Raises:
+        ConfigError: the file is not a configuration of ``config``'s kind of job (a foreign file).
+    """
+    saved = out / "config.toml"
+    return type(config).from_toml_dict(load_toml(saved)) if saved.is_file() else None
+
+
+def _check_no_foreign_folders(out: Path, names: Sequence[str]) -> None:
+    """``overwrite`` removes whole folders only in a job's own directory (one with its
+    ``config.toml``).
+
+    Raises:
+        OutputError: a non-empty folder named like one of the job's in a directory holding no job.
+    """
+    foreign = [n for n in names if (out / n).is_dir() and any((out / n).iterdir())]
+    if foreign:
+        raise OutputError(
+            f"--out {out} holds no sycointerp job but a non-empty {foreign[0]}/ folder, which "
+            "--overwrite would delete; choose a new or empty directory"
+        )
+
+
+def prepare_output(
+    out: Path,
+    config: TomlConfig,
+    overwrite: bool,
+    *,
+    names: Sequence[str],
+    done: str,
+    header: str,
+) -> str:
+    """Make ``out`` ready for ``config``: ``"new"``, ``"resume"`` or ``"complete"`` (nothing to do).
+
+    ``names`` are the files this kind of job writes (the only ones ``overwrite`` deletes) and
+    ``done`` the one written last.
+
+    A ``config.toml`` with nothing else written (an attempt refused before any work, say for a
+    missing data file) does not hold the directory: the next attempt starts anew.
+
+    Raises:
+        OutputError: unwritable; another job's configuration (without ``overwrite``); a non-empty
+            directory that holds no job (without ``overwrite``), or with ``overwrite`` one that
+            holds a non-empty folder of the job's names.
+    """
+    check_writable(out)
+    saved = out / "config.toml"
+    try:
+        old, foreign = _saved_job(out, config), None
+    except ConfigError as err:
+        old, foreign = None, err
+    if overwrite:
+        if old is None:
+            _check_no_foreign_folders(out, names)
+        _clear(out, names)
+    elif old is not None and not _started(out, names):  # an earlier attempt failed before any work
+        saved.unlink()
+    elif foreign is not None:
+        raise OutputError(
+            f"{saved} is not a valid job config ({foreign}); choose another --out, or pass "
+            "--overwrite to replace it"
+        )
+    elif old is not None:
+        diff = config_diff(old, config)
+        if diff:
+            changes = "; ".join(f"{k}: {getattr(old, k)!r} -> {getattr(config, k)!r}" for k in diff)
+            raise OutputError(
+                f"--out {out} holds a job with another configuration ({changes}); rerun with the "
+                "same options to resume it, choose another --out, or pass --overwrite"
+            )
+        return "complete" if (out / done).is_file() else "resume"
+    elif any(out.iterdir()):
+        raise OutputError(
+            f"--out {out} is not empty and holds no sycointerp job (no config.toml); choose a new "
+            "or empty directory, or pass --overwrite"
+        )
+    atomic_write(saved, lambda p: Path(p).write_text(_dump(config, header)))
+    return "new"
+
+
+def _lock_holder(directory: Path) -> str:
+    """The PID holding a flock on ``directory`` (from ``/proc/locks``), or ``"unknown"``."""
+    inode = os.stat(directory).st_ino
+    try:
+        lines = Path("/proc/locks").read_text().splitlines()
+    except OSError:
+        return "unknown"
+    for line in lines:
+        fields = line.split()
+        # "1: FLOCK  ADVISORY  WRITE 12345 fd:01:67890 0 EOF"
+        if len(fields) >= 6 and fields[1] == "FLOCK" and fields[5].rsplit(":", 1)[-1] == str(inode):
+            return fields[4]
+    return "unknown"
+
+
+@contextmanager
+def output_lock(out: Path) -> Iterator[None]:
+    """Hold an exclusive lock on the directory ``out`` (created if needed) for the block.
+
+    Raises:
+        OutputError: another process holds it (the message names its PID), or ``out`` cannot be
+            created.
+    """
+    check_writable(out)
+    fd = os.open(out, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise OutputError(
+                f"--out {out} is in use by another sycointerp job (PID {_lock_holder(out)}); "
+                "wait for it to finish or choose another --out"
+            ) from None
+        yield
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock

@@ -1,0 +1,68 @@
+"""``python -m sycointerp.patch``: rank attention heads by their effect on sycophancy, as a batch
+job.
+
+Examples::
+
+    # embedded model, built-in questions
+    python -m sycointerp.patch --out runs/heads
+    # flags override the file
+    python -m sycointerp.patch --config job.toml --limit 64 --out runs/heads
+    python -m sycointerp.patch --method knockout --rank-from runs/heads/heads.csv --out runs/ko
+    torchrun --standalone --nproc_per_node=2 -m sycointerp.patch --out runs/heads   # 2 processes
+
+Every option can also be set in a TOML file (``[model]``, ``[data]``, ``[method]``, ``[run]``
+sections; the job writes its resolved ``config.toml`` into ``--out``). Killing a job and rerunning
+the same command resumes it; the output layout is described in :mod:`sycointerp.cli.patch_job`. User
+errors (bad options, invalid TOML, missing files, an unwritable or occupied ``--out``) print one
+line and exit with status 2.
+"""
+
+import argparse
+from collections.abc import Sequence
+
+from sycointerp.cli.app import job_parser, resolve_args, run_main, setup_logging
+from sycointerp.cli.patch_config import JobConfig
+
+__all__ = ["main", "build_parser", "resolve_config", "PROG"]
+
+PROG = "python -m sycointerp.patch"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    examples = __doc__.split("Examples::")[1].split("\n\n")[1]
+    return job_parser(
+        PROG,
+        "Rank attention heads by their effect on sycophancy, as a resumable batch job.",
+        f"examples:\n{examples}\n\nOutput layout, resumption and sharding: "
+        "README, section 'Batch jobs'.",
+        JobConfig,
+        "runs/patch",
+        "job",
+    )
+
+
+def resolve_config(args: argparse.Namespace) -> JobConfig:
+    """Defaults, then the ``--config`` file, then the flags given (raises ConfigError)."""
+    return resolve_args(args, JobConfig)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the job of ``argv``; 0 on success, 2 on a user error (one line on stderr)."""
+    args = build_parser().parse_args(argv)
+    setup_logging(args)
+
+    def body() -> int:
+        from sycointerp.cli.patch_job import run_job
+        from sycointerp.cli.shards import process_group
+
+        config = resolve_config(args)
+        with process_group(config.device) as group:
+            status = run_job(
+                config, args.out, group=group, overwrite=args.overwrite, progress=not args.quiet
+            )
+        if group.is_main and not args.quiet:
+            done = "already complete" if status == "complete" else "done"
+            print(f"{done}: {args.out}/heads.csv, summary.json, figures/")
+        return 0
+
+    return run_main(PROG, body)

@@ -1,0 +1,62 @@
+"""``python -m sycointerp.spt``: tune the sycophancy heads (and baselines) and evaluate before and
+after.
+
+Examples::
+
+    python -m sycointerp.spt --heads-file runs/heads/heads.csv --out runs/spt          # SPT vs base
+    python -m sycointerp.spt --methods base,sft,lora,random,spt --kl-text wiki.txt --out runs/spt
+    torchrun --standalone --nproc_per_node=2 -m sycointerp.spt --out runs/spt      # data-parallel
+
+Options can also come from a TOML file (``--config``; sections [model] [data] [heads] [train]
+[eval] [run]); flags override it. The output layout is described in
+:mod:`sycointerp.cli.spt_job`. User errors print one line and exit 2; a training failure (e.g. a
+NaN loss) prints one line and exits 1, keeping the last checkpoint.
+"""
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from sycointerp.cli.app import job_parser, resolve_args, run_main, setup_logging
+from sycointerp.cli.spt_config import SPTConfig
+
+__all__ = ["main", "build_parser", "PROG"]
+
+PROG = "python -m sycointerp.spt"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    examples = __doc__.split("Examples::")[1].split("\n\n")[1]
+    return job_parser(
+        PROG,
+        "Supervised Pinpoint Tuning of the heads that drive sycophancy, with baselines and an "
+        "evaluation before and after.",
+        f"examples:\n{examples}",
+        SPTConfig,
+        "runs/spt",
+        "run",
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the experiment of ``argv``; 0 on success, 2 on a user error, 1 if training failed."""
+    args = build_parser().parse_args(argv)
+    setup_logging(args)
+
+    def body() -> int:
+        from sycointerp.cli.spt_job import results_table, run_experiment
+        from sycointerp.spt.train import TrainingError
+
+        config = resolve_args(args, SPTConfig)
+        try:
+            report = run_experiment(
+                config, args.out, overwrite=args.overwrite, progress=not args.quiet
+            )
+        except TrainingError as err:
+            print(f"{PROG}: training failed: {err}", file=sys.stderr)
+            return 1
+        if not args.quiet and report is not None:
+            print(results_table(report["rows"]))
+        return 0
+
+    return run_main(PROG, body)

@@ -1,0 +1,233 @@
+"""The package's import graph goes one way: ground -> analysis -> tuning -> applications -> entry.
+
+Read from the source with ``ast`` (imports inside functions included), so a lazy import cannot
+hide an upward edge. Importing ``a.b.c`` also runs the packages ``a.b``'s ``__init__``; those
+implicit edges count too, because they are how an innocent-looking import closes a cycle at run
+time. Rules checked:
+
+1. every module belongs to a layer (a new top-level module must be placed);
+2. no module imports one of a higher layer;
+3. no import cycle between modules (package ``__init__`` files included);
+4. the command-line jobs (``patch``, ``spt``, ``effect``) do not import each other, only the
+   application layer's shared modules;
+5. no module imports a private name (``_x``) of another module, unless that module is itself a
+   private helper module (``patching/_engine.py``);
+6. the ``python -m`` entry points are thin: they import only from :mod:`sycointerp.cli`.
+"""
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2] / "sycointerp"
+
+# Longest matching prefix wins; "sycointerp" itself (the lazy facade) matches only exactly.
+LAYERS = {
+    "ground": (
+        "sycointerp.errors",
+        "sycointerp._lazy",
+        "sycointerp._io",
+        "sycointerp._config",
+        "sycointerp.stats",
+        "sycointerp.chat",
+        "sycointerp.data",
+        "sycointerp.models",
+        "sycointerp.testing",
+    ),
+    "analysis": (
+        "sycointerp.metrics",
+        "sycointerp.generate",
+        "sycointerp.heads",
+        "sycointerp.patching",
+        "sycointerp.evaluate",
+        "sycointerp.plot",
+    ),
+    "tuning": ("sycointerp.spt",),
+    "applications": ("sycointerp.cli",),
+    "entry": ("sycointerp.patch", "sycointerp.effect", "sycointerp.spt.__main__", "sycointerp"),
+}
+ORDER = list(LAYERS)
+JOBS = ("patch", "spt", "effect", "report")
+
+
+def module_files(root: Path) -> dict[str, Path]:
+    """Dotted module name -> file, for every ``.py`` under ``root`` (a package directory)."""
+    out = {}
+    for path in sorted(root.rglob("*.py")):
+        parts = list(path.relative_to(root.parent).with_suffix("").parts)
+        if parts[-1] == "__init__":
+            parts.pop()
+        out[".".join(parts)] = path
+    return out
+
+
+def layer_of(module: str) -> str | None:
+    best, best_len = None, -1
+    for layer, prefixes in LAYERS.items():
+        for prefix in prefixes:
+            exact_only = prefix == "sycointerp"
+            hit = module == prefix or (not exact_only and module.startswith(prefix + "."))
+            if hit and len(prefix) > best_len:
+                best, best_len = layer, len(prefix)
+    return best
+
+
+def _resolve(name: str, modules: dict[str, Path]) -> str | None:
+    while name and name not in modules:
+        name = name.rpartition(".")[0]
+    return name or None
+
+
+def imports(modules: dict[str, Path]) -> dict[str, dict[str, list[str]]]:
+    """Per module: imported module -> names imported from it (``[]`` for ``import x``)."""
+    graph: dict[str, dict[str, list[str]]] = {}
+    for module, path in modules.items():
+        edges: dict[str, list[str]] = {}
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                for alias in node.names:
+                    full = f"{node.module}.{alias.name}"
+                    target = full if full in modules else _resolve(node.module, modules)
+                    if target:
+                        names = [] if target == full else [alias.name]
+                        edges.setdefault(target, []).extend(names)
+            elif isinstance(node, ast.Import):
+                for alias in node.names:
+                    target = _resolve(alias.name, modules)
+                    if target:
+                        edges.setdefault(target, [])
+        edges.pop(module, None)
+        graph[module] = edges
+    return graph
+
+
+def _with_parents(graph: dict[str, dict[str, list[str]]], root: str) -> dict[str, set[str]]:
+    """Edges plus the implicit ones to each package ``__init__`` an import runs."""
+    out = {}
+    for module, edges in graph.items():
+        targets = set(edges)
+        for target in edges:
+            parts = target.split(".")
+            for i in range(2, len(parts)):
+                parent = ".".join(parts[:i])
+                if parent != root and not module.startswith(parent + ".") and parent in graph:
+                    targets.add(parent)
+        out[module] = targets - {module}
+    return out
+
+
+def find_cycle(edges: dict[str, set[str]]) -> list[str] | None:
+    """One import cycle as a path ``[a, b, ..., a]``, or ``None``."""
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        stack.append(node)
+        for nxt in sorted(edges.get(node, ())):
+            if state.get(nxt) == 1:
+                return stack[stack.index(nxt) :] + [nxt]
+            if nxt not in state and (found := visit(nxt)):
+                return found
+        stack.pop()
+        state[node] = 2
+        return None
+
+    for node in sorted(edges):
+        if node not in state and (found := visit(node)):
+            return found
+    return None
+
+
+def _job(module: str) -> str | None:
+    parts = module.split(".")
+    if len(parts) == 3 and parts[1] == "cli":
+        return next((j for j in JOBS if parts[2] == j or parts[2].startswith(j + "_")), None)
+    return None
+
+
+def violations(root: Path) -> list[str]:
+    """Every broken rule of the module docstring, one line each."""
+    modules = module_files(root)
+    graph = imports(modules)
+    problems = [
+        f"{m}: no layer; add it to LAYERS in {__name__}" for m in modules if not layer_of(m)
+    ]
+    for module, edges in graph.items():
+        here = layer_of(module)
+        for target, names in edges.items():
+            there = layer_of(target)
+            if here and there and ORDER.index(there) > ORDER.index(here):
+                problems.append(f"{module} ({here}) imports {target} ({there}): an upward import")
+            if _job(module) and _job(target) and _job(module) != _job(target):
+                problems.append(f"{module} imports {target}: jobs must not import each other")
+            private = [n for n in names if n.startswith("_")]
+            if private and not target.rpartition(".")[2].startswith("_"):
+                problems.append(f"{module} imports private {private} of {target}")
+            if (
+                here == "entry"
+                and module != root.name
+                and not target.startswith(f"{root.name}.cli")
+            ):
+                problems.append(
+                    f"entry point {module} imports {target}; entry points import only cli"
+                )
+    cycle = find_cycle(_with_parents(graph, root.name))
+    if cycle:
+        problems.append("import cycle: " + " -> ".join(cycle))
+    return problems
+
+
+def test_the_package_imports_one_way():
+    assert violations(ROOT) == []
+
+
+def test_every_layer_prefix_names_real_modules():
+    modules = module_files(ROOT)
+    for prefixes in LAYERS.values():
+        for prefix in prefixes:
+            assert any(m == prefix or m.startswith(prefix + ".") for m in modules), prefix
+
+
+def _plant(tmp_path: Path, files: dict[str, str]) -> Path:
+    """A copy of the package with ``files`` (relative path -> source) added or replaced."""
+    root = tmp_path / "sycointerp"
+    for path in ROOT.rglob("*.py"):
+        target = root / path.relative_to(ROOT)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(path.read_text())
+    for rel, text in files.items():
+        (root / rel).write_text(text)
+    return root
+
+
+@pytest.mark.parametrize(
+    ("planted", "expected"),
+    [
+        (
+            {"stats.py": "def f():\n    from sycointerp.patching import PatchResult\n"},
+            "upward import",
+        ),
+        ({"chat.py": "import sycointerp.cli.patch\n"}, "upward import"),
+        ({"metrics.py": "from sycointerp.plot import head_heatmap\n"}, "import cycle"),
+        (
+            {"cli/effect.py": "from sycointerp.cli.patch_job import run_job\n"},
+            "must not import each other",
+        ),
+        ({"heads.py": "from sycointerp.models import _sha256\n"}, "private"),
+        (
+            {"patch.py": "from sycointerp.models import load_model\n"},
+            "entry points import only cli",
+        ),
+        ({"newmodule.py": "x = 1\n"}, "no layer"),
+    ],
+)
+def test_a_planted_violation_is_found(tmp_path, planted, expected):
+    found = violations(_plant(tmp_path, planted))
+    assert any(expected in line for line in found), found
+
+
+def test_cycle_finder_on_a_hand_made_graph():
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": set()}) is None
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
