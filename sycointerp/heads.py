@@ -357,7 +357,7 @@ class HeadRanking:
                 f"({grid.model or 'unnamed'}); rank the heads of this model"
             )
         if self.grid.model and grid.model and self.grid.model != grid.model:
-            log.info(
+            log.debug(
                 "%s was ranked on %s; using it for %s (same head grid)",
                 self.path,
                 self.grid.model,

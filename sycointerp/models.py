@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
+from safetensors import SafetensorError
 from transformer_lens.model_bridge import TransformerBridge
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
@@ -40,6 +41,7 @@ __all__ = [
     "EMBEDDED_GGUF",
     "ModelLoadError",
     "cache_root",
+    "usable_cache_root",
     "embedded_gguf_path",
     "embedded_tokenizer",
     "convert_gguf",
@@ -47,6 +49,7 @@ __all__ = [
     "load_hf_model",
     "hook_model",
     "boot_bridge",
+    "sha256_file",
 ]
 
 log = logging.getLogger(__name__)
@@ -77,7 +80,26 @@ def cache_root() -> Path:
     return base / "sycointerp"
 
 
-def _sha256(path: Path, chunk: int = 1 << 22) -> str:
+def usable_cache_root() -> Path:
+    """:func:`cache_root`, created and checked to be a writable directory.
+
+    Raises:
+        ModelLoadError: it is a file, or cannot be created or written (names the fix).
+    """
+    root = cache_root()
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=root).close()
+    except OSError as err:
+        raise ModelLoadError(
+            f"the model cache {root} is not a writable directory ({err.strerror}); set "
+            "SYCOINTERP_CACHE to a writable directory"
+        ) from None
+    return root
+
+
+def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
+    """Hex SHA-256 of the file's bytes."""
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         while block := handle.read(chunk):
@@ -96,7 +118,7 @@ def _manifest_ok(entry: Path) -> bool:
             return False
         files: dict[str, str] = recorded["files"]
         return bool(files) and all(
-            (entry / name).is_file() and _sha256(entry / name) == digest
+            (entry / name).is_file() and sha256_file(entry / name) == digest
             for name, digest in files.items()
         )
     except (OSError, ValueError, KeyError, TypeError):
@@ -105,7 +127,7 @@ def _manifest_ok(entry: Path) -> bool:
 
 def _publish(tmp: Path, entry: Path, source: dict[str, Any]) -> None:
     """Write the manifest into ``tmp`` and move it into place atomically (replacing ``entry``)."""
-    files = {p.name: _sha256(p) for p in sorted(tmp.iterdir()) if p.is_file()}
+    files = {p.name: sha256_file(p) for p in sorted(tmp.iterdir()) if p.is_file()}
     manifest = {"format": _CACHE_FORMAT, "source": source, "files": files}
     (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
     if entry.exists():
@@ -164,8 +186,8 @@ def convert_gguf(gguf: str | Path, *, refresh: bool = False) -> Path:
     gguf = Path(gguf).expanduser().resolve()
     if not gguf.is_file():
         raise ModelLoadError(f"GGUF file {gguf} does not exist; check the path")
-    digest = _sha256(gguf)
-    entry = cache_root() / f"gguf-{digest[:20]}"
+    digest = sha256_file(gguf)
+    entry = usable_cache_root() / f"gguf-{digest[:20]}"
     if not refresh and _manifest_ok(entry):
         return entry
     if entry.exists():
@@ -300,7 +322,7 @@ def _resolve_hf(
                 local_only=True,
                 placement=placement,
             )
-        except (OSError, ValueError) as err:
+        except (OSError, ValueError, SafetensorError) as err:
             first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             raise ModelLoadError(
                 f"could not load the model in {path}: {first}; it needs config.json, "

@@ -10,6 +10,7 @@ stderr and exit status 2.
 """
 
 import argparse
+import errno
 import logging
 import sys
 from collections.abc import Callable
@@ -146,10 +147,29 @@ def user_error_line(prog: str, err: BaseException) -> str:
     return f"{prog}: error: " + " ".join(str(err).split())
 
 
+# Failures of the machine, not of the inputs: the job stops with what it finished saved.
+_RESUMABLE = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO}
+
+
 def run_main(prog: str, body: Callable[[], int]) -> int:
-    """``body()``'s exit status, or 2 after printing a :class:`UserError` as one line on stderr."""
+    """``body()``'s exit status; a :class:`UserError` is one line on stderr and status 2.
+
+    A full disk, a read-only or unwritable directory, or an I/O error while the job writes is
+    one line naming the file and the error, and status 1: the finished chunks are on disk
+    (every write is atomic), so rerunning the same command resumes.
+    """
     try:
         return body()
     except UserError as err:
         print(user_error_line(prog, err), file=sys.stderr)
         return 2
+    except OSError as err:
+        if err.errno not in _RESUMABLE:
+            raise
+        where = f" {err.filename}" if err.filename else ""
+        print(
+            f"{prog}: error: writing{where} failed: {err.strerror}; fix that and rerun the same "
+            "command to resume (finished work is kept)",
+            file=sys.stderr,
+        )
+        return 1

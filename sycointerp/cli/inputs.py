@@ -68,7 +68,24 @@ def load_job_questions(config: TomlConfig) -> list[Question]:
         questions = kept
     if not questions:
         raise DataError(f"dataset {config.dataset!r} holds no questions")
+    _require_unique_ids(questions, config)
     if 0 < config.limit < len(questions):
         keep = sorted(random.Random(config.seed).sample(range(len(questions)), config.limit))
         questions = [questions[i] for i in keep]
     return questions
+
+
+def _require_unique_ids(questions: list[Question], config: TomlConfig) -> None:
+    """Results, chunks and evaluations are keyed by question id: two questions may not share one.
+
+    Raises:
+        DataError: naming the repeated id.
+    """
+    seen: set[str] = set()
+    for q in questions:
+        if q.id in seen:
+            raise DataError(
+                f"dataset {config.dataset!r} ({config.data_path or 'built-in'}) uses the id "
+                f"{q.id!r} twice; ids must be unique"
+            )
+        seen.add(q.id)

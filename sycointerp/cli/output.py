@@ -14,19 +14,28 @@ the main process holds it for every rank of its job.
 """
 
 import fcntl
+import json
 import os
 import shutil
 import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from sycointerp._config import ConfigError, TomlConfig, config_diff, load_toml
 from sycointerp._config import dump_toml as _dump
-from sycointerp._io import atomic_write
+from sycointerp._io import atomic_write, write_json
 from sycointerp.errors import UserError
 
-__all__ = ["OutputError", "check_writable", "output_lock", "prepare_output"]
+__all__ = [
+    "INPUTS",
+    "OutputError",
+    "check_inputs",
+    "check_writable",
+    "output_lock",
+    "prepare_output",
+]
 
 
 class OutputError(UserError):
@@ -189,3 +198,51 @@ def output_lock(out: Path) -> Iterator[None]:
         yield
     finally:
         os.close(fd)  # closing the descriptor releases the lock
+
+
+INPUTS = "inputs.json"
+
+
+def _changes(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
+    """Human-readable differences between two nested JSON records."""
+    out = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _changes(a, b, f"{prefix}{key}.")
+        elif a != b:
+            short = lambda v: (v[:12] + "...") if isinstance(v, str) and len(v) > 16 else v  # noqa: E731
+            out.append(f"{prefix}{key}: {short(a)!r} -> {short(b)!r}")
+    return out
+
+
+def check_inputs(out: Path, record: dict[str, Any], status: str) -> None:
+    """Record (new job) or compare (resumed job) what the job computes from, e.g. the model's files.
+
+    ``out/inputs.json`` holds ``record`` from the job's first run; a resumed job whose inputs
+    differ (the model at the same path changed, say) would mix two models in one result, so it
+    is refused. Complete jobs compute nothing and are not checked.
+
+    Raises:
+        OutputError: a resumed job whose inputs changed (naming what), or one without a record.
+    """
+    path = out / INPUTS
+    if status == "new":
+        write_json(path, record)
+        return
+    if status != "resume":
+        return
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, ValueError):
+        raise OutputError(
+            f"--out {out} holds an unfinished job without a readable {INPUTS} (started by an older "
+            "sycointerp?), so resuming it could mix inputs; pass --overwrite to start it again"
+        ) from None
+    changes = _changes(saved, record)
+    if changes:
+        raise OutputError(
+            f"--out {out} holds an unfinished job computed from other inputs "
+            f"({'; '.join(changes[:3])}{'; ...' if len(changes) > 3 else ''}); resuming would mix "
+            "them: restore them, or pass --overwrite to start again"
+        )

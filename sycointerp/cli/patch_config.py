@@ -212,6 +212,11 @@ class JobConfig(TomlConfig):
             raise ConfigError(
                 "pattern patching is per query position 'last' here; use positions = 'last'"
             )
+        if self.challenge_text and self.challenge_text.strip() == self.counterfactual_text.strip():
+            raise ConfigError(
+                "challenge_text and counterfactual_text are the same text: the pair would measure "
+                "nothing; give a counterfactual that differs from the challenge"
+            )
 
     def _check_method_options(self) -> None:
         """Options that belong to another method must stay at their defaults (no silent no-ops)."""

@@ -44,7 +44,7 @@ from transformer_lens.model_bridge import TransformerBridge
 from sycointerp._config import ConfigError
 from sycointerp._io import write_json
 from sycointerp.cli.inputs import load_job_questions
-from sycointerp.cli.output import OutputError, output_lock, prepare_output
+from sycointerp.cli.output import INPUTS, OutputError, check_inputs, output_lock, prepare_output
 from sycointerp.cli.patch_config import JobConfig
 from sycointerp.cli.shards import Chunk, ChunkStore, Group, chunk_ranges
 from sycointerp.data.answers import answer_is_correct
@@ -52,6 +52,7 @@ from sycointerp.data.batch import PairBatch
 from sycointerp.data.pairs import PromptPair, build_pairs
 from sycointerp.data.questions import DataError, Question
 from sycointerp.data.templates import ChallengeTemplate
+from sycointerp.errors import UserError
 from sycointerp.heads import HeadGrid, HeadRanking, read_heads_csv, write_heads_csv
 from sycointerp.metrics import PatchMetric, apology_logit_diff_metric, apology_metric, flip_metric
 from sycointerp.patching import (
@@ -63,6 +64,7 @@ from sycointerp.patching import (
     path_patch_heads,
 )
 from sycointerp.patching.ablation import head_means
+from sycointerp.provenance import model_dims, model_identity
 from sycointerp.stats import summarize
 
 __all__ = ["OUTPUT_NAMES", "run_job"]
@@ -78,6 +80,7 @@ OUTPUT_NAMES = (
     "knockout",
     "figures",
     "chunks",
+    INPUTS,
 )
 _HEADER = "sycointerp patch job: the fully resolved configuration (rerun with --config this-file)"
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -122,6 +125,13 @@ def _check_before_loading(config: JobConfig, group: Group) -> None:
             "device_map / n_devices split one model copy across devices; under torchrun each rank "
             "would split its own copy: run one process, or drop device_map / n_devices"
         )
+    dims = model_dims(config.model or None)
+    if dims is not None and config.method == "knockout" and config.ks[-1] > dims[0] * dims[1]:
+        raise ConfigError(
+            f"ks goes up to {config.ks[-1]} but the model has {dims[0] * dims[1]} heads; lower --ks"
+        )
+    if config.method == "knockout" and config.rank_from:
+        _check_ranking_file(config)
     if config.png:  # on every rank, so that all of them stop together
         from sycointerp.plot import check_png_export
 
@@ -129,6 +139,26 @@ def _check_before_loading(config: JobConfig, group: Group) -> None:
             check_png_export()
         except RuntimeError as err:
             raise ConfigError(f"{err}; or pass --no-png") from None
+
+
+def _check_ranking_file(config: JobConfig) -> None:
+    """``rank_from`` against the model's head grid (read without its weights) and ``ks``.
+
+    Raises:
+        HeadFileError: unreadable or malformed file, another model's grid or KV heads.
+        ConfigError: a ranking shorter than ``max(ks)``.
+    """
+    ranking = read_heads_csv(config.rank_from)
+    dims = model_dims(config.model or None)
+    if dims is not None:
+        ranking.require(
+            HeadGrid(*dims, model=config.model or "embedded"), "query", what="rank_from"
+        )
+    if len(ranking.heads) < config.ks[-1]:
+        raise ConfigError(
+            f"rank_from {config.rank_from} lists {len(ranking.heads)} heads, fewer than max(ks) = "
+            f"{config.ks[-1]}; lower --ks"
+        )
 
 
 def _check_model(config: JobConfig, model: TransformerBridge) -> None:
@@ -536,18 +566,17 @@ def _run_locked(
     config: JobConfig, out: Path, group: Group, overwrite: bool, progress: bool, held: ExitStack
 ) -> str:
     """:func:`run_job` once the main process holds (in ``held``) the lock on ``out``."""
-    status = None
+    status: str | tuple[str, str] | None = None
     if group.is_main:
         try:
             held.enter_context(output_lock(out))
             status = prepare_output(
                 out, config, overwrite, names=OUTPUT_NAMES, done="summary.json", header=_HEADER
             )
-        except OutputError as err:
-            status = err
-    status = group.broadcast(
-        status if not isinstance(status, OutputError) else ("error", str(status))
-    )
+            check_inputs(out, {"model": model_identity(config.model or None)}, status)
+        except UserError as err:  # every rank must stop, not only the main one
+            status = ("error", str(err))
+    status = group.broadcast(status)
     if isinstance(status, tuple):
         raise OutputError(status[1])
     if status == "complete":

@@ -14,9 +14,12 @@ one-process run whether or not the ranks share a filesystem.
 
 Fault injection for the tests: with ``SYCOINTERP_CRASH_AFTER_CHUNKS=N`` in the environment the
 process sends itself SIGKILL right after writing its N-th chunk (a real ``kill -9`` at a
-reproducible point).
+reproducible point); with ``SYCOINTERP_FAULT_AT_CHUNK=N:ENOSPC`` (or ``EROFS``, ``EACCES``, any
+``errno`` name) writing its N-th chunk fails with that error, as a full disk or a directory turned
+read-only would.
 """
 
+import errno
 import json
 import logging
 import os
@@ -39,6 +42,7 @@ __all__ = ["Chunk", "ChunkMismatch", "ChunkStore", "Group", "process_group", "ch
 
 log = logging.getLogger("sycointerp.patch")
 CRASH_ENV = "SYCOINTERP_CRASH_AFTER_CHUNKS"
+FAULT_ENV = "SYCOINTERP_FAULT_AT_CHUNK"
 
 
 class ChunkMismatch(UserError):
@@ -151,7 +155,16 @@ class ChunkStore:
         return self.dir / f"{tag}-{index:05d}.safetensors"
 
     def _write(self, tag: str, index: int, data: bytes) -> None:
+        self._inject_fault()
         atomic_write(self.path(tag, index), lambda p: Path(p).write_bytes(data))
+
+    def _inject_fault(self) -> None:
+        fault = os.environ.get(FAULT_ENV)
+        if fault:
+            at, name = fault.split(":")
+            if self.written + 1 == int(at):
+                code = getattr(errno, name)
+                raise OSError(code, os.strerror(code), str(self.dir))
 
     def run(
         self,

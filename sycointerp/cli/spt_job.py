@@ -36,11 +36,12 @@ import torch
 
 from sycointerp._io import atomic_write, read_json, write_json, write_tensors
 from sycointerp.cli.inputs import load_job_questions
-from sycointerp.cli.output import output_lock, prepare_output
+from sycointerp.cli.output import INPUTS, check_inputs, output_lock, prepare_output
 from sycointerp.cli.spt_config import METHODS, SPTConfig
 from sycointerp.data.questions import DataError, Question, load_questions_jsonl
-from sycointerp.heads import HeadGrid, HeadSet
+from sycointerp.heads import HeadGrid, HeadSet, read_heads_csv
 from sycointerp.models import hook_model, load_hf_model
+from sycointerp.provenance import model_dims, model_identity
 from sycointerp.spt.data import build_dialogues, check_disjoint, split_questions, tokenize_dialogues
 from sycointerp.spt.train import TrainConfig, train
 from sycointerp.spt.tunable import FullWeights, HeadDeltas, PeftLoRA
@@ -48,7 +49,15 @@ from sycointerp.spt.tunable import FullWeights, HeadDeltas, PeftLoRA
 __all__ = ["run_experiment", "split_data", "choose_heads", "OUTPUT_NAMES", "results_table"]
 
 log = logging.getLogger("sycointerp.spt")
-OUTPUT_NAMES = ("config.toml", "heads.json", "ranking", "report.json", "results.md", *METHODS)
+OUTPUT_NAMES = (
+    INPUTS,
+    "config.toml",
+    "heads.json",
+    "ranking",
+    "report.json",
+    "results.md",
+    *METHODS,
+)
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
@@ -303,6 +312,7 @@ def run_experiment(
     from accelerate.utils import InitProcessGroupKwargs
 
     config.check_files()
+    _check_heads_file(config)
     # Evaluation runs on the main process while the others wait at a barrier: allow it hours,
     # not the default 30 minutes of a collective.
     acc = Accelerator(
@@ -313,7 +323,7 @@ def run_experiment(
     with ExitStack() as held:
         if acc.is_main_process:
             held.enter_context(output_lock(out))  # released when the run ends, or the process dies
-            prepare_output(
+            status = prepare_output(
                 out,
                 config,
                 overwrite,
@@ -324,7 +334,26 @@ def run_experiment(
                     "(rerun with --config this-file)"
                 ),
             )
+            check_inputs(out, {"model": model_identity(config.model or None)}, status)
         return _run_methods(config, out, acc, progress)
+
+
+def _check_heads_file(config: SPTConfig) -> None:
+    """``heads_file`` against the model's head grid, read without loading its weights.
+
+    Raises:
+        HeadFileError: unreadable or malformed file, another model's grid, KV heads, or fewer
+            heads than ``top_k``.
+    """
+    if not config.heads_file:
+        return
+    ranking = read_heads_csv(config.heads_file)
+    dims = model_dims(config.model or None)
+    if dims is not None:
+        grid = HeadGrid(*dims, model=config.model or "embedded")
+        ranking.require(grid, "query", what="heads file")
+    if config.top_k:
+        ranking.top(config.top_k)
 
 
 def _run_methods(config: SPTConfig, out: Path, acc, progress: bool) -> dict:

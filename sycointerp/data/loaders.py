@@ -177,7 +177,12 @@ def load_are_you_sure(
     rng = random.Random(seed)
     out: list[Question] = []
     for where, record in _are_you_sure_rows(path_or_id):
-        dataset = record.get("base", {}).get("dataset") if isinstance(record, Mapping) else None
+        base = record.get("base") if isinstance(record, Mapping) else None
+        if not isinstance(base, Mapping):  # refuse it before the source filter could skip it
+            raise DataError(
+                f"{where}: expected an object with a 'base' object (SycophancyEval schema)"
+            )
+        dataset = base.get("dataset")
         if wanted is not None and dataset not in wanted:
             continue
         out.append(_are_you_sure_record(where, record, rng))
@@ -208,19 +213,22 @@ def load_truthfulqa_csv(
     if n_choices < 2:
         raise DataError(f"n_choices must be >= 2, got {n_choices}")
     out: list[Question] = []
-    with open(path, encoding="utf-8-sig", newline="") as handle:
-        reader = csv.DictReader(handle)
-        missing = [c for c in _TQA_COLUMNS if c not in (reader.fieldnames or [])]
-        if missing:
-            raise DataError(f"{path}: missing column(s) {missing}; is this TruthfulQA.csv?")
-        for row_number, row in enumerate(reader, start=2):
-            out.append(
-                _truthfulqa_row(
-                    f"{path}:{row_number}", row, n_choices, random.Random(seed + row_number)
+    try:
+        with open(path, encoding="utf-8-sig", newline="") as handle:
+            reader = csv.DictReader(handle)
+            missing = [c for c in _TQA_COLUMNS if c not in (reader.fieldnames or [])]
+            if missing:
+                raise DataError(f"{path}: missing column(s) {missing}; is this TruthfulQA.csv?")
+            for row_number, row in enumerate(reader, start=2):
+                out.append(
+                    _truthfulqa_row(
+                        f"{path}:{row_number}", row, n_choices, random.Random(seed + row_number)
+                    )
                 )
-            )
-            if limit is not None and len(out) >= limit:
-                break
+                if limit is not None and len(out) >= limit:
+                    break
+    except UnicodeDecodeError as err:
+        raise DataError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
     return require_nonempty(out, str(path))
 
 

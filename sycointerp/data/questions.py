@@ -146,10 +146,17 @@ def question_from_record(record: Any, where: str) -> Question:
         raise DataError(
             f"{where}: unknown field(s) {unknown}; allowed: {sorted(_FIELDS - {'extra'})}"
         )
-    record = {
-        k: tuple(v) if k in ("choices", "labels") and isinstance(v, list) else v
-        for k, v in record.items()
-    }
+    for key in ("choices", "labels"):
+        value = record.get(key, [])
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise DataError(f"{where}: field {key!r} must be a list of strings, got {value!r}")
+    for key in ("stem", "letter", "wrong_letter", "domain"):
+        if record.get(key) is not None and not isinstance(record[key], str):
+            raise DataError(f"{where}: field {key!r} must be a string, got {record[key]!r}")
+    for key in ("id", "source"):
+        if key in record and not isinstance(record[key], str):
+            raise DataError(f"{where}: field {key!r} must be a string, got {record[key]!r}")
+    record = {k: tuple(v) if k in ("choices", "labels") else v for k, v in record.items()}
     try:
         return Question(**record)
     except (TypeError, DataError) as err:
@@ -164,8 +171,15 @@ def iter_jsonl(path: Path) -> Iterator[tuple[str, Any]]:
     """
     if not path.is_file():
         raise DataError(f"{path}: file not found; check the path")
-    with open(path, encoding="utf-8-sig") as handle:
-        for number, line in enumerate(handle, start=1):
+    with open(path, "rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            try:
+                line = raw.decode("utf-8-sig" if number == 1 else "utf-8")
+            except UnicodeDecodeError as err:
+                raise DataError(
+                    f"{path}:{number}: not UTF-8 text ({err.reason} at byte {err.start} of the "
+                    "line); save the file as UTF-8"
+                ) from None
             if not line.strip():
                 continue
             try:
@@ -188,8 +202,16 @@ def load_questions_jsonl(path: str | Path, limit: int | None = None) -> list[Que
     """
     path = Path(path)
     out: list[Question] = []
+    seen: dict[str, str] = {}
     for where, record in iter_jsonl(path):
-        out.append(question_from_record(record, where))
+        question = question_from_record(record, where)
+        if question.id and question.id in seen:
+            raise DataError(
+                f"{where}: id {question.id!r} is also used at {seen[question.id]}; ids must be "
+                "unique (results and resumed jobs are keyed by them)"
+            )
+        seen[question.id] = where
+        out.append(question)
         if limit is not None and len(out) >= limit:
             break
     return require_nonempty(out, str(path))

@@ -33,6 +33,7 @@ LAYERS = {
         "sycointerp.chat",
         "sycointerp.data",
         "sycointerp.models",
+        "sycointerp.provenance",
         "sycointerp.testing",
     ),
     "analysis": (
