@@ -47,6 +47,8 @@ def file_digest(path: Path) -> str:
     if key in cache:
         return cache[key]
     digest = sha256_file(resolved)
+    # Entries of files that are gone (temporary model copies) would only make the cache grow.
+    cache = {k: v for k, v in cache.items() if Path(k.split("|")[0]).exists()}
     cache[key] = digest
     try:
         _hash_cache().parent.mkdir(parents=True, exist_ok=True)

@@ -54,7 +54,13 @@ from sycointerp.data.questions import DataError, Question
 from sycointerp.data.templates import ChallengeTemplate
 from sycointerp.errors import UserError
 from sycointerp.heads import HeadGrid, HeadRanking, read_heads_csv, write_heads_csv
-from sycointerp.metrics import PatchMetric, apology_logit_diff_metric, apology_metric, flip_metric
+from sycointerp.metrics import (
+    PatchMetric,
+    apology_logit_diff_metric,
+    apology_metric,
+    flip_metric,
+    ratio_unstable,
+)
 from sycointerp.patching import (
     KnockoutCurve,
     PatchResult,
@@ -484,6 +490,24 @@ def _baselines(result: PatchResult | None, curve: KnockoutCurve | None) -> dict[
     }
 
 
+def _ratio_flags(result: PatchResult | None) -> dict[str, Any]:
+    """For the paper's raw-logit ratio: the examples where it is not a share (see
+    :func:`sycointerp.metrics.ratio_unstable`), logged and recorded in summary.json."""
+    if result is None or result.metric != "apology":
+        return {}
+    flagged = ratio_unstable(result.metric_ref) | ratio_unstable(result.metric_cf)
+    ids = [result.example_ids[i] for i in torch.nonzero(flagged).flatten().tolist()]
+    if ids:
+        log.warning(
+            "the paper's ratio F is outside [0, 1] (logits of opposite sign) for %d of %d examples "
+            "(%s); their scores are unreliable: prefer --metric apology_logit_diff",
+            len(ids),
+            len(flagged),
+            ", ".join(ids[:5]) + (", ..." if len(ids) > 5 else ""),
+        )
+    return {"apology_ratio_unstable": {"n": len(ids), "of": len(flagged), "examples": ids}}
+
+
 def _summary(
     job: _Job,
     result: PatchResult | None,
@@ -509,6 +533,7 @@ def _summary(
             "challenge": c.challenge_text or c.challenge,
         },
         "metric_baselines": _baselines(result, curve),
+        **_ratio_flags(result),
         "top_heads": _top_heads(table, c.top_k),
         "figures": figures,
         "processes": job.group.world,

@@ -32,6 +32,7 @@ from sycointerp.metrics import (
     apology_token_ids,
     flip,
     last_logits,
+    ratio_unstable,
 )
 from sycointerp.stats import Summary, summarize
 
@@ -72,6 +73,15 @@ class EffectResult(Bundle):
         """Boolean ``[example]``: gold preferred without the challenge, wrong preferred with it."""
         return (self.metrics["flip_cf"] > 0) & (self.metrics["flip_ref"] < 0)
 
+    @property
+    def n_apology_unstable(self) -> int | None:
+        """Examples where the paper's ratio is not a share under either prompt (``F`` outside
+        ``[0, 1]``, :func:`~sycointerp.metrics.ratio_unstable`); ``None`` without the metric."""
+        if "apology_ref" not in self.metrics:
+            return None
+        ref, cf = self.metrics["apology_ref"], self.metrics["apology_cf"]
+        return int((ratio_unstable(ref) | ratio_unstable(cf)).sum())
+
     def summary(self) -> dict[str, Summary]:
         out = {name: summarize(values) for name, values in self.metrics.items()}
         for name in ("flip", "apology", "apology_lp"):
@@ -98,6 +108,11 @@ class EffectResult(Bundle):
             f"\nFlipped answers: {int(self.flipped.sum())} of {held} where the counterfactual "
             f"prefers the gold answer ({self.n} questions)."
         )
+        if self.n_apology_unstable:
+            rows.append(
+                f"The paper's ratio `apology` is outside [0, 1] (logits of opposite sign) for "
+                f"{self.n_apology_unstable} of {self.n} questions: read `apology_lp` instead."
+            )
         return "\n".join(rows)
 
     def to_bundle(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -107,6 +122,7 @@ class EffectResult(Bundle):
             "challenge": self.challenge,
             "n": self.n,
             "n_flipped": int(self.flipped.sum()),
+            "n_apology_unstable": self.n_apology_unstable,
             "question_ids": list(self.question_ids),
             "metrics": {k: v.to_json() for k, v in self.summary().items()},
             **self.meta,
@@ -116,7 +132,15 @@ class EffectResult(Bundle):
     @classmethod
     def from_bundle(cls, tensors: dict[str, torch.Tensor], info: dict[str, Any]) -> "EffectResult":
         """Inverse of :meth:`to_bundle` (summaries are recomputed from the per-example values)."""
-        own = {"model", "challenge", "n", "n_flipped", "question_ids", "metrics"}
+        own = {
+            "model",
+            "challenge",
+            "n",
+            "n_flipped",
+            "n_apology_unstable",
+            "question_ids",
+            "metrics",
+        }
         meta = {k: v for k, v in info.items() if k not in own}
         return cls(info["model"], info["challenge"], tuple(info["question_ids"]), tensors, meta)
 

@@ -264,3 +264,22 @@ def test_api_errors_name_the_cause(files, tokenizer):
         with pytest.raises(kind, match=message.replace("(", r"\(")):
             call()
     assert len(cases) >= 12
+
+
+def test_a_corrupt_model_and_an_unusable_cache_are_one_line_exit_2(
+    files, tmp_path, capsys, monkeypatch
+):
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(files["model"], broken)
+    weights = broken / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])  # a truncated download
+    assert patch.main(["--model", str(broken), "--out", str(tmp_path / "o1"), "--no-png"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "could not load the model in" in err, err
+    monkeypatch.setenv("SYCOINTERP_CACHE", files["notadir"])  # a file, not a directory
+    assert patch.main(["--out", str(tmp_path / "o2"), "--no-png", "--limit", "2"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "is not a writable directory" in err, err
+    assert "SYCOINTERP_CACHE" in err

@@ -10,6 +10,7 @@ from sycointerp.metrics import (
     flip,
     kl_divergence,
     last_logits,
+    ratio_unstable,
 )
 from tests.reference import plain_last_logits, reference_logprob
 
@@ -74,3 +75,13 @@ def test_kl_divergence():
     assert (kl_divergence(p, q) > 0).all()
     with pytest.raises(ValueError, match="shapes differ"):
         kl_divergence(p, q[:, :2])
+
+
+def test_ratio_is_flagged_where_the_logits_have_opposite_signs():
+    # y_syc, y_firm = (3, 0.5): F = 3/3.5, a share. (-1, 2): F = -1, not one. (2, -1.9): F = 20,
+    # the denominator 0.1 is near its pole. (0, 0): F = NaN.
+    logits = torch.tensor([[0.0, 3.0, 0.5], [0.0, -1.0, 2.0], [0.0, 2.0, -1.9], [0.0, 0.0, 0.0]])
+    values = apology_ratio(logits, 1, 2)
+    assert torch.allclose(values[:3], torch.tensor([3.0 / 3.5, -1.0, 20.0]), atol=1e-4)
+    assert ratio_unstable(values).tolist() == [False, True, True, True]
+    assert ratio_unstable(torch.tensor([0.0, 1.0, 0.45])).tolist() == [False, False, False]

@@ -366,7 +366,13 @@ def test_other_config_in_the_same_out_is_refused_unless_overwrite(model_dirs, tm
     assert (
         main(_args(model_dirs["llama"], out, "--no-png", "--metric", "apology", "--overwrite")) == 0
     )
-    assert PatchResult.load(out).metric == "apology"
+    result = PatchResult.load(out)
+    assert result.metric == "apology"
+    flags = json.loads((out / "summary.json").read_text())["apology_ratio_unstable"]
+    outside = ((result.metric_ref < 0) | (result.metric_ref > 1)) | (
+        (result.metric_cf < 0) | (result.metric_cf > 1)
+    )
+    assert flags["n"] == int(outside.sum()) == len(flags["examples"]) and flags["of"] == 10
     assert (
         main(_args(model_dirs["llama"], tmp_path / "fresh", "--no-png", "--metric", "apology")) == 0
     )
