@@ -16,8 +16,11 @@ Conventions:
   head, sorted by rank, columns :data:`HEADS_CSV_COLUMNS`: ``layer, head, score, se, ci_low,
   ci_high, rank`` (rank 1 reduces sycophancy most; ``head`` is the KV head index for ``kind =
   kv``), then the provenance columns ``kind, model, n_layers, n_heads, n_kv_heads``, equal on
-  every row, so that a copied file still says what it ranks. Extra columns (e.g. ranking
-  stability) may follow and are kept.
+  every row, so that a copied file still says what it ranks. Then the ranking-stability columns
+  :data:`STABILITY_COLUMNS` (``rank_ci_low, rank_ci_high``: the 95% bootstrap interval of the
+  head's rank over example resamples; ``p_top10``: the share of resamples that rank it among the
+  first 10; see :mod:`sycointerp.stability`), written by every patching job. Other extra
+  columns may follow and are kept.
 - Random draws (:func:`draw_random_heads`, :func:`draw_layer_matched`, :meth:`HeadSet.random`)
   come from one ``random.Random(seed)``, drawn in order: equal seeds give equal draws.
 
@@ -49,6 +52,7 @@ __all__ = [
     "HeadSet",
     "HEADS_CSV_COLUMNS",
     "PROVENANCE_COLUMNS",
+    "STABILITY_COLUMNS",
     "attention_dims",
     "model_meta",
     "check_heads",
@@ -76,6 +80,7 @@ HEADS_CSV_COLUMNS = [
     "rank",
     *PROVENANCE_COLUMNS,
 ]
+STABILITY_COLUMNS = ["rank_ci_low", "rank_ci_high", "p_top10"]
 
 
 class HeadFileError(UserError):

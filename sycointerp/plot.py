@@ -51,6 +51,7 @@ __all__ = [
     "knockout_plot",
     "layer_position_heatmap",
     "ranked_heads_bar",
+    "rank_intervals_plot",
     "check_png_export",
     "save_figure",
 ]
@@ -337,6 +338,47 @@ def ranked_heads_bar(result: PatchResult, k: int = 20) -> go.Figure:
         title=f"top {len(table)} heads: {result.method}, {result.metric}",
         xaxis={"title": "head (rank order)", "type": "category"},
         yaxis={"title": f"{result.metric} ({result.kind})"},
+    )
+    return fig
+
+
+def rank_intervals_plot(result: PatchResult, k: int = 20) -> go.Figure:
+    """The ``k`` best-ranked heads' ranks with their 95% bootstrap rank intervals.
+
+    A head whose interval reaches far down the ranking is not a stable finding; the hover text
+    also gives the share of resamples ranking it in the top 10 (``p_top10`` of ``heads.csv``).
+
+    Raises:
+        ValueError: cells that are not heads, fewer than 2 examples, or ``k < 1``.
+    """
+    _check_components(result, HEAD_COMPONENTS, "rank_intervals_plot")
+    if k < 1 or result.values.shape[-1] < 2:
+        raise ValueError("rank_intervals_plot needs k >= 1 and at least 2 examples")
+    table = result.heads_table().head(k)
+    letter = "KV" if result.components[1] == "kv_head" else "H"
+    labels = [f"L{l}{letter}{h}" for l, h in zip(table["layer"], table["head"])]
+    point = go.Scatter(
+        x=labels,
+        y=table["rank"],
+        mode="markers",
+        error_y={
+            "type": "data",
+            "symmetric": False,
+            "array": table["rank_ci_high"] - table["rank"],
+            "arrayminus": table["rank"] - table["rank_ci_low"],
+        },
+        customdata=table[["rank_ci_low", "rank_ci_high", "p_top10"]].to_numpy(),
+        hovertemplate=(
+            "%{x}: rank %{y}<br>95% rank interval [%{customdata[0]}, %{customdata[1]}]"
+            "<br>in the top 10 in %{customdata[2]:.0%} of resamples<extra></extra>"
+        ),
+    )
+    fig = go.Figure(point)
+    n = result.values.shape[-1]
+    fig.update_layout(
+        title=f"rank stability of the top {len(table)} heads ({n} examples, 1000 resamples)",
+        xaxis={"title": "head (rank order)", "type": "category"},
+        yaxis={"title": "rank (1 = reduces sycophancy most)", "autorange": "reversed"},
     )
     return fig
 

@@ -87,6 +87,7 @@ OUTPUT_NAMES = (
     "figures",
     "chunks",
     INPUTS,
+    "stability.json",
 )
 _HEADER = "sycointerp patch job: the fully resolved configuration (rerun with --config this-file)"
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -440,7 +441,13 @@ def _top_heads(table: pd.DataFrame, k: int) -> list[dict[str, Any]]:
 
 
 def _figures(job: _Job, result: PatchResult | None, curve: KnockoutCurve | None) -> list[str]:
-    from sycointerp.plot import head_heatmap, knockout_plot, ranked_heads_bar, save_figure
+    from sycointerp.plot import (
+        head_heatmap,
+        knockout_plot,
+        rank_intervals_plot,
+        ranked_heads_bar,
+        save_figure,
+    )
 
     c, fig_dir = job.config, job.out / "figures"
     written: list[Path] = []
@@ -456,6 +463,9 @@ def _figures(job: _Job, result: PatchResult | None, curve: KnockoutCurve | None)
         written += save_figure(
             ranked_heads_bar(result, k=min(20, cells)), fig_dir / "ranked_heads", png=c.png
         )
+        if result.values.shape[-1] >= 2:
+            stable = rank_intervals_plot(result, k=min(20, cells))
+            written += save_figure(stable, fig_dir / "rank_intervals", png=c.png)
     if curve is not None:
         written += save_figure(knockout_plot(curve), fig_dir / "knockout", png=c.png)
     return [str(p.relative_to(job.out)) for p in written]
@@ -487,6 +497,22 @@ def _baselines(result: PatchResult | None, curve: KnockoutCurve | None) -> dict[
         "challenge": summarize(result.metric_ref).to_json(),
         "counterfactual": summarize(result.metric_cf).to_json(),
         "counterfactual_minus_challenge": summarize(gap).to_json(),
+    }
+
+
+def _stability(result: PatchResult, k: int) -> dict[str, Any]:
+    """The ranking's stability: split-half replication and the top heads' rank intervals."""
+    k = min(k, result.shape[0] * result.shape[1])
+    table = result.heads_table().head(k)
+    columns = ["layer", "head", "rank", "rank_ci_low", "rank_ci_high", "p_top10"]
+    return {
+        "n_examples": int(result.values.shape[-1]),
+        "bootstrap": {"n_boot": 1000, "level": 0.95, "seed": 0},
+        "split_half": result.split_half(k=k).to_json(),
+        "top_heads": [
+            {c: (float(r[c]) if c == "p_top10" else int(r[c])) for c in columns}
+            for r in table.to_dict("records")
+        ],
     }
 
 
@@ -558,6 +584,8 @@ def _write_outputs(
         rank_table = result.heads_table()
     else:  # knockout of a given ranking: heads.csv is that ranking
         write_heads_csv(out / "heads.csv", rank_table, HeadGrid.of(job.model), "query")
+    if result is not None and result.values.shape[-1] >= 2:
+        write_json(out / "stability.json", _stability(result, job.config.top_k))
     write_json(out / "examples.json", _examples(job))
     if curve is not None:
         curve.save(out / "knockout")

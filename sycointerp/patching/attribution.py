@@ -55,40 +55,13 @@ from sycointerp.metrics import PatchMetric
 from sycointerp.patching._engine import z_name
 from sycointerp.patching.activation import patch_head_list
 from sycointerp.patching.results import PatchResult
+from sycointerp.stability import spearman
 
 __all__ = ["attribution_patch_heads", "spearman"]
 
 Direction = Literal["denoise", "noise"]
 Where = Literal["last", "all"]
 RESID_IN = "blocks.0.hook_resid_pre"
-
-
-def spearman(a: Float[torch.Tensor, " n"], b: Float[torch.Tensor, " n"]) -> float:
-    """Spearman rank correlation: Pearson correlation of the ranks, ties given their average rank.
-
-    Returns ``nan`` when either side is constant (the correlation is undefined).
-
-    Raises:
-        ValueError: the two sides differ in length, have fewer than 2 values, or hold a NaN.
-    """
-    if a.shape != b.shape or a.numel() < 2:
-        raise ValueError(
-            f"spearman needs two equally long vectors of >= 2 values, got {tuple(a.shape)} and "
-            f"{tuple(b.shape)}"
-        )
-    if torch.isnan(a).any() or torch.isnan(b).any():
-        raise ValueError("spearman got a NaN; NaN has no rank (drop those entries first)")
-    ra, rb = _average_ranks(a), _average_ranks(b)
-    ra, rb = ra - ra.mean(), rb - rb.mean()
-    denom = (ra.square().sum() * rb.square().sum()).sqrt()
-    return float("nan") if denom == 0 else float((ra * rb).sum() / denom)
-
-
-def _average_ranks(x: torch.Tensor) -> torch.Tensor:
-    """1-based ranks; tied values share the mean of the ranks they span."""
-    below = (x[None, :] < x[:, None]).sum(1)
-    tied = (x[None, :] == x[:, None]).sum(1)
-    return below + (tied + 1) / 2
 
 
 @contextmanager

@@ -30,11 +30,13 @@ from jaxtyping import Float
 from sycointerp._io import Bundle
 from sycointerp.heads import (
     HEADS_CSV_COLUMNS,
+    STABILITY_COLUMNS,
     HeadGrid,
     HeadKind,
     with_provenance,
     write_heads_csv,
 )
+from sycointerp.stability import RankStability, SplitHalf, bootstrap_ranks, split_half
 from sycointerp.stats import bootstrap_ci
 
 __all__ = ["PatchResult", "HEADS_CSV_COLUMNS", "HEAD_COMPONENTS"]
@@ -246,8 +248,44 @@ class PatchResult(Bundle):
             for r, (l, h) in enumerate(self.rank(), start=1)
         ]
         table = pd.DataFrame(rows, columns=HEADS_CSV_COLUMNS[:7])
+        table = table.assign(**self._stability_columns(table))
         grid = self.grid
         return table if grid is None else with_provenance(table, grid, self.head_kind)
+
+    def _stability_columns(self, table: pd.DataFrame) -> dict[str, list[int] | list[float]]:
+        """``rank_ci_low, rank_ci_high, p_top10`` per row of ``table`` (NaN below 2 examples)."""
+        if self.values.shape[-1] < 2:
+            nan = [float("nan")] * len(table)
+            return {name: nan for name in STABILITY_COLUMNS}
+        stab = self.stability(k=min(10, int(np.prod(self.shape))))
+        cell = [l * self.shape[1] + h for l, h in zip(table["layer"], table["head"])]
+        return {
+            "rank_ci_low": [int(stab.rank_low[c]) for c in cell],
+            "rank_ci_high": [int(stab.rank_high[c]) for c in cell],
+            "p_top10": [float(stab.p_top_k[c]) for c in cell],
+        }
+
+    def _key(self) -> torch.Tensor:
+        """``[cell, example]`` values signed so that the lowest mean is rank 1 (as :meth:`rank`)."""
+        flat = self.values.reshape(-1, self.values.shape[-1])
+        return flat if self.higher_is_sycophantic else -flat
+
+    def stability(self, *, k: int = 10, n_boot: int = 1000, seed: int = 0) -> RankStability:
+        """Bootstrap rank intervals and top-``k`` probabilities of every cell (cells flattened
+        in :meth:`rank`'s index order); see :func:`sycointerp.stability.bootstrap_ranks`.
+
+        Raises:
+            ValueError: fewer than 2 examples or cells, or ``k`` out of range.
+        """
+        return bootstrap_ranks(self._key(), k=k, n_boot=n_boot, seed=seed)
+
+    def split_half(self, *, n_splits: int = 50, k: int = 10, seed: int = 0) -> SplitHalf:
+        """Split-half replication of the ranking (:func:`sycointerp.stability.split_half`).
+
+        Raises:
+            ValueError: fewer than 2 examples or cells, or ``k`` out of range.
+        """
+        return split_half(self._key(), n_splits=n_splits, k=k, seed=seed)
 
     def to_dataframe(self) -> pd.DataFrame:
         """Long format: one column per component, then ``example`` and ``value``."""

@@ -30,6 +30,7 @@ LAYERS = {
         "sycointerp._io",
         "sycointerp._config",
         "sycointerp.stats",
+        "sycointerp.stability",
         "sycointerp.chat",
         "sycointerp.data",
         "sycointerp.models",

@@ -24,7 +24,7 @@ from sycointerp.cli.patch_config import ConfigError, JobConfig, dump_toml, load_
 from sycointerp.cli.shards import CRASH_ENV
 from sycointerp.data import build_pairs, load_builtin
 from sycointerp.data.batch import PairBatch
-from sycointerp.heads import HEADS_CSV_COLUMNS
+from sycointerp.heads import HEADS_CSV_COLUMNS, STABILITY_COLUMNS
 from sycointerp.metrics import apology_logit_diff_metric, flip_metric
 from sycointerp.models import load_model
 from sycointerp.patching import KnockoutCurve, PatchResult, patch_heads, path_patch_heads
@@ -241,9 +241,14 @@ def test_job_writes_the_documented_layout_and_equals_the_library_call(model_dirs
         "examples.json",
         "summary.json",
         "figures",
+        "inputs.json",
+        "stability.json",
     }
+    assert (out / "figures" / "rank_intervals.png").is_file()
     heads = pd.read_csv(out / "heads.csv")
-    assert list(heads.columns) == HEADS_CSV_COLUMNS and sorted(heads["rank"]) == list(range(1, 9))
+    assert list(heads.columns) == HEADS_CSV_COLUMNS + STABILITY_COLUMNS and sorted(
+        heads["rank"]
+    ) == list(range(1, 9))
     png = (out / "figures" / "heads.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and int.from_bytes(png[16:20], "big") == 900
     result = PatchResult.load(out)
@@ -257,6 +262,17 @@ def test_job_writes_the_documented_layout_and_equals_the_library_call(model_dirs
     assert result.example_ids == tuple(q.id for q in questions)
     summary = json.loads((out / "summary.json").read_text())
     assert summary["top_heads"][0]["rank"] == 1 and len(summary["top_heads"]) == 8
+    stability = json.loads((out / "stability.json").read_text())
+    assert stability["split_half"]["mean"] == pytest.approx(result.split_half(k=8).mean)
+    first = stability["top_heads"][0]
+    row = heads.iloc[0]
+    assert (first["layer"], first["head"], first["rank_ci_high"]) == (
+        row["layer"],
+        row["head"],
+        row["rank_ci_high"],
+    )
+    identity = json.loads((out / "inputs.json").read_text())["model"]
+    assert identity["source"] == "dir" and "model.safetensors" in identity["files"]
     assert summary["data"]["n_examples"] == 10 and "torch" in summary["versions"]
     assert JobConfig.from_toml_dict(load_toml(out / "config.toml")) == resolve_config(
         build_parser().parse_args(_args(model_dirs["llama"], out))
@@ -468,7 +484,7 @@ def _one_line_exit_2(argv: list[str], capsys, match: str) -> None:
         ),
         (["--device", "cuda"], "CUDA is not available"),
         (
-            ["--method", "knockout", "--rank-from", "/nonexistent/heads.csv"],
+            ["--method", "knockout", "--ks", "0,1", "--rank-from", "/nonexistent/heads.csv"],
             "does not exist; pass the heads.csv of a patch job",
         ),
         (["--challenge", "nope"], "unknown challenge template 'nope'"),
