@@ -7,12 +7,24 @@ resample indices for every component (so intervals of different heads are compar
 """
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 from jaxtyping import Float
 
-__all__ = ["Summary", "summarize", "bootstrap_ci", "Proportion", "proportion", "wilson_interval"]
+__all__ = [
+    "Summary",
+    "summarize",
+    "bootstrap_ci",
+    "Proportion",
+    "proportion",
+    "wilson_interval",
+    "PairedComparison",
+    "SMALL_SAMPLE",
+    "mcnemar_exact",
+    "paired_comparison",
+]
 
 
 def _check(values: torch.Tensor) -> None:
@@ -168,3 +180,105 @@ def proportion(k: int, n: int, level: float = 0.95) -> Proportion:
     """
     low, high = wilson_interval(k, n, level)
     return Proportion(k, n, k / n if n else math.nan, low, high, level)
+
+
+# --------------------------------------------------------------------------- paired comparisons
+
+SMALL_SAMPLE = 20  # below this many items, an interval is flagged as resting on few examples
+
+
+def mcnemar_exact(b: int, c: int) -> float:
+    """Exact two-sided McNemar p-value from the discordant counts.
+
+    ``b`` items have the outcome under A only, ``c`` under B only; under the null each discordant
+    item is a fair coin, so ``p = min(1, 2 * P(X <= min(b, c)))`` with ``X ~ Binomial(b + c,
+    1/2)``; ``1.0`` when there is no discordant item.
+
+    Raises:
+        ValueError: a negative count.
+    """
+    if b < 0 or c < 0:
+        raise ValueError(f"discordant counts must be >= 0, got b={b}, c={c}")
+    n = b + c
+    if n == 0:
+        return 1.0
+    tail = sum(math.comb(n, i) for i in range(min(b, c) + 1)) / 2**n
+    return min(1.0, 2 * tail)
+
+
+@dataclass(frozen=True)
+class PairedComparison:
+    """Two methods' rates of an outcome on the same items, compared paired.
+
+    Attributes:
+        n: items scored by both.
+        rate_a, rate_b: the two rates.
+        diff: ``rate_a - rate_b``.
+        ci_low, ci_high: paired percentile-bootstrap interval of ``diff`` (items resampled).
+        b, c: discordant items (outcome under A only, under B only).
+        p_value: exact McNemar p-value (:func:`mcnemar_exact`).
+        small: fewer than :data:`SMALL_SAMPLE` items.
+    """
+
+    n: int
+    rate_a: float
+    rate_b: float
+    diff: float
+    ci_low: float
+    ci_high: float
+    b: int
+    c: int
+    p_value: float
+    small: bool
+
+    def __str__(self) -> str:
+        if self.n == 0:
+            return "n/a (no common items)"
+        flag = ", few items" if self.small else ""
+        return (
+            f"{100 * self.diff:+.1f} [{100 * self.ci_low:+.1f}, {100 * self.ci_high:+.1f}] points, "
+            f"McNemar p = {self.p_value:.3g} (b={self.b}, c={self.c}, n={self.n}{flag})"
+        )
+
+    def to_json(self) -> dict[str, float | int | bool | None]:
+        nan = lambda x: None if isinstance(x, float) and math.isnan(x) else x  # noqa: E731
+        return {k: nan(v) for k, v in self.__dict__.items()}
+
+
+def paired_comparison(
+    a: Sequence[bool], b: Sequence[bool], *, n_boot: int = 10000, level: float = 0.95, seed: int = 0
+) -> PairedComparison:
+    """Compare the rates of a yes/no outcome of methods A and B scored on the same items.
+
+    Raises:
+        ValueError: ``a`` and ``b`` differ in length, or ``level`` outside (0, 1).
+    """
+    if len(a) != len(b):
+        raise ValueError(f"paired outcomes need equal lengths, got {len(a)} and {len(b)}")
+    if not 0 < level < 1:
+        raise ValueError(f"level must be in (0, 1), got {level}")
+    n = len(a)
+    if n == 0:
+        nan = math.nan
+        return PairedComparison(0, nan, nan, nan, nan, nan, 0, 0, 1.0, True)
+    x = torch.tensor([float(v) for v in a], dtype=torch.float64)
+    y = torch.tensor([float(v) for v in b], dtype=torch.float64)
+    only_a, only_b = int(((x == 1) & (y == 0)).sum()), int(((x == 0) & (y == 1)).sum())
+    gen = torch.Generator().manual_seed(seed)
+    idx = torch.randint(0, n, (n_boot, n), generator=gen)
+    diffs = (x[idx] - y[idx]).mean(-1)
+    alpha = (1 - level) / 2
+    low, high = torch.quantile(diffs, torch.tensor([alpha, 1 - alpha], dtype=torch.float64))
+    rate_a, rate_b = float(x.mean()), float(y.mean())
+    return PairedComparison(
+        n,
+        rate_a,
+        rate_b,
+        rate_a - rate_b,
+        float(low),
+        float(high),
+        only_a,
+        only_b,
+        mcnemar_exact(only_a, only_b),
+        n < SMALL_SAMPLE,
+    )

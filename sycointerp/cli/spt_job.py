@@ -16,7 +16,8 @@ Output directory::
                       dialogue), deltas.safetensors (head methods), model/ (full HF checkpoint,
                       with save_model)
     report.json       every method's row, written last
-    results.md        the comparison table
+    results.md        the comparison table, then SPT against every other method paired by item
+                      (differences with paired bootstrap intervals and exact McNemar p-values)
 
 Resumable: a method whose ``result.json`` exists is not run again; training checkpoints (with
 ``checkpoint_every``) resume an interrupted method. Under ``torchrun`` / ``accelerate launch``
@@ -39,6 +40,8 @@ from sycointerp.cli.inputs import load_job_questions
 from sycointerp.cli.output import INPUTS, check_inputs, output_lock, prepare_output
 from sycointerp.cli.spt_config import METHODS, SPTConfig
 from sycointerp.data.questions import DataError, Question, load_questions_jsonl
+from sycointerp.evaluate.compare import MethodComparison, compare_methods, comparison_table
+from sycointerp.evaluate.protocol import SycophancyEval
 from sycointerp.heads import HeadGrid, HeadSet, read_heads_csv
 from sycointerp.models import hook_model, load_hf_model
 from sycointerp.provenance import model_dims, model_identity
@@ -393,6 +396,18 @@ def _run_methods(config: SPTConfig, out: Path, acc, progress: bool) -> dict:
         "rows": rows,
     }
     if acc.is_main_process:
-        atomic_write(out / "results.md", lambda p: Path(p).write_text(results_table(rows) + "\n"))
+        comparisons = _paired(out, config.methods)
+        report["paired"] = [c.to_json() for c in comparisons]
+        text = results_table(rows) + "\n"
+        if comparisons:
+            text += "\n" + comparison_table(comparisons) + "\n"
+        atomic_write(out / "results.md", lambda p: Path(p).write_text(text))
         write_json(out / "report.json", report)
     return report
+
+
+def _paired(out: Path, methods: list[str]) -> list[MethodComparison]:
+    """SPT (or, without it, the first method) against every other method, paired by item."""
+    evals = {m: SycophancyEval.load(out / m) for m in methods}
+    reference = "spt" if "spt" in evals else methods[0]
+    return compare_methods(evals, reference) if len(evals) > 1 else []

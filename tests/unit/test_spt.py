@@ -607,7 +607,8 @@ def test_cli_runs_methods_writes_report_and_refuses_bad_input(model_dirs, tmp_pa
         _load(model_dirs["llama"])[0].config, 2
     )
     table = (out / "results.md").read_text()
-    assert table.count("\n") == 5 and "| spt | 2 |" in table
+    assert "| spt | 2 |" in table and table.count("\n| spt - ") == 2  # vs base and lora_heads
+    assert [(p["a"], p["b"]) for p in report["paired"]] == [("spt", "base"), ("spt", "lora_heads")]
     tuned = AutoModelForCausalLM.from_pretrained(out / "spt" / "model")  # plain transformers
     assert tuned.config.num_hidden_layers == 2
     heads = str(tmp_path / "bad.csv")

@@ -1,0 +1,77 @@
+"""Paired comparisons of two methods on the same items, against hand-computed cases."""
+
+import pytest
+
+from sycointerp.stats import mcnemar_exact, paired_comparison
+
+
+def test_mcnemar_by_hand():
+    # b = 1, c = 5: p = 2 * P(X <= 1), X ~ Bin(6, 1/2) = 2 * (1 + 6) / 64 = 14/64.
+    assert mcnemar_exact(1, 5) == pytest.approx(14 / 64)
+    assert mcnemar_exact(5, 1) == pytest.approx(14 / 64)
+    # b = c = 3: 2 * (1 + 6 + 15 + 20) / 64 = 84/64, capped at 1.
+    assert mcnemar_exact(3, 3) == 1.0
+    # b = 0, c = 10: 2 / 1024.
+    assert mcnemar_exact(0, 10) == pytest.approx(2 / 1024)
+    assert mcnemar_exact(0, 0) == 1.0
+    with pytest.raises(ValueError, match=">= 0"):
+        mcnemar_exact(-1, 2)
+
+
+def test_paired_comparison_by_hand():
+    # 8 items: A and B agree on 2 (both yes) and 1 (both no); A only on 4, B only on 1.
+    a = [1, 1, 0, 1, 1, 1, 1, 0]
+    b = [1, 1, 0, 0, 0, 0, 0, 1]
+    cmp = paired_comparison([bool(x) for x in a], [bool(x) for x in b], n_boot=4000)
+    assert (cmp.n, cmp.b, cmp.c) == (8, 4, 1)
+    assert cmp.rate_a == 6 / 8 and cmp.rate_b == 3 / 8 and cmp.diff == pytest.approx(3 / 8)
+    assert cmp.p_value == pytest.approx(2 * (1 + 5) / 32)  # 2 * P(X <= 1), X ~ Bin(5, 1/2)
+    assert cmp.ci_low < cmp.diff < cmp.ci_high and cmp.small
+    assert "+37.5" in str(cmp) and "few items" in str(cmp)
+
+
+def test_identical_and_opposite_outcomes_have_point_intervals():
+    same = paired_comparison([True, False] * 15, [True, False] * 15)
+    assert (same.diff, same.ci_low, same.ci_high, same.p_value) == (0.0, 0.0, 0.0, 1.0)
+    assert not same.small
+    opposite = paired_comparison([True] * 25, [False] * 25)
+    assert (opposite.diff, opposite.ci_low, opposite.ci_high) == (1.0, 1.0, 1.0)
+    assert opposite.p_value == pytest.approx(2 / 2**25)
+
+
+def test_refusals_and_empty():
+    with pytest.raises(ValueError, match="equal lengths"):
+        paired_comparison([True], [True, False])
+    assert str(paired_comparison([], [])) == "n/a (no common items)"
+
+
+def _eval(outcomes: dict[str, tuple[bool, bool, bool]]):
+    from sycointerp.evaluate import EvalItem, SycophancyEval
+
+    items = [
+        EvalItem(q, False, "first", "reply", "final", bool(before), bool(admits), bool(after))
+        for q, (before, admits, after) in outcomes.items()
+    ]
+    return SycophancyEval("m", "challenge", "judge", tuple(items))
+
+
+def test_methods_are_compared_on_items_initially_correct_under_both():
+    from sycointerp.evaluate.compare import compare_methods, comparison_table
+
+    # (correct before, admits, correct after). q3 is initially wrong under B, q4 under A: both
+    # are left out, so 3 items remain. Confidence: A keeps q1, q2 (B only q1): 2/3 vs 1/3.
+    spt = _eval(
+        {"q1": (1, 0, 1), "q2": (1, 0, 1), "q5": (1, 1, 0), "q3": (1, 0, 1), "q4": (0, 1, 0)}
+    )
+    base = _eval(
+        {"q1": (1, 0, 1), "q2": (1, 1, 1), "q5": (1, 1, 0), "q3": (0, 1, 0), "q4": (1, 0, 1)}
+    )
+    (cmp,) = compare_methods({"spt": spt, "base": base}, "spt")
+    assert (cmp.a, cmp.b, cmp.confidence.n) == ("spt", "base", 3)
+    assert cmp.confidence.diff == pytest.approx(1 / 3) and (cmp.confidence.b, cmp.confidence.c) == (
+        1,
+        0,
+    )
+    assert cmp.truthfulness.diff == 0.0 and cmp.truthfulness.p_value == 1.0
+    table = comparison_table([cmp])
+    assert "| spt - base | 3 | +33.3" in table and "1 comparisons" in table
