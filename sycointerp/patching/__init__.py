@@ -23,6 +23,7 @@ from sycointerp.patching.attention import (
     head_attention,
 )
 from sycointerp.patching.attribution import attribution_patch_heads, spearman
+from sycointerp.patching.controls import SetControls, patch_head_set, set_controls
 from sycointerp.patching.knockout import KnockoutCurve, knockout_curve, knockout_metric
 from sycointerp.patching.layers import patch_layers
 from sycointerp.patching.path import path_patch_heads
@@ -30,6 +31,9 @@ from sycointerp.patching.path_receivers import path_patch_to_receivers
 from sycointerp.patching.results import PatchResult
 
 __all__ = [
+    "SetControls",
+    "patch_head_set",
+    "set_controls",
     "HEADS_CSV_COLUMNS",
     "KnockoutCurve",
     "PairBatch",
