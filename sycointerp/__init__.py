@@ -6,7 +6,8 @@ sycointerp.<job> --help``) stays fast: torch and TransformerLens load only when 
 Layers (imports go one way, downward; ``tests/unit/test_layers.py`` enforces it):
 
 - ground: :mod:`~sycointerp.chat`, :mod:`~sycointerp.data`, :mod:`~sycointerp.models`,
-  :mod:`~sycointerp.stats`, :mod:`~sycointerp.testing`, ``_io``, ``_config``, ``errors``;
+  :mod:`~sycointerp.provenance`, :mod:`~sycointerp.stats`, :mod:`~sycointerp.stability`,
+  :mod:`~sycointerp.testing`, ``_io``, ``_lazy``, ``_config``, ``errors``;
 - analysis: :mod:`~sycointerp.metrics`, :mod:`~sycointerp.generate`, :mod:`~sycointerp.heads`,
   :mod:`~sycointerp.patching`, :mod:`~sycointerp.evaluate`, :mod:`~sycointerp.plot`;
 - tuning: :mod:`~sycointerp.spt`;

@@ -25,6 +25,7 @@ __all__ = [
     "BundleError",
     "MissingBundleError",
     "atomic_write",
+    "fsync_tree",
     "write_tensors",
     "write_json",
     "read_json",
@@ -50,6 +51,17 @@ def atomic_write(target: Path, write: Callable[[str], object]) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def fsync_tree(directory: Path) -> None:
+    """fsync every file under ``directory`` and the directories themselves (before renaming a
+    directory written in place, e.g. a checkpoint, onto its final name)."""
+    for path in sorted(directory.rglob("*")):
+        if path.is_file():
+            _fsync(path)
+    for path in sorted((p for p in directory.rglob("*") if p.is_dir()), reverse=True):
+        _fsync(path)
+    _fsync(directory)
 
 
 def _fsync(path: str | Path) -> None:

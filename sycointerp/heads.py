@@ -10,8 +10,9 @@ Conventions:
   and the model's name. Every consumer of a ranking checks the grid the ranking was made on
   against the model it is applied to: a ranking of another shape, or of KV heads taken as query
   heads, is refused (:class:`HeadFileError`) with both shapes named. Model *names* may differ (a
-  tuned copy of the ranked model has another name and the same heads); that is logged, not
-  refused.
+  tuned copy of the ranked model has another name and the same heads): that is not refused, but
+  logged as a warning naming both models, since a different model of the same shape is not
+  caught by the grid check.
 - ``heads.csv`` (written by :func:`write_heads_csv`, read by :func:`read_heads_csv`): one row per
   head, sorted by rank, columns :data:`HEADS_CSV_COLUMNS`: ``layer, head, score, se, ci_low,
   ci_high, rank`` (rank 1 reduces sycophancy most; ``head`` is the KV head index for ``kind =
@@ -362,7 +363,7 @@ class HeadRanking:
                 f"({grid.model or 'unnamed'}); rank the heads of this model"
             )
         if self.grid.model and grid.model and self.grid.model != grid.model:
-            log.debug(
+            log.warning(
                 "%s was ranked on %s; using it for %s (same head grid)",
                 self.path,
                 self.grid.model,

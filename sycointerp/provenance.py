@@ -19,9 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from sycointerp._io import atomic_write
-from sycointerp.models import cache_root, embedded_gguf_path, sha256_file
+from sycointerp.models import ModelLoadError, cache_root, embedded_gguf_path, sha256_file
 
-__all__ = ["file_digest", "model_dims", "model_identity", "model_files"]
+__all__ = ["file_digest", "input_files", "model_dims", "model_identity", "model_files"]
 
 _HASHES = "file-hashes.json"
 
@@ -42,7 +42,9 @@ def file_digest(path: Path) -> str:
     """SHA-256 of ``path``'s bytes, from the stat-keyed cache when the file is unchanged."""
     resolved = path.resolve()
     stat = resolved.stat()
-    key = f"{resolved}|{stat.st_size}|{stat.st_mtime_ns}"
+    # Inode and change time too: a same-size copy that keeps its mtime (cp -p, rsync -a) still
+    # gets a new inode or ctime.
+    key = f"{resolved}|{stat.st_size}|{stat.st_mtime_ns}|{stat.st_ino}|{stat.st_ctime_ns}"
     cache = _read_cache()
     if key in cache:
         return cache[key]
@@ -56,6 +58,12 @@ def file_digest(path: Path) -> str:
     except OSError:
         pass  # a read-only cache only means hashing again next time
     return digest
+
+
+def input_files(paths: list[str]) -> dict[str, str | None]:
+    """SHA-256 of each given input file (``None`` for a path that is not a local file, e.g. a
+    dataset hub id)."""
+    return {p: file_digest(Path(p)) if Path(p).is_file() else None for p in paths}
 
 
 def _hub_dir(name: str) -> Path | None:
@@ -81,11 +89,23 @@ def model_files(name_or_path: str | os.PathLike[str] | None) -> tuple[str, Path 
 
 
 def model_identity(name_or_path: str | os.PathLike[str] | None) -> dict[str, Any]:
-    """``{"model": name, "source": kind, "files": {name: sha256} | None}`` (see the module doc).
+    """``{"model": name, "source": kind, "files": {name: sha256} | None}`` (see the module doc);
+    ``files`` is ``None`` when there is nothing local to hash (a hub id not downloaded yet, a
+    missing path: loading it will say why).
 
     Raises:
-        FileNotFoundError: a ``.gguf`` path that does not exist.
+        ModelLoadError: a model file cannot be read (names it).
     """
+    try:
+        return _identity(name_or_path)
+    except OSError as err:
+        raise ModelLoadError(
+            f"cannot read the model file {err.filename} ({err.strerror})"
+        ) from None
+
+
+def _identity(name_or_path: str | os.PathLike[str] | None) -> dict[str, Any]:
+    """The identity record; a file that cannot be read raises its OSError."""
     kind, path = model_files(name_or_path)
     name = "embedded" if name_or_path is None else os.fspath(name_or_path)
     if path is None or not path.exists():

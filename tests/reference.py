@@ -430,3 +430,28 @@ def reference_letters(model, questions) -> list[str]:
         label_ids = [tok(label, add_special_tokens=False)["input_ids"][0] for label in q.labels]
         out.append(q.labels[int(logits[label_ids].argmax())])
     return out
+
+
+def reference_set_patch(model, pairs, heads):
+    """``patch_head_set``'s reference: plain hooked runs, one pair at a time; the counterfactual
+    run's ``hook_z`` at its last position written into the listed heads at the reference run's
+    last position; returns the apology logit difference per pair."""
+    from sycointerp.metrics import apology_logit_diff_metric
+
+    syc, firm = apology_logit_diff_metric(model.tokenizer).token_ids
+    out = []
+    for pair in pairs:
+        names = sorted({f"blocks.{l}.attn.hook_z" for l, _ in heads})
+        cache = plain_cache(model, pair.cf_ids, names)
+
+        def hook(z, hook, heads=heads, cache=cache):
+            layer = int(hook.name.split(".")[1])
+            z = z.clone()
+            for l, h in heads:
+                if l == layer:
+                    z[0, -1, h] = cache[hook.name][-1, h]
+            return z
+
+        logits = plain_last_logits(model, pair.ref_ids, [(n, hook) for n in names])
+        out.append(float(logits[syc] - logits[firm]))
+    return torch.tensor(out)

@@ -163,13 +163,16 @@ def run_main(prog: str, body: Callable[[], int]) -> int:
     except UserError as err:
         print(user_error_line(prog, err), file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
     except OSError as err:
         if err.errno not in _RESUMABLE:
             raise
-        where = f" {err.filename}" if err.filename else ""
+        where = f"{err.filename}: " if err.filename else ""
         print(
-            f"{prog}: error: writing{where} failed: {err.strerror}; fix that and rerun the same "
-            "command to resume (finished work is kept)",
+            f"{prog}: error: {where}{err.strerror}; fix that and rerun the same command to "
+            "resume (finished work is kept)",
             file=sys.stderr,
         )
         return 1

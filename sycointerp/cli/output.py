@@ -73,7 +73,7 @@ def _started(out: Path, names: Sequence[str]) -> bool:
     """Whether a job in ``out`` has written anything besides its ``config.toml``."""
     for name in names:
         target = out / name
-        if name != "config.toml" and (
+        if name not in ("config.toml", INPUTS) and (
             target.is_file() or (target.is_dir() and any(target.iterdir()))
         ):
             return True
@@ -204,10 +204,16 @@ INPUTS = "inputs.json"
 
 
 def _changes(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
-    """Human-readable differences between two nested JSON records."""
+    """Human-readable differences between two nested JSON records.
+
+    A recorded ``None`` where there is now a value is not a change: it marks what could not be
+    hashed at the first run (a hub model downloaded by that run).
+    """
     out = []
     for key in sorted(set(old) | set(new)):
         a, b = old.get(key), new.get(key)
+        if a is None and key in old and b is not None:
+            continue
         if isinstance(a, dict) and isinstance(b, dict):
             out += _changes(a, b, f"{prefix}{key}.")
         elif a != b:

@@ -3,13 +3,17 @@
 Output directory (``--out``)::
 
     config.toml          the fully resolved configuration (rerun with --config DIR/config.toml)
-    heads.csv            layer,head,score,se,ci_low,ci_high,rank (rank 1 reduces sycophancy most)
+    heads.csv            layer,head,score,se,ci_low,ci_high,rank (rank 1 reduces sycophancy most),
+                         kind,model,n_layers,n_heads,n_kv_heads (what it ranks: sycointerp.heads),
+                         rank_ci_low,rank_ci_high,p_top10 (bootstrap rank stability)
     values.safetensors   per-example effects [layer, head, example] + metric_ref / metric_cf
                          [example]
     result.json          method, metric, kind, example ids (PatchResult.load(DIR) reads both)
     examples.json        per example: id, question, first answer, whether the first answer is right
+    stability.json       split-half replication and the top heads' rank intervals
+    inputs.json          SHA-256 of the model's and the input files (resume on others: refused)
     knockout/            (method knockout) curve.safetensors + curve.json (KnockoutCurve.load)
-    figures/             heads.{html,png} heatmap, ranked_heads.{html,png}, knockout.{html,png}
+    figures/             heads, ranked_heads, rank_intervals, knockout (.html and .png each)
     summary.json         model, data, metric baselines, top heads, package versions, timings;
                          written last
 
@@ -57,6 +61,7 @@ from sycointerp.heads import HeadGrid, HeadRanking, read_heads_csv, write_heads_
 from sycointerp.metrics import (
     PatchMetric,
     apology_logit_diff_metric,
+    apology_logits,
     apology_metric,
     flip_metric,
     ratio_unstable,
@@ -70,7 +75,7 @@ from sycointerp.patching import (
     path_patch_heads,
 )
 from sycointerp.patching.ablation import head_means
-from sycointerp.provenance import model_dims, model_identity
+from sycointerp.provenance import input_files, model_dims, model_identity
 from sycointerp.stats import summarize
 
 __all__ = ["OUTPUT_NAMES", "run_job"]
@@ -148,6 +153,12 @@ def _check_before_loading(config: JobConfig, group: Group) -> None:
             raise ConfigError(f"{err}; or pass --no-png") from None
 
 
+def _inputs_record(config: JobConfig) -> dict[str, Any]:
+    """What the job computes from, beyond its configuration: the model's and the files' hashes."""
+    files = [f for f in (config.data_path, config.rank_from) if f]
+    return {"model": model_identity(config.model or None), "files": input_files(files)}
+
+
 def _check_ranking_file(config: JobConfig) -> None:
     """``rank_from`` against the model's head grid (read without its weights) and ``ks``.
 
@@ -158,9 +169,8 @@ def _check_ranking_file(config: JobConfig) -> None:
     ranking = read_heads_csv(config.rank_from)
     dims = model_dims(config.model or None)
     if dims is not None:
-        ranking.require(
-            HeadGrid(*dims, model=config.model or "embedded"), "query", what="rank_from"
-        )
+        # Names are compared after loading, when the model's own name is known.
+        ranking.require(HeadGrid(*dims), "query", what="rank_from")
     if len(ranking.heads) < config.ks[-1]:
         raise ConfigError(
             f"rank_from {config.rank_from} lists {len(ranking.heads)} heads, fewer than max(ks) = "
@@ -516,22 +526,28 @@ def _stability(result: PatchResult, k: int) -> dict[str, Any]:
     }
 
 
-def _ratio_flags(result: PatchResult | None) -> dict[str, Any]:
-    """For the paper's raw-logit ratio: the examples where it is not a share (see
-    :func:`sycointerp.metrics.ratio_unstable`), logged and recorded in summary.json."""
-    if result is None or result.metric != "apology":
+def _ratio_flags(job: _Job) -> dict[str, Any]:
+    """For the paper's raw-logit ratio: the examples whose challenge or counterfactual run has
+    logits for which it is not a share (:func:`sycointerp.metrics.ratio_unstable`); logged, and
+    recorded in summary.json."""
+    if job.config.metric != "apology":
         return {}
-    flagged = ratio_unstable(result.metric_ref) | ratio_unstable(result.metric_cf)
-    ids = [result.example_ids[i] for i in torch.nonzero(flagged).flatten().tolist()]
+    pairs = [p for i in range(len(job.chunks)) for p in job.pairs(i)]
+    flagged = torch.zeros(len(pairs), dtype=torch.bool)
+    for side in ("ref_ids", "cf_ids"):
+        prompts = [getattr(p, side) for p in pairs]
+        y_syc, y_firm = apology_logits(job.model, prompts, job.model.tokenizer)
+        flagged |= ratio_unstable(y_syc, y_firm).cpu()
+    ids = [pairs[i].question.id for i in torch.nonzero(flagged).flatten().tolist()]
     if ids:
         log.warning(
-            "the paper's ratio F is outside [0, 1] (logits of opposite sign) for %d of %d examples "
-            "(%s); their scores are unreliable: prefer --metric apology_logit_diff",
+            "the paper's ratio F is not a share (a logit <= 0 or a sum near 0) for %d of %d "
+            "examples (%s); their scores are unreliable: prefer --metric apology_logit_diff",
             len(ids),
-            len(flagged),
+            len(pairs),
             ", ".join(ids[:5]) + (", ..." if len(ids) > 5 else ""),
         )
-    return {"apology_ratio_unstable": {"n": len(ids), "of": len(flagged), "examples": ids}}
+    return {"apology_ratio_unstable": {"n": len(ids), "of": len(pairs), "examples": ids}}
 
 
 def _summary(
@@ -559,7 +575,7 @@ def _summary(
             "challenge": c.challenge_text or c.challenge,
         },
         "metric_baselines": _baselines(result, curve),
-        **_ratio_flags(result),
+        **_ratio_flags(job),
         "top_heads": _top_heads(table, c.top_k),
         "figures": figures,
         "processes": job.group.world,
@@ -619,6 +635,9 @@ def _run_locked(
     config: JobConfig, out: Path, group: Group, overwrite: bool, progress: bool, held: ExitStack
 ) -> str:
     """:func:`run_job` once the main process holds (in ``held``) the lock on ``out``."""
+    # Read-only checks first: a refused attempt must not touch --out (nor wait for model hashes).
+    questions = load_job_questions(config)
+    _check_before_loading(config, group)
     status: str | tuple[str, str] | None = None
     if group.is_main:
         try:
@@ -626,7 +645,7 @@ def _run_locked(
             status = prepare_output(
                 out, config, overwrite, names=OUTPUT_NAMES, done="summary.json", header=_HEADER
             )
-            check_inputs(out, {"model": model_identity(config.model or None)}, status)
+            check_inputs(out, _inputs_record(config), status)
         except UserError as err:  # every rank must stop, not only the main one
             status = ("error", str(err))
     status = group.broadcast(status)
@@ -637,8 +656,6 @@ def _run_locked(
         return status
     group.barrier()  # rank 0 has cleared / created the directory
     start = time.perf_counter()
-    questions = load_job_questions(config)
-    _check_before_loading(config, group)
     model = _load(config, group)
     timings = {"load_model_seconds": time.perf_counter() - start}
     job = _Job(config, out, group, model, questions, progress)

@@ -9,6 +9,7 @@ on every attention projection), ``sft`` (every weight).
 Output directory::
 
     config.toml       the resolved configuration
+    inputs.json       SHA-256 of the model's and the input files (resume on others: refused)
     heads.json        the tuned head set (and how it was chosen)
     ranking/          the path-patching ranking on the training questions (heads.csv, values), when
                       no heads_file is given; reused by a rerun
@@ -35,7 +36,7 @@ from typing import Any
 
 import torch
 
-from sycointerp._io import atomic_write, read_json, write_json, write_tensors
+from sycointerp._io import atomic_write, fsync_tree, read_json, write_json, write_tensors
 from sycointerp.cli.inputs import load_job_questions
 from sycointerp.cli.output import INPUTS, check_inputs, output_lock, prepare_output
 from sycointerp.cli.spt_config import METHODS, SPTConfig
@@ -44,7 +45,7 @@ from sycointerp.evaluate.compare import MethodComparison, compare_methods, compa
 from sycointerp.evaluate.protocol import SycophancyEval
 from sycointerp.heads import HeadGrid, HeadSet, read_heads_csv
 from sycointerp.models import hook_model, load_hf_model
-from sycointerp.provenance import model_dims, model_identity
+from sycointerp.provenance import input_files, model_dims, model_identity
 from sycointerp.spt.data import build_dialogues, check_disjoint, split_questions, tokenize_dialogues
 from sycointerp.spt.train import TrainConfig, train
 from sycointerp.spt.tunable import FullWeights, HeadDeltas, PeftLoRA
@@ -249,8 +250,10 @@ def _run_method(
                 shutil.rmtree(staging, ignore_errors=True)
                 hf.save_pretrained(staging)
                 tok.save_pretrained(staging)
+                fsync_tree(staging)
                 shutil.rmtree(target / "model", ignore_errors=True)
                 os.replace(staging, target / "model")
+                fsync_tree(target)
     if acc.is_main_process:
         start = time.perf_counter()
         row.update(_evaluate(hook_model(hf, tok, name), base, eval_qs, config, target, progress))
@@ -316,6 +319,7 @@ def run_experiment(
 
     config.check_files()
     _check_heads_file(config)
+    split = split_data(config)  # read-only checks first: a refused attempt leaves --out untouched
     # Evaluation runs on the main process while the others wait at a barrier: allow it hours,
     # not the default 30 minutes of a collective.
     acc = Accelerator(
@@ -337,8 +341,11 @@ def run_experiment(
                     "(rerun with --config this-file)"
                 ),
             )
-            check_inputs(out, {"model": model_identity(config.model or None)}, status)
-        return _run_methods(config, out, acc, progress)
+            files = [config.data_path, config.eval_path, config.heads_file, config.kl_text]
+            files += [config.arc_path, config.opinion_path]
+            record = {"model": model_identity(config.model or None)}
+            check_inputs(out, {**record, "files": input_files([f for f in files if f])}, status)
+        return _run_methods(config, out, acc, progress, split)
 
 
 def _check_heads_file(config: SPTConfig) -> None:
@@ -353,16 +360,18 @@ def _check_heads_file(config: SPTConfig) -> None:
     ranking = read_heads_csv(config.heads_file)
     dims = model_dims(config.model or None)
     if dims is not None:
-        grid = HeadGrid(*dims, model=config.model or "embedded")
+        grid = HeadGrid(*dims)  # names are compared after loading
         ranking.require(grid, "query", what="heads file")
     if config.top_k:
         ranking.top(config.top_k)
 
 
-def _run_methods(config: SPTConfig, out: Path, acc, progress: bool) -> dict:
+def _run_methods(
+    config: SPTConfig, out: Path, acc, progress: bool, split: tuple[list[Question], list[Question]]
+) -> dict:
     """:func:`run_experiment` after the main process has prepared (and locked) ``out``."""
     acc.wait_for_everyone()
-    train_qs, eval_qs = split_data(config)
+    train_qs, eval_qs = split
     heads = _shared_heads(acc, lambda: choose_heads(config, train_qs, out / "ranking"))
     if acc.is_main_process:
         write_json(

@@ -229,6 +229,8 @@ def load_truthfulqa_csv(
                     break
     except UnicodeDecodeError as err:
         raise DataError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
+    except OSError as err:
+        raise DataError(f"{path}: cannot read it ({err.strerror})") from None
     return require_nonempty(out, str(path))
 
 

@@ -171,7 +171,11 @@ def iter_jsonl(path: Path) -> Iterator[tuple[str, Any]]:
     """
     if not path.is_file():
         raise DataError(f"{path}: file not found; check the path")
-    with open(path, "rb") as handle:
+    try:
+        handle = open(path, "rb")
+    except OSError as err:
+        raise DataError(f"{path}: cannot read it ({err.strerror})") from None
+    with handle:
         for number, raw in enumerate(handle, start=1):
             try:
                 line = raw.decode("utf-8-sig" if number == 1 else "utf-8")

@@ -75,12 +75,11 @@ class EffectResult(Bundle):
 
     @property
     def n_apology_unstable(self) -> int | None:
-        """Examples where the paper's ratio is not a share under either prompt (``F`` outside
-        ``[0, 1]``, :func:`~sycointerp.metrics.ratio_unstable`); ``None`` without the metric."""
-        if "apology_ref" not in self.metrics:
-            return None
-        ref, cf = self.metrics["apology_ref"], self.metrics["apology_cf"]
-        return int((ratio_unstable(ref) | ratio_unstable(cf)).sum())
+        """Questions whose challenge or counterfactual reply logits make the paper's ratio no share
+        (:func:`~sycointerp.metrics.ratio_unstable`, recorded in ``meta["apology_unstable"]``
+        by :func:`measure_challenge_effect`); ``None`` when not recorded."""
+        flagged = self.meta.get("apology_unstable")
+        return None if flagged is None else len(flagged)
 
     def summary(self) -> dict[str, Summary]:
         out = {name: summarize(values) for name, values in self.metrics.items()}
@@ -110,7 +109,7 @@ class EffectResult(Bundle):
         )
         if self.n_apology_unstable:
             rows.append(
-                f"The paper's ratio `apology` is outside [0, 1] (logits of opposite sign) for "
+                f"The paper's ratio `apology` is no share (a logit <= 0 or a sum near 0) for "
                 f"{self.n_apology_unstable} of {self.n} questions: read `apology_lp` instead."
             )
         return "\n".join(rows)
@@ -183,19 +182,25 @@ def measure_challenge_effect(
         questions, tok, challenge=challenge, first_answers=answers, position="reply"
     )
     answer_ids = torch.tensor([p.answer_ids for p in ans_pairs])
+    unstable = torch.zeros(len(questions), dtype=torch.bool)
     syc, firm = apology_token_ids(tok)
     for side in ("ref", "cf"):
         prompts = [getattr(p, f"{side}_ids") for p in ans_pairs]
         run = dict(batch_size=batch_size, progress=progress)
         metrics[f"flip_{side}"] = flip(last_logits(model, prompts, pad_id=pad, **run), answer_ids)
         replies = [getattr(p, f"{side}_ids") for p in reply_pairs]
-        metrics[f"apology_{side}"] = apology_ratio(
-            last_logits(model, replies, pad_id=pad, **run), syc, firm
-        )
+        reply_logits = last_logits(model, replies, pad_id=pad, **run)
+        metrics[f"apology_{side}"] = apology_ratio(reply_logits, syc, firm)
+        unstable |= ratio_unstable(reply_logits[:, syc], reply_logits[:, firm]).cpu()
         if apology_lp:
             metrics[f"apology_lp_{side}"] = apology_logprob_diff(
                 model, replies, tok, progress=progress
             )
+    flagged = [q.id for q, bad in zip(questions, unstable.tolist()) if bad]
     return EffectResult(
-        str(model.cfg.model_name), challenge, tuple(q.id for q in questions), metrics
+        str(model.cfg.model_name),
+        challenge,
+        tuple(q.id for q in questions),
+        metrics,
+        {"apology_unstable": flagged},
     )

@@ -42,6 +42,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
+from sycointerp._io import fsync_tree
 from sycointerp.errors import UserError
 from sycointerp.spt.data import TrainExample, collate
 from sycointerp.spt.tunable import Tunable, frozen
@@ -180,10 +181,12 @@ def _save_checkpoint(
             moments[f"step.{i}"] = torch.as_tensor(state["step"], dtype=torch.float64).reshape(1)
     save_file(moments, tmp / "optimizer.safetensors")
     (tmp / "progress.json").write_text(json.dumps({"step": step, "losses": losses, **run_key}))
+    fsync_tree(tmp)  # complete on disk before it takes the checkpoint's name
     if final.exists():
         shutil.rmtree(old, ignore_errors=True)
         os.replace(final, old)
     os.replace(tmp, final)
+    fsync_tree(directory)
     shutil.rmtree(old, ignore_errors=True)
 
 
@@ -198,8 +201,16 @@ def _load_checkpoint(
     path: Path, tunable: Tunable, optimizer: torch.optim.Optimizer, run_key: dict[str, int]
 ) -> tuple[int, list[float]]:
     """Raises: CheckpointError: the checkpoint was made with another global batch, seed or
-    tunable."""
-    progress = json.loads((path / "progress.json").read_text())
+    tunable, or one of its files is corrupt."""
+    try:
+        progress = json.loads((path / "progress.json").read_text())
+        moments = load_file(path / "optimizer.safetensors")
+        trainable = load_file(path / "trainable.safetensors")
+    except Exception as err:  # json / safetensors raise their own types for a corrupt file
+        raise CheckpointError(
+            f"the checkpoint in {path} is unreadable ({type(err).__name__}: {err}); delete it to "
+            "start this method again"
+        ) from None
     saved = {k: progress.get(k) for k in run_key}
     if saved != run_key:
         raise CheckpointError(
@@ -208,12 +219,11 @@ def _load_checkpoint(
             "settings or delete the checkpoint"
         )
     try:
-        tunable.load_state(load_file(path / "trainable.safetensors"))
+        tunable.load_state(trainable)
     except ValueError as err:
         raise CheckpointError(
             f"{path}: {err}; delete the checkpoint to start this method again"
         ) from None
-    moments = load_file(path / "optimizer.safetensors")
     for i, p in enumerate(tunable.parameters()):
         if f"exp_avg.{i}" in moments:
             optimizer.state[p] = {

@@ -15,33 +15,11 @@ from sycointerp.patching.controls import (
     set_controls,
     w_o_norms,
 )
-from tests.reference import plain_cache, plain_last_logits
+from tests.reference import reference_set_patch
 
 
 def _pairs(model, n=4):
     return build_pairs(load_builtin()[:n], model.tokenizer, position="reply")
-
-
-def _reference_set_patch(model, pairs, heads):
-    """Plain hooked runs, one pair at a time: the cf run's z at its last position written into
-    the listed heads of the reference run's last position."""
-    syc, firm = apology_logit_diff_metric(model.tokenizer).token_ids
-    out = []
-    for pair in pairs:
-        names = sorted({f"blocks.{l}.attn.hook_z" for l, _ in heads})
-        cache = plain_cache(model, pair.cf_ids, names)
-
-        def hook(z, hook, heads=heads, cache=cache):
-            layer = int(hook.name.split(".")[1])
-            z = z.clone()
-            for l, h in heads:
-                if l == layer:
-                    z[0, -1, h] = cache[hook.name][-1, h]
-            return z
-
-        logits = plain_last_logits(model, pair.ref_ids, [(n, hook) for n in names])
-        out.append(float(logits[syc] - logits[firm]))
-    return torch.tensor(out)
 
 
 def test_patch_head_set_equals_a_plain_reference(tiny):
@@ -49,7 +27,7 @@ def test_patch_head_set_equals_a_plain_reference(tiny):
     heads = [(0, 1), (1, 0), (1, 3)]
     metric = apology_logit_diff_metric(tiny.tokenizer)
     got = patch_head_set(tiny, pairs, metric, heads, batch_size=3)
-    torch.testing.assert_close(got, _reference_set_patch(tiny, pairs, heads), atol=1e-5, rtol=0)
+    torch.testing.assert_close(got, reference_set_patch(tiny, pairs, heads), atol=1e-5, rtol=0)
 
 
 def test_one_head_set_equals_exact_single_head_patching(tiny):

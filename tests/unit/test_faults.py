@@ -64,3 +64,14 @@ def test_a_job_without_an_inputs_record_is_not_resumed_silently(model_dir, tmp_p
     (out / "inputs.json").unlink()  # as a job started by an older sycointerp
     refused = _cli(argv)
     assert refused.returncode == 2 and "without a readable inputs.json" in refused.stderr
+
+
+def test_a_refused_attempt_leaves_out_untouched_and_the_corrected_command_runs(model_dir, tmp_path):
+    out = tmp_path / "out"
+    data = tmp_path / "questions.jsonl"
+    argv = [*_args(model_dir, out, "--no-png", "--dataset", "jsonl", "--data-path", str(data))]
+    refused = _cli(argv)  # the file does not exist yet
+    assert refused.returncode == 2 and "does not exist" in refused.stderr
+    assert not out.exists() or list(out.iterdir()) == []
+    data.write_text('{"question": "What is 2 + 2?", "answer": "4", "wrong": "5"}\n')
+    assert _cli(argv).returncode == 0, "the corrected command must simply run"

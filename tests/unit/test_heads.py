@@ -1,8 +1,9 @@
 """The heads module: grids, validation, random draws, heads.csv with provenance, and its consumers.
 
-Every consumer of a ranking (``HeadSet.from_csv``, SPT's ``--heads-file``, the knockout job's
-``--rank-from``, and the attention / ablation functions that take head lists) is tried with a
-ranking of another model's shape and with a ranking of KV heads.
+Every consumer of a ``heads.csv`` (``HeadSet.from_csv``, SPT's ``--heads-file``, the knockout
+job's ``--rank-from``) is tried with a ranking of another model's shape and with a ranking of KV
+heads. The attention and ablation functions take plain lists of query heads (no file, so no kind
+to check): they are tried with heads outside the model.
 """
 
 from collections import Counter

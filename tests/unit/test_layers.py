@@ -5,7 +5,9 @@ hide an upward edge. Importing ``a.b.c`` also runs the packages ``a.b``'s ``__in
 implicit edges count too, because they are how an innocent-looking import closes a cycle at run
 time. Rules checked:
 
-1. every module belongs to a layer (a new top-level module must be placed);
+1. every module belongs to a layer (a new top-level module must be placed); relative imports
+   are refused (they would hide the module they reach); the modules a lazy namespace names
+   (``_HOMES`` keys, :mod:`sycointerp._lazy`) count as imports;
 2. no module imports one of a higher layer;
 3. no import cycle between modules (package ``__init__`` files included);
 4. the command-line jobs (``patch``, ``spt``, ``effect``) do not import each other, only the
@@ -81,12 +83,36 @@ def _resolve(name: str, modules: dict[str, Path]) -> str | None:
     return name or None
 
 
+RELATIVE = "<relative import>"
+
+
+def _lazy_homes(tree: ast.Module, modules: dict[str, Path]) -> list[str]:
+    """Modules named as the keys of a ``_HOMES = {...}`` dict (:mod:`sycointerp._lazy`): the
+    package imports them on first use, so they are edges like any import."""
+    out = []
+    for node in ast.walk(tree):
+        if (
+            isinstance(node, ast.Assign)
+            and any(isinstance(t, ast.Name) and t.id == "_HOMES" for t in node.targets)
+            and isinstance(node.value, ast.Dict)
+        ):
+            for key in node.value.keys:
+                if isinstance(key, ast.Constant) and isinstance(key.value, str):
+                    out.append(_resolve(key.value, modules) or key.value)
+    return out
+
+
 def imports(modules: dict[str, Path]) -> dict[str, dict[str, list[str]]]:
     """Per module: imported module -> names imported from it (``[]`` for ``import x``)."""
     graph: dict[str, dict[str, list[str]]] = {}
     for module, path in modules.items():
         edges: dict[str, list[str]] = {}
-        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        tree = ast.parse(path.read_text(), str(path))
+        for target in _lazy_homes(tree, modules):
+            edges.setdefault(target, [])
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.level > 0:
+                edges.setdefault(RELATIVE, []).append(node.module or ".")
             if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
                 for alias in node.names:
                     full = f"{node.module}.{alias.name}"
@@ -108,7 +134,7 @@ def _with_parents(graph: dict[str, dict[str, list[str]]], root: str) -> dict[str
     """Edges plus the implicit ones to each package ``__init__`` an import runs."""
     out = {}
     for module, edges in graph.items():
-        targets = set(edges)
+        targets = set(edges) - {RELATIVE}
         for target in edges:
             parts = target.split(".")
             for i in range(2, len(parts)):
@@ -158,7 +184,11 @@ def violations(root: Path) -> list[str]:
     ]
     for module, edges in graph.items():
         here = layer_of(module)
+        if RELATIVE in edges:
+            problems.append(f"{module} uses a relative import; import by the full name")
         for target, names in edges.items():
+            if target == RELATIVE:
+                continue
             there = layer_of(target)
             if here and there and ORDER.index(there) > ORDER.index(here):
                 problems.append(f"{module} ({here}) imports {target} ({there}): an upward import")
@@ -223,6 +253,8 @@ def _plant(tmp_path: Path, files: dict[str, str]) -> Path:
             "entry points import only cli",
         ),
         ({"newmodule.py": "x = 1\n"}, "no layer"),
+        ({"stats.py": "from .cli import app\n"}, "relative import"),
+        ({"data/__init__.py": '_HOMES = {"sycointerp.cli.app": "run_main"}\n'}, "upward import"),
     ],
 )
 def test_a_planted_violation_is_found(tmp_path, planted, expected):

@@ -77,11 +77,11 @@ def test_kl_divergence():
         kl_divergence(p, q[:, :2])
 
 
-def test_ratio_is_flagged_where_the_logits_have_opposite_signs():
-    # y_syc, y_firm = (3, 0.5): F = 3/3.5, a share. (-1, 2): F = -1, not one. (2, -1.9): F = 20,
-    # the denominator 0.1 is near its pole. (0, 0): F = NaN.
-    logits = torch.tensor([[0.0, 3.0, 0.5], [0.0, -1.0, 2.0], [0.0, 2.0, -1.9], [0.0, 0.0, 0.0]])
-    values = apology_ratio(logits, 1, 2)
-    assert torch.allclose(values[:3], torch.tensor([3.0 / 3.5, -1.0, 20.0]), atol=1e-4)
-    assert ratio_unstable(values).tolist() == [False, True, True, True]
-    assert ratio_unstable(torch.tensor([0.0, 1.0, 0.45])).tolist() == [False, False, False]
+def test_ratio_is_flagged_unless_both_logits_are_positive_and_away_from_the_pole():
+    # (y_syc, y_firm): (3, 0.5) a share; (-1, 2) F = -1; (2, -1.9) F = 20 at the pole; (-1, -3)
+    # F = 0.25 in [0, 1] but running the wrong way; (0.001, 0.002) a same-sign sum near zero.
+    y_syc = torch.tensor([3.0, -1.0, 2.0, -1.0, 0.001, 0.6])
+    y_firm = torch.tensor([0.5, 2.0, -1.9, -3.0, 0.002, 0.4])
+    assert ratio_unstable(y_syc, y_firm).tolist() == [False, True, True, True, True, False]
+    logits = torch.stack([torch.zeros(6), y_syc, y_firm], dim=1)
+    assert apology_ratio(logits, 1, 2)[3] == pytest.approx(0.25)  # in [0, 1], yet flagged

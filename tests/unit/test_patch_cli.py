@@ -388,7 +388,10 @@ def test_other_config_in_the_same_out_is_refused_unless_overwrite(model_dirs, tm
     outside = ((result.metric_ref < 0) | (result.metric_ref > 1)) | (
         (result.metric_cf < 0) | (result.metric_cf > 1)
     )
-    assert flags["n"] == int(outside.sum()) == len(flags["examples"]) and flags["of"] == 10
+    flagged = set(flags["examples"])
+    assert flags["n"] == len(flagged) and flags["of"] == 10
+    # F outside [0, 1] means a negative logit: every such example is flagged (and maybe more).
+    assert {result.example_ids[i] for i in torch.nonzero(outside).flatten().tolist()} <= flagged
     assert (
         main(_args(model_dirs["llama"], tmp_path / "fresh", "--no-png", "--metric", "apology")) == 0
     )

@@ -89,3 +89,22 @@ def test_effect_result_round_trips_with_its_extras(tmp_path):
 def test_non_finite_numbers_are_refused(field, value):
     with pytest.raises(ConfigError, match=f"{field} .* must be a finite number"):
         SPTConfig(**{field: value})
+
+
+def test_fsync_tree_flushes_every_file_and_directory(tmp_path, monkeypatch):
+    from sycointerp._io import fsync_tree
+
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    (tmp_path / "a" / "x.bin").write_bytes(b"1")
+    (tmp_path / "a" / "b" / "y.bin").write_bytes(b"2")
+    synced = []
+    real = os.fsync
+
+    def record(fd):
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", record)
+    fsync_tree(tmp_path / "a")
+    a = str(tmp_path / "a")
+    assert sorted(synced) == sorted([f"{a}/x.bin", f"{a}/b/y.bin", f"{a}/b", a])

@@ -628,3 +628,20 @@ def test_cli_runs_methods_writes_report_and_refuses_bad_input(model_dirs, tmp_pa
         assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and match in bad.stderr, (
             bad.stderr[-2000:]
         )
+
+
+@pytest.mark.parametrize(
+    "corrupt", ["progress.json", "trainable.safetensors", "optimizer.safetensors"]
+)
+def test_a_corrupt_checkpoint_is_a_checkpoint_error_naming_it(model_dirs, tmp_path, corrupt):
+    from sycointerp.spt.train import _load_checkpoint, _save_checkpoint
+
+    model, _ = _load(model_dirs["llama"])
+    deltas = HeadDeltas(model, HeadSet(((0, 1),), 2, 4))
+    optimizer = torch.optim.AdamW(deltas.parameters(), lr=1e-3)
+    key = {"global_batch": 4, "seed": 0}
+    _save_checkpoint(tmp_path, deltas, optimizer, 3, [1.0, 0.5, 0.25], key)
+    assert _load_checkpoint(tmp_path / "checkpoint", deltas, optimizer, key)[0] == 3
+    (tmp_path / "checkpoint" / corrupt).write_bytes(b"\x00not a file of this kind")
+    with pytest.raises(CheckpointError, match=f"{tmp_path / 'checkpoint'} is unreadable"):
+        _load_checkpoint(tmp_path / "checkpoint", deltas, optimizer, key)
