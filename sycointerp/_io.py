@@ -26,6 +26,7 @@ __all__ = [
     "MissingBundleError",
     "atomic_write",
     "fsync_tree",
+    "writable_directory_problem",
     "write_tensors",
     "write_json",
     "read_json",
@@ -51,6 +52,17 @@ def atomic_write(target: Path, write: Callable[[str], object]) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def writable_directory_problem(directory: Path) -> str | None:
+    """Create ``directory`` if needed; ``None`` when a file can be written there, else the reason
+    (the OS's message: "Not a directory", "Read-only file system", ...)."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=directory).close()
+    except OSError as err:
+        return err.strerror or type(err).__name__
+    return None
 
 
 def fsync_tree(directory: Path) -> None:

@@ -34,6 +34,7 @@ from safetensors import SafetensorError
 from transformer_lens.model_bridge import TransformerBridge
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
+from sycointerp._io import writable_directory_problem
 from sycointerp.errors import UserError
 
 __all__ = [
@@ -87,14 +88,12 @@ def usable_cache_root() -> Path:
         ModelLoadError: it is a file, or cannot be created or written (names the fix).
     """
     root = cache_root()
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-        tempfile.TemporaryFile(dir=root).close()
-    except OSError as err:
+    problem = writable_directory_problem(root)
+    if problem:
         raise ModelLoadError(
-            f"the model cache {root} is not a writable directory ({err.strerror}); set "
+            f"the model cache {root} is not a writable directory ({problem}); set "
             "SYCOINTERP_CACHE to a writable directory"
-        ) from None
+        )
     return root
 
 

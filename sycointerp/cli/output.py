@@ -17,7 +17,6 @@ import fcntl
 import json
 import os
 import shutil
-import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -25,7 +24,7 @@ from typing import Any
 
 from sycointerp._config import ConfigError, TomlConfig, config_diff, load_toml
 from sycointerp._config import dump_toml as _dump
-from sycointerp._io import atomic_write, write_json
+from sycointerp._io import atomic_write, writable_directory_problem, write_json
 from sycointerp.errors import UserError
 
 __all__ = [
@@ -51,13 +50,11 @@ def check_writable(out: Path) -> None:
     Raises:
         OutputError: not a directory, or not writable.
     """
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        tempfile.TemporaryFile(dir=out).close()
-    except OSError as err:
+    problem = writable_directory_problem(out)
+    if problem:
         raise OutputError(
-            f"--out {out} is not a writable directory ({err.strerror}); choose another path"
-        ) from None
+            f"--out {out} is not a writable directory ({problem}); choose another path"
+        )
 
 
 def _clear(out: Path, names: Sequence[str]) -> None:

@@ -25,15 +25,20 @@ def _patch_result() -> PatchResult:
     )
 
 
-def test_atomic_write_fsyncs_the_file_and_its_directory(tmp_path, monkeypatch):
-    synced = []
-    real = os.fsync
+def _record_fsyncs(monkeypatch) -> list[str]:
+    """The paths os.fsync is called on from now on (the real fsync still runs)."""
+    synced, real = [], os.fsync
 
     def record(fd):
         synced.append(os.readlink(f"/proc/self/fd/{fd}"))
         real(fd)
 
     monkeypatch.setattr(os, "fsync", record)
+    return synced
+
+
+def test_atomic_write_fsyncs_the_file_and_its_directory(tmp_path, monkeypatch):
+    synced = _record_fsyncs(monkeypatch)
     target = tmp_path / "out.txt"
     atomic_write(target, lambda p: open(p, "w").write("done"))
     assert target.read_text() == "done" and len(synced) == 2
@@ -97,14 +102,7 @@ def test_fsync_tree_flushes_every_file_and_directory(tmp_path, monkeypatch):
     (tmp_path / "a" / "b").mkdir(parents=True)
     (tmp_path / "a" / "x.bin").write_bytes(b"1")
     (tmp_path / "a" / "b" / "y.bin").write_bytes(b"2")
-    synced = []
-    real = os.fsync
-
-    def record(fd):
-        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
-        real(fd)
-
-    monkeypatch.setattr(os, "fsync", record)
+    synced = _record_fsyncs(monkeypatch)
     fsync_tree(tmp_path / "a")
     a = str(tmp_path / "a")
     assert sorted(synced) == sorted([f"{a}/x.bin", f"{a}/b/y.bin", f"{a}/b", a])
