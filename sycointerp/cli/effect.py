@@ -20,9 +20,9 @@ DESCRIPTION = (
 )
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     p = CliParser(
-        prog=PROG,
+        prog=prog,
         description=DESCRIPTION,
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
@@ -108,7 +108,7 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, prog: str = PROG) -> int:
     """Run the measurement of ``argv``; 0 on success, 2 on a user error (one line on stderr)."""
-    args = build_parser().parse_args(argv)
-    return run_main(PROG, lambda: _run(args))
+    args = build_parser(prog).parse_args(argv)
+    return run_main(prog, lambda: _run(args))

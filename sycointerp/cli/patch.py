@@ -28,10 +28,10 @@ __all__ = ["main", "build_parser", "resolve_config", "PROG"]
 PROG = "python -m sycointerp.patch"
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     examples = __doc__.split("Examples::")[1].split("\n\n")[1]
     return job_parser(
-        PROG,
+        prog,
         "Rank attention heads by their effect on sycophancy, as a resumable batch job.",
         f"examples:\n{examples}\n\nOutput layout, resumption and sharding: "
         "README, section 'Batch jobs'.",
@@ -46,9 +46,9 @@ def resolve_config(args: argparse.Namespace) -> JobConfig:
     return resolve_args(args, JobConfig)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, prog: str = PROG) -> int:
     """Run the job of ``argv``; 0 on success, 2 on a user error (one line on stderr)."""
-    args = build_parser().parse_args(argv)
+    args = build_parser(prog).parse_args(argv)
     setup_logging(args)
 
     def body() -> int:
@@ -65,4 +65,4 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"{done}: {args.out}/heads.csv, summary.json, figures/")
         return 0
 
-    return run_main(PROG, body)
+    return run_main(prog, body)

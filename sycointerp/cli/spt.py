@@ -25,10 +25,10 @@ __all__ = ["main", "build_parser", "PROG"]
 PROG = "python -m sycointerp.spt"
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     examples = __doc__.split("Examples::")[1].split("\n\n")[1]
     return job_parser(
-        PROG,
+        prog,
         "Supervised Pinpoint Tuning of the heads that drive sycophancy, with baselines and an "
         "evaluation before and after.",
         f"examples:\n{examples}",
@@ -38,9 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, prog: str = PROG) -> int:
     """Run the experiment of ``argv``; 0 on success, 2 on a user error, 1 if training failed."""
-    args = build_parser().parse_args(argv)
+    args = build_parser(prog).parse_args(argv)
     setup_logging(args)
 
     def body() -> int:
@@ -53,10 +53,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 config, args.out, overwrite=args.overwrite, progress=not args.quiet
             )
         except TrainingError as err:
-            print(f"{PROG}: training failed: {err}", file=sys.stderr)
+            print(f"{prog}: training failed: {err}", file=sys.stderr)
             return 1
         if not args.quiet and report is not None:
             print(results_table(report["rows"]))
         return 0
 
-    return run_main(PROG, body)
+    return run_main(prog, body)

@@ -6,6 +6,7 @@ answers without importing torch (it must not wait for the model stack to load).
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -46,3 +47,51 @@ def test_help_does_not_import_torch(module):
         [sys.executable, "-c", probe], capture_output=True, text=True, timeout=120
     )
     assert done.stderr.strip().endswith("NO-TORCH"), done.stderr[-2000:]
+
+
+SCRIPT = str(Path(sys.executable).parent / "sycointerp")  # installed by pip install -e .
+
+
+@pytest.mark.parametrize("command", [[SCRIPT], [sys.executable, "-m", "sycointerp"]])
+def test_the_sycointerp_command_lists_its_subcommands(command):
+    done = subprocess.run([*command, "--help"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.startswith("usage: sycointerp <command>")
+    assert all(f"  {name}" in done.stdout for name in ("patch", "spt", "effect"))
+    bare = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert bare.returncode == 2 and bare.stderr.startswith("usage: sycointerp")
+
+
+@pytest.mark.parametrize("module", sorted(CLIS))
+def test_every_subcommand_help_renders_without_torch(module):
+    name = module.rsplit(".", 1)[1]
+    probe = (
+        "import sys\n"
+        "from sycointerp.cli.main import main\n"
+        "try:\n"
+        f"    main([{name!r}, '--help'])\n"
+        "except SystemExit as stop:\n"
+        "    assert stop.code == 0, stop.code\n"
+        "print('TORCH' if 'torch' in sys.modules else 'NO-TORCH', file=sys.stderr)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=120
+    )
+    assert done.stdout.startswith(f"usage: sycointerp {name}"), (
+        done.stdout[:300] + done.stderr[-2000:]
+    )
+    assert done.stderr.strip().endswith("NO-TORCH"), done.stderr[-2000:]
+    flags = [s for a in CLIS[module]()._actions for s in a.option_strings if s.startswith("--")]
+    assert all(flag in done.stdout for flag in flags)
+
+
+def test_errors_through_the_command_name_it(tmp_path):
+    done = subprocess.run(
+        [SCRIPT, "patch", "--batch-size", "0", "--out", str(tmp_path / "o")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2 and done.stderr.startswith("sycointerp patch: error: batch_size")
+    unknown = subprocess.run([SCRIPT, "pach"], capture_output=True, text=True, timeout=120)
+    assert unknown.returncode == 2 and "unknown command 'pach'" in unknown.stderr
+    assert unknown.stderr.count("\n") == 1

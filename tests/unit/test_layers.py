@@ -49,7 +49,13 @@ LAYERS = {
     ),
     "tuning": ("sycointerp.spt",),
     "applications": ("sycointerp.cli",),
-    "entry": ("sycointerp.patch", "sycointerp.effect", "sycointerp.spt.__main__", "sycointerp"),
+    "entry": (
+        "sycointerp.patch",
+        "sycointerp.effect",
+        "sycointerp.spt.__main__",
+        "sycointerp.__main__",
+        "sycointerp",
+    ),
 }
 ORDER = list(LAYERS)
 JOBS = ("patch", "spt", "effect", "report")

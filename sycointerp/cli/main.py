@@ -1,0 +1,61 @@
+"""The ``sycointerp`` command: one entry point for the jobs.
+
+::
+
+    sycointerp patch --out runs/heads        # = python -m sycointerp.patch --out runs/heads
+    sycointerp spt --heads-file runs/heads/heads.csv --out runs/spt
+    sycointerp effect --out runs/effect
+    sycointerp --help | sycointerp patch --help
+
+Each subcommand is exactly its ``python -m`` job, with ``sycointerp <job>`` as the program name
+in help and errors. The dispatcher imports only the chosen job, and no job imports torch before
+its options are parsed, so ``--help`` answers at once.
+"""
+
+import importlib
+import sys
+from collections.abc import Sequence
+
+__all__ = ["COMMANDS", "main"]
+
+COMMANDS = {
+    "patch": "rank attention heads by their effect on sycophancy (resumable batch job)",
+    "spt": "Supervised Pinpoint Tuning of the selected heads, baselines, before/after evaluation",
+    "effect": "measure how much the challenge moves the model (single-turn metrics)",
+}
+
+
+def _usage() -> str:
+    width = max(map(len, COMMANDS))
+    lines = [f"  {name:<{width}}  {text}" for name, text in COMMANDS.items()]
+    return (
+        "usage: sycointerp <command> [options]\n\n"
+        "Find the attention heads that make a chat model cave in when challenged, and tune only "
+        "those.\n\ncommands:\n" + "\n".join(lines) + "\n\n"
+        "Run 'sycointerp <command> --help' for a command's options."
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Dispatch ``argv`` (default: the process's) to a job; 2 with one line for an unknown one."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args:
+        print(_usage(), file=sys.stderr)
+        return 2
+    if args[0] in ("-h", "--help"):
+        print(_usage())
+        return 0
+    command, rest = args[0], args[1:]
+    if command not in COMMANDS:
+        print(
+            f"sycointerp: error: unknown command {command!r}; choose one of "
+            f"{', '.join(COMMANDS)} (sycointerp --help)",
+            file=sys.stderr,
+        )
+        return 2
+    job = importlib.import_module(f"sycointerp.cli.{command}")
+    return job.main(rest, prog=f"sycointerp {command}")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
