@@ -38,9 +38,16 @@ import torch
 
 from sycointerp._io import atomic_write, fsync_tree, read_json, write_json, write_tensors
 from sycointerp.cli.inputs import load_job_questions
-from sycointerp.cli.output import INPUTS, check_inputs, output_lock, prepare_output
+from sycointerp.cli.output import (
+    INPUTS,
+    OutputError,
+    check_inputs,
+    output_lock,
+    prepare_output,
+)
 from sycointerp.cli.spt_config import METHODS, SPTConfig
 from sycointerp.data.questions import DataError, Question, load_questions_jsonl
+from sycointerp.errors import UserError
 from sycointerp.evaluate.compare import MethodComparison, compare_methods, comparison_table
 from sycointerp.evaluate.protocol import SycophancyEval
 from sycointerp.heads import HeadGrid, HeadSet, read_heads_csv
@@ -328,24 +335,38 @@ def run_experiment(
     )
     out = Path(out)
     with ExitStack() as held:
+        refusal = None
         if acc.is_main_process:
-            held.enter_context(output_lock(out))  # released when the run ends, or the process dies
-            status = prepare_output(
-                out,
-                config,
-                overwrite,
-                names=OUTPUT_NAMES,
-                done="report.json",
-                header=(
-                    "sycointerp SPT run: the fully resolved configuration "
-                    "(rerun with --config this-file)"
-                ),
-            )
-            files = [config.data_path, config.eval_path, config.heads_file, config.kl_text]
-            files += [config.arc_path, config.opinion_path]
-            record = {"model": model_identity(config.model or None)}
-            check_inputs(out, {**record, "files": input_files([f for f in files if f])}, status)
+            try:
+                _prepare(config, out, overwrite, held)
+            except UserError as err:  # every process must stop, not only the main one
+                refusal = str(err)
+        box = [refusal]
+        if acc.num_processes > 1:
+            from accelerate.utils import broadcast_object_list
+
+            broadcast_object_list(box)
+        if box[0] is not None:
+            raise OutputError(box[0])
         return _run_methods(config, out, acc, progress, split)
+
+
+def _prepare(config: SPTConfig, out: Path, overwrite: bool, held: ExitStack) -> None:
+    """On the main process: lock ``out`` (held until the run ends), prepare it, check inputs."""
+    held.enter_context(output_lock(out))  # released when the run ends, or the process dies
+    status = prepare_output(
+        out,
+        config,
+        overwrite,
+        names=OUTPUT_NAMES,
+        done="report.json",
+        header="sycointerp SPT run: the fully resolved configuration (rerun with --config "
+        "this-file)",
+    )
+    files = [config.data_path, config.eval_path, config.heads_file, config.kl_text]
+    files += [config.arc_path, config.opinion_path]
+    record = {"model": model_identity(config.model or None)}
+    check_inputs(out, {**record, "files": input_files([f for f in files if f])}, status)
 
 
 def _check_heads_file(config: SPTConfig) -> None:

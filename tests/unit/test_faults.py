@@ -1,7 +1,7 @@
 """Faults mid-run leave a resumable job; a resume on changed inputs is refused.
 
 Real subprocesses of the patch CLI on a tiny saved model. A full disk (ENOSPC) and a directory
-turned read-only (EROFS) or unwritable (EACCES) are injected at the N-th chunk write through
+turned read-only (EROFS) or unwritable (EACCES, EPERM) are injected at the N-th chunk write through
 ``SYCOINTERP_FAULT_AT_CHUNK`` (root ignores permission bits, and a full disk cannot be arranged
 portably, so the error is raised where the write would have failed); the rerun must give outputs
 byte-identical to an uninterrupted run's. The model-change case replaces the model's weights at
@@ -29,7 +29,7 @@ def reference(model_dir, tmp_path_factory):
     return out
 
 
-@pytest.mark.parametrize("fault", ["ENOSPC", "EROFS", "EACCES"])
+@pytest.mark.parametrize("fault", ["ENOSPC", "EROFS", "EACCES", "EPERM"])
 def test_a_write_fault_exits_1_in_one_line_and_the_rerun_resumes_identically(
     model_dir, reference, tmp_path, fault
 ):

@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -645,3 +646,15 @@ def test_a_corrupt_checkpoint_is_a_checkpoint_error_naming_it(model_dirs, tmp_pa
     (tmp_path / "checkpoint" / corrupt).write_bytes(b"\x00not a file of this kind")
     with pytest.raises(CheckpointError, match=f"{tmp_path / 'checkpoint'} is unreadable"):
         _load_checkpoint(tmp_path / "checkpoint", deltas, optimizer, key)
+
+
+def test_a_refused_out_under_torchrun_stops_every_process(model_dirs, tmp_path):
+    """The main process refuses --out; the other must not wait for it at a barrier."""
+    out = tmp_path / "taken"
+    out.mkdir()
+    (out / "notes.txt").write_text("not a job")
+    start = time.monotonic()
+    run = _spt_cli(_spt_args(model_dirs["gpt2"], out, "--methods", "spt"), torchrun=2)
+    assert run.returncode != 0 and time.monotonic() - start < 300
+    assert run.stderr.count("holds no sycointerp job") == 2, run.stderr[-3000:]  # both ranks
+    assert (out / "notes.txt").read_text() == "not a job" and len(list(out.iterdir())) == 1
