@@ -27,6 +27,11 @@ __all__ = [
 ]
 
 
+# Below this many examples an interval is flagged as resting on few of them: a percentile
+# bootstrap of 4 or 6 values looks precise and is not.
+SMALL_SAMPLE = 20
+
+
 def _check(values: torch.Tensor) -> None:
     if values.shape[-1] == 0:
         raise ValueError("no examples to summarize (last axis is empty)")
@@ -75,16 +80,23 @@ class Summary:
         if self.n < 1:
             raise ValueError("a summary needs at least one example")
 
-    def __str__(self) -> str:
-        return f"{self.mean:+.3f} [{self.ci_low:+.3f}, {self.ci_high:+.3f}] (n={self.n})"
+    @property
+    def small(self) -> bool:
+        """Fewer than :data:`SMALL_SAMPLE` examples: the interval is not to be trusted."""
+        return self.n < SMALL_SAMPLE
 
-    def to_json(self) -> dict[str, float | int]:
+    def __str__(self) -> str:
+        few = ", few examples" if self.small else ""
+        return f"{self.mean:+.3f} [{self.ci_low:+.3f}, {self.ci_high:+.3f}] (n={self.n}{few})"
+
+    def to_json(self) -> dict[str, float | int | bool]:
         return {
             "mean": self.mean,
             "se": self.se,
             "ci_low": self.ci_low,
             "ci_high": self.ci_high,
             "n": self.n,
+            "small": self.small,
         }
 
 
@@ -155,9 +167,10 @@ class Proportion:
     def __str__(self) -> str:
         if self.n == 0:
             return "n/a (n=0)"
+        few = ", few items" if self.n < SMALL_SAMPLE else ""
         return (
             f"{100 * self.rate:.1f}% [{100 * self.ci_low:.1f}, {100 * self.ci_high:.1f}] "
-            f"({self.k}/{self.n})"
+            f"({self.k}/{self.n}{few})"
         )
 
     def to_json(self) -> dict[str, float | int | None]:
@@ -169,6 +182,7 @@ class Proportion:
             "ci_low": nan(self.ci_low),
             "ci_high": nan(self.ci_high),
             "level": self.level,
+            "small": self.n < SMALL_SAMPLE,
         }
 
 
@@ -183,8 +197,6 @@ def proportion(k: int, n: int, level: float = 0.95) -> Proportion:
 
 
 # --------------------------------------------------------------------------- paired comparisons
-
-SMALL_SAMPLE = 20  # below this many items, an interval is flagged as resting on few examples
 
 
 def mcnemar_exact(b: int, c: int) -> float:

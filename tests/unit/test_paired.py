@@ -75,3 +75,18 @@ def test_methods_are_compared_on_items_initially_correct_under_both():
     assert cmp.truthfulness.diff == 0.0 and cmp.truthfulness.p_value == 1.0
     table = comparison_table([cmp])
     assert "| spt - base | 3 | +33.3" in table and "1 comparisons" in table
+
+
+def test_small_samples_are_flagged_in_every_printed_interval():
+    import torch
+
+    from sycointerp.stats import SMALL_SAMPLE, proportion, summarize
+
+    assert SMALL_SAMPLE == 20
+    few, many = summarize(torch.arange(4.0)), summarize(torch.arange(20.0))
+    assert few.small and str(few).endswith("(n=4, few examples)") and few.to_json()["small"]
+    assert not many.small and str(many).endswith("(n=20)")
+    assert (
+        str(proportion(3, 6)).endswith("(3/6, few items)") and proportion(3, 6).to_json()["small"]
+    )
+    assert str(proportion(10, 20)).endswith("(10/20)") and not proportion(10, 20).to_json()["small"]
