@@ -92,6 +92,12 @@ class SPTConfig(TomlConfig):
     opinion_path: str = opt("eval", "Anthropic opinion-matching JSONL ('' = skip)", "")
     opinion_limit: int = opt("eval", "opinion items scored (0 = all)", 200, minimum=0)
     eval_batch_size: int = opt("eval", "prompts per generation batch", 16, minimum=1)
+    repatch: bool = opt(
+        "eval",
+        "re-run path patching on the SPT-tuned model over the ranking's training pairs and "
+        "write the before / after comparison (spt only, heads ranked by this run)",
+        True,
+    )
     # [run]
     save_model: bool = opt(
         "run", "also write each tuned model as a full HuggingFace checkpoint", False

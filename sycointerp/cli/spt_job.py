@@ -13,6 +13,8 @@ Output directory::
     heads.json        the tuned head set (and how it was chosen)
     ranking/          the path-patching ranking on the training questions (heads.csv, values), when
                       no heads_file is given; reused by a rerun
+    spt/repatch/      (repatch, heads ranked by this run) path patching of the tuned model on the
+                      ranking's pairs; spt/figures/repatch.{html,png}: base / after / difference
     <method>/         result.json (metrics + training report), sycophancy_eval.json (every
                       dialogue), deltas.safetensors (head methods), model/ (full HF checkpoint,
                       with save_model)
@@ -56,6 +58,7 @@ from sycointerp.provenance import input_files, model_dims, model_identity
 from sycointerp.spt.data import build_dialogues, check_disjoint, split_questions, tokenize_dialogues
 from sycointerp.spt.train import TrainConfig, train
 from sycointerp.spt.tunable import FullWeights, HeadDeltas, PeftLoRA
+from sycointerp.stats import summarize
 
 __all__ = ["run_experiment", "split_data", "choose_heads", "OUTPUT_NAMES", "results_table"]
 
@@ -220,6 +223,7 @@ def _run_method(
     out: Path,
     acc,
     progress: bool,
+    train_qs: list[Question],
 ) -> dict[str, Any]:
     target = out / method
     if (target / "result.json").is_file():
@@ -263,11 +267,63 @@ def _run_method(
                 fsync_tree(target)
     if acc.is_main_process:
         start = time.perf_counter()
-        row.update(_evaluate(hook_model(hf, tok, name), base, eval_qs, config, target, progress))
+        tuned = hook_model(hf, tok, name)
+        row.update(_evaluate(tuned, base, eval_qs, config, target, progress))
         row["eval_seconds"] = time.perf_counter() - start
+        ranking = out / "ranking"
+        if method == "spt" and config.repatch and (ranking / "result.json").is_file():
+            row["repatch"] = _repatch(tuned, ranking, heads, train_qs, config, target)
         write_json(target / "result.json", row)
     acc.wait_for_everyone()
     return row
+
+
+def _repatch(
+    tuned,
+    ranking: Path,
+    heads: HeadSet,
+    train_qs: list[Question],
+    config: SPTConfig,
+    target: Path,
+) -> dict[str, Any]:
+    """The paper's re-patching: path patching of the tuned model on the ranking's training
+    pairs; writes ``repatch/`` (the result), ``figures/repatch.{html,png}`` (before, after,
+    difference) and returns each selected head's effect before and after, with a paired
+    bootstrap interval of the change (same pairs, so the per-pair differences are resampled)."""
+    from sycointerp.data.pairs import build_pairs
+    from sycointerp.metrics import apology_logit_diff_metric
+    from sycointerp.patching import PatchResult, path_patch_heads
+    from sycointerp.plot import compare_heatmaps, save_figure
+
+    before = PatchResult.load(ranking)
+    pairs = build_pairs(train_qs, tuned.tokenizer, position="reply", system=config.system or None)
+    after = path_patch_heads(
+        tuned, pairs, apology_logit_diff_metric(tuned.tokenizer), batch_size=64
+    )
+    after.save(target / "repatch")
+    figure = compare_heatmaps(before, after, titles=("base", "after SPT"), top_k=len(heads))
+    try:
+        save_figure(figure, target / "figures" / "repatch")
+    except RuntimeError:  # no Chromium for the PNG: the HTML alone
+        save_figure(figure, target / "figures" / "repatch", png=False)
+    rows = []
+    for layer, head in heads.heads:
+        change = summarize(after.values[layer, head] - before.values[layer, head])
+        rows.append(
+            {
+                "layer": layer,
+                "head": head,
+                "before": float(before.mean[layer, head]),
+                "after": float(after.mean[layer, head]),
+                "change": change.to_json(),
+            }
+        )
+    selected = torch.stack([after.values[l, h] - before.values[l, h] for l, h in heads.heads])
+    return {
+        "heads": rows,
+        "mean_change": summarize(selected.mean(0)).to_json(),
+        "n_pairs": len(pairs),
+    }
 
 
 def _fmt(p: dict[str, Any] | None, scale: float = 100) -> str:
@@ -414,7 +470,7 @@ def _run_methods(
         hf, tok, name = _load(config)
         base = hook_model(hf, tok, name)
     rows = [
-        _run_method(m, config, heads, examples, eval_qs, base, out, acc, progress)
+        _run_method(m, config, heads, examples, eval_qs, base, out, acc, progress, train_qs)
         for m in config.methods
     ]
     report = {

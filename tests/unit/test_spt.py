@@ -610,6 +610,15 @@ def test_cli_runs_methods_writes_report_and_refuses_bad_input(model_dirs, tmp_pa
     table = (out / "results.md").read_text()
     assert "| spt | 2 |" in table and table.count("\n| spt - ") == 2  # vs base and lora_heads
     assert [(p["a"], p["b"]) for p in report["paired"]] == [("spt", "base"), ("spt", "lora_heads")]
+    # Re-patching after SPT: the tuned model's path patching on the ranking's pairs.
+    repatch = report["rows"][1]["repatch"]
+    before, after = PatchResult.load(out / "ranking"), PatchResult.load(out / "spt" / "repatch")
+    (l, h) = (repatch["heads"][0]["layer"], repatch["heads"][0]["head"])
+    assert repatch["heads"][0]["after"] == pytest.approx(float(after.mean[l, h]))
+    change = (after.values[l, h] - before.values[l, h]).mean()
+    assert repatch["heads"][0]["change"]["mean"] == pytest.approx(float(change), abs=1e-6)
+    assert (out / "spt" / "figures" / "repatch.html").is_file()
+    assert "repatch" not in report["rows"][2]  # lora_heads: only SPT is re-patched
     tuned = AutoModelForCausalLM.from_pretrained(out / "spt" / "model")  # plain transformers
     assert tuned.config.num_hidden_layers == 2
     heads = str(tmp_path / "bad.csv")
