@@ -299,6 +299,20 @@ def compare_heatmaps(
     return fig
 
 
+def _top_heads(result: PatchResult, k: int, caller: str) -> tuple[pd.DataFrame, list[str]]:
+    """The ``k`` first rows of the heads table and their labels ``"L<layer>H<head>"`` (``KV``
+    for KV heads), in rank order."""
+    _check_components(result, HEAD_COMPONENTS, caller)
+    table = result.heads_table().head(k)
+    letter = "KV" if result.components[1] == "kv_head" else "H"
+    return table, [f"L{l}{letter}{h}" for l, h in zip(table["layer"], table["head"])]
+
+
+def _interval(value: pd.Series, low: pd.Series, high: pd.Series) -> dict:
+    """Asymmetric error bars from ``low`` to ``high`` around ``value``."""
+    return {"type": "data", "symmetric": False, "array": high - value, "arrayminus": value - low}
+
+
 def ranked_heads_bar(result: PatchResult, k: int = 20) -> go.Figure:
     """Bar chart of the ``k`` best-ranked heads' mean effects with 95% CI error bars.
 
@@ -312,21 +326,13 @@ def ranked_heads_bar(result: PatchResult, k: int = 20) -> go.Figure:
     Raises:
         ValueError: other components, or ``k < 1``.
     """
-    _check_components(result, HEAD_COMPONENTS, "ranked_heads_bar")
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
-    table = result.heads_table().head(k)
-    letter = "KV" if result.components[1] == "kv_head" else "H"
-    labels = [f"L{l}{letter}{h}" for l, h in zip(table["layer"], table["head"])]
+    table, labels = _top_heads(result, k, "ranked_heads_bar")
     bar = go.Bar(
         x=labels,
         y=table["score"],
-        error_y={
-            "type": "data",
-            "symmetric": False,
-            "array": table["ci_high"] - table["score"],
-            "arrayminus": table["score"] - table["ci_low"],
-        },
+        error_y=_interval(table["score"], table["ci_low"], table["ci_high"]),
         customdata=table[["rank", "se", "ci_low", "ci_high"]].to_numpy(),
         hovertemplate=(
             "rank %{customdata[0]}: %{x}<br>score %{y:.4g}<br>SE %{customdata[1]:.3g}"
@@ -351,22 +357,14 @@ def rank_intervals_plot(result: PatchResult, k: int = 20) -> go.Figure:
     Raises:
         ValueError: cells that are not heads, fewer than 2 examples, or ``k < 1``.
     """
-    _check_components(result, HEAD_COMPONENTS, "rank_intervals_plot")
     if k < 1 or result.values.shape[-1] < 2:
         raise ValueError("rank_intervals_plot needs k >= 1 and at least 2 examples")
-    table = result.heads_table().head(k)
-    letter = "KV" if result.components[1] == "kv_head" else "H"
-    labels = [f"L{l}{letter}{h}" for l, h in zip(table["layer"], table["head"])]
+    table, labels = _top_heads(result, k, "rank_intervals_plot")
     point = go.Scatter(
         x=labels,
         y=table["rank"],
         mode="markers",
-        error_y={
-            "type": "data",
-            "symmetric": False,
-            "array": table["rank_ci_high"] - table["rank"],
-            "arrayminus": table["rank"] - table["rank_ci_low"],
-        },
+        error_y=_interval(table["rank"], table["rank_ci_low"], table["rank_ci_high"]),
         customdata=table[["rank_ci_low", "rank_ci_high", "p_top10"]].to_numpy(),
         hovertemplate=(
             "%{x}: rank %{y}<br>95% rank interval [%{customdata[0]}, %{customdata[1]}]"

@@ -257,13 +257,19 @@ class PatchResult(Bundle):
         if self.values.shape[-1] < 2:
             nan = [float("nan")] * len(table)
             return {name: nan for name in STABILITY_COLUMNS}
-        stab = self.stability(k=min(10, int(np.prod(self.shape))))
+        stab = self._table_stability
         cell = [l * self.shape[1] + h for l, h in zip(table["layer"], table["head"])]
         return {
             "rank_ci_low": [int(stab.rank_low[c]) for c in cell],
             "rank_ci_high": [int(stab.rank_high[c]) for c in cell],
             "p_top10": [float(stab.p_top_k[c]) for c in cell],
         }
+
+    @cached_property
+    def _table_stability(self) -> RankStability:
+        """The ``heads.csv`` columns' stability (top 10, defaults), computed once per result:
+        a job asks for the heads table several times (files, figures, summaries)."""
+        return self.stability(k=min(10, int(np.prod(self.shape))))
 
     def _key(self) -> torch.Tensor:
         """``[cell, example]`` values signed so that the lowest mean is rank 1 (as :meth:`rank`)."""

@@ -82,3 +82,29 @@ def test_heads_table_carries_rank_intervals_consistent_with_the_ranking():
     )
     assert flip.stability(k=1).p_top_k.tolist()[7] == 1.0  # the largest value ranks first
     assert result.split_half(n_splits=5, k=2).mean == pytest.approx(1.0)
+
+
+def test_rank_intervals_plot_draws_the_tables_intervals():
+    from sycointerp.plot import rank_intervals_plot
+
+    gen = torch.Generator().manual_seed(1)
+    values = torch.randn(2, 4, 10, generator=gen)
+    result = PatchResult(
+        values,
+        torch.ones(10),
+        torch.ones(10),
+        "t",
+        "m",
+        True,
+        meta=grid_meta(values, ("layer", "head")),
+    )
+    table = result.heads_table().head(5)
+    (trace,) = rank_intervals_plot(result, k=5).data
+    assert list(trace.y) == table["rank"].tolist()
+    assert list(trace.error_y.array) == (table["rank_ci_high"] - table["rank"]).tolist()
+    assert list(trace.error_y.arrayminus) == (table["rank"] - table["rank_ci_low"]).tolist()
+    assert trace.x[0] == f"L{table['layer'][0]}H{table['head'][0]}"
+    with pytest.raises(ValueError, match="at least 2 examples"):
+        rank_intervals_plot(
+            PatchResult(values[..., :1], torch.ones(1), torch.ones(1), "t", "m", True)
+        )
