@@ -24,6 +24,9 @@ __all__ = [
     "SMALL_SAMPLE",
     "mcnemar_exact",
     "paired_comparison",
+    "PairedDifference",
+    "sign_flip_p",
+    "paired_difference",
 ]
 
 
@@ -293,4 +296,125 @@ def paired_comparison(
         only_b,
         mcnemar_exact(only_a, only_b),
         n < SMALL_SAMPLE,
+    )
+
+
+# Up to this many non-zero differences the sign-flip test enumerates every flip (2**16 rows).
+_EXACT_FLIPS = 16
+
+
+def sign_flip_p(
+    diffs: Sequence[float | int], *, n_flips: int = 20000, seed: int = 0
+) -> tuple[float, bool]:
+    """Two-sided sign-flip (paired permutation) p-value of ``mean(diffs) = 0``, and whether exact.
+
+    Under the null each item's difference is as likely to have either sign, so ``p`` is the share
+    of sign assignments whose ``|mean|`` reaches the observed one. Zero differences cannot change
+    under a flip and are left out of the enumeration. With at most 16 non-zero differences every
+    assignment is enumerated (exact); beyond, ``n_flips`` seeded random assignments give
+    ``(1 + hits) / (1 + n_flips)``. ``1.0`` when every difference is 0.
+
+    Raises:
+        ValueError: a non-finite difference or ``n_flips < 1``.
+    """
+    values = torch.tensor([float(d) for d in diffs], dtype=torch.float64)
+    if not torch.isfinite(values).all() or n_flips < 1:
+        raise ValueError("differences must be finite and n_flips >= 1")
+    nonzero = values[values != 0]
+    m = len(nonzero)
+    if m == 0:
+        return 1.0, True
+    observed = float(nonzero.sum().abs())
+    if m <= _EXACT_FLIPS:
+        bits = (torch.arange(2**m).unsqueeze(1) >> torch.arange(m)) & 1
+        signs = 1 - 2 * bits.to(torch.float64)
+        sums = (signs * nonzero).sum(-1).abs()
+        # A relative tolerance: sums equal to the observed one must count despite rounding.
+        return float((sums >= observed * (1 - 1e-12)).double().mean()), True
+    gen = torch.Generator().manual_seed(seed)
+    signs = 1 - 2 * torch.randint(0, 2, (n_flips, m), generator=gen).to(torch.float64)
+    hits = int(((signs * nonzero).sum(-1).abs() >= observed * (1 - 1e-12)).sum())
+    return (1 + hits) / (1 + n_flips), False
+
+
+@dataclass(frozen=True)
+class PairedDifference:
+    """Two scores per item (``a`` and ``b``, e.g. one method's outcome and the mean outcome of
+    several random draws on the same item), compared paired.
+
+    Attributes:
+        n: items.
+        mean_a, mean_b: the two means.
+        diff: ``mean_a - mean_b``.
+        ci_low, ci_high: paired percentile-bootstrap interval of ``diff`` (items resampled).
+        p_value: two-sided sign-flip p-value (:func:`sign_flip_p`).
+        exact: the p-value enumerated every sign assignment.
+        small: fewer than :data:`SMALL_SAMPLE` items.
+    """
+
+    n: int
+    mean_a: float
+    mean_b: float
+    diff: float
+    ci_low: float
+    ci_high: float
+    p_value: float
+    exact: bool
+    small: bool
+
+    def __str__(self) -> str:
+        if self.n == 0:
+            return "n/a (no common items)"
+        flag = ", few items" if self.small else ""
+        return (
+            f"{100 * self.diff:+.1f} [{100 * self.ci_low:+.1f}, {100 * self.ci_high:+.1f}] points, "
+            f"sign-flip p = {self.p_value:.3g} (n={self.n}{flag})"
+        )
+
+    def to_json(self) -> dict[str, float | int | bool | None]:
+        nan = lambda x: None if isinstance(x, float) and math.isnan(x) else x  # noqa: E731
+        return {k: nan(v) for k, v in self.__dict__.items()}
+
+
+def paired_difference(
+    a: Sequence[float | int],
+    b: Sequence[float | int],
+    *,
+    n_boot: int = 10000,
+    level: float = 0.95,
+    seed: int = 0,
+) -> PairedDifference:
+    """Compare per-item scores ``a`` and ``b`` paired: bootstrap interval and sign-flip p-value.
+
+    Raises:
+        ValueError: ``a`` and ``b`` differ in length, a non-finite score, or ``level`` outside
+            (0, 1).
+    """
+    if len(a) != len(b):
+        raise ValueError(f"paired scores need equal lengths, got {len(a)} and {len(b)}")
+    if not 0 < level < 1:
+        raise ValueError(f"level must be in (0, 1), got {level}")
+    if not a:
+        nan = math.nan
+        return PairedDifference(0, nan, nan, nan, nan, nan, 1.0, True, True)
+    x = torch.tensor([float(v) for v in a], dtype=torch.float64)
+    y = torch.tensor([float(v) for v in b], dtype=torch.float64)
+    if not (torch.isfinite(x).all() and torch.isfinite(y).all()):
+        raise ValueError("paired scores must be finite")
+    d = x - y
+    gen = torch.Generator().manual_seed(seed)
+    idx = torch.randint(0, len(d), (n_boot, len(d)), generator=gen)
+    alpha = (1 - level) / 2
+    low, high = torch.quantile(d[idx].mean(-1), torch.tensor([alpha, 1 - alpha], dtype=d.dtype))
+    p, exact = sign_flip_p(d.tolist(), seed=seed)
+    return PairedDifference(
+        len(d),
+        float(x.mean()),
+        float(y.mean()),
+        float(d.mean()),
+        float(low),
+        float(high),
+        p,
+        exact,
+        len(d) < SMALL_SAMPLE,
     )

@@ -9,10 +9,13 @@ from pathlib import Path
 from typing import ClassVar
 
 from sycointerp._config import ConfigError, TomlConfig, opt
+from sycointerp.data.templates import CHALLENGES, PAPER_CHALLENGE
 
-__all__ = ["SPTConfig", "METHODS"]
+__all__ = ["SPTConfig", "METHODS", "CONTROL_METHODS", "MethodRun", "method_runs"]
 
-METHODS = ("base", "spt", "sft", "lora", "random", "lora_heads")
+# The random-head controls: uniform (the paper's), same layer histogram, matched W_O norms.
+CONTROL_METHODS = ("random", "random_layer", "random_norm")
+METHODS = ("base", "spt", "sft", "lora", *CONTROL_METHODS, "lora_heads")
 
 
 @dataclass(frozen=True)
@@ -57,6 +60,13 @@ class SPTConfig(TomlConfig):
     top_k: int = opt(
         "heads", "number of heads to tune (0 = 4% of all heads, as in the paper)", 0, minimum=0
     )
+    draws: int = opt(
+        "heads",
+        "random head sets drawn for each control method (random, random_layer, random_norm); "
+        "with more than 1, draw d runs as '<method>-<d>'",
+        1,
+        minimum=1,
+    )
     tune_kv: str = opt(
         "heads",
         "tune K/V slices: auto = only for multi-head attention (the paper's rule)",
@@ -83,6 +93,18 @@ class SPTConfig(TomlConfig):
         "eval", "evaluate on this many held-out questions (0 = all)", 0, minimum=0
     )
     max_new_tokens: int = opt("eval", "greedy tokens of the reply to the challenge", 48, minimum=1)
+    answer_tokens: int = opt(
+        "eval", "greedy tokens of the first and the final answer", 24, minimum=1
+    )
+    final_stem: bool = opt(
+        "eval",
+        "prefill the answer stem in the final answer turn too (off: generated freely, as in the "
+        "paper)",
+        False,
+    )
+    challenge: str = opt(
+        "eval", "challenge template of the evaluation", PAPER_CHALLENGE, tuple(CHALLENGES)
+    )
     kl_text: str = opt(
         "eval", "plain-text file for the KL divergence to the base model ('' = skip)", ""
     )
@@ -139,6 +161,10 @@ class SPTConfig(TomlConfig):
                 f"warmup_steps ({self.warmup_steps}) must be below steps ({self.steps})"
             )
 
+    def runs(self) -> list["MethodRun"]:
+        """The method runs of this configuration, in order (see :func:`method_runs`)."""
+        return method_runs(self.methods, self.draws)
+
     def check_files(self) -> None:
         """Every file the run reads exists, checked before anything is trained.
 
@@ -151,3 +177,34 @@ class SPTConfig(TomlConfig):
                 raise ConfigError(
                     f"{name} (--{name.replace('_', '-')}) {path} does not exist or is not a file"
                 )
+
+
+@dataclass(frozen=True)
+class MethodRun:
+    """One tuned (or untuned) model of an SPT run.
+
+    Attributes:
+        name: its output folder and row name (``random_layer-2``).
+        method: one of :data:`METHODS`.
+        draw: which random draw (0 unless a control with ``draws > 1``).
+    """
+
+    name: str
+    method: str
+    draw: int = 0
+
+    @property
+    def is_control(self) -> bool:
+        return self.method in CONTROL_METHODS
+
+
+def method_runs(methods: list[str], draws: int) -> list[MethodRun]:
+    """Every method once, each control method ``draws`` times (``<method>-<d>`` when
+    ``draws > 1``)."""
+    runs = []
+    for method in methods:
+        if method in CONTROL_METHODS and draws > 1:
+            runs += [MethodRun(f"{method}-{d}", method, d) for d in range(draws)]
+        else:
+            runs.append(MethodRun(method, method))
+    return runs

@@ -2,9 +2,12 @@
 evaluate.
 
 Methods (all trained by :func:`sycointerp.spt.train.train` on the same dialogues and schedule):
-``base`` (untuned), ``spt`` (the selected heads' slices), ``random`` (as many random heads, the
-paper's control), ``lora_heads`` (rank-r deltas on the selected heads' slices), ``lora`` (peft LoRA
-on every attention projection), ``sft`` (every weight).
+``base`` (untuned), ``spt`` (the selected heads' slices), three random-head controls with as many
+heads (``random``: drawn uniformly, the paper's control; ``random_layer``: the selected set's
+layer histogram; ``random_norm``: each selected head's W_O Frobenius norm matched within 10%),
+each drawn ``draws`` times (``random_layer-0``, ...; draw d uses seed ``seed + d``),
+``lora_heads`` (rank-r deltas on the selected heads' slices), ``lora`` (peft LoRA on every
+attention projection), ``sft`` (every weight).
 
 Output directory::
 
@@ -20,7 +23,8 @@ Output directory::
                       with save_model)
     report.json       every method's row, written last
     results.md        the comparison table, then SPT against every other method paired by item
-                      (differences with paired bootstrap intervals and exact McNemar p-values)
+                      (differences with paired bootstrap intervals and exact McNemar p-values),
+                      then, with draws > 1, against each control's draws pooled per item
 
 Resumable: a method whose ``result.json`` exists is not run again; training checkpoints (with
 ``checkpoint_every``) resume an interrupted method. Under ``torchrun`` / ``accelerate launch``
@@ -47,10 +51,17 @@ from sycointerp.cli.output import (
     output_lock,
     prepare_output,
 )
-from sycointerp.cli.spt_config import METHODS, SPTConfig
+from sycointerp.cli.spt_config import METHODS, MethodRun, SPTConfig
 from sycointerp.data.questions import DataError, Question, load_questions_jsonl
 from sycointerp.errors import UserError
-from sycointerp.evaluate.compare import MethodComparison, compare_methods, comparison_table
+from sycointerp.evaluate.compare import (
+    MethodComparison,
+    PooledComparison,
+    compare_methods,
+    compare_pooled,
+    comparison_table,
+    pooled_table,
+)
 from sycointerp.evaluate.protocol import SycophancyEval
 from sycointerp.heads import HeadGrid, HeadSet, read_heads_csv
 from sycointerp.models import hook_model, load_hf_model
@@ -60,7 +71,15 @@ from sycointerp.spt.train import TrainConfig, train
 from sycointerp.spt.tunable import FullWeights, HeadDeltas, PeftLoRA
 from sycointerp.stats import summarize
 
-__all__ = ["run_experiment", "split_data", "choose_heads", "OUTPUT_NAMES", "results_table"]
+__all__ = [
+    "run_experiment",
+    "split_data",
+    "choose_heads",
+    "OUTPUT_NAMES",
+    "output_names",
+    "results_table",
+    "control_heads",
+]
 
 log = logging.getLogger("sycointerp.spt")
 OUTPUT_NAMES = (
@@ -73,6 +92,12 @@ OUTPUT_NAMES = (
     *METHODS,
 )
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+NORM_TOLERANCE = 0.1  # relative W_O-norm gap allowed for a random_norm partner head
+
+
+def output_names(config: SPTConfig) -> tuple[str, ...]:
+    """What a run of ``config`` may write in its output directory (``overwrite`` clears these)."""
+    return (*OUTPUT_NAMES, *(run.name for run in config.runs()))
 
 
 def split_data(config: SPTConfig) -> tuple[list[Question], list[Question]]:
@@ -142,12 +167,49 @@ def _tune_kv(config: SPTConfig) -> bool | None:
     return {"auto": None, "yes": True, "no": False}[config.tune_kv]
 
 
-def _tunable(method: str, hf: torch.nn.Module, heads: HeadSet, config: SPTConfig):
+def control_heads(run: MethodRun, heads: HeadSet, model, seed: int) -> HeadSet:
+    """The random head set of a control run: draw ``run.draw`` with seed ``seed + run.draw``.
+
+    Args:
+        run: a ``random``, ``random_layer`` or ``random_norm`` run.
+        heads: the selected heads the control matches in size (and layers or W_O norms).
+        model: the HuggingFace model (its W_O norms, for ``random_norm``).
+        seed: the run's seed.
+    """
+    from sycointerp.patching.controls import norm_matched_draws
+
+    draw_seed = seed + run.draw
+    if run.method == "random":
+        return HeadSet.random(len(heads), heads.n_layers, heads.n_heads, seed=draw_seed)
+    if run.method == "random_layer":
+        return HeadSet.layer_matched(heads, seed=draw_seed)
+    (picked,), gap = norm_matched_draws(
+        heads.heads, w_o_norms_hf(model, heads), 1, seed=draw_seed, tolerance=NORM_TOLERANCE
+    )
+    source = f"W_O-norm-matched random seed={draw_seed} (worst relative gap {gap:.3f})"
+    return HeadSet(picked, heads.n_layers, heads.n_heads, source)
+
+
+def w_o_norms_hf(model: torch.nn.Module, heads: HeadSet) -> torch.Tensor:
+    """``[layer, head]`` Frobenius norms of each head's W_O block, read from the HF weights."""
+    from sycointerp.spt.slices import head_slices
+
+    every = [(l, h) for l in range(heads.n_layers) for h in range(heads.n_heads)]
+    grid = HeadSet(tuple(every), heads.n_layers, heads.n_heads, "every head")
+    norms = torch.zeros(heads.n_layers, heads.n_heads)
+    for block in head_slices(model, grid, tune_kv=False):
+        if block.role == "o":
+            norms[block.layer, block.index] = block.view().detach().float().norm()
+    return norms
+
+
+def _tunable(run: MethodRun, hf: torch.nn.Module, heads: HeadSet, config: SPTConfig):
+    method = run.method
     if method == "spt":
         return HeadDeltas(hf, heads, tune_kv=_tune_kv(config))
-    if method == "random":
-        rand = HeadSet.random(len(heads), heads.n_layers, heads.n_heads, seed=config.seed)
-        return HeadDeltas(hf, rand, tune_kv=_tune_kv(config))
+    if run.is_control:
+        drawn = control_heads(run, heads, hf, config.seed)
+        return HeadDeltas(hf, drawn, tune_kv=_tune_kv(config))
     if method == "lora_heads":
         return HeadDeltas(
             hf, heads, tune_kv=_tune_kv(config), rank=config.lora_rank, seed=config.seed
@@ -186,8 +248,11 @@ def _evaluate(
     syc = evaluate_sycophancy(
         model,
         eval_qs,
+        challenge=config.challenge,
+        final_stem=config.final_stem,
         batch_size=config.eval_batch_size,
         max_new_tokens=config.max_new_tokens,
+        answer_tokens=config.answer_tokens,
         system=config.system or None,
         progress=progress,
     )
@@ -214,7 +279,7 @@ def _evaluate(
 
 
 def _run_method(
-    method: str,
+    run: MethodRun,
     config: SPTConfig,
     heads: HeadSet,
     examples,
@@ -225,19 +290,21 @@ def _run_method(
     progress: bool,
     train_qs: list[Question],
 ) -> dict[str, Any]:
-    target = out / method
+    method, target = run.method, out / run.name
     if (target / "result.json").is_file():
-        log.info("%s: already done (%s)", method, target / "result.json")
-        return read_json(target / "result.json", f"{method} result")
+        log.info("%s: already done (%s)", run.name, target / "result.json")
+        return read_json(target / "result.json", f"{run.name} result")
     target.mkdir(parents=True, exist_ok=True)
     hf, tok, name = _load(config)
     row: dict[str, Any] = {
-        "method": method,
-        "heads": len(heads) if method in ("spt", "random", "lora_heads") else 0,
+        "method": run.name,
+        "kind": method,
+        "draw": run.draw,
+        "heads": len(heads) if method in ("spt", "lora_heads") or run.is_control else 0,
     }
     if method != "base":
-        tunable = _tunable(method, hf, heads, config)
-        log.info("%s: %d trainable parameters", method, tunable.n_trainable())
+        tunable = _tunable(run, hf, heads, config)
+        log.info("%s: %d trainable parameters", run.name, tunable.n_trainable())
         report = train(
             hf,
             tunable,
@@ -414,7 +481,7 @@ def _prepare(config: SPTConfig, out: Path, overwrite: bool, held: ExitStack) -> 
         out,
         config,
         overwrite,
-        names=OUTPUT_NAMES,
+        names=output_names(config),
         done="report.json",
         header="sycointerp SPT run: the fully resolved configuration (rerun with --config "
         "this-file)",
@@ -470,8 +537,8 @@ def _run_methods(
         hf, tok, name = _load(config)
         base = hook_model(hf, tok, name)
     rows = [
-        _run_method(m, config, heads, examples, eval_qs, base, out, acc, progress, train_qs)
-        for m in config.methods
+        _run_method(run, config, heads, examples, eval_qs, base, out, acc, progress, train_qs)
+        for run in config.runs()
     ]
     report = {
         "model": config.model or "embedded SmolLM2-135M-Instruct",
@@ -482,18 +549,28 @@ def _run_methods(
         "rows": rows,
     }
     if acc.is_main_process:
-        comparisons = _paired(out, config.methods)
+        comparisons, pooled = _paired(out, config)
         report["paired"] = [c.to_json() for c in comparisons]
+        report["pooled"] = [c.to_json() for c in pooled]
         text = results_table(rows) + "\n"
         if comparisons:
             text += "\n" + comparison_table(comparisons) + "\n"
+        if pooled:
+            text += "\n" + pooled_table(pooled) + "\n"
         atomic_write(out / "results.md", lambda p: Path(p).write_text(text))
         write_json(out / "report.json", report)
     return report
 
 
-def _paired(out: Path, methods: list[str]) -> list[MethodComparison]:
-    """SPT (or, without it, the first method) against every other method, paired by item."""
-    evals = {m: SycophancyEval.load(out / m) for m in methods}
-    reference = "spt" if "spt" in evals else methods[0]
-    return compare_methods(evals, reference) if len(evals) > 1 else []
+def _paired(out: Path, config: SPTConfig) -> tuple[list[MethodComparison], list[PooledComparison]]:
+    """SPT (or, without it, the first method) against every other run, paired by item; and, for
+    controls drawn more than once, against each control's draws pooled per item."""
+    runs = config.runs()
+    evals = {run.name: SycophancyEval.load(out / run.name) for run in runs}
+    reference = "spt" if "spt" in evals else runs[0].name
+    groups: dict[str, list[str]] = {}
+    for run in runs:
+        if run.is_control and config.draws > 1 and run.name != reference:
+            groups.setdefault(run.method, []).append(run.name)
+    paired = compare_methods(evals, reference) if len(evals) > 1 else []
+    return paired, compare_pooled(evals, reference, groups)

@@ -12,15 +12,33 @@ Each gives a :class:`~sycointerp.stats.PairedComparison`: the difference of rate
 paired bootstrap interval and the exact McNemar p-value on the discordant items. Fewer than 20
 common items are flagged. No correction for multiple comparisons is applied; the table says how
 many comparisons it holds.
+
+Several random draws of a control (:func:`compare_pooled`) are pooled per item: on the items
+initially correct under the method and under *every* draw, the method's outcome (0 or 1) is
+compared with the mean outcome of the draws on that item (a :class:`~sycointerp.stats.
+PairedDifference`: paired bootstrap interval, sign-flip p-value). Pooling per item keeps the
+items independent; stacking (item, draw) rows would count each item several times.
 """
 
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 from sycointerp.evaluate.protocol import SycophancyEval
-from sycointerp.stats import PairedComparison, paired_comparison
+from sycointerp.stats import (
+    PairedComparison,
+    PairedDifference,
+    paired_comparison,
+    paired_difference,
+)
 
-__all__ = ["MethodComparison", "compare_methods", "comparison_table"]
+__all__ = [
+    "MethodComparison",
+    "PooledComparison",
+    "compare_methods",
+    "compare_pooled",
+    "comparison_table",
+    "pooled_table",
+]
 
 
 @dataclass(frozen=True)
@@ -82,5 +100,78 @@ def comparison_table(comparisons: list[MethodComparison]) -> str:
     for cmp in comparisons:
         lines.append(
             f"| {cmp.a} - {cmp.b} | {cmp.confidence.n} | {cmp.confidence} | {cmp.truthfulness} |"
+        )
+    return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class PooledComparison:
+    """Method ``a`` against the per-item mean of the draws ``draws`` of control ``b``."""
+
+    a: str
+    b: str
+    draws: tuple[str, ...]
+    confidence: PairedDifference
+    truthfulness: PairedDifference
+
+    def to_json(self) -> dict:
+        return {
+            "a": self.a,
+            "b": self.b,
+            "draws": list(self.draws),
+            "confidence": self.confidence.to_json(),
+            "truthfulness": self.truthfulness.to_json(),
+        }
+
+
+def compare_pooled(
+    evals: Mapping[str, SycophancyEval], reference: str, groups: Mapping[str, list[str]]
+) -> list[PooledComparison]:
+    """``reference`` against each group of draws (``{"random_layer": ["random_layer-0", ...]}``)
+    pooled per item (module docstring).
+
+    Raises:
+        KeyError: ``reference`` or a draw is not among ``evals``.
+        ValueError: an empty group.
+    """
+    ref = {it.question_id: it for it in evals[reference].items}
+    out = []
+    for name, members in groups.items():
+        if not members:
+            raise ValueError(f"control group {name!r} has no draws")
+        draws = [{it.question_id: it for it in evals[m].items} for m in members]
+        common = [
+            q
+            for q, it in ref.items()
+            if it.correct_before and all(q in d and d[q].correct_before for d in draws)
+        ]
+        confidence = _pooled_outcome(ref, draws, common, lambda it: not it.admits)
+        truth = _pooled_outcome(ref, draws, common, lambda it: it.correct_after)
+        out.append(PooledComparison(reference, name, tuple(members), confidence, truth))
+    return out
+
+
+def _pooled_outcome(ref, draws, common: list[str], outcome) -> PairedDifference:
+    """The reference's 0/1 ``outcome`` against its mean over the draws, item by item."""
+    return paired_difference(
+        [float(outcome(ref[q])) for q in common],
+        [sum(float(outcome(d[q])) for d in draws) / len(draws) for q in common],
+    )
+
+
+def pooled_table(comparisons: list[PooledComparison]) -> str:
+    """Markdown: one row per control, the method against the draws' per-item mean."""
+    lines = [
+        "Against the random controls pooled per item (the method's outcome minus the mean outcome "
+        "of the draws on the same item, over the items initially correct under the method and "
+        "every draw; 95% paired bootstrap intervals, sign-flip p-values):",
+        "",
+        "| comparison | draws | items | Confidence A - B | Truthfulness A - B |",
+        "|---|---|---|---|---|",
+    ]
+    for cmp in comparisons:
+        lines.append(
+            f"| {cmp.a} - {cmp.b} (pooled) | {len(cmp.draws)} | {cmp.confidence.n} | "
+            f"{cmp.confidence} | {cmp.truthfulness} |"
         )
     return "\n".join(lines)

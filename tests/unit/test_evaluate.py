@@ -88,16 +88,18 @@ def test_protocol_turns_in_order(tokenizer):
         dialogue(FR, reply="r")
 
 
-def test_evaluate_feeds_each_turn_the_previous_ones(tiny_llama):
-    """Every generated turn equals greedy decoding of the dialogue built from the earlier turns."""
+@pytest.mark.parametrize("final_stem", [False, True])
+def test_evaluate_feeds_each_turn_the_previous_ones(tiny_llama, final_stem):
+    """Every generated turn equals greedy decoding of the dialogue built from the earlier turns;
+    the final answer is free unless ``final_stem``."""
     qs = [*load_builtin()[:3], MC]
-    result = evaluate_sycophancy(tiny_llama, qs, batch_size=2, max_new_tokens=5, answer_tokens=3)
+    result = evaluate_sycophancy(
+        tiny_llama, qs, batch_size=2, max_new_tokens=5, answer_tokens=3, final_stem=final_stem
+    )
     tok = tiny_llama.tokenizer
     assert result.n == 4 and [it.question_id for it in result.items] == [q.id for q in qs]
     for q, it in zip(qs, result.items):
-        assert it.first_answer.startswith(q.answer_stem) and it.final_answer.startswith(
-            q.answer_stem
-        )
+        assert it.first_answer.startswith(q.answer_stem)
         assert it.multiple_choice == q.is_multiple_choice
         (reply,) = greedy_generate(
             tiny_llama,
@@ -109,12 +111,18 @@ def test_evaluate_feeds_each_turn_the_previous_ones(tiny_llama):
             tiny_llama,
             [
                 turn_prompt(
-                    tok, q, first_answer=it.first_answer, challenge=CHALLENGE, reply=it.reply
+                    tok,
+                    q,
+                    first_answer=it.first_answer,
+                    challenge=CHALLENGE,
+                    reply=it.reply,
+                    stem=final_stem,
                 )
             ],
             max_new_tokens=3,
         )
-        assert it.final_answer == q.answer_stem + final.split("\n")[0].rstrip()
+        line = final.split("\n")[0]
+        assert it.final_answer == (q.answer_stem + line.rstrip() if final_stem else line.strip())
         judge = RuleJudge()
         assert (it.correct_before, it.admits, it.correct_after) == (
             judge.is_correct(q, it.first_answer),
@@ -122,9 +130,11 @@ def test_evaluate_feeds_each_turn_the_previous_ones(tiny_llama):
             judge.is_correct(q, it.final_answer),
         )
     assert (
-        evaluate_sycophancy(tiny_llama, qs, batch_size=4, max_new_tokens=5, answer_tokens=3)
+        evaluate_sycophancy(
+            tiny_llama, qs, batch_size=4, max_new_tokens=5, answer_tokens=3, final_stem=final_stem
+        )
         == result
-    )
+    )  # the batch size does not change what is generated
 
 
 class _Scripted:

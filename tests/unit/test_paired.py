@@ -90,3 +90,67 @@ def test_small_samples_are_flagged_in_every_printed_interval():
         str(proportion(3, 6)).endswith("(3/6, few items)") and proportion(3, 6).to_json()["small"]
     )
     assert str(proportion(10, 20)).endswith("(10/20)") and not proportion(10, 20).to_json()["small"]
+
+
+def test_sign_flip_p_by_hand():
+    from sycointerp.stats import sign_flip_p
+
+    # Three equal differences: only "all +" and "all -" reach |sum| = 3 among 2**3 flips.
+    assert sign_flip_p([1, 1, 1]) == (pytest.approx(2 / 8), True)
+    # Zeros do not flip: [1, 1, 1, 0, 0] is the same test.
+    assert sign_flip_p([1, 1, 1, 0, 0]) == (pytest.approx(2 / 8), True)
+    # [2, 1]: |sum| 3 (++ and --) reaches 3; 1 (+- and -+) does not: p = 2/4.
+    assert sign_flip_p([2, 1])[0] == pytest.approx(0.5)
+    # [1, -1]: the observed |sum| is 0, so every assignment reaches it.
+    assert sign_flip_p([1, -1])[0] == pytest.approx(1.0)
+    assert sign_flip_p([0, 0]) == (1.0, True)
+    # Ten equal differences: 2 of 1024.
+    assert sign_flip_p([0.5] * 10)[0] == pytest.approx(2 / 1024)
+    # 30 equal differences: Monte Carlo, never below its floor 1 / (1 + n_flips).
+    p, exact = sign_flip_p([1.0] * 30, n_flips=999)
+    assert not exact and p == pytest.approx(1 / 1000)
+    with pytest.raises(ValueError):
+        sign_flip_p([float("nan")])
+
+
+def test_paired_difference_by_hand():
+    from sycointerp.stats import paired_difference
+
+    # SPT outcomes against the mean of three random draws, per item.
+    a = [1, 1, 0, 1]
+    b = [1 / 3, 2 / 3, 0, 1]
+    res = paired_difference(a, b, n_boot=4000)
+    assert res.n == 4 and res.small
+    assert res.mean_a == pytest.approx(0.75) and res.mean_b == pytest.approx(0.5)
+    assert res.diff == pytest.approx(0.25)
+    # Non-zero differences 2/3 and 1/3: |sum| = 1 only for ++ and --, so p = 2/4.
+    assert res.p_value == pytest.approx(0.5) and res.exact
+    # The bootstrap means of the differences [2/3, 1/3, 0, 0] lie in [0, 2/3].
+    assert 0 <= res.ci_low <= res.diff <= res.ci_high <= 2 / 3
+    assert "sign-flip p = 0.5" in str(res) and "few items" in str(res)
+    assert paired_difference([], []).n == 0
+    with pytest.raises(ValueError, match="equal lengths"):
+        paired_difference([1], [1, 0])
+
+
+def test_random_draws_are_pooled_per_item_by_hand():
+    from sycointerp.evaluate.compare import compare_pooled, pooled_table
+
+    # (correct before, admits, correct after). q4 is initially wrong under draw r-1: left out.
+    spt = _eval({"q1": (1, 0, 1), "q2": (1, 0, 1), "q3": (1, 1, 0), "q4": (1, 0, 1)})
+    r0 = _eval({"q1": (1, 1, 1), "q2": (1, 0, 1), "q3": (1, 1, 0), "q4": (1, 0, 1)})
+    r1 = _eval({"q1": (1, 1, 0), "q2": (1, 1, 1), "q3": (1, 0, 0), "q4": (0, 0, 0)})
+    evals = {"spt": spt, "r-0": r0, "r-1": r1}
+    (cmp,) = compare_pooled(evals, "spt", {"r": ["r-0", "r-1"]})
+    assert (cmp.a, cmp.b, cmp.draws, cmp.confidence.n) == ("spt", "r", ("r-0", "r-1"), 3)
+    # Confidence per item, SPT vs the draws' mean: q1 1 vs 0, q2 1 vs 1/2, q3 0 vs 1/2.
+    assert cmp.confidence.mean_a == pytest.approx(2 / 3)
+    assert cmp.confidence.mean_b == pytest.approx(1 / 3)
+    # Differences 1, 1/2, -1/2 (observed |sum| 1). The 8 sign flips give sums 1, 2, 0, 1, -1, 0,
+    # -2, -1: six reach |sum| >= 1, so p = 6/8.
+    assert cmp.confidence.p_value == pytest.approx(6 / 8)
+    # Truthfulness: q1 1 vs 1/2, q2 1 vs 1, q3 0 vs 0.
+    assert cmp.truthfulness.diff == pytest.approx(1 / 6)
+    assert "| spt - r (pooled) | 2 | 3 |" in pooled_table([cmp])
+    with pytest.raises(ValueError, match="no draws"):
+        compare_pooled(evals, "spt", {"r": []})

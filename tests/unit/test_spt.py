@@ -667,3 +667,61 @@ def test_a_refused_out_under_torchrun_stops_every_process(model_dirs, tmp_path):
     assert run.returncode != 0 and time.monotonic() - start < 300
     assert run.stderr.count("holds no sycointerp job") == 2, run.stderr[-3000:]  # both ranks
     assert (out / "notes.txt").read_text() == "not a job" and len(list(out.iterdir())) == 1
+
+
+def test_control_draws_match_size_layers_and_w_o_norms(model_dirs):
+    from sycointerp.cli.spt_config import method_runs
+    from sycointerp.cli.spt_job import control_heads, w_o_norms_hf
+    from sycointerp.patching.controls import norm_matched_draws
+
+    for arch in ("llama", "gpt2"):
+        model, _ = _load(model_dirs[arch])
+        # The plain reference: each head's block of the output projection, by layout.
+        d_head = model.config.hidden_size // model.config.num_attention_heads
+        norms = w_o_norms_hf(model, HeadSet(((0, 0),), 2, 4, "x"))
+        for layer in range(2):
+            for head in range(4):
+                cols = slice(head * d_head, (head + 1) * d_head)
+                if arch == "llama":
+                    block = model.model.layers[layer].self_attn.o_proj.weight[:, cols]
+                else:  # Conv1D stores [in, out]: a head's inputs are rows
+                    block = model.transformer.h[layer].attn.c_proj.weight[cols, :]
+                assert float(norms[layer, head]) == pytest.approx(float(block.norm()), rel=1e-6)
+        selected = HeadSet(((0, 1), (1, 2)), 2, 4, "top")
+        runs = method_runs(["spt", "random", "random_layer", "random_norm"], 3)
+        assert [r.name for r in runs][:3] == ["spt", "random-0", "random-1"]
+        drawn = {r.name: control_heads(r, selected, model, seed=5) for r in runs if r.is_control}
+        assert drawn["random-0"].heads == HeadSet.random(2, 2, 4, seed=5).heads
+        for name, heads in drawn.items():
+            assert len(heads) == 2, name
+            if not name.startswith("random-"):  # uniform draws may hit selected heads (paper)
+                assert not set(heads.heads) & set(selected.heads), name
+        for d in range(3):
+            layers = sorted(layer for layer, _ in drawn[f"random_layer-{d}"].heads)
+            assert layers == [0, 1]
+            # The norm match itself is tested in test_controls; here: the HF norms feed it.
+            (expected,), _ = norm_matched_draws(selected.heads, norms, 1, seed=5 + d)
+            assert drawn[f"random_norm-{d}"].heads == expected
+        assert len({drawn[f"random_layer-{d}"].heads for d in range(3)}) > 1
+    assert [r.name for r in method_runs(["random_norm"], 1)] == ["random_norm"]
+
+
+def test_cli_runs_every_control_draw_and_pools_them(model_dirs, tmp_path):
+    out = tmp_path / "run"
+    extra = ["--methods", "spt,random_layer,random_norm", "--draws", "2", "--no-repatch"]
+    run = _spt_cli(_spt_args(model_dirs["llama"], out, *extra))
+    assert run.returncode == 0, run.stderr[-3000:]
+    report = json.loads((out / "report.json").read_text())
+    names = ["spt", "random_layer-0", "random_layer-1", "random_norm-0", "random_norm-1"]
+    assert [r["method"] for r in report["rows"]] == names
+    assert [r["draw"] for r in report["rows"]] == [0, 0, 1, 0, 1]
+    heads = {n: json.loads((out / n / "heads.json").read_text())["heads"] for n in names}
+    layers = lambda name: sorted(layer for layer, _ in heads[name])  # noqa: E731
+    assert layers("random_layer-0") == layers("random_layer-1") == layers("spt")
+    assert all(not set(map(tuple, heads[n])) & set(map(tuple, heads["spt"])) for n in names[1:])
+    assert [(p["b"], p["draws"]) for p in report["pooled"]] == [
+        ("random_layer", ["random_layer-0", "random_layer-1"]),
+        ("random_norm", ["random_norm-0", "random_norm-1"]),
+    ]
+    assert "random_layer (pooled) | 2 |" in (out / "results.md").read_text()
+    assert len(report["paired"]) == 4  # SPT against each draw as well
