@@ -52,6 +52,8 @@ __all__ = [
     "layer_position_heatmap",
     "ranked_heads_bar",
     "rank_intervals_plot",
+    "agreement_heatmap",
+    "k_sweep_plot",
     "check_png_export",
     "save_figure",
 ]
@@ -308,7 +310,9 @@ def _top_heads(result: PatchResult, k: int, caller: str) -> tuple[pd.DataFrame, 
     return table, [f"L{l}{letter}{h}" for l, h in zip(table["layer"], table["head"])]
 
 
-def _interval(value: pd.Series, low: pd.Series, high: pd.Series) -> dict:
+def _interval(
+    value: pd.Series | np.ndarray, low: pd.Series | np.ndarray, high: pd.Series | np.ndarray
+) -> dict:
     """Asymmetric error bars from ``low`` to ``high`` around ``value``."""
     return {"type": "data", "symmetric": False, "array": high - value, "arrayminus": value - low}
 
@@ -378,6 +382,125 @@ def rank_intervals_plot(result: PatchResult, k: int = 20) -> go.Figure:
         xaxis={"title": "head (rank order)", "type": "category"},
         yaxis={"title": "rank (1 = reduces sycophancy most)", "autorange": "reversed"},
     )
+    return fig
+
+
+def agreement_heatmap(
+    names: Sequence[str],
+    overlap: Sequence[Sequence[float]],
+    corr: Sequence[Sequence[float]],
+    k: int,
+) -> go.Figure:
+    """Two panels over every pair of rankings: top-``k`` overlap (0-1) and Spearman correlation
+    (-1 to 1) of the rank positions; the value is written in each cell."""
+    fig = make_subplots(
+        rows=1, cols=2, subplot_titles=(f"top-{k} overlap", "Spearman of the rankings")
+    )
+    for col, (matrix, low) in enumerate(((overlap, 0.0), (corr, -1.0)), start=1):
+        values = np.asarray(matrix, dtype=float)
+        fig.add_trace(
+            go.Heatmap(
+                z=values,
+                x=list(names),
+                y=list(names),
+                zmin=low,
+                zmax=1.0,
+                colorscale="Viridis",
+                text=np.round(values, 2),
+                texttemplate="%{text}",
+                showscale=col == 2,
+                hovertemplate="%{y} vs %{x}: %{z:.2f}<extra></extra>",
+            ),
+            row=1,
+            col=col,
+        )
+    fig.update_yaxes(autorange="reversed")
+    fig.update_layout(title="agreement of the head rankings across challenges and metrics")
+    return fig
+
+
+def _pct_or_nan(rate: float | None) -> float:
+    """A rate in % (``None``, a rate over no items, is NaN: plotly leaves a gap)."""
+    return float("nan") if rate is None else 100 * rate
+
+
+def k_sweep_plot(rows: Sequence[dict]) -> go.Figure:
+    """Confidence and Truthfulness against K: SPT on the top K (Wilson 95% error bars) and the
+    layer-matched random draws (their range as a band, their mean as a line), one colour per split;
+    the base model's rate dashed.
+
+    ``rows`` are :func:`sycointerp.cli.study_job.sweep_points` rows (``split``, ``k``,
+    ``confidence`` / ``truthfulness`` with ``spt``, ``draws`` and ``base``).
+    """
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("Confidence", "Truthfulness"))
+    colours = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd"]
+    splits = sorted({r["split"] for r in rows})
+    for i, split in enumerate(splits):
+        part = sorted((r for r in rows if r["split"] == split), key=lambda r: r["k"])
+        colour, ks = colours[i % len(colours)], [r["k"] for r in part]
+        for col, metric in enumerate(("confidence", "truthfulness"), start=1):
+            spt = [r[metric]["spt"] for r in part]
+            rate = np.array([_pct_or_nan(p["rate"]) for p in spt])
+            draws = [[_pct_or_nan(d) for d in r[metric]["draws"]] for r in part]
+            show = col == 1
+            fig.add_trace(
+                go.Scatter(
+                    x=ks + ks[::-1],
+                    y=[np.max(d) for d in draws] + [np.min(d) for d in draws][::-1],
+                    fill="toself",
+                    fillcolor="rgba(128,128,128,0.2)",
+                    line={"width": 0},
+                    hoverinfo="skip",
+                    name=f"split {split}: random range",
+                    legendgroup=f"r{split}",
+                    showlegend=show,
+                ),
+                row=1,
+                col=col,
+            )
+            fig.add_trace(
+                go.Scatter(
+                    x=ks,
+                    y=[np.mean(d) for d in draws],
+                    mode="lines+markers",
+                    line={"color": colour, "dash": "dot"},
+                    marker={"symbol": "x"},
+                    name=f"split {split}: layer-matched random (mean)",
+                    legendgroup=f"r{split}",
+                    showlegend=show,
+                ),
+                row=1,
+                col=col,
+            )
+            fig.add_trace(
+                go.Scatter(
+                    x=ks,
+                    y=rate,
+                    mode="lines+markers",
+                    line={"color": colour},
+                    error_y=_interval(
+                        rate,
+                        np.array([_pct_or_nan(p["ci_low"]) for p in spt]),
+                        np.array([_pct_or_nan(p["ci_high"]) for p in spt]),
+                    ),
+                    name=f"split {split}: SPT top K",
+                    legendgroup=f"s{split}",
+                    showlegend=show,
+                ),
+                row=1,
+                col=col,
+            )
+            base = part[0].get("base", {}).get(metric)
+            if base and base.get("rate") is not None:
+                fig.add_hline(
+                    y=100 * base["rate"],
+                    line={"color": colour, "dash": "dash", "width": 1},
+                    row=1,
+                    col=col,
+                )
+    fig.update_xaxes(title="heads tuned (K)", type="log", tickvals=sorted({r["k"] for r in rows}))
+    fig.update_yaxes(title="% of initially-correct items")
+    fig.update_layout(title="SPT on the top K heads against layer-matched random heads")
     return fig
 
 

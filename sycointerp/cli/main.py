@@ -5,6 +5,7 @@
     sycointerp patch --out runs/heads        # = python -m sycointerp.patch --out runs/heads
     sycointerp spt --heads-file runs/heads/heads.csv --out runs/spt
     sycointerp effect --out runs/effect
+    sycointerp study --out runs/study        # resumable; stages in sycointerp.cli.study_job
     sycointerp --help | sycointerp patch --help
 
 Each subcommand is exactly its ``python -m`` job, with ``sycointerp <job>`` as the program name
@@ -22,6 +23,7 @@ COMMANDS = {
     "patch": "rank attention heads by their effect on sycophancy (resumable batch job)",
     "spt": "Supervised Pinpoint Tuning of the selected heads, baselines, before/after evaluation",
     "effect": "measure how much the challenge moves the model (single-turn metrics)",
+    "study": "the trust study: ranking stability, SPT against matched random heads, K sweep",
 }
 
 

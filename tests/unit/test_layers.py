@@ -11,7 +11,8 @@ time. Rules checked:
 2. no module imports one of a higher layer;
 3. no import cycle between modules (package ``__init__`` files included);
 4. the command-line jobs (``patch``, ``spt``, ``effect``) do not import each other, only the
-   application layer's shared modules;
+   application layer's shared modules; the one composition, ``study`` (the trust study runs SPT
+   jobs as its stages), may import the jobs it composes, and no job imports it;
 5. no module imports a private name (``_x``) of another module, unless that module is itself a
    private helper module (``patching/_engine.py``);
 6. the ``python -m`` entry points are thin: they import only from :mod:`sycointerp.cli`.
@@ -58,7 +59,9 @@ LAYERS = {
     ),
 }
 ORDER = list(LAYERS)
-JOBS = ("patch", "spt", "effect", "report")
+JOBS = ("patch", "spt", "effect", "report", "study")
+# A composition of jobs: it may import these jobs' modules (never the reverse).
+COMPOSES = {"study": ("spt",)}
 
 
 def module_files(root: Path) -> dict[str, Path]:
@@ -198,7 +201,8 @@ def violations(root: Path) -> list[str]:
             there = layer_of(target)
             if here and there and ORDER.index(there) > ORDER.index(here):
                 problems.append(f"{module} ({here}) imports {target} ({there}): an upward import")
-            if _job(module) and _job(target) and _job(module) != _job(target):
+            mine, theirs = _job(module), _job(target)
+            if mine and theirs and mine != theirs and theirs not in COMPOSES.get(mine, ()):
                 problems.append(f"{module} imports {target}: jobs must not import each other")
             private = [n for n in names if n.startswith("_")]
             if private and not target.rpartition(".")[2].startswith("_"):
@@ -251,6 +255,14 @@ def _plant(tmp_path: Path, files: dict[str, str]) -> Path:
         ({"metrics.py": "from sycointerp.plot import head_heatmap\n"}, "import cycle"),
         (
             {"cli/effect.py": "from sycointerp.cli.patch_job import run_job\n"},
+            "must not import each other",
+        ),
+        (
+            {"cli/spt_job.py": "from sycointerp.cli.study_job import run_study\n"},
+            "must not import each other",
+        ),
+        (
+            {"cli/study_job.py": "from sycointerp.cli.patch_job import run_job\n"},
             "must not import each other",
         ),
         ({"heads.py": "from sycointerp.models import _sha256\n"}, "private"),

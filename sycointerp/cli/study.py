@@ -1,0 +1,61 @@
+"""``sycointerp study``: the trust study (is the ranking stable; do the ranked heads beat matched
+random heads when tuned?), resumable stage by stage.
+
+Examples::
+
+    sycointerp study --out runs/study                                  # the README's study
+    sycointerp study --arc-path ARC-Easy-Test.jsonl --kl-text wiki.txt --out runs/study
+    sycointerp study --main-eval-limit 0 --draws 5 --out runs/study_full      # full size
+
+Options can also come from a TOML file (``--config``; sections [model] [data] [protocols]
+[agreement] [main] [sweep] [train] [eval]); flags override it. Stages and output layout:
+:mod:`sycointerp.cli.study_job`. An interrupted study resumes where it stopped when run again
+with the same options. User errors print one line and exit 2.
+"""
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from sycointerp.cli.app import job_parser, resolve_args, run_main, setup_logging
+from sycointerp.cli.study_config import StudyConfig
+
+__all__ = ["main", "build_parser", "PROG"]
+
+PROG = "sycointerp study"
+
+
+def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
+    examples = __doc__.split("Examples::")[1].split("\n\n")[1]
+    return job_parser(
+        prog,
+        "The trust study: ranking stability and agreement, SPT against matched random heads, "
+        "the K sweep.",
+        f"examples:\n{examples}",
+        StudyConfig,
+        "runs/study",
+        "study",
+    )
+
+
+def main(argv: Sequence[str] | None = None, prog: str = PROG) -> int:
+    """Run (or resume) the study of ``argv``; 0 on success, 2 on a user error, 1 if training
+    failed."""
+    args = build_parser(prog).parse_args(argv)
+    setup_logging(args)
+
+    def body() -> int:
+        from sycointerp.cli.study_job import run_study
+        from sycointerp.spt.train import TrainingError
+
+        config = resolve_args(args, StudyConfig)
+        try:
+            run_study(config, args.out, overwrite=args.overwrite, progress=not args.quiet)
+        except TrainingError as err:
+            print(f"{prog}: training failed: {err}", file=sys.stderr)
+            return 1
+        if not args.quiet:
+            print(f"{args.out}/study.md")
+        return 0
+
+    return run_main(prog, body)

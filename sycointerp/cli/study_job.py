@@ -1,0 +1,387 @@
+"""The trust study: is the head ranking stable, and does tuning the ranked heads beat tuning
+matched random heads?
+
+Stages, in order, each resumable (a stage whose output exists is read back, not rerun; the SPT
+runs inside resume per method):
+
+1. ``protocols/``: the base model's multi-turn evaluation under each protocol variant
+   (:data:`~sycointerp.cli.study_config.PROTOCOLS`: final answer prefilled with the answer stem or
+   generated freely; challenge paraphrases), on held-out questions of the main split; the
+   variant with the lowest Truthfulness (furthest from its ceiling) is the study's protocol;
+   optionally ARC-Easy multiple-choice items under the free protocol (reported, not chosen:
+   training uses the built-in questions).
+2. ``agreement/``: path patching of the training questions under every challenge paraphrase
+   (apology logit difference) and under the other metrics (the paper's ratio; the answer flip at
+   the answer stem); top-K overlap and Spearman correlation of every pair of rankings.
+3. ``main/``: one SPT job (:mod:`sycointerp.cli.spt_job`) on the main split: base, SPT on the top
+   K, SFT, and uniform / layer-matched / W_O-norm-matched random heads, ``draws`` each, all
+   paired on the same held-out items; re-patching after SPT; ranking stability in its
+   ``ranking/heads.csv``.
+4. ``sweep/split<s>/k<K>/``: SPT on the top K against layer-matched random heads for each K and
+   split (the main split's point at the main K is read from ``main/``), evaluated on the first
+   ``sweep_eval_limit`` held-out questions.
+5. ``study.json``, ``study.md`` and ``figures/`` (rank intervals, agreement, the K sweep).
+
+Output directory::
+
+    config.toml, inputs.json   the resolved configuration; SHA-256 of the model and input files
+    protocols/  agreement/  main/  sweep/  figures/
+    study.json  study.md       every number above with its interval, written last
+"""
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from sycointerp._io import read_json, write_json
+from sycointerp.cli.output import INPUTS, check_inputs, output_lock, prepare_output
+from sycointerp.cli.spt_config import SPTConfig
+from sycointerp.cli.spt_job import run_experiment, split_data
+from sycointerp.cli.study_config import PROTOCOLS, StudyConfig
+from sycointerp.data.questions import Question
+from sycointerp.evaluate.compare import compare_methods, compare_pooled
+from sycointerp.evaluate.protocol import SycophancyEval
+from sycointerp.provenance import input_files, model_identity
+
+__all__ = ["run_study", "OUTPUT_NAMES", "restrict", "sweep_points"]
+
+log = logging.getLogger("sycointerp.study")
+OUTPUT_NAMES = (
+    INPUTS,
+    "config.toml",
+    "protocols",
+    "agreement",
+    "main",
+    "sweep",
+    "figures",
+    "study.json",
+    "study.md",
+)
+
+
+def _spt_config(config: StudyConfig, **changes: Any) -> SPTConfig:
+    """The SPT job's configuration for a stage: the study's model, data, training and eval."""
+    base = dict(
+        model=config.model,
+        eval_fraction=config.eval_fraction,
+        seed=config.seed,
+        steps=config.steps,
+        lr=config.lr,
+        batch_size=config.batch_size,
+        warmup_steps=config.warmup_steps,
+        max_new_tokens=config.max_new_tokens,
+        answer_tokens=config.answer_tokens,
+        eval_batch_size=config.eval_batch_size,
+        kl_text=config.kl_text,
+        kl_passages=config.kl_passages,
+    )
+    return SPTConfig(**{**base, **changes})
+
+
+def _held_out(config: StudyConfig, seed: int) -> tuple[list[Question], list[Question]]:
+    """The SPT job's own split of the built-in questions (so every stage uses the same items)."""
+    return split_data(_spt_config(config, seed=seed))
+
+
+# --------------------------------------------------------------------------- 1. protocols
+
+
+def _evaluate(model, questions, config: StudyConfig, final_stem: bool, challenge: str, path):
+    from sycointerp.evaluate import evaluate_sycophancy
+
+    if (path / "sycophancy_eval.json").is_file():
+        return SycophancyEval.load(path)
+    result = evaluate_sycophancy(
+        model,
+        questions,
+        challenge=challenge,
+        final_stem=final_stem,
+        batch_size=config.eval_batch_size,
+        max_new_tokens=config.max_new_tokens,
+        answer_tokens=config.answer_tokens,
+    )
+    result.save(path)
+    return result
+
+
+def flip_rate(result: SycophancyEval) -> dict[str, Any]:
+    """Among initially-correct items, the share whose final answer is no longer correct."""
+    from sycointerp.stats import proportion
+
+    held = [it for it in result.items if it.correct_before]
+    return proportion(sum(not it.correct_after for it in held), len(held)).to_json()
+
+
+def _protocol_row(name: str, result: SycophancyEval, stem: SycophancyEval | None) -> dict:
+    row = {"protocol": name, "n": result.n, "flip_rate": flip_rate(result)}
+    row.update({k: v.to_json() for k, v in result.summary().items()})
+    if stem is not None and result is not stem:
+        (cmp,) = compare_methods({name: result, "stem": stem}, name)
+        row["vs_stem"] = cmp.to_json()
+    return row
+
+
+def run_protocols(config: StudyConfig, target: Path) -> dict[str, Any]:
+    """Stage 1 (module docstring): every protocol on the base model; the chosen one."""
+    if (target / "protocols.json").is_file():
+        return read_json(target / "protocols.json", "protocol search")
+    from sycointerp.data.loaders import load_arc_jsonl
+    from sycointerp.models import load_model
+
+    model = load_model(config.model or None)
+    questions = _held_out(config, config.seed)[1]
+    questions = questions[: config.protocol_limit] if config.protocol_limit else questions
+    results = {}
+    for name in config.protocols:
+        final_stem, challenge = PROTOCOLS[name]
+        log.info("protocol %s on %d questions", name, len(questions))
+        results[name] = _evaluate(model, questions, config, final_stem, challenge, target / name)
+    rows = [_protocol_row(n, r, results.get("stem")) for n, r in results.items()]
+    if config.arc_path:
+        arc = load_arc_jsonl(config.arc_path)
+        arc = arc[: config.arc_limit] if config.arc_limit else arc
+        free = _evaluate(model, arc, config, False, "dont_think", target / "arc_free")
+        rows.append(_protocol_row("arc_free", free, None))
+    usable = [r for r in rows if r["protocol"] in PROTOCOLS and r["truthfulness"]["n"]]
+    if usable:
+        chosen = min(usable, key=lambda r: r["truthfulness"]["rate"])["protocol"]
+        why = "lowest Truthfulness (furthest from its ceiling)"
+    else:  # nothing answered correctly at first: no Truthfulness to compare
+        chosen, why = "free", "no initially-correct item under any protocol: the paper's protocol"
+    record = {"rows": rows, "chosen": chosen, "why": why, "n_questions": len(questions)}
+    write_json(target / "protocols.json", record)
+    return record
+
+
+# --------------------------------------------------------------------------- 2. agreement
+
+
+def _rank_positions(ranking: list[tuple[int, ...]]):
+    import torch
+
+    cells = sorted(ranking)
+    pos = {cell: i for i, cell in enumerate(ranking)}
+    return torch.tensor([float(pos[c]) for c in cells])
+
+
+def agreement_matrices(
+    rankings: dict[str, list[tuple[int, ...]]], k: int
+) -> dict[str, list[list[float]]]:
+    """Top-``k`` overlap and Spearman correlation of the rank positions, every pair of rankings."""
+    from sycointerp.stability import spearman, top_k_overlap
+
+    names = list(rankings)
+    positions = {n: _rank_positions(r) for n, r in rankings.items()}
+    overlap = [[top_k_overlap(rankings[a], rankings[b], k) for b in names] for a in names]
+    corr = [[spearman(positions[a], positions[b]) for b in names] for a in names]
+    return {"overlap": overlap, "spearman": corr}
+
+
+def _off_diagonal(matrix: list[list[float]], members: list[int]) -> dict[str, float]:
+    values = [matrix[i][j] for i in members for j in members if i < j]
+    return {"mean": sum(values) / len(values), "min": min(values), "max": max(values)}
+
+
+def run_agreement(config: StudyConfig, target: Path) -> dict[str, Any]:
+    """Stage 2 (module docstring): rankings under every paraphrase and metric, compared."""
+    if (target / "agreement.json").is_file():
+        return read_json(target / "agreement.json", "ranking agreement")
+    from sycointerp.data.batch import PairBatch
+    from sycointerp.data.pairs import build_pairs
+    from sycointerp.data.templates import CHALLENGES
+    from sycointerp.metrics import apology_logit_diff_metric, apology_metric, flip_metric
+    from sycointerp.models import load_model
+    from sycointerp.patching import PatchResult, path_patch_heads
+
+    model = load_model(config.model or None)
+    tok = model.tokenizer
+    questions = _held_out(config, config.seed)[0][: config.agreement_pairs]
+
+    def ranked(name: str, pairs, metric) -> list[tuple[int, ...]]:
+        path = target / name
+        if (path / "result.json").is_file():
+            return PatchResult.load(path).rank()
+        log.info("agreement: ranking %s on %d pairs", name, len(pairs))
+        result = path_patch_heads(model, pairs, metric)
+        result.save(path)
+        return result.rank()
+
+    rankings = {}
+    for name in CHALLENGES:
+        pairs = build_pairs(questions, tok, challenge=name, position="reply")
+        rankings[f"challenge:{name}"] = ranked(
+            f"challenge-{name}", pairs, apology_logit_diff_metric(tok)
+        )
+    reply = build_pairs(questions, tok, position="reply")
+    rankings["metric:apology_ratio"] = ranked("metric-apology", reply, apology_metric(tok))
+    answer = build_pairs(questions, tok, position="answer")
+    batch = PairBatch.from_pairs(answer, tok.pad_token_id or 0)
+    rankings["metric:flip"] = ranked("metric-flip", answer, flip_metric(batch))
+    names = list(rankings)
+    matrices = agreement_matrices(rankings, config.agreement_k)
+    paraphrases = [i for i, n in enumerate(names) if n.startswith("challenge:")]
+    paper = names.index("challenge:dont_think")
+    record = {
+        "names": names,
+        "k": config.agreement_k,
+        "n_pairs": len(questions),
+        **matrices,
+        "paraphrases": {key: _off_diagonal(matrices[key], paraphrases) for key in matrices},
+        "metrics_vs_paper": {
+            n: {key: matrices[key][paper][i] for key in matrices}
+            for i, n in enumerate(names)
+            if n.startswith("metric:")
+        },
+        "top": {n: [list(c) for c in r[: config.agreement_k]] for n, r in rankings.items()},
+    }
+    write_json(target / "agreement.json", record)
+    return record
+
+
+# --------------------------------------------------------------------------- 3. + 4. SPT runs
+
+
+def _protocol_changes(choice: str) -> dict[str, Any]:
+    final_stem, challenge = PROTOCOLS[choice]
+    return {"final_stem": final_stem, "challenge": challenge}
+
+
+def run_main(config: StudyConfig, target: Path, choice: str, progress: bool) -> dict:
+    """Stage 3 (module docstring): the SPT job with every control."""
+    spt = _spt_config(
+        config,
+        methods=["base", "spt", "sft", "random", "random_layer", "random_norm"],
+        draws=config.draws,
+        top_k=config.top_k,
+        eval_limit=config.main_eval_limit,
+        **_protocol_changes(choice),
+    )
+    return run_experiment(spt, target, progress=progress)
+
+
+def _reuses_main(config: StudyConfig, split: int, k: int) -> bool:
+    return split == config.seed and k == config.top_k and config.sweep_draws <= config.draws
+
+
+def run_sweep(config: StudyConfig, out: Path, choice: str, progress: bool) -> None:
+    """Stage 4 (module docstring): top K against layer-matched random heads, per K and split."""
+    for split in config.splits:
+        ranking = (
+            out / "main" / "ranking" if split == config.seed else out / "sweep" / f"split{split}"
+        )
+        for i, k in enumerate(config.ks):
+            if _reuses_main(config, split, k):
+                continue
+            first = split != config.seed and i == 0
+            methods = (["base"] if first else []) + ["spt", "random_layer"]
+            changes: dict[str, Any] = dict(
+                seed=split,
+                methods=methods,
+                draws=config.sweep_draws,
+                top_k=k,
+                eval_limit=config.sweep_eval_limit,
+                repatch=False,
+                **_protocol_changes(choice),
+            )
+            target = out / "sweep" / f"split{split}" / f"k{k}"
+            if first:  # this run ranks the split's training questions; the others read it
+                run_experiment(_spt_config(config, **changes), target, progress=progress)
+                ranking = target / "ranking"
+            else:
+                changes["heads_file"] = str(ranking / "heads.csv")
+                run_experiment(_spt_config(config, **changes), target, progress=progress)
+
+
+def restrict(result: SycophancyEval, n: int) -> SycophancyEval:
+    """The first ``n`` items (the sweep's questions are a prefix of the main ones)."""
+    return SycophancyEval(result.model, result.challenge, result.judge, result.items[:n])
+
+
+def _draw_names(method: str, draws: int) -> list[str]:
+    return [f"{method}-{d}" for d in range(draws)] if draws > 1 else [method]
+
+
+def sweep_points(config: StudyConfig, out: Path) -> list[dict[str, Any]]:
+    """One row per (split, K): SPT's and the draws' Confidence / Truthfulness on the sweep's
+    questions, and SPT against the draws pooled per item."""
+    rows = []
+    for split in config.splits:
+        for k in config.ks:
+            main = _reuses_main(config, split, k)
+            where = out / "main" if main else out / "sweep" / f"split{split}" / f"k{k}"
+            draws = _draw_names("random_layer", config.draws if main else config.sweep_draws)
+            draws = draws[: config.sweep_draws]
+            names = ["spt", *draws]
+            evals = {
+                n: restrict(SycophancyEval.load(where / n), config.sweep_eval_limit) for n in names
+            }
+            (pooled,) = compare_pooled(evals, "spt", {"random_layer": draws})
+            report = read_json(where / "report.json", "SPT report")
+            kl = {r["method"]: r.get("kl") for r in report["rows"]}
+            row: dict[str, Any] = {"split": split, "k": k, "from": str(where.relative_to(out))}
+            for metric in ("confidence", "truthfulness"):
+                row[metric] = {"spt": evals["spt"].summary()[metric].to_json()}
+                row[metric]["draws"] = [evals[d].summary()[metric].to_json()["rate"] for d in draws]
+                row[metric]["pooled"] = getattr(pooled, metric).to_json()
+            row["kl"] = {"spt": kl.get("spt"), "draws": [kl.get(d) for d in draws]}
+            row["n_items"] = evals["spt"].n
+            rows.append(row)
+    for split in config.splits:
+        base_dir = (
+            out / "main"
+            if split == config.seed
+            else (out / "sweep" / f"split{split}" / f"k{config.ks[0]}")
+        )
+        base = restrict(SycophancyEval.load(base_dir / "base"), config.sweep_eval_limit)
+        for row in rows:
+            if row["split"] == split:
+                row["base"] = {
+                    m: base.summary()[m].to_json() for m in ("confidence", "truthfulness")
+                }
+    return rows
+
+
+# --------------------------------------------------------------------------- the study
+
+
+def run_study(
+    config: StudyConfig, out: str | Path, *, overwrite: bool = False, progress: bool = True
+) -> dict[str, Any]:
+    """Run (or resume) every stage of the module docstring into ``out``; returns ``study.json``.
+
+    Raises:
+        OutputError, ConfigError, DataError, ModelLoadError: user errors (the CLI exits 2).
+        TrainingError: a non-finite loss in one of the SPT runs.
+    """
+    from sycointerp.cli.study_report import write_report
+
+    config.check_files()
+    _held_out(config, config.seed)  # read-only data checks before anything is written
+    out = Path(out)
+    with output_lock(out):
+        status = prepare_output(
+            out,
+            config,
+            overwrite,
+            names=OUTPUT_NAMES,
+            done="study.json",
+            header="sycointerp trust study: the fully resolved configuration (rerun with "
+            "--config this-file)",
+        )
+        files = input_files([f for f in (config.arc_path, config.kl_text) if f])
+        check_inputs(out, {"model": model_identity(config.model or None), "files": files}, status)
+        protocols = run_protocols(config, out / "protocols")
+        choice = protocols["chosen"]
+        log.info("protocol chosen: %s", choice)
+        agreement = run_agreement(config, out / "agreement")
+        main = run_main(config, out / "main", choice, progress)
+        run_sweep(config, out, choice, progress)
+        record = {
+            "protocols": protocols,
+            "agreement": agreement,
+            "main": {k: main[k] for k in ("heads", "rows", "paired", "pooled") if k in main},
+            "sweep": sweep_points(config, out),
+        }
+        record["stability"] = write_report(config, out, record)
+        write_json(out / "study.json", record)
+        return record

@@ -1,0 +1,226 @@
+"""The trust study's report: ``study.md`` (every table, with intervals) and ``figures/`` (rank
+intervals of the main ranking, agreement of the rankings, the K sweep).
+
+Rates are in %, with Wilson 95% intervals; paired differences in points with paired bootstrap
+intervals and exact McNemar (one draw) or sign-flip (draws pooled per item) p-values. Spreads
+over paraphrase pairs and over random draws are ranges (min to max), not confidence intervals.
+"""
+
+from pathlib import Path
+from typing import Any
+
+from sycointerp._io import atomic_write
+from sycointerp.cli.study_config import StudyConfig
+
+__all__ = ["write_report"]
+
+
+def _pct(p: dict[str, Any] | None) -> str:
+    if not p or p.get("rate") is None:
+        return "n/a" if not p else f"n/a (n={p.get('n', 0)})"
+    flag = ", few items" if p.get("small") else ""
+    return (
+        f"{100 * p['rate']:.1f} [{100 * p['ci_low']:.1f}, {100 * p['ci_high']:.1f}] "
+        f"({p['k']}/{p['n']}{flag})"
+    )
+
+
+def _diff(d: dict[str, Any] | None) -> str:
+    if not d or d.get("diff") is None:
+        return "n/a"
+    test = "McNemar" if "b" in d else "sign-flip"
+    return (
+        f"{100 * d['diff']:+.1f} [{100 * d['ci_low']:+.1f}, {100 * d['ci_high']:+.1f}], "
+        f"{test} p = {d['p_value']:.3g} (n={d['n']})"
+    )
+
+
+def _protocols(record: dict[str, Any]) -> list[str]:
+    lines = [
+        "## 1. Evaluation protocols on the base model",
+        "",
+        f"{record['n_questions']} held-out questions of the main split (ARC: its own items). "
+        "Flip rate: initially-correct items whose final answer is no longer correct.",
+        "",
+        "| protocol | accuracy before | Confidence | Truthfulness | flip rate | Truthfulness vs "
+        "stem (paired) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in record["rows"]:
+        vs = r.get("vs_stem", {}).get("truthfulness")
+        lines.append(
+            f"| {r['protocol']} | {_pct(r['accuracy_before'])} | {_pct(r['confidence'])} | "
+            f"{_pct(r['truthfulness'])} | {_pct(r['flip_rate'])} | {_diff(vs)} |"
+        )
+    lines += ["", f"Chosen: **{record['chosen']}** ({record['why']}).", ""]
+    return lines
+
+
+def _stability(out: Path, config: StudyConfig) -> tuple[list[str], dict[str, Any]]:
+    from sycointerp.patching import PatchResult
+    from sycointerp.plot import rank_intervals_plot
+
+    result = PatchResult.load(out / "main" / "ranking")
+    table = result.heads_table().head(10)
+    half = result.split_half(k=min(10, result.values[..., 0].numel()))
+    _save(rank_intervals_plot(result, k=20), out / "figures" / "rank_intervals")
+    lines = [
+        "## 2. Stability of the main ranking",
+        "",
+        f"Path patching on {result.values.shape[-1]} training pairs of the main split; rank "
+        "intervals from 1000 bootstrap resamples of the pairs; split-half: Spearman of the "
+        "rankings of two disjoint halves over 50 splits (2.5-97.5% range over splits).",
+        "",
+        "| rank | head | score [95% CI] | rank interval | P(top 10) |",
+        "|---|---|---|---|---|",
+    ]
+    rows = []
+    for _, r in table.iterrows():
+        head = f"{int(r['layer'])}.{int(r['head'])}"
+        lines.append(
+            f"| {int(r['rank'])} | {head} | {r['score']:.3f} [{r['ci_low']:.3f}, "
+            f"{r['ci_high']:.3f}] | [{int(r['rank_ci_low'])}, {int(r['rank_ci_high'])}] | "
+            f"{r['p_top10']:.2f} |"
+        )
+        rows.append({"head": head, **{k: float(r[k]) for k in ("score", "ci_low", "ci_high")}})
+        rows[-1].update({k: int(r[k]) for k in ("rank", "rank_ci_low", "rank_ci_high")})
+        rows[-1]["p_top10"] = float(r["p_top10"])
+    lines += [
+        "",
+        f"Split-half Spearman {half.mean:.3f} [{half.low:.3f}, {half.high:.3f}], top-10 overlap "
+        f"{half.top_k_overlap:.2f}.",
+        "",
+    ]
+    return lines, {"top": rows, "split_half": half.to_json()}
+
+
+def _agreement(record: dict[str, Any], out: Path) -> list[str]:
+    from sycointerp.plot import agreement_heatmap
+
+    names = [n.split(":", 1)[1] for n in record["names"]]
+    fig = agreement_heatmap(names, record["overlap"], record["spearman"], record["k"])
+    _save(fig, out / "figures" / "agreement", width=1400, height=650)
+    para = record["paraphrases"]
+    lines = [
+        "## 3. Agreement across challenge paraphrases and metrics",
+        "",
+        f"Path patching of {record['n_pairs']} training questions under each of the "
+        f"{sum(n.startswith('challenge:') for n in record['names'])} challenge paraphrases "
+        "(apology logit difference) and under two other metrics. Over the pairs of paraphrases "
+        "(mean, and min to max):",
+        "",
+        f"- top-{record['k']} overlap {para['overlap']['mean']:.2f} "
+        f"({para['overlap']['min']:.2f} to {para['overlap']['max']:.2f});",
+        f"- Spearman {para['spearman']['mean']:.2f} "
+        f"({para['spearman']['min']:.2f} to {para['spearman']['max']:.2f}).",
+        "",
+        "Other metrics against the paper's challenge with the apology logit difference:",
+        "",
+    ]
+    for name, values in record["metrics_vs_paper"].items():
+        lines.append(
+            f"- {name.split(':', 1)[1]}: top-{record['k']} overlap {values['overlap']:.2f}, "
+            f"Spearman {values['spearman']:.2f}"
+        )
+    return lines + [""]
+
+
+def _repatch(main: dict[str, Any]) -> list[str]:
+    spt = next((r for r in main["rows"] if r["method"] == "spt"), None)
+    if not spt or "repatch" not in spt:
+        return []
+    rep = spt["repatch"]
+    m = rep["mean_change"]
+    lines = [
+        "## 5. Re-patching after SPT",
+        "",
+        f"Path patching of the tuned model on the ranking's {rep['n_pairs']} pairs. Mean change "
+        f"of the selected heads' effect: {m['mean']:+.3f} [{m['ci_low']:+.3f}, "
+        f"{m['ci_high']:+.3f}] (paired bootstrap over pairs).",
+        "",
+        "| head | before | after | change [95% CI] |",
+        "|---|---|---|---|",
+    ]
+    for h in rep["heads"]:
+        c = h["change"]
+        lines.append(
+            f"| {h['layer']}.{h['head']} | {h['before']:.3f} | {h['after']:.3f} | "
+            f"{c['mean']:+.3f} [{c['ci_low']:+.3f}, {c['ci_high']:+.3f}] |"
+        )
+    return lines + [""]
+
+
+def _sweep(rows: list[dict[str, Any]], out: Path) -> list[str]:
+    from sycointerp.plot import k_sweep_plot
+
+    _save(k_sweep_plot(rows), out / "figures" / "k_sweep", width=1300, height=550)
+    lines = [
+        "## 6. The K sweep: top K against layer-matched random heads",
+        "",
+        "Each point is evaluated on the same held-out questions (a prefix of the main ones); "
+        "random: the draws' mean and range; pooled: SPT minus the draws' mean, per item.",
+        "",
+        "| split | K | SPT Confidence | random Confidence mean (range) | SPT - random, pooled | "
+        "SPT Truthfulness | SPT - random Truthfulness, pooled | KL SPT |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        c, t = r["confidence"], r["truthfulness"]
+        kl = r["kl"]["spt"]
+        lines.append(
+            f"| {r['split']} | {r['k']} | {_pct(c['spt'])} | {_spread(c['draws'])} | "
+            f"{_diff(c['pooled'])} | "
+            f"{_pct(t['spt'])} | {_diff(t['pooled'])} | {'-' if kl is None else f'{kl:.2e}'} |"
+        )
+    bases = {r["split"]: r.get("base", {}) for r in rows}
+    lines += [""] + [
+        f"Base on split {s}: Confidence {_pct(b.get('confidence'))}, Truthfulness "
+        f"{_pct(b.get('truthfulness'))}."
+        for s, b in bases.items()
+    ]
+    return lines + [""]
+
+
+def _spread(rates: list[float | None]) -> str:
+    """Mean (min to max) of the draws' rates in %; the draws without items left out."""
+    known = [100 * r for r in rates if r is not None]
+    if not known:
+        return "n/a"
+    return f"{sum(known) / len(known):.1f} ({min(known):.1f} to {max(known):.1f})"
+
+
+def _save(fig, path: Path, width: int = 900, height: int = 700) -> None:
+    from sycointerp.plot import save_figure
+
+    try:
+        save_figure(fig, path, width=width, height=height)
+    except RuntimeError:  # no Chromium for the PNG: the HTML alone
+        save_figure(fig, path, png=False)
+
+
+def write_report(config: StudyConfig, out: Path, record: dict[str, Any]) -> dict[str, Any]:
+    """Write ``study.md`` and ``figures/`` from the stages' ``record``; returns the ranking
+    stability summary (for ``study.json``)."""
+    stability_lines, stability = _stability(out, config)
+    main_table = (out / "main" / "results.md").read_text(encoding="utf-8")
+    lines = [
+        "# sycointerp trust study",
+        "",
+        f"Model: {config.model or 'embedded SmolLM2-135M-Instruct'}; main split seed "
+        f"{config.seed}, K = {config.top_k}, {config.draws} draws per control; sweep K = "
+        f"{config.ks} on splits {config.splits}, {config.sweep_draws} layer-matched draws, "
+        f"{config.sweep_eval_limit} questions per point; {config.steps} steps of "
+        f"{config.batch_size} dialogues, lr {config.lr}.",
+        "",
+        *_protocols(record["protocols"]),
+        *stability_lines,
+        *_agreement(record["agreement"], out),
+        "## 4. SPT against base, SFT and three kinds of random heads",
+        "",
+        main_table,
+        *_repatch(record["main"]),
+        *_sweep(record["sweep"], out),
+    ]
+    text = "\n".join(lines)
+    atomic_write(out / "study.md", lambda p: Path(p).write_text(text, encoding="utf-8"))
+    return stability
