@@ -1,5 +1,7 @@
-"""``sycointerp study``: the trust study (is the ranking stable; do the ranked heads beat matched
-random heads when tuned?), resumable stage by stage.
+"""``python -m sycointerp.study`` (= ``sycointerp study``): the trust study.
+
+Is the head ranking stable, and do the ranked heads beat matched random heads when tuned?
+Resumable stage by stage.
 
 Examples::
 
@@ -22,7 +24,7 @@ from sycointerp.cli.study_config import StudyConfig
 
 __all__ = ["main", "build_parser", "PROG"]
 
-PROG = "sycointerp study"
+PROG = "python -m sycointerp.study"
 
 
 def build_parser(prog: str = PROG) -> argparse.ArgumentParser:

@@ -1,9 +1,9 @@
 """The trust study's configuration (``sycointerp study``): sections model, data, protocols,
 agreement, main, sweep, train, eval.
 
-The defaults are the settings the README's study ran with on a 2-core CPU; each stage's size is
-an option, so a larger machine runs the same study at full size (``--main-eval-limit 0`` for every
-held-out question, more ``--draws``).
+The defaults are the settings the README's study ran with on a 2-core CPU (about 1 h 45 min):
+each stage's size is an option, so a larger machine runs the same study at full size
+(``--main-eval-limit 0`` for every held-out question, more ``--draws`` and ``--steps``).
 """
 
 from dataclasses import dataclass
@@ -51,6 +51,7 @@ class StudyConfig(TomlConfig):
         "data", "share of the built-in questions held out for evaluation", 0.5
     )
     seed: int = opt("data", "seed of the main split, the draws and training", 0, minimum=0)
+    limit: int = opt("data", "use the first N built-in questions (0 = all)", 0, minimum=0)
     # [protocols]
     protocols: list[str] = opt(
         "protocols",
@@ -58,7 +59,7 @@ class StudyConfig(TomlConfig):
         list(PROTOCOLS),
     )
     protocol_limit: int = opt(
-        "protocols", "held-out questions per protocol (0 = all)", 100, minimum=0
+        "protocols", "held-out questions per protocol (0 = all)", 80, minimum=0
     )
     arc_path: str = opt(
         "protocols",
@@ -70,7 +71,7 @@ class StudyConfig(TomlConfig):
     agreement_pairs: int = opt(
         "agreement",
         "training questions ranked under each challenge paraphrase and metric",
-        24,
+        16,
         minimum=2,
     )
     agreement_k: int = opt("agreement", "top-K of the overlap", 11, minimum=1)
@@ -82,7 +83,7 @@ class StudyConfig(TomlConfig):
         "main", "random draws of each control kind (uniform, layer-, norm-matched)", 3, minimum=1
     )
     main_eval_limit: int = opt(
-        "main", "held-out questions of the main comparison (0 = all)", 160, minimum=0
+        "main", "held-out questions of the main comparison (0 = all)", 120, minimum=0
     )
     kl_text: str = opt("main", "plain-text file for the KL divergence to base ('' = skip)", "")
     kl_passages: int = opt("main", "passages of kl_text", 40, minimum=1)
@@ -93,13 +94,13 @@ class StudyConfig(TomlConfig):
     )
     sweep_draws: int = opt("sweep", "layer-matched random draws per K and split", 2, minimum=1)
     sweep_eval_limit: int = opt(
-        "sweep", "held-out questions per sweep point (a prefix of the main ones)", 80, minimum=1
+        "sweep", "held-out questions per sweep point (a prefix of the main ones)", 60, minimum=1
     )
     # [train]
-    steps: int = opt("train", "optimizer steps per tuned model", 30, minimum=1)
+    steps: int = opt("train", "optimizer steps per tuned model", 24, minimum=1)
     lr: float = opt("train", "peak learning rate", 1e-4, minimum=0)
     batch_size: int = opt("train", "dialogues per step", 8, minimum=1)
-    warmup_steps: int = opt("train", "linear warmup steps", 5, minimum=0)
+    warmup_steps: int = opt("train", "linear warmup steps", 3, minimum=0)
     # [eval]
     max_new_tokens: int = opt("eval", "greedy tokens of the reply to the challenge", 32, minimum=1)
     answer_tokens: int = opt("eval", "greedy tokens of the first and final answers", 16, minimum=1)

@@ -64,6 +64,7 @@ def _spt_config(config: StudyConfig, **changes: Any) -> SPTConfig:
     base = dict(
         model=config.model,
         eval_fraction=config.eval_fraction,
+        limit=config.limit,
         seed=config.seed,
         steps=config.steps,
         lr=config.lr,

@@ -10,12 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from sycointerp.cli import effect, patch, spt
+from sycointerp.cli import effect, patch, spt, study
 
 CLIS = {
     "sycointerp.patch": patch.build_parser,
     "sycointerp.spt": spt.build_parser,
     "sycointerp.effect": effect.build_parser,
+    "sycointerp.study": study.build_parser,
 }
 
 
@@ -56,7 +57,7 @@ SCRIPT = str(Path(sys.executable).parent / "sycointerp")  # installed by pip ins
 def test_the_sycointerp_command_lists_its_subcommands(command):
     done = subprocess.run([*command, "--help"], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and done.stdout.startswith("usage: sycointerp <command>")
-    assert all(f"  {name}" in done.stdout for name in ("patch", "spt", "effect"))
+    assert all(f"  {name}" in done.stdout for name in ("patch", "spt", "effect", "study"))
     bare = subprocess.run(command, capture_output=True, text=True, timeout=120)
     assert bare.returncode == 2 and bare.stderr.startswith("usage: sycointerp")
 

@@ -53,6 +53,7 @@ LAYERS = {
     "entry": (
         "sycointerp.patch",
         "sycointerp.effect",
+        "sycointerp.study",
         "sycointerp.spt.__main__",
         "sycointerp.__main__",
         "sycointerp",

@@ -1,0 +1,116 @@
+"""The trust study (``sycointerp study``): its statistics by hand, and a whole small study on a
+tiny model run through the CLI, resumed after losing a stage's output, and refused when its
+options change."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from sycointerp.cli.study_job import agreement_matrices, flip_rate, restrict
+from sycointerp.evaluate import EvalItem, SycophancyEval
+from sycointerp.testing import save_tiny_model
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_agreement_matrices_by_hand():
+    a = [(0, 0), (0, 1), (1, 0), (1, 1)]
+    b = [(0, 1), (0, 0), (1, 0), (1, 1)]  # the first two swapped
+    c = a[::-1]
+    m = agreement_matrices({"a": a, "b": b, "c": c}, k=2)
+    assert m["overlap"][0] == [1.0, 1.0, 0.0]
+    # Positions a = [0, 1, 2, 3], b = [1, 0, 2, 3]: 1 - 6 * 2 / (4 * 15) = 0.8; c reverses a.
+    assert m["spearman"][0] == pytest.approx([1.0, 0.8, -1.0])
+    assert m["spearman"][1][2] == pytest.approx(-0.8)
+
+
+def _eval(outcomes):
+    items = [
+        EvalItem(f"q{i}", False, "f", "r", "a", bool(b), bool(adm), bool(c))
+        for i, (b, adm, c) in enumerate(outcomes)
+    ]
+    return SycophancyEval("m", "challenge", "judge", tuple(items))
+
+
+def test_flip_rate_and_prefix_by_hand():
+    # Initially correct: q0 (kept), q1 (flipped), q3 (flipped); q2 was wrong from the start.
+    result = _eval([(1, 0, 1), (1, 1, 0), (0, 1, 0), (1, 1, 0)])
+    rate = flip_rate(result)
+    assert (rate["k"], rate["n"]) == (2, 3) and rate["rate"] == pytest.approx(2 / 3)
+    head = restrict(result, 2)
+    assert [it.question_id for it in head.items] == ["q0", "q1"]
+    assert flip_rate(head)["rate"] == pytest.approx(0.5)
+
+
+SMALL = [
+    "--limit", "24", "--protocols", "stem,free", "--protocol-limit", "4",
+    "--agreement-pairs", "3", "--agreement-k", "2", "--top-k", "2", "--draws", "2",
+    "--main-eval-limit", "6", "--ks", "1,2", "--splits", "0,1", "--sweep-draws", "2",
+    "--sweep-eval-limit", "4", "--steps", "2", "--warmup-steps", "1", "--max-new-tokens", "3",
+    "--answer-tokens", "3", "-q",
+]  # fmt: skip
+
+
+def _study(model: Path, out: Path, *extra: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run(
+        [sys.executable, "-m", "sycointerp", "study", "--model", str(model), "--out", str(out)]
+        + SMALL
+        + list(extra),
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=REPO,
+        timeout=900,
+    )
+
+
+def test_a_small_study_runs_resumes_and_refuses_changed_options(tmp_path):
+    model = save_tiny_model(tmp_path / "llama", "llama")
+    out = tmp_path / "study"
+    done = _study(model, out)
+    assert done.returncode == 0, done.stderr[-3000:]
+    record = json.loads((out / "study.json").read_text())
+    assert [r["protocol"] for r in record["protocols"]["rows"]] == ["stem", "free"]
+    assert record["protocols"]["chosen"] in ("stem", "free")
+    assert len(record["agreement"]["names"]) == 12 + 2  # every paraphrase, two more metrics
+    methods = [r["method"] for r in record["main"]["rows"]]
+    assert methods[:3] == ["base", "spt", "sft"] and "random_norm-1" in methods
+    assert [p["b"] for p in record["main"]["pooled"]] == ["random", "random_layer", "random_norm"]
+    points = [(r["split"], r["k"], r["from"]) for r in record["sweep"]]
+    assert points == [
+        (0, 1, "sweep/split0/k1"),
+        (0, 2, "main"),  # the main comparison's own point, read back, not retrained
+        (1, 1, "sweep/split1/k1"),
+        (1, 2, "sweep/split1/k2"),
+    ]
+    assert all(r["n_items"] == 4 and len(r["confidence"]["draws"]) == 2 for r in record["sweep"])
+    # The main point is restricted to the sweep's questions: the first 4 of the main 6.
+    main_spt = SycophancyEval.load(out / "main" / "spt")
+    assert record["sweep"][1]["confidence"]["spt"] == (
+        restrict(main_spt, 4).summary()["confidence"].to_json()
+    )
+    # Split 1 ranked its own training questions; its other K read that ranking.
+    config = (out / "sweep" / "split1" / "k2" / "config.toml").read_text()
+    assert str(out / "sweep" / "split1" / "k1" / "ranking" / "heads.csv") in config
+    for name in ("rank_intervals", "agreement", "k_sweep"):
+        assert (out / "figures" / f"{name}.html").is_file()
+    text = (out / "study.md").read_text()
+    assert "## 6. The K sweep" in text and "| 1 | 2 |" in text
+    # Lose the end of the study: one draw of one sweep point and the summary.
+    lost = out / "sweep" / "split1" / "k2" / "random_layer-1"
+    kept = (out / "main" / "spt" / "result.json").stat().st_mtime_ns
+    before = record["sweep"]
+    for path in (lost / "result.json", out / "study.json", out / "sweep/split1/k2/report.json"):
+        path.unlink()
+    again = _study(model, out)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert (out / "main" / "spt" / "result.json").stat().st_mtime_ns == kept  # not rerun
+    assert json.loads((out / "study.json").read_text())["sweep"] == before  # same numbers
+    changed = _study(model, out, "--steps", "3")
+    assert changed.returncode == 2 and changed.stderr.count("\n") == 1, changed.stderr[-2000:]
+    assert "steps" in changed.stderr
