@@ -13,12 +13,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from sycointerp.cli import effect, patch, spt
+from sycointerp.cli import effect, patch, spt, study
 from sycointerp.errors import UserError
 from sycointerp.heads import HeadGrid, write_heads_csv
 from sycointerp.testing import save_tiny_model
 
-MAINS = {"patch": patch.main, "spt": spt.main, "effect": effect.main}
+MAINS = {"patch": patch.main, "spt": spt.main, "effect": effect.main, "study": study.main}
 _HEADS = "layer,head,score,se,ci_low,ci_high,rank,kind,model,n_layers,n_heads,n_kv_heads\n"
 
 
@@ -192,6 +192,15 @@ CASES = [
     ("effect", ["--questions", "{dup_ids}"], "id 'a' is also used"),
     ("effect", ["--out", "{notadir}"], "is not a writable directory"),
     ("effect", ["--first-answer", "mine"], "invalid choice: 'mine'"),
+    # ---- study
+    ("study", ["--protocols", "stem,nope"], "protocols must be among"),
+    ("study", ["--ks", "3,3"], "ks (--ks) must be distinct numbers"),
+    ("study", ["--splits", "1,0"], "must be the main split's seed"),
+    ("study", ["--sweep-eval-limit", "200"], "must not exceed main_eval_limit"),
+    ("study", ["--steps", "3"], "warmup_steps (3) must be below steps (3)"),
+    ("study", ["--arc-path", "{missing}"], "does not exist"),
+    ("study", ["--lr", "nan"], "lr (--lr) must be a finite number"),
+    ("study", [*M, "--out", "{notadir}"], "is not a writable directory"),
 ]
 
 
