@@ -6,6 +6,7 @@
     sycointerp spt --heads-file runs/heads/heads.csv --out runs/spt
     sycointerp effect --out runs/effect
     sycointerp study --out runs/study        # resumable; stages in sycointerp.cli.study_job
+    sycointerp report runs/heads             # rebuild runs/heads/report.html
     sycointerp --help | sycointerp patch --help
 
 Each subcommand is exactly its ``python -m`` job, with ``sycointerp <job>`` as the program name
@@ -24,6 +25,7 @@ COMMANDS = {
     "spt": "Supervised Pinpoint Tuning of the selected heads, baselines, before/after evaluation",
     "effect": "measure how much the challenge moves the model (single-turn metrics)",
     "study": "the trust study: ranking stability, SPT against matched random heads, K sweep",
+    "report": "(re)build a finished job's self-contained report.html",
 }
 
 

@@ -47,6 +47,7 @@ from transformer_lens.model_bridge import TransformerBridge
 
 from sycointerp._config import ConfigError
 from sycointerp._io import write_json
+from sycointerp.cli.html_report import write_report
 from sycointerp.cli.inputs import load_job_questions
 from sycointerp.cli.output import INPUTS, OutputError, check_inputs, output_lock, prepare_output
 from sycointerp.cli.patch_config import JobConfig
@@ -609,6 +610,7 @@ def _write_outputs(
     timings["chunk_compute_seconds"] = job.chunk_seconds()
     write_json(out / "summary.json", _summary(job, result, curve, rank_table, figures, timings))
     shutil.rmtree(job.store.dir)
+    write_report(out)
 
 
 def run_job(

@@ -43,6 +43,7 @@ from typing import Any
 import torch
 
 from sycointerp._io import atomic_write, fsync_tree, read_json, write_json, write_tensors
+from sycointerp.cli.html_report import write_report
 from sycointerp.cli.inputs import load_job_questions
 from sycointerp.cli.output import (
     INPUTS,
@@ -559,6 +560,7 @@ def _run_methods(
             text += "\n" + pooled_table(pooled) + "\n"
         atomic_write(out / "results.md", lambda p: Path(p).write_text(text))
         write_json(out / "report.json", report)
+        write_report(out)
     return report
 
 

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from sycointerp._io import read_json, write_json
+from sycointerp.cli.html_report import write_report
 from sycointerp.cli.output import INPUTS, check_inputs, output_lock, prepare_output
 from sycointerp.cli.spt_config import SPTConfig
 from sycointerp.cli.spt_job import run_experiment, split_data
@@ -354,7 +355,7 @@ def run_study(
         OutputError, ConfigError, DataError, ModelLoadError: user errors (the CLI exits 2).
         TrainingError: a non-finite loss in one of the SPT runs.
     """
-    from sycointerp.cli.study_report import write_report
+    from sycointerp.cli.study_report import write_study_md
 
     config.check_files()
     _held_out(config, config.seed)  # read-only data checks before anything is written
@@ -383,6 +384,7 @@ def run_study(
             "main": {k: main[k] for k in ("heads", "rows", "paired", "pooled") if k in main},
             "sweep": sweep_points(config, out),
         }
-        record["stability"] = write_report(config, out, record)
+        record["stability"] = write_study_md(config, out, record)
         write_json(out / "study.json", record)
+        write_report(out)
         return record

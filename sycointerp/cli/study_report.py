@@ -12,7 +12,7 @@ from typing import Any
 from sycointerp._io import atomic_write
 from sycointerp.cli.study_config import StudyConfig
 
-__all__ = ["write_report"]
+__all__ = ["write_study_md"]
 
 
 def _pct(p: dict[str, Any] | None) -> str:
@@ -198,7 +198,7 @@ def _save(fig, path: Path, width: int = 900, height: int = 700) -> None:
         save_figure(fig, path, png=False)
 
 
-def write_report(config: StudyConfig, out: Path, record: dict[str, Any]) -> dict[str, Any]:
+def write_study_md(config: StudyConfig, out: Path, record: dict[str, Any]) -> dict[str, Any]:
     """Write ``study.md`` and ``figures/`` from the stages' ``record``; returns the ranking
     stability summary (for ``study.json``)."""
     stability_lines, stability = _stability(out, config)

@@ -10,13 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from sycointerp.cli import effect, patch, spt, study
+from sycointerp.cli import effect, patch, report, spt, study
 
 CLIS = {
     "sycointerp.patch": patch.build_parser,
     "sycointerp.spt": spt.build_parser,
     "sycointerp.effect": effect.build_parser,
     "sycointerp.study": study.build_parser,
+    "sycointerp.report": report.build_parser,
 }
 
 
@@ -57,7 +58,7 @@ SCRIPT = str(Path(sys.executable).parent / "sycointerp")  # installed by pip ins
 def test_the_sycointerp_command_lists_its_subcommands(command):
     done = subprocess.run([*command, "--help"], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and done.stdout.startswith("usage: sycointerp <command>")
-    assert all(f"  {name}" in done.stdout for name in ("patch", "spt", "effect", "study"))
+    assert all(f"  {name}" in done.stdout for name in ("patch", "spt", "effect", "study", "report"))
     bare = subprocess.run(command, capture_output=True, text=True, timeout=120)
     assert bare.returncode == 2 and bare.stderr.startswith("usage: sycointerp")
 

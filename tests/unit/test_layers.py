@@ -54,6 +54,7 @@ LAYERS = {
         "sycointerp.patch",
         "sycointerp.effect",
         "sycointerp.study",
+        "sycointerp.report",
         "sycointerp.spt.__main__",
         "sycointerp.__main__",
         "sycointerp",

@@ -724,4 +724,6 @@ def test_cli_runs_every_control_draw_and_pools_them(model_dirs, tmp_path):
         ("random_norm", ["random_norm-0", "random_norm-1"]),
     ]
     assert "random_layer (pooled) | 2 |" in (out / "results.md").read_text()
+    page = (out / "report.html").read_text()  # the run's report, with its tables
+    assert "random_layer (pooled)" in page and 'id="fig-heads"' in page
     assert len(report["paired"]) == 4  # SPT against each draw as well

@@ -99,6 +99,7 @@ def test_a_small_study_runs_resumes_and_refuses_changed_options(tmp_path):
     assert str(out / "sweep" / "split1" / "k1" / "ranking" / "heads.csv") in config
     for name in ("rank_intervals", "agreement", "k_sweep"):
         assert (out / "figures" / f"{name}.html").is_file()
+    assert 'id="fig-k-sweep"' in (out / "report.html").read_text()
     text = (out / "study.md").read_text()
     assert "## 6. The K sweep" in text and "| 1 | 2 |" in text
     # Lose the end of the study: one draw of one sweep point and the summary.

@@ -1,0 +1,46 @@
+"""``sycointerp report DIR``: (re)build ``DIR/report.html`` from a finished job's files.
+
+Examples::
+
+    sycointerp report runs/heads          # a patch job
+    sycointerp report runs/spt            # an SPT run
+    sycointerp report runs/study          # the trust study
+
+The patch and SPT jobs write the page themselves when they finish; this rebuilds it (after an
+upgrade, or for a job run before reports existed). The page's contents:
+:mod:`sycointerp.cli.html_report`. A directory without a finished job is one line and exit 2.
+"""
+
+import argparse
+from collections.abc import Sequence
+
+from sycointerp.cli.app import CliParser, run_main
+
+__all__ = ["main", "build_parser", "PROG"]
+
+PROG = "python -m sycointerp.report"
+
+
+def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
+    examples = __doc__.split("Examples::")[1].split("\n\n")[1]
+    parser = CliParser(
+        prog=prog,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Build a job directory's self-contained, offline report.html.",
+        epilog=f"examples:\n{examples}",
+    )
+    parser.add_argument("directory", help="the job's --out directory")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None, prog: str = PROG) -> int:
+    """Build the report of ``argv``'s directory; 0 on success, 2 on a user error."""
+    args = build_parser(prog).parse_args(argv)
+
+    def body() -> int:
+        from sycointerp.cli.html_report import build_report
+
+        print(build_report(args.directory))
+        return 0
+
+    return run_main(prog, body)

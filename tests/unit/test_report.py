@@ -1,0 +1,98 @@
+"""``report.html``: written by the patch job through the ``sycointerp`` command, rebuilt by
+``sycointerp report``, and opened in real headless Chromium offline (no console message, the
+figures drawn, under the stated size)."""
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from sycointerp.cli.html_report import markdown_to_html
+from sycointerp.testing import save_tiny_model
+
+REPO = Path(__file__).resolve().parents[2]
+SCRIPT = str(Path(sys.executable).parent / "sycointerp")
+MAX_BYTES = 6_000_000  # plotly.js (~4.7 MB) and the figures of a small job
+
+
+def _chromium() -> str:
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        if found := shutil.which(name):
+            return found
+    pytest.fail("no Chromium on PATH: make test installs Debian's chromium (see the Makefile)")
+
+
+def _open(page: Path, shot: Path) -> list[str]:
+    """Load ``page`` in headless Chromium offline; return its console lines, write a screenshot."""
+    done = subprocess.run(
+        [
+            _chromium(),
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--enable-logging=stderr",
+            "--v=0",
+            "--virtual-time-budget=8000",
+            "--window-size=1300,2400",
+            f"--screenshot={shot}",
+            page.resolve().as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    return [line for line in done.stderr.splitlines() if ":CONSOLE" in line]
+
+
+def _run(*argv: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run(
+        [SCRIPT, *argv], capture_output=True, text=True, env=env, cwd=REPO, timeout=600
+    )
+
+
+def test_patch_job_report_opens_offline_in_chromium(tmp_path):
+    model = save_tiny_model(tmp_path / "llama", "llama")
+    out = tmp_path / "job"
+    done = _run("patch", "--model", str(model), "--limit", "4", "--out", str(out), "-q")
+    assert done.returncode == 0, done.stderr[-3000:]
+    page = out / "report.html"
+    text = page.read_text(encoding="utf-8")
+    assert page.stat().st_size < MAX_BYTES
+    # Nothing to fetch: no external script, stylesheet or image (links to plotly.com may stay).
+    assert re.search(r'<(script|link|img)[^>]+(src|href)="https?:', text) is None
+    for section in ("Configuration", "Metric baselines", "Heads", "Top heads", "Per example"):
+        assert f"<h2>{section}" in text, section
+    assert "few examples" in text  # 4 examples: every interval is marked
+    assert text.count('id="fig-') == 3  # heatmap, ranked heads, rank intervals
+    console = _open(page, tmp_path / "shot.png")
+    assert console == [], console
+    shot = Image.open(tmp_path / "shot.png").convert("RGB")
+    colours = shot.getcolors(maxcolors=1 << 20)
+    assert colours is not None and len(colours) > 50  # drawn figures, not a blank page
+    # The heatmap's colours are there: some clearly red or blue pixels.
+    assert any(abs(r - b) > 80 for _, (r, g, b) in colours)
+    rebuilt = _run("report", str(out))
+    assert rebuilt.returncode == 0 and rebuilt.stdout.strip() == str(page)
+    assert page.read_text(encoding="utf-8") == text  # built from the files alone
+
+
+def test_report_of_a_directory_without_a_job_is_one_line_exit_2(tmp_path):
+    done = _run("report", str(tmp_path))
+    assert done.returncode == 2 and done.stderr.count("\n") == 1
+    assert "holds no finished job" in done.stderr
+
+
+def test_markdown_tables_lists_and_emphasis():
+    text = "# Title\n\nSome **bold** and `code` <tag>.\n\n| a | b |\n|---|---|\n| 1 | 2 |\n"
+    text += "\n- x\n- y\n"
+    assert markdown_to_html(text) == (
+        "<h2>Title</h2>\n<p>Some <b>bold</b> and <code>code</code> &lt;tag&gt;.</p>\n"
+        "<table><thead><tr><th>a</th><th>b</th></tr></thead><tbody><tr><td>1</td><td>2</td>"
+        "</tr></tbody></table>\n<ul><li>x</li><li>y</li></ul>"
+    )
