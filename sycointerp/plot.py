@@ -56,6 +56,8 @@ __all__ = [
     "k_sweep_plot",
     "check_png_export",
     "save_figure",
+    "metric_label",
+    "method_label",
 ]
 
 _RENDER_ATTEMPTS = 5
@@ -66,6 +68,38 @@ _BROWSER_FIX = (
     "`apt-get install -y chromium` (`make install` does this as root), point $BROWSER_PATH at a "
     "chrome/chromium executable, or call save_figure(..., png=False) to write the HTML only"
 )
+
+
+# Readable names of the metrics a PatchResult or KnockoutCurve records.
+_METRIC_NAMES = {
+    "apology_logit_diff": "logit(Apologies) - logit(Yes)",
+    "apology": "F = y(Ap) / (y(Ap) + y(Yes))",
+    "flip": "logit(gold) - logit(wrong)",
+    "apology_lp": "log-odds of apologising vs a firm reply",
+}
+_METHOD_NAMES = {
+    "path": "path patching",
+    "activation": "activation patching",
+    "attribution": "attribution patching",
+}
+
+
+def metric_label(metric: str, kind: str = "absolute") -> str:
+    """An axis label for a patching score: ``"change in logit(Apologies) - logit(Yes)"``;
+    relative scores are ``"% change in ..."`` (the paper's score). Unknown metrics keep their
+    name."""
+    name = _METRIC_NAMES.get(metric, metric)
+    return f"% change in {name}" if kind == "relative" else f"change in {name}"
+
+
+def method_label(method: str) -> str:
+    """``"path/resid"`` -> ``"path patching (heads -> residual stream)"``; other methods name
+    their technique and the rest of their tag (site, positions, direction) in brackets."""
+    technique, _, rest = method.partition("/")
+    name = _METHOD_NAMES.get(technique, technique)
+    if method.startswith("path/resid"):
+        return f"{name} (heads -> residual stream{', MLPs frozen' if 'frozen' in method else ''})"
+    return f"{name} ({rest.replace('/', ', ')})" if rest else name
 
 
 def _check_components(result: PatchResult, allowed: Sequence[tuple[str, ...]], caller: str) -> None:
@@ -106,13 +140,20 @@ def _heatmap(
         y=list(range(result.shape[0])),
         zmid=0,
         colorscale=COLORSCALE,
-        colorbar={"title": {"text": f"{result.metric} ({result.kind})"}},
+        colorbar={
+            "title": {"text": metric_label(result.metric, result.kind)},
+            "title_side": "right",
+        },
         text=_hover_text(result, column_labels),
         hovertemplate="%{text}<extra></extra>",
         name="score",
     )
     fig = go.Figure(heat)
-    fig.update_layout(title=title or f"{result.method}: {result.metric}", plot_bgcolor="white")
+    fig.update_layout(
+        title=title
+        or f"{method_label(result.method)}: {_METRIC_NAMES.get(result.metric, result.metric)}",
+        plot_bgcolor="white",
+    )
     fig.update_xaxes(title=_AXIS_TITLES.get(result.components[1], result.components[1]), dtick=1)
     fig.update_yaxes(
         title="layer", range=[result.shape[0] - 0.5, -0.5], dtick=1
@@ -147,8 +188,9 @@ def head_heatmap(result: PatchResult, *, title: str | None = None, top_k: int = 
 
 
 def _top_k_markers(result: PatchResult, top_k: int) -> go.Scatter | None:
-    """Circles numbered by rank on the first ``top_k`` heads of :meth:`PatchResult.rank` (None
-    for 0)."""
+    """Open squares outlining the first ``top_k`` heads of :meth:`PatchResult.rank`, each rank
+    written at the square's upper right (None for 0): the cell's colour stays visible, and
+    nothing is clipped at the edge of the grid."""
     k = min(top_k, int(np.prod(result.shape)))
     if not k:
         return None
@@ -159,13 +201,10 @@ def _top_k_markers(result: PatchResult, top_k: int) -> go.Scatter | None:
         mode="markers+text",
         name=f"top {k}",
         text=[str(r) for r in range(1, k + 1)],
-        textfont={"size": 11, "color": "black"},
-        marker={
-            "symbol": "circle",
-            "size": 22,
-            "color": "white",
-            "line": {"color": "black", "width": 1.5},
-        },
+        textposition="top right",
+        textfont={"size": 10, "color": "black"},
+        marker={"symbol": "square-open", "size": 16, "color": "black", "line": {"width": 2}},
+        cliponaxis=False,
         hoverinfo="skip",
         showlegend=False,
     )
@@ -345,9 +384,9 @@ def ranked_heads_bar(result: PatchResult, k: int = 20) -> go.Figure:
     )
     fig = go.Figure(bar)
     fig.update_layout(
-        title=f"top {len(table)} heads: {result.method}, {result.metric}",
+        title=f"top {len(table)} heads, {method_label(result.method)} (95% bootstrap intervals)",
         xaxis={"title": "head (rank order)", "type": "category"},
-        yaxis={"title": f"{result.metric} ({result.kind})"},
+        yaxis={"title": metric_label(result.metric, result.kind)},
     )
     return fig
 
@@ -579,12 +618,15 @@ def knockout_plot(curve: KnockoutCurve) -> go.Figure:
     """
     summary = curve.summary()
     measures = list(dict.fromkeys(summary["measure"]))
-    titles = [curve.metric if m == "metric" else "apology rate" for m in measures]
+    name = _METRIC_NAMES.get(curve.metric, curve.metric)
+    titles = [name if m == "metric" else "apology rate (generated replies)" for m in measures]
     fig = make_subplots(rows=1, cols=len(measures), subplot_titles=titles)
     for col, measure in enumerate(measures, start=1):
         for trace in _knockout_traces(summary[summary["measure"] == measure], measure):
             fig.add_trace(trace, row=1, col=col)
         fig.update_xaxes(title="heads ablated (k)", row=1, col=col)
+        axis = f"{name}, mean over examples" if measure == "metric" else "share of replies"
+        fig.update_yaxes(title=axis, row=1, col=col)
     fig.update_layout(
         title=f"{curve.method} ablation: top-k vs {curve.n_random} random draws of k heads"
     )

@@ -228,14 +228,25 @@ class _Job:
         self.chunks = chunk_ranges(len(self.questions), self.config.chunk_size)
 
     def _bar(self, desc: str):
+        """A progress wrapper for ``ChunkStore.run`` that counts examples, not chunks (a small
+        job is one chunk and would sit at 0/1), with tqdm's rate and time estimate."""
         rank = f" [rank {self.group.rank}]" if self.group.world > 1 else ""
-        return lambda todo: tqdm(
-            todo,
-            desc=f"{desc}{rank}",
-            unit="chunk",
-            disable=not self.progress or not todo,
-            position=self.group.rank,
-        )
+
+        def wrap(todo: list[int]):
+            sizes = [len(self.chunks[i]) for i in todo]
+            bar = tqdm(
+                total=sum(sizes),
+                desc=f"{desc}{rank}",
+                unit="example",
+                disable=not self.progress or not todo,
+                position=self.group.rank,
+            )
+            with bar:
+                for i, size in zip(todo, sizes):
+                    yield i
+                    bar.update(size)
+
+        return wrap
 
     def inputs(self, *extra: Any) -> Callable[[int], str]:
         """Chunk index -> fingerprint of its questions, the model and ``extra`` (see
