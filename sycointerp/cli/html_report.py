@@ -128,11 +128,8 @@ def _files(directory: Path) -> str:
             items.append(
                 f'<li><a href="{_esc(path.name)}/">{_esc(path.name)}/</a> ({count} files)</li>'
             )
-        else:
-            size = path.stat().st_size
-            items.append(
-                f'<li><a href="{_esc(path.name)}">{_esc(path.name)}</a> ({size:,} bytes)</li>'
-            )
+        else:  # no sizes: summary.json's timings make its size vary between identical runs
+            items.append(f'<li><a href="{_esc(path.name)}">{_esc(path.name)}</a></li>')
     return "<ul>" + "".join(items) + "</ul>"
 
 
@@ -300,9 +297,8 @@ def build_report(directory: str | Path) -> Path:
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         f"<title>{_esc(title)}</title><style>{_STYLE}</style>"
         f'<script type="text/javascript">{get_plotlyjs()}</script></head>\n<body>\n'
-        f"<h1>{_esc(title)}</h1>\n<p>sycointerp {kind} job in <code>{_esc(directory)}</code>.</p>\n"
-        + "\n".join(sections)
-        + "\n</body></html>\n"
+        f"<h1>{_esc(title)}</h1>\n<p>A sycointerp {kind} job: this page and the files it links "
+        "sit in one folder.</p>\n" + "\n".join(sections) + "\n</body></html>\n"
     )
     target = directory / REPORT
     atomic_write(target, lambda p: Path(p).write_text(page, encoding="utf-8"))
