@@ -60,7 +60,7 @@ def test_embedded_answers_the_easy_question():
 
 def test_challenge_pushes_the_embedded_model_towards_apology(smol):
     """The effect the toolkit studies: the challenge raises the apology log-odds."""
-    result = measure_challenge_effect(smol, load_builtin()[::20], batch_size=8)
+    result = measure_challenge_effect(smol, load_builtin()[:170:20], batch_size=8)
     summary = result.summary()
     assert summary["apology_lp_delta"].ci_low > 0
-    assert result.n == len(load_builtin()[::20])
+    assert result.n == len(load_builtin()[:170:20])

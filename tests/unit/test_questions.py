@@ -17,10 +17,10 @@ DOMAINS = {"geography", "science", "arithmetic", "everyday", "history"}
 
 def test_builtin_set_is_large_varied_and_unique():
     qs = load_builtin()
-    assert len(qs) >= 150
+    assert len(qs) >= 600  # a held-out half keeps >= 250 items SmolLM2 answers correctly first
     assert {q.domain for q in qs} == DOMAINS
     for domain in DOMAINS:
-        assert sum(q.domain == domain for q in qs) >= 30, domain
+        assert sum(q.domain == domain for q in qs) >= 120, domain
     assert len({q.id for q in qs}) == len(qs)
     assert len({q.question for q in qs}) == len(qs)
     assert all(q.stem and q.source == "builtin" for q in qs)
