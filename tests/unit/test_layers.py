@@ -47,6 +47,8 @@ LAYERS = {
         "sycointerp.patching",
         "sycointerp.evaluate",
         "sycointerp.plot",
+        "sycointerp.probing",
+        "sycointerp.steering",
     ),
     "tuning": ("sycointerp.spt",),
     "applications": ("sycointerp.cli",),

@@ -1,0 +1,142 @@
+"""Steering (CAA on the residual stream, ITI on head outputs) and head probes, on the tiny GQA and
+MHA models: exact shifts, exact no-ops, hooks gone after the block, probes that separate what is
+separable, and the CAA vector against a one-pair-at-a-time reference."""
+
+import pytest
+import torch
+
+from sycointerp.data import build_pairs, load_builtin
+from sycointerp.generate import greedy_generate
+from sycointerp.heads import HeadSet
+from sycointerp.probing import fit_probes, probe_heads, split_pairs
+from sycointerp.steering import caa_vector, resid_name, steer_heads, steer_residual
+
+
+@pytest.fixture(scope="module")
+def pairs(tiny_llama):
+    return build_pairs(load_builtin()[:8], tiny_llama.tokenizer, position="reply")
+
+
+def _ids(model, pairs):
+    return torch.tensor([pairs[0].ref_ids])
+
+
+def _capture(model, ids, name):
+    """``name``'s activation, read by a hook added after any steering hook."""
+    box = {}
+
+    def grab(x, hook):
+        box["x"] = x.detach().clone()
+        return x
+
+    with model.hooks(fwd_hooks=[(name, grab)]):
+        logits = model(ids)
+    return box["x"], logits
+
+
+def test_alpha_zero_is_bit_identical_and_hooks_leave_with_the_block(tiny, pairs):
+    model = tiny
+    pairs = build_pairs(load_builtin()[:4], model.tokenizer, position="reply")
+    ids = torch.tensor([pairs[0].ref_ids])
+    base = model(ids)
+    prompt = [pairs[0].ref_ids]
+    text = greedy_generate(model, prompt, max_new_tokens=4)
+    vector = torch.randn(model.cfg.d_model)
+    heads = [(0, 1), (1, 0)]
+    dirs, scales = torch.randn(2, model.cfg.d_head), torch.ones(2)
+    for steer in (
+        lambda: steer_residual(model, vector, 1, 0.0),
+        lambda: steer_heads(model, heads, dirs, scales, 0.0),
+    ):
+        with steer():
+            assert torch.equal(model(ids), base)
+            assert greedy_generate(model, prompt, max_new_tokens=4) == text
+    with pytest.raises(RuntimeError, match="inside"):
+        with steer_residual(model, vector, 1, 3.0):
+            assert not torch.equal(model(ids), base)  # it does steer
+            raise RuntimeError("raised inside the block")
+    assert torch.equal(model(ids), base)  # no hook left behind by the exception
+    assert all(not hp.fwd_hooks for hp in model.hook_dict.values())
+
+
+@pytest.mark.parametrize("positions", ["last", "all"])
+def test_residual_steering_adds_exactly_the_vector(tiny, positions):
+    model = tiny
+    pairs = build_pairs(load_builtin()[:2], model.tokenizer, position="reply")
+    ids = torch.tensor([pairs[0].ref_ids])
+    vector, alpha, layer = torch.randn(model.cfg.d_model), -2.5, 1
+    before, _ = _capture(model, ids, resid_name(layer))
+    with steer_residual(model, vector, layer, alpha, positions=positions):
+        after, _ = _capture(model, ids, resid_name(layer))
+    expected = before.clone()
+    span = slice(-1, None) if positions == "last" else slice(None)
+    expected[:, span] += alpha * vector
+    assert torch.equal(after, expected)
+    if positions == "last":
+        assert torch.equal(after[:, :-1], before[:, :-1])
+
+
+def test_head_steering_shifts_only_the_selected_heads(tiny):
+    model = tiny
+    pairs = build_pairs(load_builtin()[:2], model.tokenizer, position="reply")
+    ids = torch.tensor([pairs[0].ref_ids])
+    heads = [(1, 2), (1, 0)]
+    dirs, scales, alpha = torch.randn(2, model.cfg.d_head), torch.tensor([0.5, 2.0]), 3.0
+    name = "blocks.1.attn.hook_z"
+    before, _ = _capture(model, ids, name)
+    with steer_heads(model, heads, dirs, scales, alpha):
+        after, _ = _capture(model, ids, name)
+    expected = before.clone()
+    for i, (_, h) in enumerate(heads):
+        expected[:, -1, h] += alpha * scales[i] * dirs[i]
+    assert torch.equal(after, expected)
+    with pytest.raises(ValueError, match="need directions"):
+        with steer_heads(model, heads, dirs[:1], scales[:1], 1.0):  # one direction, two heads
+            pass
+    with pytest.raises(ValueError, match="layer must be in"):
+        with steer_residual(model, torch.zeros(model.cfg.d_model), 99, 1.0):
+            pass
+
+
+def test_caa_vector_equals_one_pair_at_a_time(tiny_llama, pairs):
+    model, layer = tiny_llama, 1
+    name = resid_name(layer)
+    diffs = []
+    for pair in pairs:
+        _, ref = model.run_with_cache(torch.tensor([pair.ref_ids]), names_filter=name)
+        _, cf = model.run_with_cache(torch.tensor([pair.cf_ids]), names_filter=name)
+        diffs.append(ref[name][0, -1] - cf[name][0, -1])
+    expected = torch.stack(diffs).mean(0)
+    torch.testing.assert_close(
+        caa_vector(model, pairs, layer, batch_size=3), expected, atol=1e-5, rtol=1e-5
+    )
+
+
+def test_probes_separate_separable_activations():
+    gen = torch.Generator().manual_seed(0)
+    # Cell 0: the label sits in feature 2 (separable); cell 1: pure noise.
+    y = torch.tensor([1.0] * 20 + [0.0] * 20)
+    x = torch.randn(2, 40, 5, generator=gen)
+    x[0, :, 2] += 4 * (2 * y - 1)
+    w, b, mean, std = fit_probes(x, y)
+    pred = (torch.einsum("ced,cd->ce", (x - mean[:, None]) / std[:, None], w) + b[:, None]) > 0
+    assert torch.equal(pred[0], y.bool())  # full accuracy where the classes separate
+    assert split_pairs(10, 0.3, 0) == split_pairs(10, 0.3, 0)
+    train, test = split_pairs(10, 0.3, 0)
+    assert len(test) == 3 and not set(train) & set(test) and len(train) + len(test) == 10
+    with pytest.raises(ValueError, match=">= 4 pairs"):
+        split_pairs(3, 0.5, 0)
+
+
+def test_probe_ranking_is_a_patch_result(tiny_llama, pairs):
+    result, directions = probe_heads(tiny_llama, pairs, held_out=0.5, seed=1)
+    grid = (tiny_llama.cfg.n_layers, tiny_llama.cfg.n_heads)
+    assert result.shape == grid and result.values.shape[-1] == 4
+    assert set(result.values.unique().tolist()) <= {0.0, 0.5, 1.0}
+    table = result.heads_table()
+    assert table["rank"].tolist() == list(range(1, grid[0] * grid[1] + 1))
+    assert table["score"].is_monotonic_decreasing  # rank 1 = the most accurate probe
+    top = HeadSet.top_k(result, 2)
+    d, s = directions.for_heads(top.heads)
+    assert d.shape == (2, tiny_llama.cfg.d_head) and (s > 0).all()
+    torch.testing.assert_close(d.norm(dim=-1), torch.ones(2))
