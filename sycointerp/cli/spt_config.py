@@ -11,11 +11,20 @@ from typing import ClassVar
 from sycointerp._config import ConfigError, TomlConfig, opt
 from sycointerp.data.templates import CHALLENGES, PAPER_CHALLENGE
 
-__all__ = ["SPTConfig", "METHODS", "CONTROL_METHODS", "MethodRun", "method_runs"]
+__all__ = [
+    "SPTConfig",
+    "METHODS",
+    "CONTROL_METHODS",
+    "STEERING_METHODS",
+    "MethodRun",
+    "method_runs",
+]
 
 # The random-head controls: uniform (the paper's), same layer histogram, matched W_O norms.
 CONTROL_METHODS = ("random", "random_layer", "random_norm")
-METHODS = ("base", "spt", "sft", "lora", *CONTROL_METHODS, "lora_heads")
+# Inference-time baselines: no training, a steering coefficient chosen on the training pairs.
+STEERING_METHODS = ("caa", "iti")
+METHODS = ("base", "spt", "sft", "lora", *CONTROL_METHODS, "lora_heads", *STEERING_METHODS)
 
 
 @dataclass(frozen=True)
@@ -88,6 +97,24 @@ class SPTConfig(TomlConfig):
     checkpoint_every: int = opt(
         "train", "checkpoint every N steps and at the end (0 = no checkpoints)", 0, minimum=0
     )
+    steer_layer: int = opt(
+        "train",
+        "caa: the block whose incoming residual stream is steered (-1 = the middle block)",
+        -1,
+        minimum=-1,
+    )
+    caa_alphas: list[float] = opt(
+        "train",
+        "caa: coefficients tried on the training pairs (negative = away from the challenge; "
+        "write --caa-alphas=-1,-2)",
+        [-0.25, -0.5, -1.0, -2.0, -4.0],
+    )
+    iti_alphas: list[float] = opt(
+        "train",
+        "iti: coefficients tried, in standard deviations along each head's direction "
+        "(--iti-alphas=-5,-10)",
+        [-1.0, -2.0, -5.0, -10.0, -15.0],
+    )
     # [eval]
     eval_limit: int = opt(
         "eval", "evaluate on this many held-out questions (0 = all)", 0, minimum=0
@@ -156,6 +183,9 @@ class SPTConfig(TomlConfig):
                 "arc_path is the training data file: ARC accuracy would be measured on trained "
                 "questions; pass a held-out ARC split as --arc-path"
             )
+        for name in ("caa_alphas", "iti_alphas"):
+            if not getattr(self, name):
+                raise ConfigError(f"{name} (--{name.replace('_', '-')}) needs at least one value")
         if self.warmup_steps >= self.steps:
             raise ConfigError(
                 f"warmup_steps ({self.warmup_steps}) must be below steps ({self.steps})"

@@ -52,7 +52,7 @@ from sycointerp.cli.output import (
     output_lock,
     prepare_output,
 )
-from sycointerp.cli.spt_config import METHODS, MethodRun, SPTConfig
+from sycointerp.cli.spt_config import METHODS, STEERING_METHODS, MethodRun, SPTConfig
 from sycointerp.data.questions import DataError, Question, load_questions_jsonl
 from sycointerp.errors import UserError
 from sycointerp.evaluate.compare import (
@@ -235,17 +235,44 @@ def _train_config(method: str, config: SPTConfig) -> TrainConfig:
 
 
 def _evaluate(
-    model, base, eval_qs: list[Question], config: SPTConfig, out: Path, progress: bool
+    model,
+    base,
+    eval_qs: list[Question],
+    config: SPTConfig,
+    out: Path,
+    progress: bool,
+    steer=None,
 ) -> dict[str, Any]:
+    """Every measure of one method; ``steer`` (positions -> context) steers the model throughout
+    (at the last position while generating and scoring prompts, everywhere for the KL text)."""
+    from contextlib import nullcontext
+
+    steering, steer = steer is not None, steer or (lambda positions: nullcontext())
+    with steer("last"):
+        row = _measure(model, eval_qs, config, out, progress, steering)
+    if config.kl_text:
+        from sycointerp.evaluate import kl_on_text
+
+        with steer("all"):
+            row["kl"] = (
+                0.0
+                if base is None
+                else float(kl_on_text(base, model, config.kl_text, n_passages=config.kl_passages))
+            )
+    return row
+
+
+def _measure(
+    model, eval_qs: list[Question], config: SPTConfig, out: Path, progress: bool, steering: bool
+) -> dict[str, Any]:
+    """The multi-turn evaluation, ARC and opinion matching. Under steering the single-forward
+    scores run one prompt at a time: right padding would move the last position the steering
+    adds at (generation pads on the left, so it keeps its batches)."""
     from sycointerp.data.loaders import load_arc_jsonl
-    from sycointerp.evaluate import (
-        evaluate_sycophancy,
-        kl_on_text,
-        letter_accuracy,
-        opinion_matching,
-    )
+    from sycointerp.evaluate import evaluate_sycophancy, letter_accuracy, opinion_matching
 
     row: dict[str, Any] = {}
+    score_batch = 1 if steering else config.eval_batch_size
     syc = evaluate_sycophancy(
         model,
         eval_qs,
@@ -259,22 +286,20 @@ def _evaluate(
     )
     syc.save(out)
     row.update({k: v.to_json() for k, v in syc.summary().items()})
-    if config.kl_text:
-        row["kl"] = (
-            0.0
-            if base is None
-            else float(kl_on_text(base, model, config.kl_text, n_passages=config.kl_passages))
-        )
     if config.arc_path:
         arc = load_arc_jsonl(config.arc_path)
         arc = arc[: config.arc_limit] if config.arc_limit else arc
         row["arc_accuracy"] = letter_accuracy(
-            model, arc, system=config.system or None, batch_size=config.eval_batch_size
+            model, arc, system=config.system or None, batch_size=score_batch
         ).accuracy.to_json()
     if config.opinion_path:
         limit = config.opinion_limit or None
         row["opinion_matching"] = opinion_matching(
-            model, config.opinion_path, limit=limit, system=config.system or None
+            model,
+            config.opinion_path,
+            limit=limit,
+            system=config.system or None,
+            batch_size=score_batch,
         ).rate.to_json()
     return row
 
@@ -301,9 +326,9 @@ def _run_method(
         "method": run.name,
         "kind": method,
         "draw": run.draw,
-        "heads": len(heads) if method in ("spt", "lora_heads") or run.is_control else 0,
+        "heads": len(heads) if method in ("spt", "lora_heads", "iti") or run.is_control else 0,
     }
-    if method != "base":
+    if method not in ("base", *STEERING_METHODS):
         tunable = _tunable(run, hf, heads, config)
         log.info("%s: %d trainable parameters", run.name, tunable.n_trainable())
         report = train(
@@ -336,7 +361,12 @@ def _run_method(
     if acc.is_main_process:
         start = time.perf_counter()
         tuned = hook_model(hf, tok, name)
-        row.update(_evaluate(tuned, base, eval_qs, config, target, progress))
+        steer = None
+        if method in STEERING_METHODS:  # no training: steer the untouched model
+            from sycointerp.cli.spt_steering import prepare_steering
+
+            steer, row["steering"] = prepare_steering(method, tuned, config, train_qs, len(heads))
+        row.update(_evaluate(tuned, base, eval_qs, config, target, progress, steer))
         row["eval_seconds"] = time.perf_counter() - start
         ranking = out / "ranking"
         if method == "spt" and config.repatch and (ranking / "result.json").is_file():

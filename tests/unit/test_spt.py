@@ -727,3 +727,40 @@ def test_cli_runs_every_control_draw_and_pools_them(model_dirs, tmp_path):
     page = (out / "report.html").read_text()  # the run's report, with its tables
     assert "random_layer (pooled)" in page and 'id="fig-heads"' in page
     assert len(report["paired"]) == 4  # SPT against each draw as well
+
+
+def test_choose_alpha_by_hand():
+    from sycointerp.cli.spt_steering import choose_alpha
+
+    # Target 1.0: -2 and -4 reach it; the smaller in size wins.
+    assert choose_alpha([-1.0, -2.0, -4.0], [1.5, 0.9, 0.2], 1.0) == -2.0
+    # None reaches it: the lowest mean's alpha.
+    assert choose_alpha([-1.0, -2.0, -4.0], [3.0, 2.0, 2.5], 1.0) == -2.0
+    with pytest.raises(ValueError, match="one mean per alpha"):
+        choose_alpha([-1.0], [], 0.0)
+
+
+def test_cli_steering_baselines_run_without_training(model_dirs, tmp_path):
+    out = tmp_path / "run"
+    extra = ["--methods", "base,caa,iti", "--caa-alphas=-0.5,-2", "--iti-alphas=-1,-5"]
+    run = _spt_cli(
+        _spt_args(
+            model_dirs["llama"],
+            out,
+            *extra,
+            "--kl-text",
+            str(REPO / "README.md"),
+            "--kl-passages",
+            "2",
+        )
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    rows = {r["method"]: r for r in json.loads((out / "report.json").read_text())["rows"]}
+    for method, alphas in (("caa", [-0.5, -2.0]), ("iti", [-1.0, -5.0])):
+        record = rows[method]["steering"]
+        assert record["alphas"] == alphas and record["alpha"] in alphas
+        assert len(record["challenge_means"]) == 2 and "train" not in rows[method]
+        assert not (out / method / "deltas.safetensors").exists()
+    assert rows["caa"]["steering"]["layer"] == 1  # the middle of 2 blocks
+    assert len(rows["iti"]["steering"]["heads"]) == rows["iti"]["heads"] == 2
+    assert rows["caa"]["kl"] > 0 and rows["base"]["kl"] == 0.0

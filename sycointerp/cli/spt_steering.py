@@ -1,0 +1,116 @@
+"""The SPT run's inference-time baselines, ``caa`` and ``iti``: steering instead of tuning, its
+coefficient chosen on the training pairs only.
+
+- ``caa``: the residual stream entering block ``steer_layer`` (the middle block by default) is
+  shifted by ``alpha`` x the mean challenge-minus-counterfactual vector of the training pairs
+  (:func:`sycointerp.steering.caa_vector`).
+- ``iti``: the top-K heads by held-out probe accuracy on the training pairs (K = the run's number
+  of tuned heads; :func:`sycointerp.probing.probe_heads`) are shifted by ``alpha`` x their
+  activation scale along their mass-mean direction.
+
+Coefficient choice (training pairs only; the evaluation questions are never seen): for each
+``alpha`` of ``caa_alphas`` / ``iti_alphas``, the mean apology logit difference of the steered
+challenge prompts at the reply position (one teacher-forced forward). The chosen ``alpha`` is the
+smallest in size that brings it down to the unsteered counterfactual's mean (the challenge's
+effect removed); when none does, the one with the lowest mean. The sweep is kept in the
+method's ``result.json`` (``"steering"``).
+"""
+
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from typing import Any
+
+import torch
+
+from sycointerp.cli.spt_config import SPTConfig
+from sycointerp.data.questions import Question
+
+__all__ = ["Steer", "prepare_steering", "choose_alpha"]
+
+# positions ("last" during generation, "all" for plain text) -> the steering context
+Steer = Callable[[str], AbstractContextManager]
+
+
+def choose_alpha(alphas: list[float], means: list[float], target: float) -> float:
+    """The smallest ``|alpha|`` whose mean reaches ``target`` (<=); else the lowest mean's alpha.
+
+    Raises:
+        ValueError: empty or unequal lists.
+    """
+    if not alphas or len(alphas) != len(means):
+        raise ValueError("need one mean per alpha, and at least one alpha")
+    reaching = [a for a, m in zip(alphas, means) if m <= target]
+    if reaching:
+        return min(reaching, key=abs)
+    return alphas[min(range(len(means)), key=lambda i: means[i])]
+
+
+@torch.inference_mode()
+def _steered_mean(model, pairs, metric, steer: Steer) -> float:
+    """Mean metric of the challenge prompts under ``steer("last")``, one prompt per forward: the
+    steering's "last position" must be each prompt's own last token, which right padding would
+    move."""
+    from sycointerp.metrics import last_logits
+
+    prompts = [p.ref_ids for p in pairs]
+    with steer("last"):
+        logits = last_logits(model, prompts, batch_size=1)
+    return float(metric(logits, torch.arange(len(prompts))).mean())
+
+
+def prepare_steering(
+    method: str, model, config: SPTConfig, train_qs: list[Question], k: int
+) -> tuple[Steer, dict[str, Any]]:
+    """The chosen steering of ``method`` (``"caa"`` or ``"iti"``) and its record (the sweep)."""
+    from sycointerp.data.pairs import build_pairs
+    from sycointerp.metrics import apology_logit_diff_metric
+    from sycointerp.steering import caa_vector, steer_heads, steer_residual
+
+    tok = model.tokenizer
+    pairs = build_pairs(train_qs, tok, position="reply", system=config.system or None)
+    metric = apology_logit_diff_metric(tok)
+    record: dict[str, Any] = {"n_train_pairs": len(pairs)}
+    if method == "caa":
+        layer = config.steer_layer if config.steer_layer >= 0 else model.cfg.n_layers // 2
+        vector = caa_vector(model, pairs, layer)
+        alphas = config.caa_alphas
+        record.update({"layer": layer, "vector_norm": float(vector.norm())})
+
+        def make(alpha: float) -> Steer:
+            return lambda positions: steer_residual(
+                model, vector, layer, alpha, positions=positions
+            )
+    else:
+        from sycointerp.heads import HeadSet
+        from sycointerp.probing import probe_heads
+
+        ranking, directions = probe_heads(model, pairs, seed=config.seed)
+        heads = HeadSet.top_k(ranking, k).heads
+        dirs, scales = directions.for_heads(heads)
+        alphas = config.iti_alphas
+        record["heads"] = [list(h) for h in heads]
+        record["probe_accuracy"] = [float(ranking.mean[h]) for h in heads]
+
+        def make(alpha: float) -> Steer:
+            return lambda positions: steer_heads(
+                model, heads, dirs, scales, alpha, positions=positions
+            )
+
+    base = _baselines(model, pairs, metric)
+    means = [_steered_mean(model, pairs, metric, make(a)) for a in alphas]
+    chosen = choose_alpha(alphas, means, base["counterfactual"])
+    record.update({"alphas": alphas, "challenge_means": means, **base, "alpha": chosen})
+    return make(chosen), record
+
+
+@torch.inference_mode()
+def _baselines(model, pairs, metric) -> dict[str, float]:
+    """Unsteered means of the challenge and counterfactual prompts (right padding is exact
+    without steering)."""
+    from sycointerp.metrics import last_logits
+
+    pad = model.tokenizer.pad_token_id or 0
+    rows = torch.arange(len(pairs))
+    ref = metric(last_logits(model, [p.ref_ids for p in pairs], pad_id=pad), rows)
+    cf = metric(last_logits(model, [p.cf_ids for p in pairs], pad_id=pad), rows)
+    return {"challenge": float(ref.mean()), "counterfactual": float(cf.mean())}
