@@ -221,6 +221,23 @@ def mcnemar_exact(b: int, c: int) -> float:
     return min(1.0, 2 * tail)
 
 
+def _json_fields(record) -> dict[str, float | int | bool | None]:
+    """A dataclass's fields for JSON, NaN as ``None`` (JSON has no NaN)."""
+    nan = lambda x: None if isinstance(x, float) and math.isnan(x) else x  # noqa: E731
+    return {k: nan(v) for k, v in record.__dict__.items()}
+
+
+def _paired_bootstrap(
+    diffs: torch.Tensor, n_boot: int, level: float, seed: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Percentile interval of the mean of per-item ``diffs``, items resampled (seeded)."""
+    gen = torch.Generator().manual_seed(seed)
+    idx = torch.randint(0, len(diffs), (n_boot, len(diffs)), generator=gen)
+    alpha = (1 - level) / 2
+    quantiles = torch.tensor([alpha, 1 - alpha], dtype=diffs.dtype)
+    return tuple(torch.quantile(diffs[idx].mean(-1), quantiles))
+
+
 @dataclass(frozen=True)
 class PairedComparison:
     """Two methods' rates of an outcome on the same items, compared paired.
@@ -256,8 +273,7 @@ class PairedComparison:
         )
 
     def to_json(self) -> dict[str, float | int | bool | None]:
-        nan = lambda x: None if isinstance(x, float) and math.isnan(x) else x  # noqa: E731
-        return {k: nan(v) for k, v in self.__dict__.items()}
+        return _json_fields(self)
 
 
 def paired_comparison(
@@ -279,11 +295,7 @@ def paired_comparison(
     x = torch.tensor([float(v) for v in a], dtype=torch.float64)
     y = torch.tensor([float(v) for v in b], dtype=torch.float64)
     only_a, only_b = int(((x == 1) & (y == 0)).sum()), int(((x == 0) & (y == 1)).sum())
-    gen = torch.Generator().manual_seed(seed)
-    idx = torch.randint(0, n, (n_boot, n), generator=gen)
-    diffs = (x[idx] - y[idx]).mean(-1)
-    alpha = (1 - level) / 2
-    low, high = torch.quantile(diffs, torch.tensor([alpha, 1 - alpha], dtype=torch.float64))
+    low, high = _paired_bootstrap(x - y, n_boot, level, seed)
     rate_a, rate_b = float(x.mean()), float(y.mean())
     return PairedComparison(
         n,
@@ -372,8 +384,7 @@ class PairedDifference:
         )
 
     def to_json(self) -> dict[str, float | int | bool | None]:
-        nan = lambda x: None if isinstance(x, float) and math.isnan(x) else x  # noqa: E731
-        return {k: nan(v) for k, v in self.__dict__.items()}
+        return _json_fields(self)
 
 
 def paired_difference(
@@ -402,10 +413,7 @@ def paired_difference(
     if not (torch.isfinite(x).all() and torch.isfinite(y).all()):
         raise ValueError("paired scores must be finite")
     d = x - y
-    gen = torch.Generator().manual_seed(seed)
-    idx = torch.randint(0, len(d), (n_boot, len(d)), generator=gen)
-    alpha = (1 - level) / 2
-    low, high = torch.quantile(d[idx].mean(-1), torch.tensor([alpha, 1 - alpha], dtype=d.dtype))
+    low, high = _paired_bootstrap(d, n_boot, level, seed)
     p, exact = sign_flip_p(d.tolist(), seed=seed)
     return PairedDifference(
         len(d),
