@@ -173,5 +173,20 @@ def dump_toml(config: TomlConfig, header: str) -> str:
 
 
 def config_diff(a: TomlConfig, b: TomlConfig) -> list[str]:
-    """Names of the fields where two configurations differ."""
-    return [f.name for f in fields(a) if getattr(a, f.name) != getattr(b, f.name)]
+    """Names of the fields where two configurations differ.
+
+    Two strings naming the same existing file or folder (``runs/x/heads.csv`` from one working
+    directory, ``/home/u/runs/x/heads.csv`` from another) are the same value: a resume must not
+    be refused for how a path was spelled. Whether the file's content changed is the provenance
+    check's job, not this one's.
+    """
+    return [f.name for f in fields(a) if not _same_value(getattr(a, f.name), getattr(b, f.name))]
+
+
+def _same_value(a: Any, b: Any) -> bool:
+    if a == b:
+        return True
+    if not (isinstance(a, str) and isinstance(b, str) and a and b):
+        return False
+    pa, pb = Path(a), Path(b)
+    return pa.exists() and pb.exists() and pa.resolve() == pb.resolve()

@@ -243,6 +243,7 @@ def test_job_writes_the_documented_layout_and_equals_the_library_call(model_dirs
         "figures",
         "inputs.json",
         "stability.json",
+        "report.html",
     }
     assert (out / "figures" / "rank_intervals.png").is_file()
     heads = pd.read_csv(out / "heads.csv")

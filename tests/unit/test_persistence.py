@@ -106,3 +106,21 @@ def test_fsync_tree_flushes_every_file_and_directory(tmp_path, monkeypatch):
     fsync_tree(tmp_path / "a")
     a = str(tmp_path / "a")
     assert sorted(synced) == sorted([f"{a}/x.bin", f"{a}/b/y.bin", f"{a}/b", a])
+
+
+def test_a_resume_is_not_refused_for_how_a_path_is_spelled(tmp_path, monkeypatch):
+    from sycointerp._config import config_diff
+
+    (tmp_path / "runs").mkdir()
+    heads = tmp_path / "runs" / "heads.csv"
+    heads.write_text("layer,head\n0,0\n")
+    monkeypatch.chdir(tmp_path)
+    absolute = SPTConfig(heads_file=str(heads))
+    assert config_diff(absolute, SPTConfig(heads_file="runs/heads.csv")) == []
+    assert config_diff(absolute, SPTConfig(heads_file="./runs/../runs/heads.csv")) == []
+    # another file, or a path that does not exist, is still another configuration
+    (tmp_path / "runs" / "other.csv").write_text("layer,head\n0,1\n")
+    assert config_diff(absolute, SPTConfig(heads_file="runs/other.csv")) == ["heads_file"]
+    assert config_diff(SPTConfig(heads_file="a.csv"), SPTConfig(heads_file="b.csv")) == [
+        "heads_file"
+    ]
