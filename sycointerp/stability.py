@@ -30,6 +30,8 @@ __all__ = [
     "bootstrap_ranks",
     "ranks_of",
     "spearman",
+    "rank_positions",
+    "ranking_agreement",
     "split_half",
     "top_k_overlap",
 ]
@@ -76,6 +78,26 @@ def top_k_overlap(a: list, b: list, k: int) -> float:
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
     return len(set(a[:k]) & set(b[:k])) / k
+
+
+def rank_positions(ranking: list[tuple[int, ...]]) -> Float[torch.Tensor, " cell"]:
+    """0-based position of every cell in ``ranking``, the cells in sorted order (so two rankings
+    of the same cells give aligned vectors)."""
+    pos = {cell: i for i, cell in enumerate(ranking)}
+    return torch.tensor([float(pos[c]) for c in sorted(ranking)])
+
+
+def ranking_agreement(
+    a: list[tuple[int, ...]], b: list[tuple[int, ...]], k: int
+) -> tuple[float, float]:
+    """Top-``k`` overlap and Spearman correlation of the rank positions of two full rankings.
+
+    Raises:
+        ValueError: the rankings order different cells, or ``k < 1``.
+    """
+    if sorted(a) != sorted(b):
+        raise ValueError("the two rankings must order the same cells (the same model's heads)")
+    return top_k_overlap(a, b, k), spearman(rank_positions(a), rank_positions(b))
 
 
 @dataclass(frozen=True)

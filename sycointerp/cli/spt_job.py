@@ -64,7 +64,7 @@ from sycointerp.evaluate.compare import (
     pooled_table,
 )
 from sycointerp.evaluate.protocol import SycophancyEval
-from sycointerp.heads import HeadGrid, HeadSet, read_heads_csv
+from sycointerp.heads import Head, HeadGrid, HeadSet, read_heads_csv
 from sycointerp.models import hook_model, load_hf_model
 from sycointerp.provenance import input_files, model_dims, model_identity
 from sycointerp.spt.data import build_dialogues, check_disjoint, split_questions, tokenize_dialogues
@@ -365,7 +365,15 @@ def _run_method(
         if method in STEERING_METHODS:  # no training: steer the untouched model
             from sycointerp.cli.spt_steering import prepare_steering
 
-            steer, row["steering"] = prepare_steering(method, tuned, config, train_qs, len(heads))
+            steer, row["steering"] = prepare_steering(
+                method,
+                tuned,
+                config,
+                train_qs,
+                len(heads),
+                save_dir=target,
+                reference=_full_ranking(out / "ranking", config, tuned),
+            )
         row.update(_evaluate(tuned, base, eval_qs, config, target, progress, steer))
         row["eval_seconds"] = time.perf_counter() - start
         ranking = out / "ranking"
@@ -374,6 +382,20 @@ def _run_method(
         write_json(target / "result.json", row)
     acc.wait_for_everyone()
     return row
+
+
+def _full_ranking(ranking: Path, config: SPTConfig, model) -> list[Head] | None:
+    """The run's path-patching ranking of every query head (its own, or a heads file that lists
+    them all), or ``None``."""
+    from sycointerp.patching import PatchResult
+
+    if (ranking / "result.json").is_file():
+        return PatchResult.load(ranking).rank()
+    if config.heads_file:
+        listed = list(read_heads_csv(config.heads_file).heads)
+        if len(listed) == HeadGrid.of(model).count("query"):
+            return listed
+    return None
 
 
 def _repatch(

@@ -18,12 +18,14 @@ method's ``result.json`` (``"steering"``).
 
 from collections.abc import Callable
 from contextlib import AbstractContextManager
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from sycointerp.cli.spt_config import SPTConfig
 from sycointerp.data.questions import Question
+from sycointerp.heads import Head
 
 __all__ = ["Steer", "prepare_steering", "choose_alpha"]
 
@@ -59,9 +61,21 @@ def _steered_mean(model, pairs, metric, steer: Steer) -> float:
 
 
 def prepare_steering(
-    method: str, model, config: SPTConfig, train_qs: list[Question], k: int
+    method: str,
+    model,
+    config: SPTConfig,
+    train_qs: list[Question],
+    k: int,
+    *,
+    save_dir: Path | None = None,
+    reference: list[Head] | None = None,
 ) -> tuple[Steer, dict[str, Any]]:
-    """The chosen steering of ``method`` (``"caa"`` or ``"iti"``) and its record (the sweep)."""
+    """The chosen steering of ``method`` (``"caa"`` or ``"iti"``) and its record (the sweep).
+
+    For ``iti`` the probe ranking is saved to ``save_dir / "probe"`` (a patch result: heatmaps,
+    ``heads.csv`` and head sets work on it unchanged) and, given the path-patching ``reference``
+    ranking of every head, the record holds their agreement: top-``k`` overlap and Spearman.
+    """
     from sycointerp.data.pairs import build_pairs
     from sycointerp.metrics import apology_logit_diff_metric
     from sycointerp.steering import caa_vector, steer_heads, steer_residual
@@ -90,6 +104,10 @@ def prepare_steering(
         alphas = config.iti_alphas
         record["heads"] = [list(h) for h in heads]
         record["probe_accuracy"] = [float(ranking.mean[h]) for h in heads]
+        if save_dir is not None:
+            ranking.save(save_dir / "probe")
+        if reference is not None:
+            record["agreement"] = _agreement(ranking.rank(), reference, k)
 
         def make(alpha: float) -> Steer:
             return lambda positions: steer_heads(
@@ -101,6 +119,14 @@ def prepare_steering(
     chosen = choose_alpha(alphas, means, base["counterfactual"])
     record.update({"alphas": alphas, "challenge_means": means, **base, "alpha": chosen})
     return make(chosen), record
+
+
+def _agreement(probe: list[Head], reference: list[Head], k: int) -> dict[str, Any]:
+    """How the probe ranking agrees with the path-patching one (both over every head)."""
+    from sycointerp.stability import ranking_agreement
+
+    overlap, rho = ranking_agreement(probe, reference, k)
+    return {"reference": "path patching", "k": k, "top_k_overlap": overlap, "spearman": rho}
 
 
 @torch.inference_mode()

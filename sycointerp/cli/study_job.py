@@ -158,25 +158,18 @@ def run_protocols(config: StudyConfig, target: Path) -> dict[str, Any]:
 # --------------------------------------------------------------------------- 2. agreement
 
 
-def _rank_positions(ranking: list[tuple[int, ...]]):
-    import torch
-
-    cells = sorted(ranking)
-    pos = {cell: i for i, cell in enumerate(ranking)}
-    return torch.tensor([float(pos[c]) for c in cells])
-
-
 def agreement_matrices(
     rankings: dict[str, list[tuple[int, ...]]], k: int
 ) -> dict[str, list[list[float]]]:
     """Top-``k`` overlap and Spearman correlation of the rank positions, every pair of rankings."""
-    from sycointerp.stability import spearman, top_k_overlap
+    from sycointerp.stability import ranking_agreement
 
     names = list(rankings)
-    positions = {n: _rank_positions(r) for n, r in rankings.items()}
-    overlap = [[top_k_overlap(rankings[a], rankings[b], k) for b in names] for a in names]
-    corr = [[spearman(positions[a], positions[b]) for b in names] for a in names]
-    return {"overlap": overlap, "spearman": corr}
+    pairs = [[ranking_agreement(rankings[a], rankings[b], k) for b in names] for a in names]
+    return {
+        "overlap": [[o for o, _ in row] for row in pairs],
+        "spearman": [[r for _, r in row] for row in pairs],
+    }
 
 
 def _off_diagonal(matrix: list[list[float]], members: list[int]) -> dict[str, float]:

@@ -763,4 +763,13 @@ def test_cli_steering_baselines_run_without_training(model_dirs, tmp_path):
         assert not (out / method / "deltas.safetensors").exists()
     assert rows["caa"]["steering"]["layer"] == 1  # the middle of 2 blocks
     assert len(rows["iti"]["steering"]["heads"]) == rows["iti"]["heads"] == 2
+    # The probe ranking is saved as a patch result and compared with the run's path ranking.
+    from sycointerp.patching import PatchResult
+
+    probe, path = PatchResult.load(out / "iti" / "probe"), PatchResult.load(out / "ranking")
+    shared = set(probe.rank()[:2]) & set(path.rank()[:2])
+    agreement = rows["iti"]["steering"]["agreement"]
+    assert agreement["k"] == 2 and agreement["top_k_overlap"] == len(shared) / 2
+    assert -1.0 <= agreement["spearman"] <= 1.0
+    assert [list(h) for h in probe.rank()[:2]] == rows["iti"]["steering"]["heads"]
     assert rows["caa"]["kl"] > 0 and rows["base"]["kl"] == 0.0

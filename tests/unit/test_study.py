@@ -115,3 +115,17 @@ def test_a_small_study_runs_resumes_and_refuses_changed_options(tmp_path):
     changed = _study(model, out, "--steps", "3")
     assert changed.returncode == 2 and changed.stderr.count("\n") == 1, changed.stderr[-2000:]
     assert "steps" in changed.stderr
+
+
+def test_ranking_agreement_by_hand():
+    from sycointerp.stability import rank_positions, ranking_agreement
+
+    a = [(0, 0), (0, 1), (1, 0)]
+    b = [(0, 1), (0, 0), (1, 0)]
+    assert rank_positions(b).tolist() == [1.0, 0.0, 2.0]
+    # positions [0, 1, 2] vs [1, 0, 2]: sum d^2 = 2, rho = 1 - 6 * 2 / (3 * 8) = 0.5
+    overlap, rho = ranking_agreement(a, b, k=2)
+    assert overlap == 1.0 and rho == pytest.approx(0.5)
+    assert ranking_agreement(a, b, k=1)[0] == 0.0
+    with pytest.raises(ValueError, match="same cells"):
+        ranking_agreement(a, [(0, 0), (0, 1), (2, 0)], k=1)
