@@ -761,24 +761,27 @@ def check_png_export() -> None:
         raise RuntimeError(_BROWSER_FIX)
 
 
-def _to_png(fig: go.Figure, width: int, height: int) -> bytes:
+VECTOR_FORMATS = ("svg", "pdf")
+
+
+def _to_image(fig: go.Figure, fmt: str, width: int, height: int) -> bytes:
     try:
-        return fig.to_image(format="png", width=width, height=height, scale=1)
+        return fig.to_image(format=fmt, width=width, height=height, scale=1)
     except RuntimeError as err:  # plotly turns kaleido's ChromeNotFoundError into a RuntimeError
         if "Chrome" in str(err) or type(err).__name__ == "ChromeNotFoundError":
             raise RuntimeError(_BROWSER_FIX) from err
         raise
 
 
-def _render_png(fig: go.Figure, width: int, height: int) -> bytes:
-    """PNG bytes at exactly ``width`` x ``height`` pixels (scale 1).
+def _render(fig: go.Figure, fmt: str, width: int, height: int) -> bytes:
+    """``fmt`` (png, svg, pdf) bytes at exactly ``width`` x ``height`` pixels (scale 1).
 
     Raises:
         RuntimeError: kaleido finds no Chromium-family browser (the message names the fix).
     """
     for attempt in range(_RENDER_ATTEMPTS - 1):
         try:
-            return _to_png(fig, width, height)
+            return _to_image(fig, fmt, width, height)
         except Exception as err:
             # Under heavy CPU load kaleido 1.5's tab can run its render script before its page has
             # defined it ("kaleido_scopes is not defined"); a later render with a fresh browser
@@ -786,7 +789,7 @@ def _render_png(fig: go.Figure, width: int, height: int) -> bytes:
             if type(err).__name__ != "JavascriptError":
                 raise
             time.sleep(0.5 * (attempt + 1))
-    return _to_png(fig, width, height)
+    return _to_image(fig, fmt, width, height)
 
 
 def save_figure(
@@ -794,33 +797,42 @@ def save_figure(
     path_without_suffix: str | Path,
     *,
     png: bool = True,
+    vector: Sequence[str] = (),
     width: int = 900,
     height: int = 700,
 ) -> list[Path]:
-    """Write ``<path>.html`` (self-contained: plotly.js embedded) and, with ``png``, ``<path>.png``.
+    """Write ``<path>.html`` (self-contained: plotly.js embedded) and, with ``png``, ``<path>.png``;
+    ``vector`` adds ``<path>.svg`` and / or ``<path>.pdf`` for papers.
 
-    The PNG is rendered before anything is written, so a failed export leaves no files; each file
-    is written atomically. The suffix is appended, so dots in the name are kept (``heads.L0``).
+    Every image is rendered before anything is written, so a failed export leaves no files; each
+    file is written atomically. The suffix is appended, so dots in the name are kept
+    (``heads.L0``).
 
     Args:
         fig: the figure.
-        path_without_suffix: target path without ``.html``/``.png``; parent folders are created.
+        path_without_suffix: target path without a suffix; parent folders are created.
         png: also write the PNG (needs kaleido and a Chromium-family browser).
-        width, height: PNG size in pixels.
+        vector: any of ``"svg"``, ``"pdf"`` (kaleido and a browser, as for the PNG).
+        width, height: image size in pixels (the vector formats' page size in CSS pixels).
 
     Returns:
-        The written paths, HTML first.
+        The written paths, HTML first, then PNG, then ``vector`` in its order.
 
     Raises:
-        ValueError: the path already ends in ``.html`` or ``.png``, or a non-positive size.
-        RuntimeError: ``png`` and no browser for kaleido (the message names the fix).
+        ValueError: the path already ends in a figure suffix, a non-positive size, or an unknown
+            or repeated vector format.
+        RuntimeError: an image to render and no browser for kaleido (the message names the fix).
     """
     base = Path(path_without_suffix)
-    if base.suffix.lower() in (".html", ".png"):
+    if base.suffix.lower() in (".html", ".png", *(f".{f}" for f in VECTOR_FORMATS)):
         raise ValueError(f"pass the path without its suffix, got {base}")
     if width < 1 or height < 1:
         raise ValueError(f"width and height must be positive, got {width} x {height}")
-    image = _render_png(fig, width, height) if png else None
+    bad = [f for f in vector if f not in VECTOR_FORMATS]
+    if bad or len(set(vector)) != len(vector):
+        raise ValueError(f"vector formats must be distinct among {VECTOR_FORMATS}, got {vector}")
+    formats = (["png"] if png else []) + list(vector)
+    images = {fmt: _render(fig, fmt, width, height) for fmt in formats}
     base.parent.mkdir(parents=True, exist_ok=True)
     html = base.with_name(base.name + ".html")
     # A fixed div id (plotly draws a random one) keeps equal figures byte-identical on disk.
@@ -829,7 +841,7 @@ def save_figure(
         html, lambda p: fig.write_html(p, include_plotlyjs=True, full_html=True, div_id=div_id)
     )
     written = [html]
-    if image is not None:
-        written.append(base.with_name(base.name + ".png"))
-        atomic_write(written[-1], lambda p: Path(p).write_bytes(image))
+    for fmt, image in images.items():
+        written.append(base.with_name(f"{base.name}.{fmt}"))
+        atomic_write(written[-1], lambda p, data=image: Path(p).write_bytes(data))
     return written

@@ -173,12 +173,20 @@ class JobConfig(TomlConfig):
         "run", "heads marked in the figures and listed in summary.json", 10, minimum=1
     )
     png: bool = _opt("run", "also export PNG figures (needs Chromium for kaleido)", True)
+    vector: list[str] = _opt(
+        "run", "also export every figure as these vector formats: svg, pdf (needs Chromium)", []
+    )
 
     def __post_init__(self) -> None:
         self.check_fields()
         self._check_combinations()
 
     def _check_combinations(self) -> None:
+        bad = [f for f in self.vector if f not in ("svg", "pdf")]
+        if bad or len(set(self.vector)) != len(self.vector):
+            raise ConfigError(
+                f"vector (--vector) must be distinct among svg, pdf; got {self.vector}"
+            )
         if self.challenge not in CHALLENGES:
             raise ConfigError(
                 f"unknown challenge template {self.challenge!r} (--challenge); choose from "

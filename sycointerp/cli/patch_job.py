@@ -13,7 +13,8 @@ Output directory (``--out``)::
     stability.json       split-half replication and the top heads' rank intervals
     inputs.json          SHA-256 of the model's and the input files (resume on others: refused)
     knockout/            (method knockout) curve.safetensors + curve.json (KnockoutCurve.load)
-    figures/             heads, ranked_heads, rank_intervals, knockout (.html and .png each)
+    figures/             heads, ranked_heads, rank_intervals, knockout (.html and .png each;
+                         .svg / .pdf with --vector)
     summary.json         model, data, metric baselines, top heads, package versions, timings;
                          written last
 
@@ -145,13 +146,13 @@ def _check_before_loading(config: JobConfig, group: Group) -> None:
         )
     if config.method == "knockout" and config.rank_from:
         _check_ranking_file(config)
-    if config.png:  # on every rank, so that all of them stop together
+    if config.png or config.vector:  # on every rank, so that all of them stop together
         from sycointerp.plot import check_png_export
 
         try:
             check_png_export()
         except RuntimeError as err:
-            raise ConfigError(f"{err}; or pass --no-png") from None
+            raise ConfigError(f"{err}; or pass --no-png (and no --vector)") from None
 
 
 def _inputs_record(config: JobConfig) -> dict[str, Any]:
@@ -479,17 +480,25 @@ def _figures(job: _Job, result: PatchResult | None, curve: KnockoutCurve | None)
             f"{len(job.questions)} examples"
         )
         written += save_figure(
-            head_heatmap(result, title=title, top_k=c.top_k), fig_dir / "heads", png=c.png
+            head_heatmap(result, title=title, top_k=c.top_k),
+            fig_dir / "heads",
+            png=c.png,
+            vector=c.vector,
         )
         cells = result.shape[0] * result.shape[1]
         written += save_figure(
-            ranked_heads_bar(result, k=min(20, cells)), fig_dir / "ranked_heads", png=c.png
+            ranked_heads_bar(result, k=min(20, cells)),
+            fig_dir / "ranked_heads",
+            png=c.png,
+            vector=c.vector,
         )
         if result.values.shape[-1] >= 2:
             stable = rank_intervals_plot(result, k=min(20, cells))
-            written += save_figure(stable, fig_dir / "rank_intervals", png=c.png)
+            written += save_figure(stable, fig_dir / "rank_intervals", png=c.png, vector=c.vector)
     if curve is not None:
-        written += save_figure(knockout_plot(curve), fig_dir / "knockout", png=c.png)
+        written += save_figure(
+            knockout_plot(curve), fig_dir / "knockout", png=c.png, vector=c.vector
+        )
     return [str(p.relative_to(job.out)) for p in written]
 
 

@@ -118,6 +118,7 @@ CASES = [
     ("patch", ["--config", "{toml_section}"], "unknown config section [colour]"),
     ("patch", ["--config", "{toml_key}"], "unknown key 'colour' in [run]"),
     ("patch", ["--config", "{toml_type}"], "batch_size (--batch-size) must be int"),
+    ("patch", ["--vector", "svg,eps"], "vector (--vector) must be distinct among svg, pdf"),
     ("patch", ["--challenge", "nope"], "challenge"),
     ("patch", ["--challenge-text", "Really?"], "go together"),
     (

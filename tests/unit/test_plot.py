@@ -207,6 +207,27 @@ def test_save_figure_writes_self_contained_html_and_png_of_the_requested_size(tm
     assert html_only.suffix == ".html" and not (tmp_path / "knockout.png").exists()
 
 
+def test_save_figure_exports_svg_and_pdf_for_papers(tmp_path):
+    paths = save_figure(
+        head_heatmap(_result()),
+        tmp_path / "heads",
+        png=False,
+        vector=("svg", "pdf"),
+        width=640,
+        height=480,
+    )
+    assert [p.name for p in paths] == ["heads.html", "heads.svg", "heads.pdf"]
+    svg = paths[1].read_text()
+    assert svg.startswith("<svg") and 'width="640"' in svg and 'height="480"' in svg
+    assert "<text" in svg or "<path" in svg  # drawn, not an empty canvas
+    pdf = paths[2].read_bytes()
+    assert pdf.startswith(b"%PDF-") and b"%%EOF" in pdf[-64:]
+    for bad in (("eps",), ("svg", "svg")):
+        with pytest.raises(ValueError, match="vector formats must be distinct"):
+            save_figure(head_heatmap(_result()), tmp_path / "bad", vector=bad)
+    assert not list(tmp_path.glob("bad*"))
+
+
 def test_save_figure_default_size_and_refusals(tmp_path, monkeypatch):
     _, png = save_figure(ranked_heads_bar(_result()), tmp_path / "bar")
     assert _png_size(png) == (900, 700)
