@@ -17,7 +17,9 @@ DOMAINS = {"geography", "science", "arithmetic", "everyday", "history"}
 
 def test_builtin_set_is_large_varied_and_unique():
     qs = load_builtin()
-    assert len(qs) >= 600  # a held-out half keeps >= 250 items SmolLM2 answers correctly first
+    # SmolLM2 answers 374 of the 620 correctly first (60%): a held-out half keeps 181 of them,
+    # a 70% held-out split (seed 0) 263 (README, the trust study)
+    assert len(qs) >= 600
     assert {q.domain for q in qs} == DOMAINS
     for domain in DOMAINS:
         assert sum(q.domain == domain for q in qs) >= 120, domain
