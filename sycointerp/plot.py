@@ -534,6 +534,9 @@ def k_sweep_plot(rows: Sequence[dict]) -> go.Figure:
                 fig.add_hline(
                     y=100 * base["rate"],
                     line={"color": colour, "dash": "dash", "width": 1},
+                    annotation_text=f"base, split {split}",
+                    annotation_position="bottom right",
+                    annotation_font={"color": colour, "size": 11},
                     row=1,
                     col=col,
                 )

@@ -334,3 +334,32 @@ def test_compare_heatmaps_refuses_results_that_do_not_match():
         compare_heatmaps(before, after, titles=("a",))
     with pytest.raises(ValueError, match="top_k must be >= 0"):
         compare_heatmaps(before, after, top_k=-1)
+
+
+def test_k_sweep_plot_draws_spt_the_draws_and_labelled_base_lines_per_split():
+    from sycointerp.plot import k_sweep_plot
+
+    def row(split, k, spt, draws, base):
+        p = {"rate": spt, "ci_low": spt - 0.1, "ci_high": spt + 0.1}
+        metric = {"spt": p, "draws": draws}
+        return {
+            "split": split,
+            "k": k,
+            "confidence": metric,
+            "truthfulness": metric,
+            "base": {"confidence": {"rate": base}, "truthfulness": {"rate": base}},
+        }
+
+    rows = [row(0, 3, 0.5, [0.4, 0.6], 0.3), row(0, 6, 0.7, [0.5, 0.5], 0.3)]
+    rows.append(row(1, 3, 0.2, [0.1, 0.3], 0.25))
+    fig = k_sweep_plot(rows)
+    spt = [t for t in fig.data if t.name == "split 0: SPT top K" and t.xaxis == "x"]
+    (line,) = spt
+    assert list(line.x) == [3, 6] and list(line.y) == pytest.approx([50.0, 70.0])
+    assert list(line.error_y.array) == pytest.approx([10.0, 10.0])
+    band = next(t for t in fig.data if t.name == "split 0: random range" and t.xaxis == "x")
+    assert list(band.y) == pytest.approx([60.0, 50.0, 50.0, 40.0])  # max forward, min back
+    labels = sorted(a.text for a in fig.layout.annotations if a.text.startswith("base"))
+    assert labels == ["base, split 0"] * 2 + ["base, split 1"] * 2
+    lines = sorted(s.y0 for s in fig.layout.shapes)
+    assert lines == pytest.approx([25.0, 25.0, 30.0, 30.0])
