@@ -686,7 +686,9 @@ def test_control_draws_match_size_layers_and_w_o_norms(model_dirs):
                     block = model.model.layers[layer].self_attn.o_proj.weight[:, cols]
                 else:  # Conv1D stores [in, out]: a head's inputs are rows
                     block = model.transformer.h[layer].attn.c_proj.weight[cols, :]
-                assert float(norms[layer, head]) == pytest.approx(float(block.norm()), rel=1e-6)
+                assert float(norms[layer, head]) == pytest.approx(
+                    float(block.detach().norm()), rel=1e-6
+                )
         selected = HeadSet(((0, 1), (1, 2)), 2, 4, "top")
         runs = method_runs(["spt", "random", "random_layer", "random_norm"], 3)
         assert [r.name for r in runs][:3] == ["spt", "random-0", "random-1"]
