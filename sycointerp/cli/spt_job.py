@@ -372,7 +372,10 @@ def _run_method(
                 train_qs,
                 len(heads),
                 save_dir=target,
-                reference=_full_ranking(out / "ranking", config, tuned),
+                # only iti ranks heads, so only it is compared with the path ranking
+                reference=_full_ranking(out / "ranking", config, tuned)
+                if method == "iti"
+                else None,
             )
         row.update(_evaluate(tuned, base, eval_qs, config, target, progress, steer))
         row["eval_seconds"] = time.perf_counter() - start
