@@ -4,7 +4,8 @@ trust study), rebuilt from the directory's files alone (``sycointerp report DIR`
 The page holds plotly.js once (inlined, so it opens without a network) and every figure as a
 plotly div drawn from the saved results, so it shows exactly what the files hold. Sections, where
 the directory has the data: the configuration; the metric baselines with intervals; the head
-heatmap, the ranked heads and the rank intervals; the knockout curve; the heads table; the SPT
+heatmap, the ranked heads and the rank intervals; the knockout curve; the top heads' attention
+to the challenge; the heads table; the SPT
 comparison tables and the re-patching heatmaps; the study's tables and figures; per-example
 values; links to every file. Intervals resting on fewer than 20 examples are marked "few
 examples", as in the tables. Size: plotly.js (about 4.7 MB) plus the figures' data.
@@ -192,6 +193,26 @@ def _per_example(result, directory: Path) -> str:
     return _section("Per example", _table(rows, header))
 
 
+def _attention_section(directory: Path, record: dict[str, Any] | None) -> str:
+    """The top heads' attention on the first pair, and their challenge shares over every pair."""
+    from sycointerp.patching.attention import HeadAttention
+    from sycointerp.plot import attention_plot
+
+    body = _figure(attention_plot(HeadAttention.load(directory / "attention")), "attention")
+    if record:
+        rows = [
+            [f"L{l}H{h}", _interval(s)]
+            for (l, h), s in zip(record["heads"], record["challenge_share"])
+        ]
+        note = (
+            f"<p>Share of each head's attention (from the last prompt position) on the challenge "
+            f"turn, mean over {record['n_examples']} examples [95% bootstrap CI]; the figure is "
+            f"example {_esc(record['first_example'])}.</p>"
+        )
+        body += note + _table(rows, ["head", "challenge share"])
+    return _section("Attention of the top heads to the challenge", body)
+
+
 def _patch_page(directory: Path) -> tuple[str, list[str]]:
     from sycointerp.patching import KnockoutCurve, PatchResult
     from sycointerp.plot import knockout_plot
@@ -211,6 +232,8 @@ def _patch_page(directory: Path) -> tuple[str, list[str]]:
     if (directory / "knockout").is_dir():
         curve = KnockoutCurve.load(directory / "knockout")
         sections.append(_section("Knockout", _figure(knockout_plot(curve), "knockout")))
+    if (directory / "attention").is_dir():
+        sections.append(_attention_section(directory, summary.get("attention")))
     if result is not None and result.has_heads_table:
         sections.append(_per_example(result, directory))
     return title, sections

@@ -13,8 +13,11 @@ Output directory (``--out``)::
     stability.json       split-half replication and the top heads' rank intervals
     inputs.json          SHA-256 of the model's and the input files (resume on others: refused)
     knockout/            (method knockout) curve.safetensors + curve.json (KnockoutCurve.load)
-    figures/             heads, ranked_heads, rank_intervals, knockout (.html and .png each;
-                         .svg / .pdf with --vector)
+    attention/           (rankings of query heads) the top 5 heads' attention from the first
+                         pair's last position (HeadAttention.load); summary.json's "attention"
+                         gives each one's challenge share averaged over every pair
+    figures/             heads, ranked_heads, rank_intervals, knockout, attention (.html and .png
+                         each; .svg / .pdf with --vector)
     summary.json         model, data, metric baselines, top heads, package versions, timings;
                          written last
 
@@ -77,6 +80,7 @@ from sycointerp.patching import (
     path_patch_heads,
 )
 from sycointerp.patching.ablation import head_means
+from sycointerp.patching.attention import HeadAttention, challenge_share, head_attention
 from sycointerp.provenance import input_files, model_dims, model_identity
 from sycointerp.stats import summarize
 
@@ -91,11 +95,13 @@ OUTPUT_NAMES = (
     "examples.json",
     "summary.json",
     "knockout",
+    "attention",
     "figures",
     "chunks",
     INPUTS,
     "stability.json",
 )
+ATTENTION_HEADS = 5  # top heads whose attention the job records (attention/, figures/attention)
 _HEADER = "sycointerp patch job: the fully resolved configuration (rerun with --config this-file)"
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -463,8 +469,28 @@ def _top_heads(table: pd.DataFrame, k: int) -> list[dict[str, Any]]:
     ]
 
 
+def _attention(job: _Job, result: PatchResult | None) -> dict[str, Any] | None:
+    """Where the top heads look from the reply (or answer) position: ``attention/`` for the first
+    pair, and each head's challenge share over every pair (for the summary). Only for rankings of
+    query heads (k/v-head cells have no pattern of their own)."""
+    if result is None or not result.has_heads_table or result.head_kind != "query":
+        return None
+    n_cells = result.shape[0] * result.shape[1]
+    heads = [(int(l), int(h)) for l, h in result.top_k(min(ATTENTION_HEADS, n_cells))]
+    pairs = [p for i in range(len(job.chunks)) for p in job.pairs(i)]
+    head_attention(job.model, pairs[0], heads).save(job.out / "attention")
+    shares = challenge_share(job.model, pairs, heads, batch_size=job.config.batch_size)
+    return {
+        "heads": [list(h) for h in heads],
+        "first_example": pairs[0].question.id,
+        "challenge_share": [summarize(row).to_json() for row in shares],
+        "n_examples": len(pairs),
+    }
+
+
 def _figures(job: _Job, result: PatchResult | None, curve: KnockoutCurve | None) -> list[str]:
     from sycointerp.plot import (
+        attention_plot,
         head_heatmap,
         knockout_plot,
         rank_intervals_plot,
@@ -498,6 +524,11 @@ def _figures(job: _Job, result: PatchResult | None, curve: KnockoutCurve | None)
     if curve is not None:
         written += save_figure(
             knockout_plot(curve), fig_dir / "knockout", png=c.png, vector=c.vector
+        )
+    if (job.out / "attention").is_dir():
+        att = HeadAttention.load(job.out / "attention")
+        written += save_figure(
+            attention_plot(att), fig_dir / "attention", png=c.png, vector=c.vector
         )
     return [str(p.relative_to(job.out)) for p in written]
 
@@ -626,9 +657,13 @@ def _write_outputs(
     write_json(out / "examples.json", _examples(job))
     if curve is not None:
         curve.save(out / "knockout")
+    attention = _attention(job, result)
     figures = _figures(job, result, curve)
     timings["chunk_compute_seconds"] = job.chunk_seconds()
-    write_json(out / "summary.json", _summary(job, result, curve, rank_table, figures, timings))
+    summary = _summary(job, result, curve, rank_table, figures, timings)
+    if attention is not None:
+        summary["attention"] = attention
+    write_json(out / "summary.json", summary)
     shutil.rmtree(job.store.dir)
     write_report(out)
 

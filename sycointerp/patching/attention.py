@@ -26,13 +26,14 @@ model in training mode (RuntimeError); hooks that never fired (RuntimeError).
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 from jaxtyping import Float, Int
 from transformer_lens.model_bridge import TransformerBridge
 from transformers import PreTrainedTokenizerBase
 
+from sycointerp._io import Bundle
 from sycointerp.chat import pad_right
 from sycointerp.data.pairs import PromptPair
 from sycointerp.heads import HeadGrid, heads_by_layer
@@ -49,9 +50,12 @@ def pattern_name(layer: int) -> str:
     return f"blocks.{layer}.attn.hook_pattern"
 
 
-@dataclass(frozen=True)
-class HeadAttention:
+@dataclass(frozen=True, eq=False)
+class HeadAttention(Bundle):
     """Attention of some heads from one prompt's last position to every prompt token.
+
+    ``save(dir)`` / ``HeadAttention.load(dir)`` write and read ``attention.safetensors`` (the
+    weights) and ``attention.json`` (heads, tokens, span, side): what a job's report draws from.
 
     Attributes:
         weights: ``[head, key]`` attention probabilities, one row per entry of ``heads``.
@@ -66,6 +70,9 @@ class HeadAttention:
     tokens: tuple[str, ...]
     challenge_span: tuple[int, int]
     side: str = "ref"
+
+    TENSORS: ClassVar[str] = "attention.safetensors"
+    INFO: ClassVar[str] = "attention.json"
 
     def __post_init__(self) -> None:
         if self.weights.shape != (len(self.heads), len(self.tokens)) or not self.heads:
@@ -105,6 +112,23 @@ class HeadAttention:
     def labels(self) -> list[str]:
         """``"L<layer>H<head>"`` per row."""
         return [f"L{l}H{h}" for l, h in self.heads]
+
+    def to_bundle(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        """The weights and the JSON-serializable rest (what :meth:`save` writes)."""
+        info = {
+            "heads": [list(h) for h in self.heads],
+            "tokens": list(self.tokens),
+            "challenge_span": list(self.challenge_span),
+            "side": self.side,
+        }
+        return {"weights": self.weights}, info
+
+    @classmethod
+    def from_bundle(cls, t: dict[str, torch.Tensor], info: dict[str, Any]) -> "HeadAttention":
+        """Inverse of :meth:`to_bundle` (validated again by ``__post_init__``)."""
+        start, end = info["challenge_span"]
+        heads = tuple((int(l), int(h)) for l, h in info["heads"])
+        return cls(t["weights"], heads, tuple(info["tokens"]), (int(start), int(end)), info["side"])
 
 
 def _turn_text(pair: PromptPair, side: str) -> tuple[tuple[int, ...], str]:

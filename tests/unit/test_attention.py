@@ -136,3 +136,16 @@ def test_head_attention_result_validates():
     ]:
         with pytest.raises(ValueError, match=match):
             dataclasses.replace(att, **kwargs)
+
+
+def test_head_attention_saves_and_loads_exactly(tiny, tmp_path):
+    (pair,) = _pairs(tiny, 1)
+    att = head_attention(tiny, pair, HEADS)
+    back = HeadAttention.load(att.save(tmp_path / "attention"))
+    assert torch.equal(back.weights, att.weights)
+    assert (back.heads, back.tokens, back.challenge_span, back.side) == (
+        att.heads,
+        att.tokens,
+        att.challenge_span,
+        att.side,
+    )

@@ -28,6 +28,7 @@ from sycointerp.heads import HEADS_CSV_COLUMNS, STABILITY_COLUMNS
 from sycointerp.metrics import apology_logit_diff_metric, flip_metric
 from sycointerp.models import load_model
 from sycointerp.patching import KnockoutCurve, PatchResult, patch_heads, path_patch_heads
+from sycointerp.patching.attention import HeadAttention, challenge_share, head_attention
 from sycointerp.testing import save_tiny_model, tiny_model
 
 REPO = Path(__file__).resolve().parents[2]
@@ -244,8 +245,10 @@ def test_job_writes_the_documented_layout_and_equals_the_library_call(model_dirs
         "inputs.json",
         "stability.json",
         "report.html",
+        "attention",
     }
     assert (out / "figures" / "rank_intervals.png").is_file()
+    assert (out / "figures" / "attention.png").is_file()
     heads = pd.read_csv(out / "heads.csv")
     assert list(heads.columns) == HEADS_CSV_COLUMNS + STABILITY_COLUMNS and sorted(
         heads["rank"]
@@ -263,6 +266,16 @@ def test_job_writes_the_documented_layout_and_equals_the_library_call(model_dirs
     assert result.example_ids == tuple(q.id for q in questions)
     summary = json.loads((out / "summary.json").read_text())
     assert summary["top_heads"][0]["rank"] == 1 and len(summary["top_heads"]) == 8
+    # attention/: the top 5 heads on the first pair, and their challenge shares over all pairs.
+    top5 = expected.top_k(5)
+    att = HeadAttention.load(out / "attention")
+    torch.testing.assert_close(
+        att.weights, head_attention(model, pairs[0], top5).weights, atol=1e-6, rtol=0
+    )
+    shares = challenge_share(model, pairs, top5).mean(-1)
+    record = summary["attention"]
+    assert record["heads"] == [list(h) for h in top5] and record["n_examples"] == 10
+    assert [s["mean"] for s in record["challenge_share"]] == pytest.approx(shares.tolist())
     stability = json.loads((out / "stability.json").read_text())
     assert stability["split_half"]["mean"] == pytest.approx(result.split_half(k=8).mean)
     first = stability["top_heads"][0]

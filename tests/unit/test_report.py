@@ -66,10 +66,11 @@ def test_patch_job_report_opens_offline_in_chromium(tmp_path):
     assert page.stat().st_size < MAX_BYTES
     # Nothing to fetch: no external script, stylesheet or image (links to plotly.com may stay).
     assert re.search(r'<(script|link|img)[^>]+(src|href)="https?:', text) is None
-    for section in ("Configuration", "Metric baselines", "Heads", "Top heads", "Per example"):
+    sections = ("Configuration", "Metric baselines", "Heads", "Top heads", "Per example")
+    for section in (*sections, "Attention of the top heads to the challenge"):
         assert f"<h2>{section}" in text, section
     assert "few examples" in text  # 4 examples: every interval is marked
-    assert text.count('id="fig-') == 3  # heatmap, ranked heads, rank intervals
+    assert text.count('id="fig-') == 4  # heatmap, ranked heads, rank intervals, attention
     console = _open(page, tmp_path / "shot.png")
     assert console == [], console
     shot = Image.open(tmp_path / "shot.png").convert("RGB")
