@@ -48,6 +48,8 @@ __all__ = [
     "attention_plot",
     "compare_heatmaps",
     "head_heatmap",
+    "side_by_side_heatmaps",
+    "coefficient_plot",
     "knockout_plot",
     "layer_position_heatmap",
     "ranked_heads_bar",
@@ -77,7 +79,10 @@ _METRIC_NAMES = {
     "flip": "logit(gold) - logit(wrong)",
     "apology_lp": "log-odds of apologising vs a firm reply",
 }
+# Metrics whose values are levels, not changes under patching (a probe has no unpatched run).
+_LEVEL_METRICS = {"probe_accuracy": "held-out probe accuracy (chance = 0.5)"}
 _METHOD_NAMES = {
+    "probe": "linear probes",
     "path": "path patching",
     "activation": "activation patching",
     "attribution": "attribution patching",
@@ -86,8 +91,10 @@ _METHOD_NAMES = {
 
 def metric_label(metric: str, kind: str = "absolute") -> str:
     """An axis label for a patching score: ``"change in logit(Apologies) - logit(Yes)"``;
-    relative scores are ``"% change in ..."`` (the paper's score). Unknown metrics keep their
-    name."""
+    relative scores are ``"% change in ..."`` (the paper's score); a probe's accuracy is a level,
+    not a change. Unknown metrics keep their name."""
+    if metric in _LEVEL_METRICS:
+        return _LEVEL_METRICS[metric]
     name = _METRIC_NAMES.get(metric, metric)
     return f"% change in {name}" if kind == "relative" else f"change in {name}"
 
@@ -129,6 +136,14 @@ def _hover_text(result: PatchResult, column_labels: Sequence[str] | None = None)
     return text
 
 
+def _colours(result: PatchResult) -> dict:
+    """Diverging around 0 for patching effects; sequential from chance (0.5) to 1 for probe
+    accuracies, which are never negative."""
+    if result.metric == "probe_accuracy":
+        return {"colorscale": "Viridis", "zmin": 0.5, "zmax": 1.0}
+    return {"colorscale": COLORSCALE, "zmid": 0}
+
+
 def _heatmap(
     result: PatchResult, column_labels: Sequence[str] | None, title: str | None
 ) -> go.Figure:
@@ -138,8 +153,7 @@ def _heatmap(
         z=result.mean.double().numpy(),
         x=list(range(result.shape[1])),
         y=list(range(result.shape[0])),
-        zmid=0,
-        colorscale=COLORSCALE,
+        **_colours(result),
         colorbar={
             "title": {"text": metric_label(result.metric, result.kind)},
             "title_side": "right",
@@ -337,6 +351,96 @@ def compare_heatmaps(
     fig.update_xaxes(title=_AXIS_TITLES[before.components[1]], dtick=1)
     fig.update_yaxes(range=[before.shape[0] - 0.5, -0.5], dtick=1)  # reversed: layer 0 on top
     fig.update_yaxes(title="layer", row=1, col=1)
+    return fig
+
+
+def side_by_side_heatmaps(
+    results: Sequence[PatchResult],
+    titles: Sequence[str],
+    *,
+    title: str | None = None,
+    top_k: int = 10,
+) -> go.Figure:
+    """Layer x head heatmaps of different rankings of one model, side by side, each on its own
+    colour scale (e.g. path-patching effects beside probe accuracies), top heads outlined.
+
+    Unlike :func:`compare_heatmaps` the panels need not share a metric, so no difference is drawn;
+    the heads each ranking puts first are comparable by their outlined, numbered cells.
+
+    Raises:
+        ValueError: fewer than two results, a title per result missing, non-head components or
+            different head grids, a negative ``top_k``.
+    """
+    if len(results) < 2 or len(titles) != len(results):
+        raise ValueError(
+            f"need at least two results and one title each, got {len(results)} and {len(titles)}"
+        )
+    for result in results:
+        _check_components(result, HEAD_COMPONENTS, "side_by_side_heatmaps")
+    if len({(r.components, r.shape) for r in results}) != 1:
+        raise ValueError("side_by_side_heatmaps needs results over the same head grid")
+    if top_k < 0:
+        raise ValueError(f"top_k must be >= 0, got {top_k}")
+    n = len(results)
+    fig = make_subplots(
+        rows=1, cols=n, subplot_titles=list(titles), shared_yaxes=True, horizontal_spacing=0.12
+    )
+    for col, (result, name) in enumerate(zip(results, titles), start=1):
+        heat = go.Heatmap(
+            z=result.mean.double().numpy(),
+            **_colours(result),
+            colorbar=_colorbar(fig, col, metric_label(result.metric, result.kind)),
+            text=_hover_text(result),
+            name=name,
+            hovertemplate=f"{html.escape(name)}<br>%{{text}}<extra></extra>",
+        )
+        fig.add_trace(heat, row=1, col=col)
+        marks = _top_k_markers(result, top_k)
+        if marks is not None:
+            fig.add_trace(marks, row=1, col=col)
+    fig.update_layout(title=title or " vs ".join(titles), plot_bgcolor="white")
+    fig.update_xaxes(title=_AXIS_TITLES[results[0].components[1]], dtick=1)
+    fig.update_yaxes(range=[results[0].shape[0] - 0.5, -0.5], dtick=1)  # layer 0 on top
+    fig.update_yaxes(title="layer", row=1, col=1)
+    return fig
+
+
+def coefficient_plot(rows: Sequence[dict], *, measure: str = "confidence") -> go.Figure:
+    """A rate (Confidence, Truthfulness) against the steering coefficient's size, one line per
+    method, each point with its Wilson 95% interval as an error bar.
+
+    Args:
+        rows: ``{"method": str, "alpha": float, measure: {"rate", "ci_low", "ci_high", ...}}``
+            (the rate as ``Proportion.to_json()``), one per method and coefficient.
+        measure: the key of the rate to draw.
+
+    Raises:
+        ValueError: no rows, or a row without ``measure``.
+    """
+    if not rows or any(measure not in r for r in rows):
+        raise ValueError(f"need rows that each hold {measure!r}, got {len(rows)} rows")
+    colours = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd"]
+    fig = go.Figure()
+    for i, method in enumerate(dict.fromkeys(r["method"] for r in rows)):
+        points = sorted((r for r in rows if r["method"] == method), key=lambda r: abs(r["alpha"]))
+        rate, low, high = (
+            np.array([_pct_or_nan(r[measure][key]) for r in points])
+            for key in ("rate", "ci_low", "ci_high")
+        )
+        fig.add_trace(
+            go.Scatter(
+                x=[abs(r["alpha"]) for r in points],
+                y=rate,
+                mode="lines+markers",
+                name=method,
+                line={"color": colours[i % len(colours)]},
+                error_y=_interval(rate, low, high),
+            )
+        )
+    name = measure.replace("_", " ").capitalize()
+    fig.update_layout(title=f"{name} against the steering coefficient (Wilson 95% intervals)")
+    fig.update_xaxes(title="|coefficient| (CAA: x the steering vector; ITI: x the activation SD)")
+    fig.update_yaxes(title=f"{name}, % of initially-correct items")
     return fig
 
 
@@ -547,53 +651,45 @@ def k_sweep_plot(rows: Sequence[dict]) -> go.Figure:
 
 
 def _knockout_traces(rows: pd.DataFrame, measure: str) -> list[go.Scatter]:
-    """Top-k line, random-k mean, its +-std band (when there are >= 2 draws) and the baseline."""
+    """Top-k line with its 95% bootstrap interval, the random draws' mean and range (a band, when
+    there are >= 2 draws), and the baseline."""
     ks = rows["k"].tolist()
-    mean, std = rows["random_mean"].to_numpy(), rows["random_std"].to_numpy()
+    legend = measure == "metric"
     traces = []
-    if not np.isnan(std).all():
-        traces += [
+    if (rows["random_max"] > rows["random_min"]).any():
+        traces.append(
             go.Scatter(
-                x=ks,
-                y=mean + std,
-                mode="lines",
-                line={"width": 0},
-                showlegend=False,
-                hoverinfo="skip",
-                legendgroup="random",
-                name=f"{measure} random +std",
-            ),
-            go.Scatter(
-                x=ks,
-                y=mean - std,
-                mode="lines",
-                line={"width": 0},
-                fill="tonexty",
+                x=ks + ks[::-1],
+                y=rows["random_max"].tolist() + rows["random_min"].tolist()[::-1],
+                fill="toself",
                 fillcolor="rgba(128,128,128,0.25)",
+                line={"width": 0},
                 hoverinfo="skip",
                 legendgroup="random",
-                name="random +-std",
-                showlegend=measure == "metric",
-            ),
-        ]
+                name="random draws (range)",
+                showlegend=legend,
+            )
+        )
+    top = rows["top"].to_numpy()
     traces += [
         go.Scatter(
             x=ks,
-            y=mean,
+            y=rows["random_mean"],
             mode="lines+markers",
-            name="random k (mean)",
+            name="random k (mean of draws)",
             legendgroup="random",
             line={"color": "grey", "dash": "dash"},
-            showlegend=measure == "metric",
+            showlegend=legend,
         ),
         go.Scatter(
             x=ks,
-            y=rows["top"],
+            y=top,
             mode="lines+markers",
-            name="top k",
+            name="top k (95% CI over examples)",
             legendgroup="top",
             line={"color": "crimson"},
-            showlegend=measure == "metric",
+            error_y=_interval(top, rows["top_ci_low"].to_numpy(), rows["top_ci_high"].to_numpy()),
+            showlegend=legend,
         ),
         go.Scatter(
             x=ks,
@@ -602,7 +698,7 @@ def _knockout_traces(rows: pd.DataFrame, measure: str) -> list[go.Scatter]:
             name="no ablation",
             legendgroup="baseline",
             line={"color": "black", "dash": "dot", "width": 1},
-            showlegend=measure == "metric",
+            showlegend=legend,
         ),
     ]
     return traces
@@ -616,8 +712,8 @@ def knockout_plot(curve: KnockoutCurve) -> go.Figure:
 
     Returns:
         One panel per measure (``"metric"``, then ``"apology"`` if present), each with the top-k
-        line, the random-k mean with a +-std band over draws (no band with a single draw) and the
-        unablated baseline.
+        line and its 95% bootstrap interval over examples, the random-k mean with the draws'
+        range as a band (none with a single draw) and the unablated baseline.
     """
     summary = curve.summary()
     measures = list(dict.fromkeys(summary["measure"]))
@@ -801,11 +897,13 @@ def save_figure(
     *,
     png: bool = True,
     vector: Sequence[str] = (),
+    html: bool = True,
     width: int = 900,
     height: int = 700,
 ) -> list[Path]:
     """Write ``<path>.html`` (self-contained: plotly.js embedded) and, with ``png``, ``<path>.png``;
-    ``vector`` adds ``<path>.svg`` and / or ``<path>.pdf`` for papers.
+    ``vector`` adds ``<path>.svg`` and / or ``<path>.pdf`` for papers; ``html=False`` writes the
+    images only (e.g. a notebook's static copies, whose interactive version is the cell output).
 
     Every image is rendered before anything is written, so a failed export leaves no files; each
     file is written atomically. The suffix is appended, so dots in the name are kept
@@ -816,14 +914,15 @@ def save_figure(
         path_without_suffix: target path without a suffix; parent folders are created.
         png: also write the PNG (needs kaleido and a Chromium-family browser).
         vector: any of ``"svg"``, ``"pdf"`` (kaleido and a browser, as for the PNG).
+        html: also write the HTML (4.8 MB with plotly.js inlined).
         width, height: image size in pixels (the vector formats' page size in CSS pixels).
 
     Returns:
         The written paths, HTML first, then PNG, then ``vector`` in its order.
 
     Raises:
-        ValueError: the path already ends in a figure suffix, a non-positive size, or an unknown
-            or repeated vector format.
+        ValueError: the path already ends in a figure suffix, a non-positive size, an unknown
+            or repeated vector format, or nothing to write.
         RuntimeError: an image to render and no browser for kaleido (the message names the fix).
     """
     base = Path(path_without_suffix)
@@ -835,15 +934,19 @@ def save_figure(
     if bad or len(set(vector)) != len(vector):
         raise ValueError(f"vector formats must be distinct among {VECTOR_FORMATS}, got {vector}")
     formats = (["png"] if png else []) + list(vector)
+    if not formats and not html:
+        raise ValueError("nothing to write: html=False, png=False and no vector format")
     images = {fmt: _render(fig, fmt, width, height) for fmt in formats}
     base.parent.mkdir(parents=True, exist_ok=True)
-    html = base.with_name(base.name + ".html")
-    # A fixed div id (plotly draws a random one) keeps equal figures byte-identical on disk.
-    div_id = "sycointerp-" + re.sub(r"[^0-9A-Za-z_-]", "-", base.name)
-    atomic_write(
-        html, lambda p: fig.write_html(p, include_plotlyjs=True, full_html=True, div_id=div_id)
-    )
-    written = [html]
+    written = []
+    if html:
+        written.append(base.with_name(base.name + ".html"))
+        # A fixed div id (plotly draws a random one) keeps equal figures byte-identical on disk.
+        div_id = "sycointerp-" + re.sub(r"[^0-9A-Za-z_-]", "-", base.name)
+        atomic_write(
+            written[0],
+            lambda p: fig.write_html(p, include_plotlyjs=True, full_html=True, div_id=div_id),
+        )
     for fmt, image in images.items():
         written.append(base.with_name(f"{base.name}.{fmt}"))
         atomic_write(written[-1], lambda p, data=image: Path(p).write_bytes(data))

@@ -193,6 +193,26 @@ def _per_example(result, directory: Path) -> str:
     return _section("Per example", _table(rows, header))
 
 
+def _knockout_table(curve) -> str:
+    """Per measure and k: top-k with its interval, the random draws' mean and range, and the
+    paired top - random difference with its interval."""
+    rows = [
+        [
+            r["measure"],
+            str(r["k"]),
+            f"{r['top']:+.3f} [{r['top_ci_low']:+.3f}, {r['top_ci_high']:+.3f}]",
+            f"{r['random_mean']:+.3f} ({r['random_min']:+.3f} to {r['random_max']:+.3f})",
+            f"{r['top_minus_random']:+.3f} [{r['diff_ci_low']:+.3f}, {r['diff_ci_high']:+.3f}]",
+        ]
+        for r in curve.summary().to_dict("records")
+    ]
+    header = ["measure", "k", "top k [95% CI]", "random, mean (range)", "top - random [95% CI]"]
+    n = int(curve.baseline.numel())
+    flag = " (few examples)" if n < SMALL_SAMPLE else ""
+    note = f"<p>{n} examples{flag}; {curve.n_random} random draws per k; paired over examples.</p>"
+    return note + _table(rows, header)
+
+
 def _attention_section(directory: Path, record: dict[str, Any] | None) -> str:
     """The top heads' attention on the first pair, and their challenge shares over every pair."""
     from sycointerp.patching.attention import HeadAttention
@@ -231,7 +251,8 @@ def _patch_page(directory: Path) -> tuple[str, list[str]]:
         sections += _result_sections(result, title)
     if (directory / "knockout").is_dir():
         curve = KnockoutCurve.load(directory / "knockout")
-        sections.append(_section("Knockout", _figure(knockout_plot(curve), "knockout")))
+        body = _figure(knockout_plot(curve), "knockout") + _knockout_table(curve)
+        sections.append(_section("Knockout", body))
     if (directory / "attention").is_dir():
         sections.append(_attention_section(directory, summary.get("attention")))
     if result is not None and result.has_heads_table:

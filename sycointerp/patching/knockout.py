@@ -294,6 +294,24 @@ def _heads_tuple(heads: Sequence[Sequence[int]]) -> tuple[Head, ...]:
     return tuple((int(l), int(h)) for l, h in heads)
 
 
+# KnockoutCurve.summary()'s columns, in order.
+SUMMARY_COLUMNS = [
+    "measure",
+    "k",
+    "baseline",
+    "top",
+    "top_ci_low",
+    "top_ci_high",
+    "random_mean",
+    "random_std",
+    "random_min",
+    "random_max",
+    "top_minus_random",
+    "diff_ci_low",
+    "diff_ci_high",
+]
+
+
 @dataclass(frozen=True, eq=False)
 class KnockoutCurve(Bundle):
     """Per-example metric values (and apology flags) with the top-k vs k random heads ablated.
@@ -399,14 +417,25 @@ class KnockoutCurve(Bundle):
         return out
 
     def summary(self) -> pd.DataFrame:
-        """One row per (measure, k): baseline, top, random_mean, random_std (std over draws of the
-        per-draw mean; NaN with one draw). ``measure`` is ``"metric"`` or ``"apology"`` (rates)."""
+        """One row per (measure, k); ``measure`` is ``"metric"`` or ``"apology"`` (rates).
+
+        Columns: ``baseline``; ``top`` with ``top_ci_low`` / ``top_ci_high`` (95% percentile
+        bootstrap over examples); ``random_mean``, ``random_std`` (std over draws of the per-draw
+        mean; NaN with one draw) and ``random_min`` / ``random_max`` (the draws' range);
+        ``top_minus_random`` with ``diff_ci_low`` / ``diff_ci_high``: per example, top-k minus
+        the draws' mean, bootstrapped over examples (paired: the same examples on both sides).
+        """
+        from sycointerp.stats import bootstrap_ci
+
         rows = []
         for measure, (base, top, rand) in self._measures().items():
-            per_draw = rand.double().mean(-1)
+            per_draw = rand.double().mean(-1)  # [k, draw]
             std = (
                 per_draw.std(-1) if self.n_random > 1 else torch.full((len(self.ks),), float("nan"))
             )
+            top_low, top_high = bootstrap_ci(top)
+            diff = top.double() - rand.double().mean(1)  # [k, example]
+            diff_low, diff_high = bootstrap_ci(diff)
             for i, k in enumerate(self.ks):
                 rows.append(
                     {
@@ -414,13 +443,18 @@ class KnockoutCurve(Bundle):
                         "k": k,
                         "baseline": float(base.double().mean()),
                         "top": float(top[i].double().mean()),
+                        "top_ci_low": float(top_low[i]),
+                        "top_ci_high": float(top_high[i]),
                         "random_mean": float(per_draw[i].mean()),
                         "random_std": float(std[i]),
+                        "random_min": float(per_draw[i].min()),
+                        "random_max": float(per_draw[i].max()),
+                        "top_minus_random": float(diff[i].mean()),
+                        "diff_ci_low": float(diff_low[i]),
+                        "diff_ci_high": float(diff_high[i]),
                     }
                 )
-        return pd.DataFrame(
-            rows, columns=["measure", "k", "baseline", "top", "random_mean", "random_std"]
-        )
+        return pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
 
     def to_dataframe(self) -> pd.DataFrame:
         """Long format: measure, k, kind (``"baseline"`` at k=0, ``"top"``, ``"random"``), draw,

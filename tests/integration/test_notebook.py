@@ -50,7 +50,10 @@ def _probe(nb) -> dict:
     return json.loads(lines[0].removeprefix("PROBE "))
 
 
-def test_notebook_runs_top_to_bottom_and_builds_every_result():
+def test_notebook_runs_top_to_bottom_and_builds_every_result(tmp_path, monkeypatch):
+    # The static PNGs go to a temporary folder (the kernel inherits the environment), so the
+    # committed copies in notebooks/figures/ are never rewritten by a test.
+    monkeypatch.setenv("SYCOINTERP_NOTEBOOK_FIGURES", str(tmp_path))
     nb = nbformat.read(NOTEBOOK, as_version=4)
     nb.cells.append(nbformat.v4.new_code_cell(PROBE))
     # cwd = the repository root: the kernel imports sycointerp from the checkout, installed or not.
@@ -82,3 +85,20 @@ def test_notebook_runs_top_to_bottom_and_builds_every_result():
         if PLOTLY_MIME in out.get("data", {})
     ]
     assert len(figures) == 3  # heatmap, attention, knockout
+    static = sorted(p.name for p in tmp_path.iterdir())
+    assert static == ["01_attention.png", "01_heads.png", "01_knockout.png"]
+    for name in static:  # a drawn image of the default size, not an empty file
+        png = (tmp_path / name).read_bytes()
+        assert png[:8] == b"\x89PNG\r\n\x1a\n" and int.from_bytes(png[16:20], "big") == 900
+    # Every static copy the notebook embeds is committed beside it (GitHub shows those).
+    embedded = [
+        line.split("](")[1].rstrip(")")
+        for cell in nb.cells
+        if cell.cell_type == "markdown"
+        for line in cell.source.splitlines()
+        if line.startswith("![")
+    ]
+    assert embedded == [
+        f"figures/{n}" for n in ("01_heads.png", "01_attention.png", "01_knockout.png")
+    ]
+    assert all((NOTEBOOK.parent / e).is_file() for e in embedded)

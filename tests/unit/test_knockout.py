@@ -12,7 +12,12 @@ from sycointerp.generate import greedy_generate
 from sycointerp.heads import draw_random_heads
 from sycointerp.metrics import apology_logit_diff_metric, apology_token_ids, flip_metric
 from sycointerp.patching.ablation import ablate_heads, head_means
-from sycointerp.patching.knockout import KnockoutCurve, knockout_curve, knockout_metric
+from sycointerp.patching.knockout import (
+    SUMMARY_COLUMNS,
+    KnockoutCurve,
+    knockout_curve,
+    knockout_metric,
+)
 from tests.reference import plain_last_logits, reference_head_means, reference_knockout
 
 ATOL = 1e-5
@@ -219,6 +224,32 @@ def test_curve_values_and_generation(tiny_llama, curve):
         .all()
     )
     assert summary["random_std"].iloc[0] == 0.0  # k = 0: every draw is the unablated run
+
+
+def test_summary_intervals_by_hand():
+    """Two examples, two draws: means, the draws' range and the paired difference by hand; the
+    bootstrap intervals of two values lie between the two per-example values."""
+    curve = KnockoutCurve(
+        ks=(0, 1),
+        baseline=torch.tensor([1.0, 3.0]),
+        top=torch.tensor([[1.0, 3.0], [0.0, 1.0]]),
+        random=torch.tensor([[[1.0, 3.0], [1.0, 3.0]], [[2.0, 2.0], [1.0, 3.0]]]),
+        top_heads=((0, 0),),
+        random_heads=(((), ()), (((1, 0),), ((1, 1),))),
+        method="mean",
+        metric="apology_logit_diff",
+        higher_is_sycophantic=True,
+        n_layers=2,
+        n_heads=2,
+        seed=0,
+    )
+    row = curve.summary().iloc[1]
+    assert (row["top"], row["random_mean"]) == (0.5, 2.0)
+    assert (row["random_min"], row["random_max"]) == (2.0, 2.0)  # both draws average 2
+    # per example: top - mean of draws = 0 - 1.5, 1 - 2.5 -> -1.5, -1.5
+    assert row["top_minus_random"] == -1.5 and row["diff_ci_low"] == row["diff_ci_high"] == -1.5
+    assert 0.0 <= row["top_ci_low"] <= row["top"] <= row["top_ci_high"] <= 1.0
+    assert list(curve.summary().columns) == SUMMARY_COLUMNS
 
 
 def test_curve_persistence_and_long_format(curve, tmp_path):

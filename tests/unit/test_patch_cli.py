@@ -317,6 +317,12 @@ def test_knockout_job_with_a_given_ranking_equals_the_ranked_run(model_dirs, tmp
     assert curve.ks == (0, 1, 3) and curve.baseline.shape == (10,)
     ranked = PatchResult.load(tmp_path / "a")
     assert list(curve.top_heads) == ranked.rank()[:3]
+    # report.html tabulates the curve: top - random at k = 3, paired, with its interval.
+    page = (tmp_path / "a" / "report.html").read_text(encoding="utf-8")
+    row = curve.summary().query("k == 3").iloc[0]
+    diff = f"{row['top_minus_random']:+.3f} [{row['diff_ci_low']:+.3f}, {row['diff_ci_high']:+.3f}]"
+    assert "<h2>Knockout" in page and "top - random [95% CI]" in page and diff in page
+    assert "10 examples (few examples); 2 random draws per k" in page
     rank_from = str(tmp_path / "a" / "heads.csv")
     assert main(_args(model_dirs["llama"], tmp_path / "b", *ko, "--rank-from", rank_from)) == 0
     again = KnockoutCurve.load(tmp_path / "b" / "knockout")

@@ -13,12 +13,15 @@ from sycointerp.patching.knockout import KnockoutCurve
 from sycointerp.patching.results import PatchResult
 from sycointerp.plot import (
     attention_plot,
+    coefficient_plot,
     compare_heatmaps,
     head_heatmap,
     knockout_plot,
     layer_position_heatmap,
+    metric_label,
     ranked_heads_bar,
     save_figure,
+    side_by_side_heatmaps,
 )
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -151,22 +154,26 @@ def test_knockout_plot_draws_top_random_band_and_apology_panel():
     by_name = {}
     for trace in fig.data:
         by_name.setdefault(trace.name, []).append(trace)
-    assert len(by_name["top k"]) == 2  # metric and apology panels
-    for trace, measure in zip(by_name["top k"], ("metric", "apology")):
+    assert len(by_name["top k (95% CI over examples)"]) == 2  # metric and apology panels
+    for trace, measure in zip(by_name["top k (95% CI over examples)"], ("metric", "apology")):
         rows = summary[summary["measure"] == measure]
         np.testing.assert_allclose(trace.y, rows["top"])
         assert list(trace.x) == list(curve.ks)
     rows = summary[summary["measure"] == "metric"]
-    (upper,) = by_name["metric random +std"]
-    np.testing.assert_allclose(upper.y, rows["random_mean"] + rows["random_std"])
-    np.testing.assert_allclose(by_name["random k (mean)"][0].y, rows["random_mean"])
-    assert by_name["random +-std"][0].fill == "tonexty"
+    band = by_name["random draws (range)"][0]  # the metric panel's (the apology panel has one too)
+    ks = list(curve.ks)
+    assert list(band.x) == ks + ks[::-1] and band.fill == "toself"
+    np.testing.assert_allclose(band.y, list(rows["random_max"]) + list(rows["random_min"])[::-1])
+    np.testing.assert_allclose(by_name["random k (mean of draws)"][0].y, rows["random_mean"])
+    (top,) = [t for t in by_name["top k (95% CI over examples)"] if t.xaxis == "x"]
+    np.testing.assert_allclose(top.error_y.array, rows["top_ci_high"] - rows["top"])
+    np.testing.assert_allclose(top.error_y.arrayminus, rows["top"] - rows["top_ci_low"])
     single = knockout_plot(_curve(apology=False, draws=1))
     assert {t.name for t in single.data} == {
-        "top k",
-        "random k (mean)",
+        "top k (95% CI over examples)",
+        "random k (mean of draws)",
         "no ablation",
-    }  # no band: std is NaN
+    }  # no band: one draw has no range
 
 
 def test_layer_position_heatmap_labels_tokens_and_refuses():
@@ -205,6 +212,10 @@ def test_save_figure_writes_self_contained_html_and_png_of_the_requested_size(tm
     ]  # no temporary leftovers
     (html_only,) = save_figure(knockout_plot(_curve()), tmp_path / "knockout", png=False)
     assert html_only.suffix == ".html" and not (tmp_path / "knockout.png").exists()
+    (png_only,) = save_figure(knockout_plot(_curve()), tmp_path / "static", html=False)
+    assert png_only.name == "static.png" and not (tmp_path / "static.html").exists()
+    with pytest.raises(ValueError, match="nothing to write"):
+        save_figure(knockout_plot(_curve()), tmp_path / "nothing", html=False, png=False)
 
 
 def test_save_figure_exports_svg_and_pdf_for_papers(tmp_path):
@@ -363,3 +374,55 @@ def test_k_sweep_plot_draws_spt_the_draws_and_labelled_base_lines_per_split():
     assert labels == ["base, split 0"] * 2 + ["base, split 1"] * 2
     lines = sorted(s.y0 for s in fig.layout.shapes)
     assert lines == pytest.approx([25.0, 25.0, 30.0, 30.0])
+
+
+def _probe_result() -> PatchResult:
+    values = torch.tensor([[[1.0, 0.5], [0.5, 0.5]], [[1.0, 1.0], [0.0, 0.5]]])  # [2, 2, 2]
+    chance = torch.full((2,), 0.5)
+    return PatchResult(values, chance, chance, "probe/z/last", "probe_accuracy", False)
+
+
+def test_probe_heatmap_is_sequential_from_chance_and_labelled_as_a_level():
+    fig = head_heatmap(_probe_result(), top_k=2)
+    heat = fig.data[0]
+    assert (heat.zmin, heat.zmax, heat.zmid) == (0.5, 1.0, None)
+    assert heat.colorbar.title.text == "held-out probe accuracy (chance = 0.5)"
+    np.testing.assert_array_equal(heat.z, [[0.75, 0.5], [1.0, 0.25]])
+    assert metric_label("apology_logit_diff") == "change in logit(Apologies) - logit(Yes)"
+    assert head_heatmap(_result(shape=(2, 2))).data[0].zmid == 0  # effects stay diverging
+
+
+def test_side_by_side_heatmaps_keep_each_panels_scale_and_top_heads():
+    path = _result(components=("layer", "head"), shape=(2, 2), n=2)
+    probe = _probe_result()
+    fig = side_by_side_heatmaps([path, probe], ["path patching", "probes"], top_k=1)
+    heats = [t for t in fig.data if t.type == "heatmap"]
+    marks = [t for t in fig.data if t.type == "scatter"]
+    assert [h.name for h in heats] == ["path patching", "probes"]
+    np.testing.assert_allclose(heats[0].z, path.mean.double().numpy())
+    assert heats[0].zmid == 0 and (heats[1].zmin, heats[1].zmax) == (0.5, 1.0)
+    # Each panel outlines its own rank-1 head: the probes' is layer 1, head 0 (accuracy 1.0).
+    assert (marks[1].x, marks[1].y) == ((0,), (1,)) and marks[1].xaxis == "x2"
+    assert (marks[0].y[0], marks[0].x[0]) == path.top_k(1)[0]
+    with pytest.raises(ValueError, match="at least two results"):
+        side_by_side_heatmaps([path], ["one"])
+    with pytest.raises(ValueError, match="same head grid"):
+        side_by_side_heatmaps([path, _result(shape=(3, 4))], ["a", "b"])
+
+
+def test_coefficient_plot_draws_each_rate_with_its_wilson_interval():
+    def point(method, alpha, k, n):
+        from sycointerp.stats import proportion
+
+        return {"method": method, "alpha": alpha, "confidence": proportion(k, n).to_json()}
+
+    rows = [point("caa", -2.0, 6, 10), point("caa", 0.0, 4, 10), point("iti", -5.0, 10, 10)]
+    fig = coefficient_plot(rows)
+    caa, iti = fig.data
+    assert list(caa.x) == [0.0, 2.0] and list(caa.y) == pytest.approx([40.0, 60.0])
+    # Wilson 95% interval of 6/10 by hand: (0.3127, 0.8318).
+    assert caa.error_y.arrayminus[1] == pytest.approx(60 - 31.27, abs=0.01)
+    assert caa.error_y.array[1] == pytest.approx(83.18 - 60, abs=0.01)
+    assert list(iti.y) == [100.0] and iti.error_y.array[0] == pytest.approx(0.0)
+    with pytest.raises(ValueError, match="truthfulness"):
+        coefficient_plot(rows, measure="truthfulness")
