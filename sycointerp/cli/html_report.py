@@ -235,10 +235,11 @@ def _attention_section(directory: Path, record: dict[str, Any] | None) -> str:
 
 def _patch_page(directory: Path) -> tuple[str, list[str]]:
     from sycointerp.patching import KnockoutCurve, PatchResult
-    from sycointerp.plot import knockout_plot
+    from sycointerp.plot import knockout_plot, method_label, metric_label
 
     summary = read_json(directory / "summary.json", "job summary")
-    title = f"{summary['model']}: {summary['method']}, {summary['metric']} ({summary['kind']})"
+    what = f"{method_label(summary['method'])}, {metric_label(summary['metric'], summary['kind'])}"
+    title = f"{summary['model']}: {what}"
     base = summary.get("metric_baselines", {})
     rows = [[name, _interval(s)] for name, s in base.items()]
     sections = [

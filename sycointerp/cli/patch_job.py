@@ -493,6 +493,7 @@ def _figures(job: _Job, result: PatchResult | None, curve: KnockoutCurve | None)
         attention_plot,
         head_heatmap,
         knockout_plot,
+        method_label,
         rank_intervals_plot,
         ranked_heads_bar,
         save_figure,
@@ -501,10 +502,9 @@ def _figures(job: _Job, result: PatchResult | None, curve: KnockoutCurve | None)
     c, fig_dir = job.config, job.out / "figures"
     written: list[Path] = []
     if result is not None:
-        title = (
-            f"{job.model.cfg.model_name}: {result.method}, {result.metric} ({result.kind}), "
-            f"{len(job.questions)} examples"
-        )
+        # Readable, not identifiers: the colour bar names the metric with its sign and unit.
+        name = str(job.model.cfg.model_name).rsplit("/", 1)[-1]
+        title = f"{name}: {method_label(result.method)}, {len(job.questions)} examples"
         written += save_figure(
             head_heatmap(result, title=title, top_k=c.top_k),
             fig_dir / "heads",
