@@ -45,6 +45,7 @@ def main() -> None:
     curve = knockout_curve(
         model, pairs, metric, result.rank(), ks=[0, 3, 9, 27], method="mean", n_random=5
     )
+    curve.save(Path(args.out) / "knockout")  # KnockoutCurve.load: redraw without rerunning
     print(curve.summary().to_string(index=False, float_format="%.4f"))
     title = f"SmolLM2-135M-Instruct: path patching, {len(pairs)} pairs, apology logit diff"
     save_figure(head_heatmap(result, title=title), Path(args.figures) / "path_heads_smollm2")

@@ -661,6 +661,7 @@ def _knockout_traces(rows: pd.DataFrame, measure: str) -> list[go.Scatter]:
             go.Scatter(
                 x=ks + ks[::-1],
                 y=rows["random_max"].tolist() + rows["random_min"].tolist()[::-1],
+                mode="lines",  # no markers on the band's outline
                 fill="toself",
                 fillcolor="rgba(128,128,128,0.25)",
                 line={"width": 0},

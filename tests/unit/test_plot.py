@@ -162,7 +162,7 @@ def test_knockout_plot_draws_top_random_band_and_apology_panel():
     rows = summary[summary["measure"] == "metric"]
     band = by_name["random draws (range)"][0]  # the metric panel's (the apology panel has one too)
     ks = list(curve.ks)
-    assert list(band.x) == ks + ks[::-1] and band.fill == "toself"
+    assert list(band.x) == ks + ks[::-1] and (band.fill, band.mode) == ("toself", "lines")
     np.testing.assert_allclose(band.y, list(rows["random_max"]) + list(rows["random_min"])[::-1])
     np.testing.assert_allclose(by_name["random k (mean of draws)"][0].y, rows["random_mean"])
     (top,) = [t for t in by_name["top k (95% CI over examples)"] if t.xaxis == "x"]
