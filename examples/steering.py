@@ -69,8 +69,9 @@ def main() -> None:
         "probe top heads (held-out accuracy):",
         ", ".join(f"{l}.{h} {float(probe.mean[l, h]):.2f}" for l, h in probe.top_k(K)),
     )
-    titles = ["path patching: change in logit(Apologies) - logit(Yes)", "linear probes on z"]
-    fig = side_by_side_heatmaps([path, probe], titles, top_k=K)
+    titles = ["path patching", "linear probes on z"]  # the colour bars name the measures
+    title = f"SmolLM2-135M-Instruct, {len(pairs)} training pairs: path patching vs probes"
+    fig = side_by_side_heatmaps([path, probe], titles, title=title, top_k=K)
     save_figure(fig, Path(args.figures) / "probe_vs_path_smollm2", width=1400, height=700)
 
     layer = model.cfg.n_layers // 2

@@ -257,7 +257,7 @@ def _colorbar(fig: go.Figure, col: int, title: str) -> dict:
     """A vertical colour bar just right of subplot ``col``."""
     axis = fig.layout["xaxis" if col == 1 else f"xaxis{col}"]
     return {
-        "title": {"text": title},
+        "title": {"text": title, "side": "right"},  # beside the bar, not over the next panel
         "x": axis.domain[1] + 0.005,
         "xanchor": "left",
         "len": 0.9,
