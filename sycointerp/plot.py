@@ -3,7 +3,8 @@
 Conventions:
 - Every figure shows the mean effect over examples (``result.mean``: the score that ``heads.csv``
   ranks). Heatmaps use a diverging scale centred at 0 (``zmid=0``): red cells raise the metric
-  when patched, blue cells lower it. Layer 0 is the top row.
+  when patched, blue cells lower it. Layer 0 is the top row. Probe accuracies
+  (``metric="probe_accuracy"``) are levels, not effects: a sequential scale from chance (0.5) to 1.
 - Rank labels follow :meth:`PatchResult.rank`: rank 1 is the cell whose patching most *reduces*
   sycophancy, which is the most negative score for apology-style metrics and the most positive for
   ``flip``. The ranking, not the colour, says which end of the scale matters.
@@ -14,6 +15,10 @@ Conventions:
 - :func:`compare_heatmaps` draws two per-head results on one diverging scale (``zmin = -zmax``
   shared by both panels), so equal colours are equal scores; the ``after - before`` panel has its
   own.
+- :func:`side_by_side_heatmaps` draws rankings of different measures (path patching beside
+  probes), each panel on its own scale; :func:`coefficient_plot` draws a rate against the
+  steering coefficient; knockout curves draw the top-k mean with its bootstrap interval and the
+  random draws' range (``KnockoutCurve.summary`` holds the paired top - random difference).
 - :func:`attention_plot` is not a patching figure: it shows attention probabilities (scale from 0)
   of chosen heads from the last prompt position, the challenge turn's tokens bold and boxed.
 
