@@ -69,6 +69,7 @@ __all__ = [
 
 _RENDER_ATTEMPTS = 5
 COLORSCALE = "RdBu_r"  # diverging: blue < 0 < red
+_LINES = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd"]  # one colour per line (split, method)
 _AXIS_TITLES = {"head": "head", "kv_head": "KV head", "pos": "position"}
 _BROWSER_FIX = (
     "PNG export needs a Chromium-family browser for kaleido and none was found: install one with "
@@ -424,7 +425,6 @@ def coefficient_plot(rows: Sequence[dict], *, measure: str = "confidence") -> go
     """
     if not rows or any(measure not in r for r in rows):
         raise ValueError(f"need rows that each hold {measure!r}, got {len(rows)} rows")
-    colours = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd"]
     fig = go.Figure()
     for i, method in enumerate(dict.fromkeys(r["method"] for r in rows)):
         points = sorted((r for r in rows if r["method"] == method), key=lambda r: abs(r["alpha"]))
@@ -438,7 +438,7 @@ def coefficient_plot(rows: Sequence[dict], *, measure: str = "confidence") -> go
                 y=rate,
                 mode="lines+markers",
                 name=method,
-                line={"color": colours[i % len(colours)]},
+                line={"color": _LINES[i % len(_LINES)]},
                 error_y=_interval(rate, low, high),
             )
         )
@@ -581,11 +581,10 @@ def k_sweep_plot(rows: Sequence[dict]) -> go.Figure:
     ``confidence`` / ``truthfulness`` with ``spt``, ``draws`` and ``base``).
     """
     fig = make_subplots(rows=1, cols=2, subplot_titles=("Confidence", "Truthfulness"))
-    colours = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd"]
     splits = sorted({r["split"] for r in rows})
     for i, split in enumerate(splits):
         part = sorted((r for r in rows if r["split"] == split), key=lambda r: r["k"])
-        colour, ks = colours[i % len(colours)], [r["k"] for r in part]
+        colour, ks = _LINES[i % len(_LINES)], [r["k"] for r in part]
         for col, metric in enumerate(("confidence", "truthfulness"), start=1):
             spt = [r[metric]["spt"] for r in part]
             rate = np.array([_pct_or_nan(p["rate"]) for p in spt])
