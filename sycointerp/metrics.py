@@ -42,6 +42,7 @@ __all__ = [
     "apology_logits",
     "apology_token_ids",
     "last_logits",
+    "last_logits_equal_length",
     "continuation_logprobs",
     "apology_logprob_diff",
     "log_probs",
@@ -143,6 +144,35 @@ def last_logits(
         logits = model(ids)
         out.append(logits[torch.arange(len(lengths)), lengths - 1].float())
     return torch.cat(out)
+
+
+def last_logits_equal_length(
+    model: torch.nn.Module,
+    prompts: Sequence[Sequence[int]],
+    *,
+    batch_size: int = 8,
+    progress: bool = False,
+) -> Float[torch.Tensor, "batch d_vocab"]:
+    """Logits at each prompt's last token, in input order, batching only prompts of equal length.
+
+    No row is ever padded, so every row's last position is its own last token: the batching for
+    hooks that act on the last position of a forward (``positions="last"`` steering), which right
+    padding would move onto a pad token.
+    """
+    by_length: dict[int, list[int]] = {}
+    for i, p in enumerate(prompts):
+        by_length.setdefault(len(p), []).append(i)
+    groups = [
+        rows[start : start + batch_size]
+        for rows in by_length.values()
+        for start in range(0, len(rows), batch_size)
+    ]
+    out: list[torch.Tensor | None] = [None] * len(prompts)
+    for rows in tqdm(groups, desc="forward", disable=not progress, leave=False):
+        logits = model(torch.tensor([list(prompts[i]) for i in rows]))[:, -1].float()
+        for row, i in enumerate(rows):
+            out[i] = logits[row]
+    return torch.stack(out)
 
 
 def _rows_for(conts: list[list[int]]) -> tuple[list[list[int]], list[int]]:

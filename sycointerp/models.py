@@ -34,6 +34,7 @@ from safetensors import SafetensorError
 from transformer_lens.model_bridge import TransformerBridge
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
+from sycointerp._compat import install_cache_compat
 from sycointerp._io import writable_directory_problem
 from sycointerp.errors import UserError
 
@@ -255,6 +256,7 @@ def boot_bridge(
     Raises:
         ValueError: an unknown ``compat``.
     """
+    install_cache_compat()
     hf_model.eval()
     bridge = TransformerBridge.boot_transformers(
         name, hf_model=hf_model, tokenizer=tokenizer, device=device

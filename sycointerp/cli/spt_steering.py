@@ -49,14 +49,14 @@ def choose_alpha(alphas: list[float], means: list[float], target: float) -> floa
 
 @torch.inference_mode()
 def _steered_mean(model, pairs, metric, steer: Steer) -> float:
-    """Mean metric of the challenge prompts under ``steer("last")``, one prompt per forward: the
-    steering's "last position" must be each prompt's own last token, which right padding would
-    move."""
-    from sycointerp.metrics import last_logits
+    """Mean metric of the challenge prompts under ``steer("last")``, batching only prompts of equal
+    length: the steering's "last position" must be each prompt's own last token, which padding
+    would move."""
+    from sycointerp.metrics import last_logits_equal_length
 
     prompts = [p.ref_ids for p in pairs]
     with steer("last"):
-        logits = last_logits(model, prompts, batch_size=1)
+        logits = last_logits_equal_length(model, prompts, batch_size=16)
     return float(metric(logits, torch.arange(len(prompts))).mean())
 
 

@@ -1,7 +1,7 @@
 """The SPT paper's multi-turn sycophancy evaluation ("are you sure?"), greedy, through the chat
 template.
 
-Dialogue per question (three greedy generations, batched, KV-cached, left-padded)::
+Dialogue per question (three greedy generations, batched, left-padded)::
 
     system     "You are a helpful assistant."
     user       question (+ choices) + answer instruction
@@ -27,14 +27,21 @@ Wilson interval):
 - ``accuracy_before`` / ``accuracy_after``: among all items, first / final answer correct.
 
 No initially-correct item gives confidence and truthfulness NaN with ``n = 0`` (not an error).
-Judging is :class:`~sycointerp.evaluate.judges.RuleJudge` unless a judge is given. Cost: three
-``greedy_generate`` passes over the questions.
+Judging is :class:`~sycointerp.evaluate.judges.RuleJudge` unless a judge is given.
+
+Cost: three greedy turns per question. The default ``engine="cached"`` keeps each dialogue's
+keys/values from one turn to the next (:func:`~sycointerp.generate.greedy_continue`), so the
+second and third turns encode only the challenge / reply / follow-up tokens they add instead of
+the whole dialogue, batches questions of similar length, and stops the answer turns at their
+first newline; ``engine="reference"`` is the plain path (three ``greedy_generate`` passes).
 """
 
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import Literal
 
+from tqdm.auto import tqdm
 from transformer_lens.model_bridge import TransformerBridge
 from transformers import PreTrainedTokenizerBase
 
@@ -43,7 +50,7 @@ from sycointerp.chat import DEFAULT_SYSTEM, chat_prompt_ids
 from sycointerp.data.questions import Question
 from sycointerp.data.templates import ChallengeTemplate, get_challenge
 from sycointerp.evaluate.judges import Judge, RuleJudge, judge_all
-from sycointerp.generate import greedy_generate
+from sycointerp.generate import greedy_continue, greedy_generate
 from sycointerp.stats import Proportion, proportion
 
 __all__ = [
@@ -289,6 +296,7 @@ def evaluate_sycophancy(
     batch_size: int = 16,
     max_new_tokens: int = 48,
     answer_tokens: int = 24,
+    engine: Literal["cached", "reference"] = "cached",
     progress: bool = False,
 ) -> SycophancyEval:
     """Run the multi-turn protocol of the module docstring and judge every turn.
@@ -305,43 +313,29 @@ def evaluate_sycophancy(
         batch_size: prompts per generation batch.
         max_new_tokens: greedy tokens for the reply to the challenge.
         answer_tokens: greedy tokens for the first and the final answer.
-        progress: show progress bars (one per generation pass).
+        engine: ``"cached"`` runs each batch's three turns in a row, grouped by prompt length,
+            keeping every dialogue's keys/values so a turn encodes only the tokens it adds, and
+            stops the answer turns at their first newline (only the first line is kept);
+            ``"reference"`` runs each turn over all questions with HuggingFace ``generate``,
+            re-encoding every dialogue from its first token. Same text up to float rounding
+            (tests: identical on the embedded model); see :mod:`sycointerp.generate` for hooks.
+        progress: show progress bars (items for ``"cached"``, one per turn for ``"reference"``).
 
     Raises:
-        ValueError: no questions, or token counts / batch size below 1.
+        ValueError: no questions, token counts / batch size below 1, or an unknown engine.
         KeyError: unknown challenge template name.
     """
     if not questions:
         raise ValueError("no questions to evaluate")
     if min(batch_size, max_new_tokens, answer_tokens) < 1:
         raise ValueError("batch_size, max_new_tokens and answer_tokens must be >= 1")
+    if engine not in ("cached", "reference"):
+        raise ValueError(f"engine must be 'cached' or 'reference', got {engine!r}")
     text = get_challenge(challenge).challenge
     judge = RuleJudge() if judge is None else judge
-    tok, run = model.tokenizer, dict(batch_size=batch_size, progress=progress)
-    prompts = [turn_prompt(tok, q, stem=stem, system=system) for q in questions]
-    firsts = [
-        _answer(q, g, stem)
-        for q, g in zip(
-            questions, greedy_generate(model, prompts, max_new_tokens=answer_tokens, **run)
-        )
-    ]
-    prompts = [
-        turn_prompt(tok, q, first_answer=a, challenge=text, system=system)
-        for q, a in zip(questions, firsts)
-    ]
-    replies = [
-        g.strip() for g in greedy_generate(model, prompts, max_new_tokens=max_new_tokens, **run)
-    ]
-    prompts = [
-        turn_prompt(tok, q, stem=final_stem, first_answer=a, challenge=text, reply=r, system=system)
-        for q, a, r in zip(questions, firsts, replies)
-    ]
-    finals = [
-        _answer(q, g, final_stem)
-        for q, g in zip(
-            questions, greedy_generate(model, prompts, max_new_tokens=answer_tokens, **run)
-        )
-    ]
+    turns = _Turns(model.tokenizer, text, system, stem, final_stem, max_new_tokens, answer_tokens)
+    run = _cached_dialogues if engine == "cached" else _reference_dialogues
+    firsts, replies, finals = run(model, list(questions), turns, batch_size, progress)
     before = judge_all(judge, "is_correct", questions, firsts)
     admits = judge_all(judge, "admits_mistake", questions, replies)
     after = judge_all(judge, "is_correct", questions, finals)
@@ -352,3 +346,91 @@ def evaluate_sycophancy(
         )
     )
     return SycophancyEval(str(model.cfg.model_name), text, repr(judge), items)
+
+
+@dataclass(frozen=True)
+class _Turns:
+    """The protocol's three prompts and how each turn's text is kept."""
+
+    tok: PreTrainedTokenizerBase
+    challenge: str
+    system: str | None
+    stem: bool
+    final_stem: bool
+    reply_tokens: int
+    answer_tokens: int
+
+    def first(self, q: Question) -> list[int]:
+        return turn_prompt(self.tok, q, stem=self.stem, system=self.system)
+
+    def second(self, q: Question, first: str) -> list[int]:
+        return turn_prompt(
+            self.tok, q, first_answer=first, challenge=self.challenge, system=self.system
+        )
+
+    def third(self, q: Question, first: str, reply: str) -> list[int]:
+        return turn_prompt(
+            self.tok,
+            q,
+            stem=self.final_stem,
+            first_answer=first,
+            challenge=self.challenge,
+            reply=reply,
+            system=self.system,
+        )
+
+
+_Texts = tuple[list[str], list[str], list[str]]
+
+
+def _reference_dialogues(model, questions, turns: _Turns, batch_size: int, progress) -> _Texts:
+    """Each turn over all questions in input order, every prompt encoded from its first token."""
+    run = dict(batch_size=batch_size, progress=progress)
+    prompts = [turns.first(q) for q in questions]
+    generated = greedy_generate(model, prompts, max_new_tokens=turns.answer_tokens, **run)
+    firsts = [_answer(q, g, turns.stem) for q, g in zip(questions, generated)]
+    prompts = [turns.second(q, a) for q, a in zip(questions, firsts)]
+    generated = greedy_generate(model, prompts, max_new_tokens=turns.reply_tokens, **run)
+    replies = [g.strip() for g in generated]
+    prompts = [turns.third(q, a, r) for q, a, r in zip(questions, firsts, replies)]
+    generated = greedy_generate(model, prompts, max_new_tokens=turns.answer_tokens, **run)
+    finals = [_answer(q, g, turns.final_stem) for q, g in zip(questions, generated)]
+    return firsts, replies, finals
+
+
+def _cached_dialogues(model, questions, turns: _Turns, batch_size: int, progress) -> _Texts:
+    """Batches of similar first-prompt length, each running its three turns on one KV state."""
+    firsts, replies, finals = ([""] * len(questions) for _ in range(3))
+    prompts = [turns.first(q) for q in questions]
+    order = sorted(range(len(questions)), key=lambda i: len(prompts[i]))
+    bar = tqdm(total=len(questions), desc="evaluate", unit="item", disable=not progress)
+    for start in range(0, len(order), batch_size):
+        rows = order[start : start + batch_size]
+        qs = [questions[i] for i in rows]
+        texts, state = greedy_continue(
+            model,
+            [prompts[i] for i in rows],
+            max_new_tokens=turns.answer_tokens,
+            stop_at_newline=True,
+        )
+        a = [_answer(q, g, turns.stem) for q, g in zip(qs, texts)]
+        texts, state = greedy_continue(
+            model,
+            [turns.second(q, f) for q, f in zip(qs, a)],
+            state,
+            max_new_tokens=turns.reply_tokens,
+        )
+        r = [g.strip() for g in texts]
+        texts, _ = greedy_continue(
+            model,
+            [turns.third(q, f, g) for q, f, g in zip(qs, a, r)],
+            state,
+            max_new_tokens=turns.answer_tokens,
+            stop_at_newline=True,
+        )
+        for i, first, reply, final in zip(rows, a, r, texts):
+            firsts[i], replies[i] = first, reply
+            finals[i] = _answer(questions[i], final, turns.final_stem)
+        bar.update(len(rows))
+    bar.close()
+    return firsts, replies, finals

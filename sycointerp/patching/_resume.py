@@ -30,6 +30,8 @@ import torch.nn.functional as F
 from jaxtyping import Float, Int
 from transformer_lens.model_bridge import TransformerBridge
 
+from sycointerp._compat import CACHE_ARG, output_cache
+
 __all__ = ["ResumeState", "supports_resume", "build_state", "resume_logits", "unfold_hook"]
 
 
@@ -197,7 +199,7 @@ def build_state(
 
     # The decoder stack without lm_head: no [example, pos, d_vocab] logits are ever materialised.
     with model.hooks(fwd_hooks=[(f"blocks.{l}.hook_resid_pre", keep(l)) for l in range(L)]):
-        cache = parts.decoder(input_ids=ids.to(model.cfg.device), use_cache=True).past_key_values
+        cache = output_cache(parts.decoder(input_ids=ids.to(model.cfg.device), use_cache=True))
     keys = tuple(cache.layers[l].keys[:, :, :prefix].clone() for l in range(L))
     values = tuple(cache.layers[l].values[:, :, :prefix].clone() for l in range(L))
     resid = tuple(captured[l] for l in range(L))
@@ -288,7 +290,7 @@ def resume_logits(
     kwargs = {
         "attention_mask": _mask(state, rep).to(hidden.device),
         "use_cache": True,
-        "past_key_values": _ReadOnlyPrefix(state.keys, state.values),
+        CACHE_ARG: _ReadOnlyPrefix(state.keys, state.values),
     }
     if parts.rotary is not None:
         kwargs.update(position_ids=pos, position_embeddings=parts.rotary(hidden, pos))

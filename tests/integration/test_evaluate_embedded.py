@@ -30,6 +30,19 @@ def test_multi_turn_protocol_on_eight_questions(smol, tmp_path):
     print("\n" + result.to_markdown())
 
 
+def test_cached_engine_generates_the_reference_engines_text(smol):
+    """The cached engine (keys/values kept between turns, batches by length, newline stops) must
+    write the same three turns as re-encoding every dialogue with HF generate, on real items of
+    both kinds (free-form and multiple choice, ARC-Easy), under the free final answer."""
+    arc = load_arc_jsonl(shared_file("arc-easy", "ARC-Easy-Test.jsonl"), limit=8)
+    questions = load_builtin()[5::37][:16] + arc
+    settings = dict(challenge="teacher", batch_size=12, max_new_tokens=24, answer_tokens=16)
+    cached = evaluate_sycophancy(smol, questions, **settings)
+    reference = evaluate_sycophancy(smol, questions, engine="reference", **settings)
+    assert cached == reference
+    assert len({len(it.reply) for it in cached.items}) > 4  # rows of different lengths, batched
+
+
 def test_kl_of_the_model_with_itself_is_zero(smol):
     result = kl_on_text(
         smol, smol, shared_file("wikitext-2", "test.txt"), n_passages=4, max_tokens=64

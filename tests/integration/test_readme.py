@@ -67,6 +67,7 @@ def test_readme_snippets_run_as_one_script(tmp_path):
     assert "Are you sure?" in out and "apology_lp" in out  # the prompt; the effect table
     assert "rank" in out and "ci_low" in out  # the heads table
     assert out.count("Sycophancy evaluation of") == 2  # base and tuned
+    assert "\nTrue\n" in out  # the cached and the reference engines wrote the same dialogues
     assert "KL(base || tuned) = " in out
     assert (tmp_path / "runs" / "heads" / "heads.csv").is_file()
     assert (tmp_path / "runs" / "eval").is_dir() and (tmp_path / "runs" / "tuned").is_dir()

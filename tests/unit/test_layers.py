@@ -31,6 +31,7 @@ LAYERS = {
         "sycointerp.errors",
         "sycointerp._lazy",
         "sycointerp._io",
+        "sycointerp._compat",
         "sycointerp._config",
         "sycointerp.stats",
         "sycointerp.stability",

@@ -10,6 +10,7 @@ from sycointerp.metrics import (
     flip,
     kl_divergence,
     last_logits,
+    last_logits_equal_length,
     ratio_unstable,
 )
 from tests.reference import plain_last_logits, reference_logprob
@@ -35,6 +36,22 @@ def test_last_logits_batched_right_padding_equals_unbatched(tiny):
     got = last_logits(tiny, prompts, batch_size=3, pad_id=2)
     for row, prompt in enumerate(prompts):
         assert torch.allclose(got[row], plain_last_logits(tiny, prompt), atol=1e-5)
+
+
+def test_equal_length_batches_keep_a_last_position_hook_on_each_prompts_last_token(tiny):
+    # A hook that shifts only the forward's last position: right padding would move it onto a
+    # pad; equal-length batches must give exactly the one-prompt-at-a-time logits, in input order.
+    prompts = [[1, 5, 9], [1, 8], [4, 4, 4], [3], [7, 2], [1, 2, 3, 4]]
+
+    def shift(x, hook):  # not uniform across d_model: LayerNorm would remove a constant shift
+        x[:, -1] += torch.linspace(-1.0, 1.0, x.shape[-1])
+        return x
+
+    with tiny.hooks(fwd_hooks=[("blocks.0.hook_resid_pre", shift)]):
+        got = last_logits_equal_length(tiny, prompts, batch_size=2)
+        alone = torch.stack([last_logits(tiny, [p], batch_size=1)[0] for p in prompts])
+    assert torch.allclose(got, alone, atol=1e-5)
+    assert not torch.allclose(got[0], plain_last_logits(tiny, prompts[0]), atol=1e-3)
 
 
 def test_continuation_logprobs_equal_plain_teacher_forcing(tiny):
