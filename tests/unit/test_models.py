@@ -139,14 +139,30 @@ def test_bad_compat_and_tiny_args_are_refused():
         tiny_model("llama", d_model=30, n_heads=4)
 
 
-def test_manifest_detects_corruption(tmp_path):
+def test_manifest_checks_sizes_on_load_and_hashes_on_request(tmp_path):
     entry = tmp_path / "entry"
     tmp = tmp_path / "tmp"
     tmp.mkdir()
     (tmp / "a.bin").write_bytes(b"hello")
     models._publish(tmp, entry, {"x": 1})
-    assert models._manifest_ok(entry)
-    (entry / "a.bin").write_bytes(b"hellO")
+    assert models._manifest_ok(entry) and models._manifest_ok(entry, full=True)
+    (entry / "a.bin").write_bytes(b"hellO")  # same size: only the full check sees it
+    assert models._manifest_ok(entry) and not models._manifest_ok(entry, full=True)
+    (entry / "a.bin").write_bytes(b"hell")  # truncated: the size check sees it
     assert not models._manifest_ok(entry)
     (entry / "manifest.json").write_text("{not json")
+    assert not models._manifest_ok(entry)
+
+
+def test_a_manifest_without_sizes_is_hashed(tmp_path):
+    entry = tmp_path / "entry"
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    (tmp / "a.bin").write_bytes(b"hello")
+    models._publish(tmp, entry, {"x": 1})
+    manifest = json.loads((entry / "manifest.json").read_text())
+    del manifest["sizes"]  # as written before sizes were recorded
+    (entry / "manifest.json").write_text(json.dumps(manifest))
+    assert models._manifest_ok(entry)
+    (entry / "a.bin").write_bytes(b"hellO")
     assert not models._manifest_ok(entry)
