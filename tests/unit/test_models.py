@@ -139,12 +139,18 @@ def test_bad_compat_and_tiny_args_are_refused():
         tiny_model("llama", d_model=30, n_heads=4)
 
 
-def test_manifest_checks_sizes_on_load_and_hashes_on_request(tmp_path):
+def _published_entry(tmp_path):
+    """A cache entry holding one 5-byte file, published with its manifest."""
     entry = tmp_path / "entry"
     tmp = tmp_path / "tmp"
     tmp.mkdir()
     (tmp / "a.bin").write_bytes(b"hello")
     models._publish(tmp, entry, {"x": 1})
+    return entry
+
+
+def test_manifest_checks_sizes_on_load_and_hashes_on_request(tmp_path):
+    entry = _published_entry(tmp_path)
     assert models._manifest_ok(entry) and models._manifest_ok(entry, full=True)
     (entry / "a.bin").write_bytes(b"hellO")  # same size: only the full check sees it
     assert models._manifest_ok(entry) and not models._manifest_ok(entry, full=True)
@@ -155,11 +161,7 @@ def test_manifest_checks_sizes_on_load_and_hashes_on_request(tmp_path):
 
 
 def test_a_manifest_without_sizes_is_hashed(tmp_path):
-    entry = tmp_path / "entry"
-    tmp = tmp_path / "tmp"
-    tmp.mkdir()
-    (tmp / "a.bin").write_bytes(b"hello")
-    models._publish(tmp, entry, {"x": 1})
+    entry = _published_entry(tmp_path)
     manifest = json.loads((entry / "manifest.json").read_text())
     del manifest["sizes"]  # as written before sizes were recorded
     (entry / "manifest.json").write_text(json.dumps(manifest))
