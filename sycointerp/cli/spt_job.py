@@ -35,6 +35,7 @@ import logging
 import os
 import shutil
 import time
+from collections.abc import Callable
 from contextlib import ExitStack
 from datetime import timedelta
 from pathlib import Path
@@ -236,7 +237,7 @@ def _train_config(method: str, config: SPTConfig) -> TrainConfig:
 
 def _evaluate(
     model,
-    base,
+    kl_to_base: Callable[[torch.nn.Module], float] | None,
     eval_qs: list[Question],
     config: SPTConfig,
     out: Path,
@@ -244,21 +245,16 @@ def _evaluate(
     steer=None,
 ) -> dict[str, Any]:
     """Every measure of one method; ``steer`` (positions -> context) steers the model throughout
-    (at the last position while generating and scoring prompts, everywhere for the KL text)."""
+    (at the last position while generating and scoring prompts, everywhere for the KL text);
+    ``kl_to_base`` is :func:`_kl_to_base` (``None``: no KL)."""
     from contextlib import nullcontext
 
     steering, steer = steer is not None, steer or (lambda positions: nullcontext())
     with steer("last"):
         row = _measure(model, eval_qs, config, out, progress, steering)
-    if config.kl_text:
-        from sycointerp.evaluate import kl_on_text
-
+    if kl_to_base is not None:
         with steer("all"):
-            row["kl"] = (
-                0.0
-                if base is None
-                else float(kl_on_text(base, model, config.kl_text, n_passages=config.kl_passages))
-            )
+            row["kl"] = kl_to_base(model)
     return row
 
 
@@ -566,6 +562,27 @@ def _check_heads_file(config: SPTConfig) -> None:
         ranking.top(config.top_k)
 
 
+# Keep the base model's logits on the KL passages when they fit in this much memory (40
+# passages: 1.0 GB for SmolLM2): every method then runs one forward per batch instead of two.
+KEEP_BASE_LOGITS_BYTES = 2 << 30
+
+
+def _kl_to_base(config: SPTConfig) -> Callable[[torch.nn.Module], float]:
+    """``KL(base || model)`` on the configured passages, as a function of the model; the base
+    model's logits computed once where they fit (:data:`KEEP_BASE_LOGITS_BYTES`), else both
+    models run per call. The two give identical numbers (same batches)."""
+    from sycointerp.evaluate import kl_on_text, kl_to_reference, reference_logits
+    from sycointerp.evaluate.capability import reference_bytes
+
+    hf, tok, name = _load(config)
+    base = hook_model(hf, tok, name)
+    args = dict(n_passages=config.kl_passages)
+    if reference_bytes(config.kl_passages, 128, base.cfg.d_vocab) > KEEP_BASE_LOGITS_BYTES:
+        return lambda model: float(kl_on_text(base, model, config.kl_text, **args))
+    reference = reference_logits(base, config.kl_text, **args)
+    return lambda model: float(kl_to_reference(reference, model))
+
+
 def _run_methods(
     config: SPTConfig, out: Path, acc, progress: bool, split: tuple[list[Question], list[Question]]
 ) -> dict:
@@ -588,10 +605,7 @@ def _run_methods(
             train_qs, kinds=config.kinds, seed=config.seed, system=config.system or None
         ),
     )
-    base = None
-    if acc.is_main_process and config.kl_text:
-        hf, tok, name = _load(config)
-        base = hook_model(hf, tok, name)
+    base = _kl_to_base(config) if acc.is_main_process and config.kl_text else None
     rows = [
         _run_method(run, config, heads, examples, eval_qs, base, out, acc, progress, train_qs)
         for run in config.runs()

@@ -48,7 +48,7 @@ class StudyConfig(TomlConfig):
     )
     # [data]
     eval_fraction: float = opt(
-        "data", "share of the built-in questions held out for evaluation", 0.5
+        "data", "share of the built-in questions held out for evaluation", 0.6
     )
     seed: int = opt("data", "seed of the main split, the draws and training", 0, minimum=0)
     limit: int = opt("data", "use the first N built-in questions (0 = all)", 0, minimum=0)
@@ -80,7 +80,7 @@ class StudyConfig(TomlConfig):
         "main", "heads tuned in the main comparison (4% of SmolLM2's 270)", 11, minimum=1
     )
     draws: int = opt(
-        "main", "random draws of each control kind (uniform, layer-, norm-matched)", 3, minimum=1
+        "main", "random draws of each control kind (uniform, layer-, norm-matched)", 5, minimum=1
     )
     main_eval_limit: int = opt(
         "main", "held-out questions of the main comparison (0 = all)", 120, minimum=0
@@ -104,7 +104,7 @@ class StudyConfig(TomlConfig):
     # [eval]
     max_new_tokens: int = opt("eval", "greedy tokens of the reply to the challenge", 32, minimum=1)
     answer_tokens: int = opt("eval", "greedy tokens of the first and final answers", 16, minimum=1)
-    eval_batch_size: int = opt("eval", "prompts per generation batch", 32, minimum=1)
+    eval_batch_size: int = opt("eval", "prompts per generation batch", 64, minimum=1)
 
     def __post_init__(self) -> None:
         self.check_fields()

@@ -30,6 +30,9 @@ Output directory::
 """
 
 import logging
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -44,12 +47,13 @@ from sycointerp.evaluate.compare import compare_methods, compare_pooled
 from sycointerp.evaluate.protocol import SycophancyEval
 from sycointerp.provenance import input_files, model_identity
 
-__all__ = ["run_study", "OUTPUT_NAMES", "restrict", "sweep_points"]
+__all__ = ["run_study", "OUTPUT_NAMES", "held_out_correct", "restrict", "sweep_points"]
 
 log = logging.getLogger("sycointerp.study")
 OUTPUT_NAMES = (
     INPUTS,
     "config.toml",
+    "timings.json",
     "protocols",
     "agreement",
     "main",
@@ -123,6 +127,20 @@ def _protocol_row(name: str, result: SycophancyEval, stem: SycophancyEval | None
     return row
 
 
+def held_out_correct(model, config: StudyConfig) -> dict[str, Any]:
+    """How many of the main split's held-out questions the base model answers correctly before
+    any challenge (the first turn alone): the pool the comparisons' rates can be drawn from."""
+    from sycointerp.evaluate import initially_correct
+    from sycointerp.stats import proportion
+
+    questions = _held_out(config, config.seed)[1]
+    log.info("first answers on all %d held-out questions", len(questions))
+    correct = initially_correct(
+        model, questions, batch_size=config.eval_batch_size, answer_tokens=config.answer_tokens
+    )
+    return {"n": len(questions), "correct": proportion(sum(correct), len(correct)).to_json()}
+
+
 def run_protocols(config: StudyConfig, target: Path) -> dict[str, Any]:
     """Stage 1 (module docstring): every protocol on the base model; the chosen one."""
     if (target / "protocols.json").is_file():
@@ -151,6 +169,7 @@ def run_protocols(config: StudyConfig, target: Path) -> dict[str, Any]:
     else:  # nothing answered correctly at first: no Truthfulness to compare
         chosen, why = "free", "no initially-correct item under any protocol: the paper's protocol"
     record = {"rows": rows, "chosen": chosen, "why": why, "n_questions": len(questions)}
+    record["held_out"] = held_out_correct(model, config)
     write_json(target / "protocols.json", record)
     return record
 
@@ -339,6 +358,28 @@ def sweep_points(config: StudyConfig, out: Path) -> list[dict[str, Any]]:
 # --------------------------------------------------------------------------- the study
 
 
+class _StageClock:
+    """Wall-clock seconds per stage, summed over every invocation (a resumed stage adds only the
+    time it ran again; a stage read back adds ~0), kept in ``timings.json``."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.seconds: dict[str, float] = read_json(path, "stage timings") if path.is_file() else {}
+
+    @contextmanager
+    def __call__(self, stage: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:  # an interrupted stage's time counts too: the rerun only adds what is left
+            elapsed = time.perf_counter() - start
+            self.seconds[stage] = self.seconds.get(stage, 0.0) + elapsed
+            write_json(self.path, self.seconds)
+            log.info(
+                "stage %s: %.0f s this run, %.0f s in all", stage, elapsed, self.seconds[stage]
+            )
+
+
 def run_study(
     config: StudyConfig, out: str | Path, *, overwrite: bool = False, progress: bool = True
 ) -> dict[str, Any]:
@@ -365,13 +406,19 @@ def run_study(
         )
         files = input_files([f for f in (config.arc_path, config.kl_text) if f])
         check_inputs(out, {"model": model_identity(config.model or None), "files": files}, status)
-        protocols = run_protocols(config, out / "protocols")
+        clock = _StageClock(out / "timings.json")
+        with clock("protocols"):
+            protocols = run_protocols(config, out / "protocols")
         choice = protocols["chosen"]
         log.info("protocol chosen: %s", choice)
-        agreement = run_agreement(config, out / "agreement")
-        main = run_main(config, out / "main", choice, progress)
-        run_sweep(config, out, choice, progress)
+        with clock("agreement"):
+            agreement = run_agreement(config, out / "agreement")
+        with clock("main"):
+            main = run_main(config, out / "main", choice, progress)
+        with clock("sweep"):
+            run_sweep(config, out, choice, progress)
         record = {
+            "seconds": clock.seconds,
             "protocols": protocols,
             "agreement": agreement,
             "main": {k: main[k] for k in ("heads", "rows", "paired", "pooled") if k in main},

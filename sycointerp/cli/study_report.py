@@ -53,6 +53,13 @@ def _protocols(record: dict[str, Any]) -> list[str]:
             f"{_pct(r['truthfulness'])} | {_pct(r['flip_rate'])} | {_diff(vs)} |"
         )
     lines += ["", f"Chosen: **{record['chosen']}** ({record['why']}).", ""]
+    if "held_out" in record:
+        held = record["held_out"]
+        lines += [
+            f"First answers on all {held['n']} held-out questions (no challenge): "
+            f"{held['correct']['k']} correct, {_pct(held['correct'])}.",
+            "",
+        ]
     return lines
 
 
@@ -198,6 +205,14 @@ def _save(fig, path: Path, width: int = 900, height: int = 700) -> None:
         save_figure(fig, path, png=False)
 
 
+def _timings(seconds: dict[str, float]) -> list[str]:
+    if not seconds:
+        return []
+    parts = ", ".join(f"{stage} {s / 60:.0f} min" for stage, s in seconds.items())
+    total = sum(seconds.values()) / 60
+    return [f"Time (wall clock, summed over resumed runs): {total:.0f} min ({parts}).", ""]
+
+
 def write_study_md(config: StudyConfig, out: Path, record: dict[str, Any]) -> dict[str, Any]:
     """Write ``study.md`` and ``figures/`` from the stages' ``record``; returns the ranking
     stability summary (for ``study.json``)."""
@@ -212,6 +227,7 @@ def write_study_md(config: StudyConfig, out: Path, record: dict[str, Any]) -> di
         f"{config.sweep_eval_limit} questions per point; {config.steps} steps of "
         f"{config.batch_size} dialogues, lr {config.lr}.",
         "",
+        *_timings(record.get("seconds", {})),
         *_protocols(record["protocols"]),
         *stability_lines,
         *_agreement(record["agreement"], out),

@@ -24,8 +24,10 @@ from sycointerp.evaluate.capability import (
     choose_letters,
     first_turn_accuracy,
     kl_on_text,
+    kl_to_reference,
     letter_accuracy,
     read_passages,
+    reference_logits,
 )
 from sycointerp.evaluate.challenge import EffectResult, measure_challenge_effect
 from sycointerp.evaluate.judges import Judge, LLMJudge, RuleJudge, admits_mistake
@@ -42,6 +44,7 @@ from sycointerp.evaluate.protocol import (
     SycophancyEval,
     dialogue,
     evaluate_sycophancy,
+    initially_correct,
     turn_prompt,
 )
 
@@ -64,8 +67,11 @@ __all__ = [
     "choose_letters",
     "dialogue",
     "evaluate_sycophancy",
+    "initially_correct",
     "first_turn_accuracy",
     "kl_on_text",
+    "kl_to_reference",
+    "reference_logits",
     "letter_accuracy",
     "load_opinion_jsonl",
     "opinion_matching",

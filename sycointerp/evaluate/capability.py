@@ -44,6 +44,10 @@ __all__ = [
     "TextKL",
     "read_passages",
     "kl_on_text",
+    "ReferenceLogits",
+    "reference_logits",
+    "reference_bytes",
+    "kl_to_reference",
     "LetterAccuracy",
     "choose_letters",
     "letter_accuracy",
@@ -130,6 +134,40 @@ def _passage_ids(
     return out
 
 
+def _check_kl_args(max_tokens: int, min_tokens: int, batch_size: int, n_passages) -> None:
+    if (
+        max_tokens < 2
+        or min_tokens < 1
+        or batch_size < 1
+        or (n_passages is not None and n_passages < 1)
+    ):
+        raise ValueError(
+            "need max_tokens >= 2, min_tokens >= 1, batch_size >= 1 and n_passages >= 1 (or None)"
+        )
+
+
+def _padded_batches(tok, passages: list[list[int]], batch_size: int):
+    for start in range(0, len(passages), batch_size):
+        yield pad_right(passages[start : start + batch_size], tok.pad_token_id or 0)
+
+
+def _passage_kl(
+    p_logits: Float[torch.Tensor, "batch pos vocab"],
+    q_model: LogitsModel,
+    ids: Int[torch.Tensor, "batch pos"],
+    lengths: Int[torch.Tensor, " batch"],
+) -> Float[torch.Tensor, " batch"]:
+    """Summed KL over each passage's real (unpadded) positions, float64."""
+    kl = kl_divergence(p_logits, q_model(ids).to(p_logits.device)).cpu()  # [batch, pos], float32
+    real = torch.arange(ids.shape[1]) < lengths[:, None]
+    return (kl.double() * real).sum(1)
+
+
+def _text_kl(sums: list[torch.Tensor], counts: list[torch.Tensor]) -> TextKL:
+    total, n = torch.cat(sums), torch.cat(counts)
+    return TextKL(float(total.sum() / n.sum()), (total / n).float(), n)
+
+
 @torch.inference_mode()
 def kl_on_text(
     original: torch.nn.Module,
@@ -145,6 +183,10 @@ def kl_on_text(
 ) -> TextKL:
     """Mean next-token ``KL(original || tuned)`` over passages of plain text.
 
+    Runs both models batch by batch (memory: one batch of logits per model). To compare many
+    tuned models with one original, :func:`reference_logits` once and :func:`kl_to_reference`
+    per model give the same numbers with one forward per batch instead of two.
+
     Args:
         original: the reference model (bridge or HuggingFace causal LM).
         tuned: the model compared with it (same tokenizer and vocabulary).
@@ -159,30 +201,73 @@ def kl_on_text(
     Raises:
         ValueError: see the module docstring.
     """
-    if (
-        max_tokens < 2
-        or min_tokens < 1
-        or batch_size < 1
-        or (n_passages is not None and n_passages < 1)
-    ):
-        raise ValueError(
-            "need max_tokens >= 2, min_tokens >= 1, batch_size >= 1 and n_passages >= 1 (or None)"
-        )
+    _check_kl_args(max_tokens, min_tokens, batch_size, n_passages)
     tok = _tokenizer(original, tokenizer)
     passages = _passage_ids(tok, texts, max_tokens, min_tokens, n_passages)
     p_model, q_model = LogitsModel(original), LogitsModel(tuned)
     sums, counts = [], []
-    for start in tqdm(range(0, len(passages), batch_size), desc="KL", disable=not progress):
-        ids, lengths = pad_right(passages[start : start + batch_size], tok.pad_token_id or 0)
-        p_logits = p_model(ids)
-        kl = kl_divergence(
-            p_logits, q_model(ids).to(p_logits.device)
-        ).cpu()  # [batch, pos], float32
-        real = torch.arange(ids.shape[1]) < lengths[:, None]
-        sums.append((kl.double() * real).sum(1))
+    batches = _padded_batches(tok, passages, batch_size)
+    total = -(-len(passages) // batch_size)
+    for ids, lengths in tqdm(batches, total=total, desc="KL", disable=not progress):
+        sums.append(_passage_kl(p_model(ids), q_model, ids, lengths))
         counts.append(lengths)
-    total, n = torch.cat(sums), torch.cat(counts)
-    return TextKL(float(total.sum() / n.sum()), (total / n).float(), n)
+    return _text_kl(sums, counts)
+
+
+@dataclass(frozen=True)
+class ReferenceLogits:
+    """The original model's logits on fixed passages (:func:`reference_logits`).
+
+    Attributes:
+        batches: ``(ids, lengths, logits)`` per batch of passages, right-padded.
+    """
+
+    batches: tuple[tuple[torch.Tensor, torch.Tensor, torch.Tensor], ...] = field(repr=False)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(logits.numel() * logits.element_size() for _, _, logits in self.batches)
+
+
+def reference_bytes(n_passages: int, max_tokens: int, vocab: int) -> int:
+    """Upper bound of a :class:`ReferenceLogits`' memory (float32 logits), to decide whether to
+    keep one or stream with :func:`kl_on_text`."""
+    return n_passages * max_tokens * vocab * 4
+
+
+@torch.inference_mode()
+def reference_logits(
+    original: torch.nn.Module,
+    texts: Sequence[str] | str | Path,
+    *,
+    tokenizer=None,
+    max_tokens: int = 128,
+    min_tokens: int = 16,
+    n_passages: int | None = 1000,
+    batch_size: int = 8,
+) -> ReferenceLogits:
+    """Run ``original`` once on the passages of :func:`kl_on_text` (same arguments, same
+    batches) and keep its logits: ``passages x max_tokens x vocab`` float32 values in memory
+    (40 passages of 128 tokens of a 49,152-token vocabulary: 1.0 GB).
+
+    Raises:
+        ValueError: as :func:`kl_on_text`.
+    """
+    _check_kl_args(max_tokens, min_tokens, batch_size, n_passages)
+    tok = _tokenizer(original, tokenizer)
+    passages = _passage_ids(tok, texts, max_tokens, min_tokens, n_passages)
+    p_model = LogitsModel(original)
+    batches = _padded_batches(tok, passages, batch_size)
+    return ReferenceLogits(tuple((ids, n, p_model(ids)) for ids, n in batches))
+
+
+@torch.inference_mode()
+def kl_to_reference(reference: ReferenceLogits, tuned: torch.nn.Module) -> TextKL:
+    """:func:`kl_on_text` against kept logits: one forward of ``tuned`` per batch; equal to
+    ``kl_on_text(original, tuned, ...)`` with the arguments the reference was made with."""
+    q_model = LogitsModel(tuned)
+    sums = [_passage_kl(logits, q_model, ids, n) for ids, n, logits in reference.batches]
+    return _text_kl(sums, [n for _, n, _ in reference.batches])
 
 
 # --------------------------------------------------------------------------- letters

@@ -59,6 +59,7 @@ __all__ = [
     "EvalItem",
     "SycophancyEval",
     "evaluate_sycophancy",
+    "initially_correct",
     "dialogue",
     "turn_prompt",
 ]
@@ -398,14 +399,18 @@ def _reference_dialogues(model, questions, turns: _Turns, batch_size: int, progr
     return firsts, replies, finals
 
 
+def _length_batches(prompts: list[list[int]], batch_size: int) -> list[list[int]]:
+    """Row indices in batches of similar prompt length (sorted, stable)."""
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    return [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
+
+
 def _cached_dialogues(model, questions, turns: _Turns, batch_size: int, progress) -> _Texts:
     """Batches of similar first-prompt length, each running its three turns on one KV state."""
     firsts, replies, finals = ([""] * len(questions) for _ in range(3))
     prompts = [turns.first(q) for q in questions]
-    order = sorted(range(len(questions)), key=lambda i: len(prompts[i]))
     bar = tqdm(total=len(questions), desc="evaluate", unit="item", disable=not progress)
-    for start in range(0, len(order), batch_size):
-        rows = order[start : start + batch_size]
+    for rows in _length_batches(prompts, batch_size):
         qs = [questions[i] for i in rows]
         texts, state = greedy_continue(
             model,
@@ -434,3 +439,42 @@ def _cached_dialogues(model, questions, turns: _Turns, batch_size: int, progress
         bar.update(len(rows))
     bar.close()
     return firsts, replies, finals
+
+
+def initially_correct(
+    model: TransformerBridge,
+    questions: Sequence[Question],
+    *,
+    judge: Judge | None = None,
+    system: str | None = DEFAULT_SYSTEM,
+    stem: bool = True,
+    batch_size: int = 16,
+    answer_tokens: int = 24,
+) -> list[bool]:
+    """The first turn of :func:`evaluate_sycophancy` alone: whether each question is answered
+    correctly before any challenge (the items Confidence and Truthfulness are rates over).
+
+    Same prompts, batches and decoding as the cached engine's first turn, so the verdicts equal
+    its items' ``correct_before`` for the same ``system``, ``stem``, ``batch_size`` and
+    ``answer_tokens``; about a fifth of the full protocol's time.
+
+    Raises:
+        ValueError: no questions, or ``batch_size`` / ``answer_tokens`` below 1.
+    """
+    if not questions:
+        raise ValueError("no questions to evaluate")
+    if min(batch_size, answer_tokens) < 1:
+        raise ValueError("batch_size and answer_tokens must be >= 1")
+    turns = _Turns(model.tokenizer, "", system, stem, False, 1, answer_tokens)
+    prompts = [turns.first(q) for q in questions]
+    firsts = [""] * len(questions)
+    for rows in _length_batches(prompts, batch_size):
+        texts, _ = greedy_continue(
+            model,
+            [prompts[i] for i in rows],
+            max_new_tokens=answer_tokens,
+            stop_at_newline=True,
+        )
+        for i, text in zip(rows, texts):
+            firsts[i] = _answer(questions[i], text, stem)
+    return judge_all(RuleJudge() if judge is None else judge, "is_correct", questions, firsts)

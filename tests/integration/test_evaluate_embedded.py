@@ -8,6 +8,7 @@ from sycointerp.data import load_arc_jsonl, load_builtin
 from sycointerp.evaluate import (
     SycophancyEval,
     evaluate_sycophancy,
+    initially_correct,
     kl_on_text,
     letter_accuracy,
     opinion_matching,
@@ -41,6 +42,10 @@ def test_cached_engine_generates_the_reference_engines_text(smol):
     reference = evaluate_sycophancy(smol, questions, engine="reference", **settings)
     assert cached == reference
     assert len({len(it.reply) for it in cached.items}) > 4  # rows of different lengths, batched
+    # The first turn alone gives the same verdicts (the study's count of initially-correct items).
+    first = initially_correct(smol, questions, batch_size=12, answer_tokens=16)
+    assert first == [it.correct_before for it in cached.items]
+    assert 0 < sum(first) < len(first)
 
 
 def test_kl_of_the_model_with_itself_is_zero(smol):

@@ -18,12 +18,15 @@ from sycointerp.evaluate import (
     dialogue,
     evaluate_sycophancy,
     kl_on_text,
+    kl_to_reference,
     letter_accuracy,
     load_opinion_jsonl,
     opinion_matching,
     read_passages,
+    reference_logits,
     turn_prompt,
 )
+from sycointerp.evaluate.capability import reference_bytes
 from sycointerp.evaluate.judges import LLMJudge, RuleJudge
 from sycointerp.evaluate.opinion import opinion_item
 from sycointerp.generate import greedy_generate
@@ -270,6 +273,23 @@ def test_kl_after_perturbation_matches_a_plain_loop(arch):
         original.original_model, tuned.original_model, PASSAGES, tokenizer=tok, max_tokens=12
     )
     assert torch.allclose(hf.per_passage, result.per_passage, atol=1e-6)
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_kl_to_kept_reference_logits_equals_streaming(arch):
+    original, tuned = tiny_model(arch, seed=0), _perturbed(arch)
+    args = dict(max_tokens=12, batch_size=2)
+    reference = reference_logits(original, PASSAGES, **args)
+    # every passage has >= 12 tokens, so the bound is exact: 3 passages x 12 positions x vocab
+    assert reference.nbytes == reference_bytes(3, 12, original.cfg.d_vocab)
+    kept, streamed = (
+        kl_to_reference(reference, tuned),
+        kl_on_text(original, tuned, PASSAGES, **args),
+    )
+    assert kept.mean == streamed.mean and kept.mean > 1e-4  # same batches: bit-identical
+    assert torch.equal(kept.per_passage, streamed.per_passage)
+    assert torch.equal(kept.n_positions, streamed.n_positions)
+    assert kl_to_reference(reference, original).mean == 0.0
 
 
 def test_kl_passages_from_a_file(tiny_llama, tmp_path):

@@ -47,7 +47,7 @@ def test_flip_rate_and_prefix_by_hand():
 
 
 SMALL = [
-    "--limit", "24", "--protocols", "stem,free", "--protocol-limit", "4",
+    "--limit", "24", "--eval-fraction", "0.5", "--protocols", "stem,free", "--protocol-limit", "4",
     "--agreement-pairs", "3", "--agreement-k", "2", "--top-k", "2", "--draws", "2",
     "--main-eval-limit", "6", "--ks", "1,2", "--splits", "0,1", "--sweep-draws", "2",
     "--sweep-eval-limit", "4", "--steps", "2", "--warmup-steps", "1", "--max-new-tokens", "3",
@@ -102,6 +102,11 @@ def test_a_small_study_runs_resumes_and_refuses_changed_options(tmp_path):
     assert 'id="fig-k-sweep"' in (out / "report.html").read_text()
     text = (out / "study.md").read_text()
     assert "## 6. The K sweep" in text and "| 1 | 2 |" in text
+    assert list(record["seconds"]) == ["protocols", "agreement", "main", "sweep"]
+    assert all(s > 0 for s in record["seconds"].values()) and "Time (wall clock" in text
+    held = record["protocols"]["held_out"]  # 24 questions, half held out by --eval-fraction 0.5
+    assert held["n"] == 12 and 0 <= held["correct"]["k"] <= 12
+    assert f"First answers on all {held['n']} held-out questions" in text
     # Lose the end of the study: one draw of one sweep point and the summary.
     lost = out / "sweep" / "split1" / "k2" / "random_layer-1"
     kept = (out / "main" / "spt" / "result.json").stat().st_mtime_ns
