@@ -48,7 +48,7 @@ class StudyConfig(TomlConfig):
     )
     # [data]
     eval_fraction: float = opt(
-        "data", "share of the built-in questions held out for evaluation", 0.6
+        "data", "share of the built-in questions held out for evaluation", 0.7
     )
     seed: int = opt("data", "seed of the main split, the draws and training", 0, minimum=0)
     limit: int = opt("data", "use the first N built-in questions (0 = all)", 0, minimum=0)

@@ -30,12 +30,20 @@ from transformer_lens.model_bridge import TransformerBridge
 
 from sycointerp.data.batch import PairBatch
 from sycointerp.metrics import PatchMetric
-from sycointerp.patching._resume import build_state, resume_logits, supports_resume, unfold_hook
+from sycointerp.patching._resume import (
+    build_state,
+    last_logits,
+    resume_logits,
+    supports_resume,
+    unfold_hook,
+)
 
 __all__ = [
     "RowView",
     "run_cells",
     "run_metric",
+    "observe",
+    "unpatched_metric",
     "baselines",
     "cache_hooks",
     "checked_hooks",
@@ -118,28 +126,72 @@ def run_metric(
     return metric(logits[torch.arange(ids.shape[0]), last].float(), example)
 
 
+@torch.inference_mode()
+def observe(
+    model: TransformerBridge,
+    ids: torch.Tensor,
+    last: torch.Tensor,
+    metric: PatchMetric,
+    example: torch.Tensor,
+    names: Sequence[str] = (),
+) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """One unpatched forward: the activations of ``names`` (whole prompts) and the metric at each
+    row's last position.
+
+    Where resumed runs are supported the decoder stack runs and only the last position is
+    unembedded (:func:`~sycointerp.patching._resume.last_logits`); otherwise a full hooked
+    forward. Same numbers up to float rounding (tests: 1e-5).
+
+    Raises:
+        RuntimeError: a name that is not a hook of the model, or a hook that never fired.
+    """
+    captured: dict[str, torch.Tensor] = {}
+
+    def keep(name: str):
+        def hook(x: torch.Tensor, hook=None) -> None:
+            captured[name] = x.detach().clone()
+
+        return hook
+
+    unknown = [n for n in names if n not in model.hook_dict]
+    if unknown:
+        raise RuntimeError(f"hooks not found in the model: {sorted(unknown)[:3]}")
+    with checked_hooks(model, [(n, keep(n)) for n in names]):
+        if supports_resume(model):
+            logits = last_logits(model, ids, last, metric.token_ids)
+        else:
+            logits = model(ids)[torch.arange(ids.shape[0]), last]
+    return {n: captured[n] for n in names}, metric(logits.float(), example)
+
+
+def unpatched_metric(
+    model: TransformerBridge,
+    ids: torch.Tensor,
+    last: torch.Tensor,
+    metric: PatchMetric,
+    batch_size: int = 64,
+) -> Float[torch.Tensor, " example"]:
+    """The metric of unpatched runs of ``ids``, ``batch_size`` examples per forward."""
+    return torch.cat(
+        [
+            observe(model, ids[c.start : c.stop], last[c.start : c.stop], metric, _range(c))[1]
+            for c in _chunks(ids.shape[0], batch_size)
+        ]
+    )
+
+
 def baselines(
     model: TransformerBridge, batch: PairBatch, metric: PatchMetric, batch_size: int = 64
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Unpatched metric of the reference and the counterfactual runs, ``[example]`` each
     (``batch_size`` examples per forward)."""
+    return tuple(
+        unpatched_metric(model, *batch.side(name), metric, batch_size) for name in ("ref", "cf")
+    )
 
-    def side(name: str) -> torch.Tensor:
-        ids, last = batch.side(name)
-        return torch.cat(
-            [
-                run_metric(
-                    model,
-                    ids[c.start : c.stop],
-                    last[c.start : c.stop],
-                    metric,
-                    torch.arange(c.start, c.stop),
-                )
-                for c in _chunks(batch.n, batch_size)
-            ]
-        )
 
-    return side("ref"), side("cf")
+def _range(c: range) -> torch.Tensor:
+    return torch.arange(c.start, c.stop)
 
 
 def z_name(layer: int) -> str:

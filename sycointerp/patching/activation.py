@@ -56,7 +56,7 @@ from sycointerp.data.batch import PairBatch
 from sycointerp.data.pairs import PromptPair, require_aligned
 from sycointerp.heads import model_meta
 from sycointerp.metrics import PatchMetric
-from sycointerp.patching._engine import Engine, RowView, baselines, cache_hooks, run_cells
+from sycointerp.patching._engine import Engine, RowView, observe, run_cells, unpatched_metric
 from sycointerp.patching.results import PatchResult
 
 __all__ = ["patch_heads", "patch_head_outputs", "patch_head_list", "patch_sites", "Sites"]
@@ -195,7 +195,7 @@ def patch_sites(
     batch = PairBatch.from_pairs(pairs, model.tokenizer.pad_token_id or 0)
     base, src = ("ref", "cf") if direction == "denoise" else ("cf", "ref")
     base_ids, base_last = batch.side(base)
-    source = _source_cache(model, *batch.side(src), sites, position)
+    source, metric_src = _source_cache(model, *batch.side(src), sites, position, metric)
     L, U = len(sites.names), sites.n_units
     P = base_ids.shape[1] if position == "each" else 1
 
@@ -232,8 +232,11 @@ def patch_sites(
         engine=engine,
         **resume,
     )
-    metric_ref, metric_cf = baselines(model, batch, metric)
-    values = (patched - (metric_ref if base == "ref" else metric_cf)).view(L, U, P, batch.n)
+    metric_base = unpatched_metric(model, base_ids, base_last, metric)
+    metric_ref, metric_cf = (
+        (metric_base, metric_src) if base == "ref" else (metric_src, metric_base)
+    )
+    values = (patched - metric_base).view(L, U, P, batch.n)
     if position == "each":
         values[:, :, torch.arange(P)[:, None] > base_last[None, :]] = (
             0.0  # no such position: effect 0
@@ -298,7 +301,7 @@ def patch_head_list(
     sites = Sites("z", tuple(f"blocks.{l}.attn.hook_z" for l in range(L)), "head", H)
     base, src = ("ref", "cf") if direction == "denoise" else ("cf", "ref")
     base_ids, base_last = batch.side(base)
-    source = _source_cache(model, *batch.side(src), sites, position)
+    source, _ = _source_cache(model, *batch.side(src), sites, position, metric)
 
     def hooks_for(cells: range, view: RowView):
         todo: dict[int, list[tuple[int, int, int]]] = {}
@@ -323,7 +326,7 @@ def patch_head_list(
         first_layer=lambda cell: heads[order[cell]][0],
         start=start,
     )
-    base_metric = baselines(model, batch, metric)[0 if base == "ref" else 1]
+    base_metric = unpatched_metric(model, base_ids, base_last, metric)
     out = torch.empty_like(patched)
     out[torch.tensor(order)] = patched - base_metric
     return out
@@ -343,12 +346,18 @@ def _check_alignment(pairs: Sequence[PromptPair], sites: Sites, position: str) -
 
 
 def _source_cache(
-    model: TransformerBridge, ids: torch.Tensor, last: torch.Tensor, sites: Sites, position: str
-) -> dict[str, torch.Tensor]:
+    model: TransformerBridge,
+    ids: torch.Tensor,
+    last: torch.Tensor,
+    sites: Sites,
+    position: str,
+    metric: PatchMetric,
+) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """The source run's activations, ``[example, pos, (unit,) ...]`` (``pos`` dropped for
-    "last")."""
+    "last"), and its unpatched metric, from one forward."""
     out = {}
-    for name, act in cache_hooks(model, ids, sites.names).items():
+    cached, metric_src = observe(model, ids, last, metric, torch.arange(len(last)), sites.names)
+    for name, act in cached.items():
         act = act.transpose(1, 2) if sites.unit_first else act
         if sites.unit and act.shape[2] != sites.n_units:
             raise RuntimeError(
@@ -356,7 +365,7 @@ def _source_cache(
                 f"{sites.unit}s; patching one {sites.unit} needs unexpanded activations"
             )
         out[name] = act[torch.arange(len(last)), last] if position == "last" else act
-    return out
+    return out, metric_src
 
 
 def _patch_hook(

@@ -25,7 +25,7 @@ from sycointerp.data.batch import PairBatch
 from sycointerp.data.pairs import PromptPair
 from sycointerp.heads import model_meta
 from sycointerp.metrics import PatchMetric
-from sycointerp.patching._engine import Engine, RowView, baselines, cache_hooks, run_cells, z_name
+from sycointerp.patching._engine import Engine, RowView, observe, run_cells, z_name
 from sycointerp.patching.results import PatchResult
 
 __all__ = ["path_patch_heads", "attn_in_name", "mlp_in_name", "require_norm_inputs"]
@@ -64,13 +64,13 @@ def path_patch_heads(
     require_norm_inputs(model, frozen_names)
     batch = PairBatch.from_pairs(pairs, model.tokenizer.pad_token_id or 0)
     every = torch.arange(batch.n)
-    z_cf = {
-        n: z[every, batch.cf_last]
-        for n, z in cache_hooks(model, batch.cf, [z_name(l) for l in range(L)]).items()
-    }
-    frozen = {
-        n: x[every, batch.ref_last] for n, x in cache_hooks(model, batch.ref, frozen_names).items()
-    }
+    # One unpatched run per side gives both what the patches write and the baseline metric.
+    z_cf, metric_cf = observe(
+        model, batch.cf, batch.cf_last, metric, every, [z_name(l) for l in range(L)]
+    )
+    z_cf = {n: z[every, batch.cf_last] for n, z in z_cf.items()}
+    frozen, metric_ref = observe(model, batch.ref, batch.ref_last, metric, every, frozen_names)
+    frozen = {n: x[every, batch.ref_last] for n, x in frozen.items()}
 
     def hooks_for(cells: range, view: RowView):
         senders = [(i, cell // H, cell % H) for i, cell in enumerate(cells)]
@@ -126,7 +126,6 @@ def path_patch_heads(
         start=batch.ref_last,
         engine=engine,
     )
-    metric_ref, metric_cf = baselines(model, batch, metric)
     values = (patched - metric_ref).view(L, H, batch.n)
     method = "path/resid" + ("/frozen-mlps" if freeze_mlps else "")
     return PatchResult(

@@ -8,8 +8,8 @@ from sycointerp.data import build_pairs, load_builtin
 from sycointerp.data.batch import PairBatch
 from sycointerp.metrics import apology_logit_diff_metric, flip_metric
 from sycointerp.patching import patch_heads, path_patch_heads
-from sycointerp.patching._engine import run_cells
-from sycointerp.patching._resume import build_state, resume_logits, unfold_hook
+from sycointerp.patching._engine import observe, run_cells
+from sycointerp.patching._resume import build_state, last_logits, resume_logits, unfold_hook
 from sycointerp.patching.layers import patch_layers
 
 ATOL = 1e-5
@@ -49,6 +49,34 @@ def test_only_declared_tokens_are_unembedded(tiny):
         full = tiny(ids)[0, -1]
     assert torch.allclose(logits[0, [3, 9]], full[[3, 9]], atol=ATOL)
     assert torch.isnan(logits[0, 4]) and torch.isnan(logits).sum() == logits.numel() - 2
+
+
+def test_last_position_logits_equal_a_full_forward(tiny):
+    ids = torch.randint(5, 1000, (3, 14))
+    last = torch.tensor([13, 6, 0])
+    with torch.inference_mode():
+        full = tiny(ids)[torch.arange(3), last]
+        every = last_logits(tiny, ids, last)
+        some = last_logits(tiny, ids, last, token_ids=(9, 3, 9))
+    assert torch.allclose(every, full, atol=ATOL)
+    assert torch.allclose(some[:, [3, 9]], full[:, [3, 9]], atol=ATOL)
+    assert torch.isnan(some).sum() == some.numel() - 3 * 2  # only the declared columns
+
+
+def test_observe_equals_run_with_cache_and_a_full_forward(tiny, questions):
+    pairs = build_pairs(questions, tiny.tokenizer, position="answer")
+    batch = PairBatch.from_pairs(pairs, tiny.tokenizer.pad_token_id or 0)
+    metric, rows = flip_metric(batch), torch.arange(batch.n)
+    names = ["blocks.0.attn.hook_z", f"blocks.{tiny.cfg.n_layers - 1}.hook_resid_pre"]
+    cached, values = observe(tiny, batch.ref, batch.ref_last, metric, rows, names)
+    with torch.inference_mode():
+        logits, cache = tiny.run_with_cache(batch.ref, names_filter=lambda n: n in names)
+    expected = metric(logits[rows, batch.ref_last].float(), rows)
+    assert torch.allclose(values, expected, atol=ATOL)
+    for name in names:
+        assert torch.allclose(cached[name], cache[name], atol=ATOL)
+    with pytest.raises(RuntimeError, match="hooks not found"):
+        observe(tiny, batch.ref, batch.ref_last, metric, rows, ["blocks.0.hook_no_such"])
 
 
 @pytest.mark.parametrize(
