@@ -1,7 +1,8 @@
 """The trust study's configuration (``sycointerp study``): sections model, data, protocols,
 agreement, main, sweep, train, eval.
 
-The defaults are the settings the README's study ran with on a 2-core CPU (about 1 h 45 min):
+The defaults are sized for a 2-core CPU (5 draws per control, 70% of the questions held out so
+that at least 250 are answered correctly at first; estimated at about 2 hours, not yet timed):
 each stage's size is an option, so a larger machine runs the same study at full size
 (``--main-eval-limit 0`` for every held-out question, more ``--draws`` and ``--steps``).
 """
