@@ -244,12 +244,13 @@ def test_each_position_agrees_with_last_position(tiny, aligned):
 
 def test_source_run_caches_only_the_patched_hook(tiny, aligned, monkeypatch):
     seen = []
-    real = activation.cache_hooks
-    monkeypatch.setattr(
-        activation,
-        "cache_hooks",
-        lambda model, ids, names: seen.append(list(names)) or real(model, ids, names),
-    )
+    real = activation.observe
+
+    def spy(model, ids, last, metric, example, names=()):
+        seen.append(list(names))
+        return real(model, ids, last, metric, example, names)
+
+    monkeypatch.setattr(activation, "observe", spy)
     patch_heads(tiny, aligned, _metric(aligned), component="k")
     patch_layers(tiny, aligned, _metric(aligned), component="mlp_out", position="last")
     L = tiny.cfg.n_layers
