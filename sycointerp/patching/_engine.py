@@ -21,7 +21,7 @@ Two engines compute the same numbers:
 
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
@@ -68,12 +68,16 @@ class RowView:
             past a row's end are clamped to its last position; they never reach the metric).
         n_ex: examples per cell block: cell ``i`` of the chunk owns rows
             ``[i * n_ex, (i+1) * n_ex)``.
+        base: hook name -> ``[n_ex, ...]`` the unpatched base run's activation at each of the
+            chunk's examples' metric position (chunk order: row ``i * n_ex + j`` is example
+            ``j``), for the names :func:`run_cells` was asked to observe.
     """
 
     example: Int[torch.Tensor, " rows"]
     last: Int[torch.Tensor, " rows"]
     pos: Int[torch.Tensor, "rows local_pos"]
     n_ex: int
+    base: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def rows(self, i: int) -> slice:
         """Rows of the ``i``-th cell of the chunk."""
@@ -231,11 +235,15 @@ def run_cells(
     first_layer: Callable[[int], int] | None = None,
     start: Int[torch.Tensor, " example"] | None = None,
     engine: Engine = "auto",
-) -> Float[torch.Tensor, "cell example"]:
-    """Metric of every (cell, example), many cells per forward.
+    base_hooks: Sequence[str] = (),
+) -> tuple[Float[torch.Tensor, "cell example"], Float[torch.Tensor, " example"]]:
+    """Metric of every (cell, example), many cells per forward, and of the unpatched runs.
 
     ``hooks_for(cells, view)`` returns hooks for a batch whose rows are ``cells x examples``
-    (cell-major, see :class:`RowView`); each hook must patch only its cell's rows.
+    (cell-major, see :class:`RowView`); each hook must patch only its cell's rows. Each example
+    chunk runs unpatched once (the resumed runs' cached base run, or one :func:`observe` for the
+    hooked engine): it gives the unpatched metric and ``view.base``, the activations of
+    ``base_hooks`` at the examples' metric positions, so callers need no forward of their own.
 
     Args:
         first_layer: ``cell -> the earliest layer its hooks change`` (cells in non-decreasing
@@ -245,6 +253,10 @@ def run_cells(
         engine: ``"resume"`` restarts a cached base run (see ``_resume``; exact), ``"hooked"``
             runs full hooked forwards (the plain path), ``"auto"`` resumes where supported and
             where the caller declared ``first_layer`` or ``start``.
+        base_hooks: hook names whose unpatched activations the hooks read through ``view.base``.
+
+    Returns:
+        ``(patched, base)``: ``[cell, example]`` patched metrics and ``[example]`` unpatched ones.
 
     Raises:
         RuntimeError: training mode, or a hook that never fired.
@@ -264,36 +276,53 @@ def run_cells(
     resume = engine == "resume" or (engine == "auto" and declared and supports_resume(model))
     n = ids.shape[0]
     start = torch.zeros(n, dtype=torch.long) if start is None else start
-    out = torch.empty(n_cells, n)
+    out, base = torch.empty(n_cells, n), torch.empty(n)
     for ex in _chunks(n, batch_size):
         ex_idx = torch.arange(ex.start, ex.stop)
-        state = build_state(model, ids[ex_idx], start[ex_idx], last[ex_idx]) if resume else None
+        state, seen, base[ex_idx] = _base_run(
+            model, ids[ex_idx], start[ex_idx], last[ex_idx], metric, ex_idx, base_hooks, resume
+        )
         per_chunk = max(1, batch_size // len(ex))
         if state is not None:  # folded attention is quadratic in cells x suffix: keep it small
             per_chunk = min(per_chunk, max(1, _MAX_FOLDED // state.suffix))
         for cells in _chunks(n_cells, per_chunk):
             from_layer = min(map(first_layer, cells)) if first_layer else 0
             values = _run_chunk(
-                model, ids, last, ex_idx, cells, hooks_for, metric, state, from_layer
+                model, ids, last, ex_idx, cells, hooks_for, metric, state, from_layer, seen
             )
             out[cells.start : cells.stop, ex.start : ex.stop] = values.view(len(cells), len(ex))
-    return out
+    return out, base
+
+
+def _base_run(model, ids, start, last, metric, example, names, resume):
+    """One unpatched run of an example chunk: ``(resume state or None, activations of names at
+    the metric positions, metric)``."""
+    if resume:
+        state = build_state(model, ids, start, last, metric.token_ids, names)
+        return state, state.observed, metric(state.logits.float(), example)
+    cached, value = observe(model, ids, last, metric, example, names)
+    rows = torch.arange(ids.shape[0])
+    return None, {n: x[rows, last] for n, x in cached.items()}, value
 
 
 def _run_chunk(
-    model, ids, last, ex_idx, cells, hooks_for, metric, state, from_layer
+    model, ids, last, ex_idx, cells, hooks_for, metric, state, from_layer, seen
 ) -> torch.Tensor:
     """One forward for ``cells x ex_idx`` rows: resumed from ``state`` or a full hooked run."""
     rep = len(cells)
     example = ex_idx.repeat(rep)
     if state is None:
         view = RowView(
-            example, last[example], torch.arange(ids.shape[1]).expand(len(example), -1), len(ex_idx)
+            example,
+            last[example],
+            torch.arange(ids.shape[1]).expand(len(example), -1),
+            len(ex_idx),
+            seen,
         )
         return run_metric(model, ids[example], view.last, metric, example, hooks_for(cells, view))
     local = torch.arange(len(ex_idx)).repeat(rep)
     view = RowView(
-        example, state.last[local] - state.start[local], state.positions(local), len(ex_idx)
+        example, state.last[local] - state.start[local], state.positions(local), len(ex_idx), seen
     )
     hooks = [
         (name, unfold_hook(name, fn, rep, state.suffix)) for name, fn in hooks_for(cells, view)

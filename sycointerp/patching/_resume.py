@@ -147,6 +147,10 @@ class ResumeState:
             of positions ``< max(start)``.
         resid: per layer ``[example, suffix, d_model]`` residual stream entering the layer at
             positions ``start + j`` (clamped to the prompt's width).
+        logits: ``[example, d_vocab]`` the base run's logits at each ``last`` position (only the
+            requested vocabulary columns; the others NaN, as :func:`resume_logits`).
+        observed: hook name -> ``[example, ...]`` the base run's activation at each ``last``
+            position, for the names :func:`build_state` was asked to observe.
     """
 
     start: Int[torch.Tensor, " example"]
@@ -154,6 +158,8 @@ class ResumeState:
     keys: tuple[torch.Tensor, ...]
     values: tuple[torch.Tensor, ...]
     resid: tuple[torch.Tensor, ...]
+    logits: Float[torch.Tensor, "example d_vocab"]
+    observed: dict[str, torch.Tensor]
 
     @property
     def prefix(self) -> int:
@@ -175,11 +181,16 @@ def build_state(
     ids: Int[torch.Tensor, "example pos"],
     start: Int[torch.Tensor, " example"],
     last: Int[torch.Tensor, " example"],
+    token_ids: Sequence[int] | None = None,
+    observe: Sequence[str] = (),
 ) -> ResumeState:
-    """Run ``ids`` once, keeping what resumed runs need.
+    """Run ``ids`` once, keeping what resumed runs need, the base logits at each ``last``
+    position (only ``token_ids``' columns where given) and the activations of the hooks named in
+    ``observe`` at that position: the unpatched run a caller needs besides, from the same forward.
 
     Raises:
         ValueError: a start after its example's last position.
+        RuntimeError: a name in ``observe`` that is not a hook of the model, or never fired.
     """
     if (start > last).any() or (start < 0).any():
         bad = int(torch.nonzero((start > last) | (start < 0))[0])
@@ -204,13 +215,36 @@ def build_state(
 
         return hook
 
+    at_last: dict[str, torch.Tensor] = {}
+
+    def look(name: str):
+        def hook(x: torch.Tensor, hook=None) -> None:
+            at_last[name] = x[torch.arange(x.shape[0]), last.to(x.device)].detach().clone()
+
+        return hook
+
+    unknown = [n for n in observe if n not in model.hook_dict]
+    if unknown:
+        raise RuntimeError(f"hooks not found in the model: {sorted(unknown)[:3]}")
+    hooks = [(f"blocks.{l}.hook_resid_pre", keep(l)) for l in range(L)]
     # The decoder stack without lm_head: no [example, pos, d_vocab] logits are ever materialised.
-    with model.hooks(fwd_hooks=[(f"blocks.{l}.hook_resid_pre", keep(l)) for l in range(L)]):
-        cache = output_cache(parts.decoder(input_ids=ids.to(model.cfg.device), use_cache=True))
+    with model.hooks(fwd_hooks=hooks + [(n, look(n)) for n in observe]):
+        out = parts.decoder(input_ids=ids.to(model.cfg.device), use_cache=True)
+    missing = set(observe) - set(at_last)
+    if missing:
+        raise RuntimeError(f"hooks never fired: {sorted(missing)[:3]}")
+    cache = output_cache(out)
     keys = tuple(cache.layers[l].keys[:, :, :prefix].clone() for l in range(L))
     values = tuple(cache.layers[l].values[:, :, :prefix].clone() for l in range(L))
     resid = tuple(captured[l] for l in range(L))
-    return ResumeState(start, last, keys, values, resid)
+    logits = _unembed(parts.lm_head, _final_at(out, last), token_ids)
+    return ResumeState(start, last, keys, values, resid, logits, at_last)
+
+
+def _final_at(out, last: torch.Tensor) -> torch.Tensor:
+    """The decoder's output (after the final norm) at each row's ``last`` position."""
+    hidden = out[0] if isinstance(out, tuple) else out.last_hidden_state
+    return hidden[torch.arange(hidden.shape[0], device=hidden.device), last.to(hidden.device)]
 
 
 @torch.inference_mode()
@@ -232,9 +266,7 @@ def last_logits(
     if parts is None:
         raise _refusal(model)
     out = parts.decoder(input_ids=ids.to(model.cfg.device), use_cache=False)
-    hidden = out[0] if isinstance(out, tuple) else out.last_hidden_state  # after the final norm
-    rows = torch.arange(ids.shape[0], device=hidden.device)
-    return _unembed(parts.lm_head, hidden[rows, last.to(hidden.device)], token_ids)
+    return _unembed(parts.lm_head, _final_at(out, last), token_ids)
 
 
 def _mask(state: ResumeState, rep: int) -> torch.Tensor:

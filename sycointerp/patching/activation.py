@@ -56,7 +56,7 @@ from sycointerp.data.batch import PairBatch
 from sycointerp.data.pairs import PromptPair, require_aligned
 from sycointerp.heads import model_meta
 from sycointerp.metrics import PatchMetric
-from sycointerp.patching._engine import Engine, RowView, observe, run_cells, unpatched_metric
+from sycointerp.patching._engine import Engine, RowView, observe, run_cells
 from sycointerp.patching.results import PatchResult
 
 __all__ = ["patch_heads", "patch_head_outputs", "patch_head_list", "patch_sites", "Sites"]
@@ -221,7 +221,7 @@ def patch_sites(
             }[position],
         }
     )
-    patched = run_cells(
+    patched, metric_base = run_cells(
         model,
         base_ids,
         base_last,
@@ -232,7 +232,6 @@ def patch_sites(
         engine=engine,
         **resume,
     )
-    metric_base = unpatched_metric(model, base_ids, base_last, metric)
     metric_ref, metric_cf = (
         (metric_base, metric_src) if base == "ref" else (metric_src, metric_base)
     )
@@ -314,7 +313,7 @@ def patch_head_list(
         ]
 
     start = base_last if position == "last" else batch.shared_prefix
-    patched = run_cells(
+    patched, base_metric = run_cells(
         model,
         base_ids,
         base_last,
@@ -326,7 +325,6 @@ def patch_head_list(
         first_layer=lambda cell: heads[order[cell]][0],
         start=start,
     )
-    base_metric = unpatched_metric(model, base_ids, base_last, metric)
     out = torch.empty_like(patched)
     out[torch.tensor(order)] = patched - base_metric
     return out

@@ -64,13 +64,12 @@ def path_patch_heads(
     require_norm_inputs(model, frozen_names)
     batch = PairBatch.from_pairs(pairs, model.tokenizer.pad_token_id or 0)
     every = torch.arange(batch.n)
-    # One unpatched run per side gives both what the patches write and the baseline metric.
+    # One unpatched run per side: the counterfactual's gives what the patches write and its
+    # metric; the reference's (run_cells' base run) gives the frozen inputs and its metric.
     z_cf, metric_cf = observe(
         model, batch.cf, batch.cf_last, metric, every, [z_name(l) for l in range(L)]
     )
     z_cf = {n: z[every, batch.cf_last] for n, z in z_cf.items()}
-    frozen, metric_ref = observe(model, batch.ref, batch.ref_last, metric, every, frozen_names)
-    frozen = {n: x[every, batch.ref_last] for n, x in frozen.items()}
 
     def hooks_for(cells: range, view: RowView):
         senders = [(i, cell // H, cell % H) for i, cell in enumerate(cells)]
@@ -97,8 +96,8 @@ def path_patch_heads(
                 x = x.clone()
                 for i, sl, _ in senders:
                     if layer > sl or (not from_layer_after_sender and layer == sl):
-                        rows, last, ex = at_last(i)
-                        x[rows, last] = frozen[name][ex]
+                        rows, last, _ = at_last(i)
+                        x[rows, last] = view.base[name]
                 return x
 
             return hook
@@ -114,7 +113,7 @@ def path_patch_heads(
             ]
         return hooks
 
-    patched = run_cells(
+    patched, metric_ref = run_cells(
         model,
         batch.ref,
         batch.ref_last,
@@ -125,6 +124,7 @@ def path_patch_heads(
         first_layer=lambda cell: cell // H,
         start=batch.ref_last,
         engine=engine,
+        base_hooks=frozen_names,
     )
     values = (patched - metric_ref).view(L, H, batch.n)
     method = "path/resid" + ("/frozen-mlps" if freeze_mlps else "")

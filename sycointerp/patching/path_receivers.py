@@ -38,9 +38,9 @@ from sycointerp.patching._engine import (
     Engine,
     Hook,
     RowView,
-    baselines,
     cache_hooks,
     run_cells,
+    unpatched_metric,
     z_name,
 )
 from sycointerp.patching.path import attn_in_name, mlp_in_name, require_norm_inputs
@@ -138,7 +138,7 @@ def path_patch_to_receivers(
         first_layer=lambda c: c // H,
         **common,
     )
-    patched = run_cells(
+    patched, metric_ref = run_cells(
         model,
         batch.ref,
         batch.ref_last,
@@ -149,7 +149,7 @@ def path_patch_to_receivers(
         first_layer=lambda c: min(later(c // H), default=L - 1),
         **common,
     )
-    metric_ref, metric_cf = baselines(model, batch, metric)
+    metric_cf = unpatched_metric(model, batch.cf, batch.cf_last, metric)
     values = (patched - metric_ref).view(L, H, batch.n)
     values[max(by_layer) :] = 0.0  # no receiver after these senders: nothing was patched
     return PatchResult(

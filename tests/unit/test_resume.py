@@ -79,6 +79,44 @@ def test_observe_equals_run_with_cache_and_a_full_forward(tiny, questions):
         observe(tiny, batch.ref, batch.ref_last, metric, rows, ["blocks.0.hook_no_such"])
 
 
+def test_the_base_run_gives_the_unpatched_logits_metric_and_observed_hooks(tiny, questions):
+    """build_state's logits and observed activations, and run_cells' base metric and
+    ``view.base`` (both engines), equal a full run_with_cache at each metric position."""
+    pairs = build_pairs(questions, tiny.tokenizer, position="answer")
+    batch = PairBatch.from_pairs(pairs, tiny.tokenizer.pad_token_id or 0)
+    metric, rows, last = flip_metric(batch), torch.arange(batch.n), batch.ref_last
+    names = ["blocks.1.ln1.hook_in", "blocks.0.attn.hook_z"]
+    with torch.inference_mode():
+        logits, cache = tiny.run_with_cache(batch.ref, names_filter=lambda n: n in names)
+    full = logits[rows, last]
+    state = build_state(tiny, batch.ref, last, last, metric.token_ids, names)
+    ids = sorted(set(metric.token_ids))
+    assert torch.allclose(state.logits[:, ids], full[:, ids], atol=ATOL)
+    assert torch.isnan(state.logits).sum() == state.logits.numel() - len(ids) * batch.n
+    for name in names:
+        assert torch.allclose(state.observed[name], cache[name][rows, last], atol=ATOL)
+    seen = []
+
+    def look(cells, view):
+        seen.append((view.example[: view.n_ex].tolist(), view.base))
+        return []
+
+    for engine in ("resume", "hooked"):
+        seen.clear()
+        kwargs = {"start": last, "base_hooks": names, "engine": engine}
+        patched, base = run_cells(tiny, batch.ref, last, 2, look, metric, 2, **kwargs)
+        expected = metric(full.float(), rows)
+        assert torch.allclose(base, expected, atol=ATOL)
+        assert torch.allclose(patched, expected.expand(2, -1), atol=ATOL)  # no hooks: unpatched
+        for example, observed in seen:
+            for name in names:
+                assert torch.allclose(
+                    observed[name], cache[name][example, last[example]], atol=ATOL
+                )
+    with pytest.raises(RuntimeError, match="hooks not found"):
+        build_state(tiny, batch.ref, last, last, observe=["blocks.0.hook_no_such"])
+
+
 @pytest.mark.parametrize(
     ("component", "position"),
     [("z", "last"), ("z", "all"), ("z", "each"), ("k", "last"), ("v", "all")],
