@@ -33,6 +33,7 @@ from sycointerp.metrics import PatchMetric
 from sycointerp.patching._resume import (
     build_state,
     last_logits,
+    require_hooks,
     resume_logits,
     supports_resume,
     unfold_hook,
@@ -157,9 +158,7 @@ def observe(
 
         return hook
 
-    unknown = [n for n in names if n not in model.hook_dict]
-    if unknown:
-        raise RuntimeError(f"hooks not found in the model: {sorted(unknown)[:3]}")
+    require_hooks(model, names)
     with checked_hooks(model, [(n, keep(n)) for n in names]):
         if supports_resume(model):
             logits = last_logits(model, ids, last, metric.token_ids)

@@ -38,6 +38,7 @@ __all__ = [
     "build_state",
     "resume_logits",
     "last_logits",
+    "require_hooks",
     "unfold_hook",
 ]
 
@@ -223,9 +224,7 @@ def build_state(
 
         return hook
 
-    unknown = [n for n in observe if n not in model.hook_dict]
-    if unknown:
-        raise RuntimeError(f"hooks not found in the model: {sorted(unknown)[:3]}")
+    require_hooks(model, observe)
     hooks = [(f"blocks.{l}.hook_resid_pre", keep(l)) for l in range(L)]
     # The decoder stack without lm_head: no [example, pos, d_vocab] logits are ever materialised.
     with model.hooks(fwd_hooks=hooks + [(n, look(n)) for n in observe]):
@@ -239,6 +238,17 @@ def build_state(
     resid = tuple(captured[l] for l in range(L))
     logits = _unembed(parts.lm_head, _final_at(out, last), token_ids)
     return ResumeState(start, last, keys, values, resid, logits, at_last)
+
+
+def require_hooks(model: TransformerBridge, names: Sequence[str]) -> None:
+    """Refuse hook names the model does not have.
+
+    Raises:
+        RuntimeError: a name that is not a hook of the model (naming up to three).
+    """
+    unknown = [n for n in names if n not in model.hook_dict]
+    if unknown:
+        raise RuntimeError(f"hooks not found in the model: {sorted(unknown)[:3]}")
 
 
 def _final_at(out, last: torch.Tensor) -> torch.Tensor:
