@@ -570,17 +570,36 @@ KEEP_BASE_LOGITS_BYTES = 2 << 30
 def _kl_to_base(config: SPTConfig) -> Callable[[torch.nn.Module], float]:
     """``KL(base || model)`` on the configured passages, as a function of the model; the base
     model's logits computed once where they fit (:data:`KEEP_BASE_LOGITS_BYTES`), else both
-    models run per call. The two give identical numbers (same batches)."""
+    models run per call. The two give identical numbers (same batches).
+
+    The kept logits are reused by the next job in the same process with the same model, passages
+    and file (the study's sweep runs many): the key includes the file's size and modification
+    time, so an edited file is read again.
+    """
     from sycointerp.evaluate import kl_on_text, kl_to_reference, reference_logits
     from sycointerp.evaluate.capability import reference_bytes
 
+    stat = os.stat(config.kl_text)
+    key = (config.model, config.device, config.dtype, config.trust_remote_code)
+    key += (config.kl_text, stat.st_size, stat.st_mtime_ns, config.kl_passages)
+    if _KL_REFERENCE.get("key") == key:
+        return _KL_REFERENCE["kl"]
     hf, tok, name = _load(config)
     base = hook_model(hf, tok, name)
     args = dict(n_passages=config.kl_passages)
     if reference_bytes(config.kl_passages, 128, base.cfg.d_vocab) > KEEP_BASE_LOGITS_BYTES:
         return lambda model: float(kl_on_text(base, model, config.kl_text, **args))
     reference = reference_logits(base, config.kl_text, **args)
-    return lambda model: float(kl_to_reference(reference, model))
+    _KL_REFERENCE.clear()  # at most one set of logits is held
+
+    def kl(model: torch.nn.Module) -> float:
+        return float(kl_to_reference(reference, model))
+
+    _KL_REFERENCE.update(key=key, kl=kl)
+    return kl
+
+
+_KL_REFERENCE: dict[str, Any] = {}  # the last job's kept base logits (see _kl_to_base)
 
 
 def _run_methods(

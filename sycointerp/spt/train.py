@@ -26,6 +26,7 @@ Conventions:
   processes) is refused, since the data order would silently change.
 """
 
+import inspect
 import json
 import math
 import os
@@ -134,14 +135,30 @@ def _batch_indices(n: int, step: int, global_batch: int, seed: int) -> list[int]
 def _loss_sum(
     model: torch.nn.Module, examples: Sequence[TrainExample], pad_id: int, device
 ) -> torch.Tensor:
+    """Summed next-token cross-entropy over the label tokens of ``examples``.
+
+    Only the positions that predict a label in some row are unembedded (``logits_to_keep``, where
+    the model takes it): the full-vocabulary unembedding and softmax of the prompt positions,
+    about three quarters of a dialogue, would be computed and thrown away. The loss and its
+    gradients equal the all-position computation's (the kept positions are the only ones with
+    a non-ignored target).
+    """
     ids, mask, labels = (t.to(device) for t in collate(examples, pad_id))
-    logits = model(input_ids=ids, attention_mask=mask).logits
+    targets = labels[:, 1:]
+    keep = (targets != -100).any(0).nonzero().flatten()
+    if _takes_logits_to_keep(model):
+        logits = model(input_ids=ids, attention_mask=mask, logits_to_keep=keep).logits
+    else:
+        logits = model(input_ids=ids, attention_mask=mask).logits[:, keep]
     return F.cross_entropy(
-        logits[:, :-1].flatten(0, 1).float(),
-        labels[:, 1:].flatten(),
-        ignore_index=-100,
-        reduction="sum",
+        logits.flatten(0, 1).float(), targets[:, keep].flatten(), ignore_index=-100, reduction="sum"
     )
+
+
+def _takes_logits_to_keep(model: torch.nn.Module) -> bool:
+    """Whether the (PEFT-unwrapped) HuggingFace model's forward accepts ``logits_to_keep``."""
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "logits_to_keep" in inspect.signature(inner.forward).parameters
 
 
 def _optimizer_bytes(optimizer: torch.optim.Optimizer) -> int:
