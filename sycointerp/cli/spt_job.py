@@ -35,8 +35,8 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Callable
-from contextlib import ExitStack
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -572,9 +572,10 @@ def _kl_to_base(config: SPTConfig) -> Callable[[torch.nn.Module], float]:
     model's logits computed once where they fit (:data:`KEEP_BASE_LOGITS_BYTES`), else both
     models run per call. The two give identical numbers (same batches).
 
-    The kept logits are reused by the next job in the same process with the same model, passages
-    and file (the study's sweep runs many): the key includes the file's size and modification
-    time, so an edited file is read again.
+    Inside :func:`reusing_kl_reference` (the study, whose sweep runs many jobs) the kept logits
+    are reused by the next job with the same model, passages and file: the key includes the
+    file's size and modification time, so an edited file is read again. Outside it nothing is
+    kept after the job.
     """
     from sycointerp.evaluate import kl_on_text, kl_to_reference, reference_logits
     from sycointerp.evaluate.capability import reference_bytes
@@ -582,7 +583,7 @@ def _kl_to_base(config: SPTConfig) -> Callable[[torch.nn.Module], float]:
     stat = os.stat(config.kl_text)
     key = (config.model, config.device, config.dtype, config.trust_remote_code)
     key += (config.kl_text, stat.st_size, stat.st_mtime_ns, config.kl_passages)
-    if _KL_REFERENCE.get("key") == key:
+    if _KL_REFERENCE is not None and _KL_REFERENCE.get("key") == key:
         return _KL_REFERENCE["kl"]
     hf, tok, name = _load(config)
     base = hook_model(hf, tok, name)
@@ -590,16 +591,30 @@ def _kl_to_base(config: SPTConfig) -> Callable[[torch.nn.Module], float]:
     if reference_bytes(config.kl_passages, 128, base.cfg.d_vocab) > KEEP_BASE_LOGITS_BYTES:
         return lambda model: float(kl_on_text(base, model, config.kl_text, **args))
     reference = reference_logits(base, config.kl_text, **args)
-    _KL_REFERENCE.clear()  # at most one set of logits is held
 
     def kl(model: torch.nn.Module) -> float:
         return float(kl_to_reference(reference, model))
 
-    _KL_REFERENCE.update(key=key, kl=kl)
+    if _KL_REFERENCE is not None:  # at most one set of logits is held
+        _KL_REFERENCE.clear()
+        _KL_REFERENCE.update(key=key, kl=kl)
     return kl
 
 
-_KL_REFERENCE: dict[str, Any] = {}  # the last job's kept base logits (see _kl_to_base)
+# The last job's kept base logits while reusing_kl_reference() is active, else None.
+_KL_REFERENCE: dict[str, Any] | None = None
+
+
+@contextmanager
+def reusing_kl_reference() -> Iterator[None]:
+    """Within the block, jobs in this process reuse the base model's KL logits (see
+    :func:`_kl_to_base`); on exit they are released."""
+    global _KL_REFERENCE
+    outer, _KL_REFERENCE = _KL_REFERENCE, ({} if _KL_REFERENCE is None else _KL_REFERENCE)
+    try:
+        yield
+    finally:
+        _KL_REFERENCE = outer
 
 
 def _run_methods(

@@ -40,7 +40,7 @@ from sycointerp._io import read_json, write_json
 from sycointerp.cli.html_report import write_report
 from sycointerp.cli.output import INPUTS, check_inputs, output_lock, prepare_output
 from sycointerp.cli.spt_config import SPTConfig
-from sycointerp.cli.spt_job import run_experiment, split_data
+from sycointerp.cli.spt_job import reusing_kl_reference, run_experiment, split_data
 from sycointerp.cli.study_config import PROTOCOLS, StudyConfig
 from sycointerp.data.questions import Question
 from sycointerp.evaluate.compare import compare_methods, compare_pooled
@@ -413,10 +413,11 @@ def run_study(
         log.info("protocol chosen: %s", choice)
         with clock("agreement"):
             agreement = run_agreement(config, out / "agreement")
-        with clock("main"):
-            main = run_main(config, out / "main", choice, progress)
-        with clock("sweep"):
-            run_sweep(config, out, choice, progress)
+        with reusing_kl_reference():  # the main stage's base logits serve every sweep run
+            with clock("main"):
+                main = run_main(config, out / "main", choice, progress)
+            with clock("sweep"):
+                run_sweep(config, out, choice, progress)
         record = {
             "seconds": clock.seconds,
             "protocols": protocols,

@@ -650,20 +650,22 @@ def test_the_kl_reference_is_reused_only_for_the_same_model_passages_and_file(
     loads = []
     real_load = spt_job._load
     monkeypatch.setattr(spt_job, "_load", lambda c: loads.append(c) or real_load(c))
-    monkeypatch.setattr(spt_job, "_KL_REFERENCE", {})
 
     def kl(**changes):
         config = SPTConfig(model=model_dirs["llama"], kl_text=str(text), kl_passages=3)
         return spt_job._kl_to_base(SPTConfig(**{**config.__dict__, **changes}))
 
-    first = kl()
-    model = _load(model_dirs["llama"])[0]
-    assert kl() is first and len(loads) == 1 and first(model) == 0.0
-    assert kl(kl_passages=2) is not first and len(loads) == 2
-    assert kl(model=model_dirs["gpt2"]) is not first and len(loads) == 3
-    again = kl()
-    text.write_text(("Another text entirely, " * 20 + "\n\n") * 5)  # same path, new size and time
-    assert kl() is not again and len(loads) == 5
+    assert kl() is not kl() and len(loads) == 2  # outside the block nothing is kept
+    with spt_job.reusing_kl_reference():
+        first = kl()
+        model = _load(model_dirs["llama"])[0]
+        assert kl() is first and len(loads) == 3 and first(model) == 0.0
+        assert kl(kl_passages=2) is not first and len(loads) == 4
+        assert kl(model=model_dirs["gpt2"]) is not first and len(loads) == 5
+        again = kl()
+        text.write_text(("Another text entirely, " * 20 + "\n\n") * 5)  # new size and time
+        assert kl() is not again and len(loads) == 7
+    assert spt_job._KL_REFERENCE is None  # released on exit
 
 
 def test_cli_runs_methods_writes_report_and_refuses_bad_input(model_dirs, tmp_path):
