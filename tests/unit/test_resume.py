@@ -3,13 +3,20 @@ against full forwards, on tiny MHA and GQA models."""
 
 import pytest
 import torch
+from transformer_lens.model_bridge.generalized_components.attention import AttentionBridge
 
 from sycointerp.data import build_pairs, load_builtin
 from sycointerp.data.batch import PairBatch
 from sycointerp.metrics import apology_logit_diff_metric, flip_metric
 from sycointerp.patching import patch_heads, path_patch_heads
 from sycointerp.patching._engine import observe, run_cells
-from sycointerp.patching._resume import build_state, last_logits, resume_logits, unfold_hook
+from sycointerp.patching._resume import (
+    _parts,
+    build_state,
+    last_logits,
+    resume_logits,
+    unfold_hook,
+)
 from sycointerp.patching.layers import patch_layers
 
 ATOL = 1e-5
@@ -30,6 +37,72 @@ def test_resumed_logits_equal_a_full_forward_from_every_layer(tiny):
         with torch.inference_mode():
             logits = resume_logits(tiny, state, 2, layer)
         assert torch.allclose(logits, full.repeat(2, 1), atol=ATOL)
+
+
+def test_the_mlp_runs_only_at_positions_that_reach_the_metric(tiny):
+    """Padding past an example's end and the last layer's non-metric positions skip the MLP
+    (exact: the logits still equal a full forward); a hooked MLP runs on every position."""
+    ids = torch.randint(5, 1000, (3, 20))
+    last, start = torch.tensor([19, 15, 12]), torch.tensor([10, 15, 0])
+    live = int((last - start + 1).sum())  # 10 + 1 + 13 of the 3 x 13 suffix positions
+    with torch.no_grad():
+        full = tiny(ids)[torch.arange(3), last]
+    state = build_state(tiny, ids, start, last)
+    layers = _parts(tiny).layers
+    rows: list[tuple[int, ...]] = []
+    spies = [
+        layer.mlp.register_forward_hook(lambda m, a, out: rows.append(tuple(out.shape[:2])))
+        for layer in layers
+    ]
+    try:
+        with torch.inference_mode():
+            logits = resume_logits(tiny, state, 2, 0)
+            L = tiny.cfg.n_layers
+            assert rows == [(1, 2 * live)] * (L - 1) + [(1, 2 * 3)]
+            rows.clear()
+            with tiny.hooks(fwd_hooks=[("blocks.0.hook_mlp_out", lambda x, hook: x)]):
+                hooked = resume_logits(tiny, state, 2, 0)
+            assert rows[0] == (3, 2 * 13) and rows[1:] == [(1, 2 * live)] * (L - 2) + [(1, 6)]
+    finally:
+        for spy in spies:
+            spy.remove()
+    assert torch.allclose(logits, full.repeat(2, 1), atol=ATOL)
+    assert torch.allclose(hooked, full.repeat(2, 1), atol=ATOL)
+
+
+def test_unhooked_attention_runs_as_the_wrapped_huggingface_module(tiny):
+    """Layers with no hook inside their attention run HuggingFace's own attention (faster than
+    the bridge's reimplementation, same numbers); a hooked one keeps the bridge; both restored."""
+    ids = torch.randint(5, 1000, (3, 16))
+    last, start = torch.tensor([15, 11, 9]), torch.tensor([8, 11, 2])
+    with torch.no_grad():
+        full = tiny(ids)[torch.arange(3), last]
+    state = build_state(tiny, ids, start, last)
+    decoders = [layer.original_component for layer in _parts(tiny).layers]
+    bridges = [next(c for c in d.children() if isinstance(c, AttentionBridge)) for d in decoders]
+    calls: list[int] = []
+    spies = [
+        b.original_component.register_forward_hook(lambda m, a, o, i=i: calls.append(i))
+        for i, b in enumerate(bridges)
+    ]
+    L = tiny.cfg.n_layers
+    z = "blocks.0.attn.hook_z"
+    try:
+        with torch.inference_mode():
+            plain = resume_logits(tiny, state, 3, 0)
+            assert calls == list(range(L))
+            calls.clear()
+            with tiny.hooks(fwd_hooks=[(z, lambda x, hook: x)]):
+                hooked = resume_logits(tiny, state, 3, 0)
+            assert calls == list(range(1, L))
+    finally:
+        for spy in spies:
+            spy.remove()
+    assert all(
+        any(c is b for c in d.children()) for d, b in zip(decoders, bridges)
+    )  # the bridges are back in place
+    assert torch.allclose(plain, full.repeat(3, 1), atol=ATOL)
+    assert torch.allclose(hooked, full.repeat(3, 1), atol=ATOL)
 
 
 def test_resumed_runs_never_write_into_the_shared_prefix(tiny):
