@@ -12,11 +12,17 @@ values and an explicit 4-D mask (prefix keys before each row's start, causal wit
 suffix). Results equal a full forward up to float rounding (tests: 1e-5 on tiny models).
 
 Two shortcuts keep a resumed chunk to the work the metric can see. A layer whose attention holds
-no hooked hook point runs the HuggingFace attention module the bridge wraps (the bridge's
-step-by-step reimplementation, kept where hooks need it, costs about twice as much). And the
-MLP runs only at positions that can reach the metric: not at the padding past an example's end
-(suffixes differ in length), and in the last layer only at the metric position. A layer whose
-MLP is hooked runs it everywhere; activations at the skipped positions are not the model's.
+no hooked hook point runs the HuggingFace attention module the bridge wraps, where that module
+computes the same thing (Llama-style projections wrapped in place; not GPT-2's split ``c_attn``);
+the bridge's step-by-step reimplementation, kept where hooks need it, costs about twice as much.
+And the MLP runs only at positions that can reach the metric: not at the padding past an
+example's end (suffixes differ in length), and in the last layer only at the metric position.
+A layer whose MLP holds a hooked hook point runs it everywhere. Everything the metric reads is
+exact; but activations downstream of a skipped MLP *at the skipped positions* (e.g.
+``hook_resid_post`` past an example's end, or the last layer's at non-metric positions; OLMo-2's
+``hook_mlp_out``, which sits outside its MLP) are not the model's, so a hook must not read them
+there. The patching techniques never do: their hooks write, or record and replay at the same
+positions.
 
 Supported: decoder stacks reachable as ``model.model.layers`` (Llama, Mistral, Qwen2, SmolLM,
 Gemma, ... with ``rotary_emb``) or ``transformer.h`` (GPT-2). Others fall back to full hooked
@@ -429,8 +435,7 @@ def _plain_attention(layer: torch.nn.Module) -> Iterator[None]:
         return
     name, bridge = found[0]
     plain = getattr(bridge, "original_component", None)
-    implementation = getattr(getattr(plain, "config", None), "_attn_implementation", None)
-    if plain is None or implementation not in ("eager", "sdpa"):
+    if plain is None or not _same_arithmetic(bridge, plain):
         yield
         return
     decoder._modules[name] = plain
@@ -438,6 +443,27 @@ def _plain_attention(layer: torch.nn.Module) -> Iterator[None]:
         yield
     finally:
         decoder._modules[name] = bridge
+
+
+def _same_arithmetic(bridge: torch.nn.Module, plain: torch.nn.Module) -> bool:
+    """Whether the HuggingFace attention ``plain`` computes what ``bridge`` does.
+
+    Only when the bridge's projections are ``plain``'s own modules, wrapped in place (Llama-style
+    ``q_proj``/``k_proj``/``v_proj``/``o_proj``): GPT-2's bridge splits the fused ``c_attn`` into
+    copies, and weight processing (``compat="processed"``) folds the layer norm into those
+    copies only, so HuggingFace's ``c_attn`` would compute something else. Not under the
+    bridge's split-input modes (``use_split_qkv_input`` / ``use_attn_in``), which fork the
+    residual before the layer norm, nor for attention kernels that take no additive mask.
+    """
+    config = getattr(bridge, "config", None)
+    if getattr(config, "use_split_qkv_input", False) or getattr(config, "use_attn_in", False):
+        return False
+    implementation = getattr(getattr(plain, "config", None), "_attn_implementation", None)
+    if implementation not in ("eager", "sdpa"):
+        return False
+    own = {id(m) for m in plain.modules()}
+    projections = [getattr(bridge._modules.get(n), "original_component", None) for n in "qkvo"]
+    return all(p is not None and id(p) in own for p in projections)
 
 
 @contextmanager

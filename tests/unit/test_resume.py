@@ -8,6 +8,7 @@ from transformer_lens.model_bridge.generalized_components.attention import Atten
 from sycointerp.data import build_pairs, load_builtin
 from sycointerp.data.batch import PairBatch
 from sycointerp.metrics import apology_logit_diff_metric, flip_metric
+from sycointerp.models import boot_bridge
 from sycointerp.patching import patch_heads, path_patch_heads
 from sycointerp.patching._engine import observe, run_cells
 from sycointerp.patching._resume import (
@@ -18,6 +19,7 @@ from sycointerp.patching._resume import (
     unfold_hook,
 )
 from sycointerp.patching.layers import patch_layers
+from sycointerp.testing import _tiny_hf
 
 ATOL = 1e-5
 
@@ -72,7 +74,9 @@ def test_the_mlp_runs_only_at_positions_that_reach_the_metric(tiny):
 
 def test_unhooked_attention_runs_as_the_wrapped_huggingface_module(tiny):
     """Layers with no hook inside their attention run HuggingFace's own attention (faster than
-    the bridge's reimplementation, same numbers); a hooked one keeps the bridge; both restored."""
+    the bridge's reimplementation, same numbers) where the bridge's projections are that
+    module's own (Llama); a hooked layer, and GPT-2 (whose bridge splits ``c_attn`` into copies),
+    keep the bridge; the bridges are back afterwards, also after an exception."""
     ids = torch.randint(5, 1000, (3, 16))
     last, start = torch.tensor([15, 11, 9]), torch.tensor([8, 11, 2])
     with torch.no_grad():
@@ -80,29 +84,68 @@ def test_unhooked_attention_runs_as_the_wrapped_huggingface_module(tiny):
     state = build_state(tiny, ids, start, last)
     decoders = [layer.original_component for layer in _parts(tiny).layers]
     bridges = [next(c for c in d.children() if isinstance(c, AttentionBridge)) for d in decoders]
-    calls: list[int] = []
+    plain_calls: list[int] = []
+    bridge_calls: list[int] = []
     spies = [
-        b.original_component.register_forward_hook(lambda m, a, o, i=i: calls.append(i))
+        b.original_component.register_forward_hook(lambda m, a, o, i=i: plain_calls.append(i))
+        for i, b in enumerate(bridges)
+    ] + [
+        b.register_forward_hook(lambda m, a, o, i=i: bridge_calls.append(i))
         for i, b in enumerate(bridges)
     ]
     L = tiny.cfg.n_layers
+    swaps = tiny.original_model.config.model_type == "llama"
     z = "blocks.0.attn.hook_z"
+
+    def boom(x, hook):
+        raise KeyError("boom")
+
     try:
         with torch.inference_mode():
             plain = resume_logits(tiny, state, 3, 0)
-            assert calls == list(range(L))
-            calls.clear()
+            assert (plain_calls, bridge_calls) == (
+                (list(range(L)), []) if swaps else ([], list(range(L)))
+            )
+            plain_calls.clear(), bridge_calls.clear()
             with tiny.hooks(fwd_hooks=[(z, lambda x, hook: x)]):
                 hooked = resume_logits(tiny, state, 3, 0)
-            assert calls == list(range(1, L))
+            assert bridge_calls[0] == 0 and 0 not in plain_calls
+            assert plain_calls == (list(range(1, L)) if swaps else [])
+            with pytest.raises(KeyError, match="boom"):  # inside a layer whose attention is swapped
+                with tiny.hooks(fwd_hooks=[("blocks.0.hook_mlp_out", boom)]):
+                    resume_logits(tiny, state, 3, 0)
     finally:
         for spy in spies:
             spy.remove()
-    assert all(
-        any(c is b for c in d.children()) for d, b in zip(decoders, bridges)
-    )  # the bridges are back in place
+    assert all(any(c is b for c in d.children()) for d, b in zip(decoders, bridges))
     assert torch.allclose(plain, full.repeat(3, 1), atol=ATOL)
     assert torch.allclose(hooked, full.repeat(3, 1), atol=ATOL)
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+@pytest.mark.parametrize("compat", ["hooks", "processed"])
+def test_resumed_logits_equal_a_full_forward_with_processed_weights(arch, compat):
+    """Weight processing folds the layer norms into the bridge's projections; with non-trivial
+    norms and biases a resumed run (from every layer, any attention path) still equals a full
+    forward. (GPT-2's HuggingFace ``c_attn`` keeps the raw weights: swapping to it would not.)"""
+    hf, tokenizer = _tiny_hf(arch, 0, 2, 64, 4, 2 if arch == "llama" else 4)
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for name, param in hf.named_parameters():
+            if "ln" in name or "norm" in name:
+                param.add_(torch.randn_like(param) * 0.5)
+            elif "bias" in name:
+                param.add_(torch.randn_like(param) * 0.1)
+    model = boot_bridge(hf, tokenizer, f"tiny-{arch}-perturbed", compat, "cpu")
+    ids = torch.randint(5, 1000, (3, 16))
+    last, start = torch.tensor([15, 11, 9]), torch.tensor([8, 11, 2])
+    with torch.no_grad():
+        full = model(ids)[torch.arange(3), last]
+    state = build_state(model, ids, start, last)
+    for layer in range(model.cfg.n_layers):
+        with torch.inference_mode():
+            logits = resume_logits(model, state, 2, layer)
+        assert torch.allclose(logits, full.repeat(2, 1), atol=ATOL), (layer, compat)
 
 
 def test_resumed_runs_never_write_into_the_shared_prefix(tiny):
