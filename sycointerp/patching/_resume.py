@@ -424,25 +424,34 @@ def _plain_attention(layer: torch.nn.Module) -> Iterator[None]:
     layer's attention is swapped for the wrapped module for the call and put back on exit. Needs
     the additive float mask (:func:`_mask`), which both accept.
     """
+    swap = _attention_swap(layer)
+    if swap is None:
+        yield
+        return
+    decoder, name, bridge, plain = swap
+    decoder._modules[name] = plain
+    try:
+        yield
+    finally:
+        decoder._modules[name] = bridge
+
+
+def _attention_swap(layer: torch.nn.Module) -> tuple | None:
+    """``(decoder layer, attention's child name, bridge, HuggingFace module)`` where swapping is
+    exact (one attention bridge, none of its hook points hooked, same arithmetic), else None."""
     decoder = getattr(layer, "original_component", None)
     found = [
         (name, child)
         for name, child in (decoder.named_children() if decoder is not None else ())
         if isinstance(child, AttentionBridge)
     ]
-    if len(found) != 1 or _hooked(found[0][1]):
-        yield
-        return
+    if len(found) != 1:
+        return None
     name, bridge = found[0]
     plain = getattr(bridge, "original_component", None)
-    if plain is None or not _same_arithmetic(bridge, plain):
-        yield
-        return
-    decoder._modules[name] = plain
-    try:
-        yield
-    finally:
-        decoder._modules[name] = bridge
+    if plain is None or _hooked(bridge) or not _same_arithmetic(bridge, plain):
+        return None
+    return decoder, name, bridge, plain
 
 
 def _same_arithmetic(bridge: torch.nn.Module, plain: torch.nn.Module) -> bool:

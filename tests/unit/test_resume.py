@@ -29,12 +29,18 @@ def questions():
     return load_builtin()[5::37][:4]
 
 
-def test_resumed_logits_equal_a_full_forward_from_every_layer(tiny):
+def _ragged_state(model):
+    """A base run of three prompts whose resumed suffixes differ in length (10, 1 and 13
+    positions), and a full forward's logits at their last positions."""
     ids = torch.randint(5, 1000, (3, 20))
     last, start = torch.tensor([19, 15, 12]), torch.tensor([10, 15, 0])
     with torch.no_grad():
-        full = tiny(ids)[torch.arange(3), last]
-    state = build_state(tiny, ids, start, last)
+        full = model(ids)[torch.arange(3), last]
+    return build_state(model, ids, start, last), full
+
+
+def test_resumed_logits_equal_a_full_forward_from_every_layer(tiny):
+    state, full = _ragged_state(tiny)
     for layer in range(tiny.cfg.n_layers):
         with torch.inference_mode():
             logits = resume_logits(tiny, state, 2, layer)
@@ -44,12 +50,8 @@ def test_resumed_logits_equal_a_full_forward_from_every_layer(tiny):
 def test_the_mlp_runs_only_at_positions_that_reach_the_metric(tiny):
     """Padding past an example's end and the last layer's non-metric positions skip the MLP
     (exact: the logits still equal a full forward); a hooked MLP runs on every position."""
-    ids = torch.randint(5, 1000, (3, 20))
-    last, start = torch.tensor([19, 15, 12]), torch.tensor([10, 15, 0])
-    live = int((last - start + 1).sum())  # 10 + 1 + 13 of the 3 x 13 suffix positions
-    with torch.no_grad():
-        full = tiny(ids)[torch.arange(3), last]
-    state = build_state(tiny, ids, start, last)
+    state, full = _ragged_state(tiny)
+    live = 10 + 1 + 13  # of the 3 x 13 suffix positions
     layers = _parts(tiny).layers
     rows: list[tuple[int, ...]] = []
     spies = [
@@ -77,11 +79,7 @@ def test_unhooked_attention_runs_as_the_wrapped_huggingface_module(tiny):
     the bridge's reimplementation, same numbers) where the bridge's projections are that
     module's own (Llama); a hooked layer, and GPT-2 (whose bridge splits ``c_attn`` into copies),
     keep the bridge; the bridges are back afterwards, also after an exception."""
-    ids = torch.randint(5, 1000, (3, 16))
-    last, start = torch.tensor([15, 11, 9]), torch.tensor([8, 11, 2])
-    with torch.no_grad():
-        full = tiny(ids)[torch.arange(3), last]
-    state = build_state(tiny, ids, start, last)
+    state, full = _ragged_state(tiny)
     decoders = [layer.original_component for layer in _parts(tiny).layers]
     bridges = [next(c for c in d.children() if isinstance(c, AttentionBridge)) for d in decoders]
     plain_calls: list[int] = []
@@ -137,11 +135,7 @@ def test_resumed_logits_equal_a_full_forward_with_processed_weights(arch, compat
             elif "bias" in name:
                 param.add_(torch.randn_like(param) * 0.1)
     model = boot_bridge(hf, tokenizer, f"tiny-{arch}-perturbed", compat, "cpu")
-    ids = torch.randint(5, 1000, (3, 16))
-    last, start = torch.tensor([15, 11, 9]), torch.tensor([8, 11, 2])
-    with torch.no_grad():
-        full = model(ids)[torch.arange(3), last]
-    state = build_state(model, ids, start, last)
+    state, full = _ragged_state(model)
     for layer in range(model.cfg.n_layers):
         with torch.inference_mode():
             logits = resume_logits(model, state, 2, layer)
