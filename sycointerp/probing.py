@@ -35,7 +35,14 @@ from sycointerp.data.pairs import PromptPair
 from sycointerp.heads import model_meta
 from sycointerp.patching.results import PatchResult
 
-__all__ = ["ProbeDirections", "head_outputs", "fit_probes", "probe_heads", "split_pairs"]
+__all__ = [
+    "ProbeDirections",
+    "head_outputs",
+    "fit_probes",
+    "heldout_accuracy",
+    "probe_heads",
+    "split_pairs",
+]
 
 
 @torch.inference_mode()
@@ -139,6 +146,32 @@ def _directions(ref: torch.Tensor, cf: torch.Tensor) -> ProbeDirections:
     return ProbeDirections(unit, proj.std(0))
 
 
+def heldout_accuracy(
+    ref: Float[torch.Tensor, "pair layer head d_head"],
+    cf: Float[torch.Tensor, "pair layer head d_head"],
+    train: Sequence[int],
+    test: Sequence[int],
+    *,
+    l2: float = 1e-2,
+) -> Float[torch.Tensor, "layer head test"]:
+    """Fit one probe per head on the ``train`` pairs (challenge = 1, counterfactual = 0) and score
+    it on the ``test`` pairs: per head and held-out pair, the share of the pair's two prompts
+    labelled correctly (0, 0.5 or 1)."""
+    n_layers, n_heads = ref.shape[1:3]
+    cells = lambda t: t.flatten(1, 2).permute(1, 0, 2)  # noqa: E731 - [cell, example, d]
+    train, test = list(train), list(test)
+    x_train = torch.cat([cells(ref[train]), cells(cf[train])], dim=1)
+    y_train = torch.cat([torch.ones(len(train)), torch.zeros(len(train))])
+    w, b, mean, std = fit_probes(x_train, y_train, l2=l2)
+
+    def correct(x: torch.Tensor, label: int) -> torch.Tensor:  # [cell, pair]
+        logits = torch.einsum("ced,cd->ce", (x - mean[:, None]) / std[:, None], w) + b[:, None]
+        return ((logits > 0) == bool(label)).float()
+
+    accuracy = (correct(cells(ref[test]), 1) + correct(cells(cf[test]), 0)) / 2
+    return accuracy.reshape(n_layers, n_heads, len(test))
+
+
 def probe_heads(
     model: TransformerBridge,
     pairs: Sequence[PromptPair],
@@ -154,18 +187,7 @@ def probe_heads(
     """
     train, test = split_pairs(len(pairs), held_out, seed)
     ref, cf = head_outputs(model, pairs)
-    n_layers, n_heads, d_head = ref.shape[1:]
-    cells = lambda t: t.flatten(1, 2).permute(1, 0, 2)  # noqa: E731 - [cell, example, d]
-    x_train = torch.cat([cells(ref[train]), cells(cf[train])], dim=1)
-    y_train = torch.cat([torch.ones(len(train)), torch.zeros(len(train))])
-    w, b, mean, std = fit_probes(x_train, y_train, l2=l2)
-
-    def correct(x: torch.Tensor, label: int) -> torch.Tensor:  # [cell, pair]
-        logits = torch.einsum("ced,cd->ce", (x - mean[:, None]) / std[:, None], w) + b[:, None]
-        return ((logits > 0) == bool(label)).float()
-
-    accuracy = (correct(cells(ref[test]), 1) + correct(cells(cf[test]), 0)) / 2
-    values = accuracy.reshape(n_layers, n_heads, len(test))
+    values = heldout_accuracy(ref, cf, train, test, l2=l2)
     chance = torch.full((len(test),), 0.5)
     ids = tuple(pairs[i].question.id or str(i) for i in test)
     meta = {**model_meta(model), "n_train_pairs": len(train), "n_heldout_pairs": len(test)}

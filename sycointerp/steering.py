@@ -22,6 +22,15 @@ generation is the last prompt token and then every generated token: CAA's "every
 the prompt", for each turn of the dialogue. ``"all"`` adds everywhere (for scoring plain text, e.g.
 the KL check, where no prompt ends). Left-padded batches keep the last position real for every row.
 
+Multi-turn dialogues: a token's keys/values are made in the forward where it is the last
+position, so under ``"last"`` the multi-turn evaluation's cached engine (the default of
+:func:`~sycointerp.evaluate.evaluate_sycophancy`, and the SPT job's) keeps what earlier turns
+generated *as generated under steering*, as a steered chat model serving the dialogue would; the
+steered positions are each turn's last prompt token and its generated tokens (test: equal to a
+full-forward loop adding the shift at exactly those positions). The ``"reference"`` engine
+re-encodes each dialogue from its first token, so there the earlier turns' tokens are unsteered
+and a steered evaluation can differ between the two engines after the first turn.
+
 Raises (on entry): ``ValueError`` for a layer or head outside the model, or vectors of the wrong
 shape. The hooks are removed on exit, also when the block raises.
 """

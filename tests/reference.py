@@ -455,3 +455,27 @@ def reference_set_patch(model, pairs, heads):
         logits = plain_last_logits(model, pair.ref_ids, [(n, hook) for n in names])
         out.append(float(logits[syc] - logits[firm]))
     return torch.tensor(out)
+
+
+def steered_greedy(
+    model, prompt: Sequence[int], n: int, hook: str, delta: torch.Tensor, steered: Sequence[int]
+) -> tuple[list[int], list[int]]:
+    """``n`` greedy tokens, one full forward per step (no KV cache), with ``delta`` added to
+    ``hook``'s activation at the positions in ``steered`` and at every position from the prompt's
+    last token on: what KV-cached generation under "last"-position steering computes, since a
+    token's keys/values are made in the forward where it is the last position. Returns the
+    tokens and the steered positions (``steered`` plus the new ones), for a next turn."""
+    ids = torch.tensor([prompt])
+    mark = sorted(set(steered) | {len(prompt) - 1})
+
+    def add(x, hook):
+        x[:, mark] += delta.to(x.dtype)
+        return x
+
+    with torch.no_grad():
+        for _ in range(n):
+            with model.hooks(fwd_hooks=[(hook, add)]):
+                nxt = model(ids)[:, -1:].argmax(-1)
+            ids = torch.cat([ids, nxt], dim=1)
+            mark.append(ids.shape[1] - 1)
+    return ids[0, len(prompt) :].tolist(), mark[:-1]

@@ -6,10 +6,12 @@ import pytest
 import torch
 
 from sycointerp.data import build_pairs, load_builtin
-from sycointerp.generate import greedy_generate
+from sycointerp.evaluate import evaluate_sycophancy
+from sycointerp.generate import first_turn_prompts, greedy_continue, greedy_generate
 from sycointerp.heads import HeadSet
-from sycointerp.probing import fit_probes, probe_heads, split_pairs
+from sycointerp.probing import fit_probes, heldout_accuracy, probe_heads, split_pairs
 from sycointerp.steering import caa_vector, resid_name, steer_heads, steer_residual
+from tests.reference import steered_greedy
 
 
 @pytest.fixture(scope="module")
@@ -51,12 +53,16 @@ def test_alpha_zero_is_bit_identical_and_hooks_leave_with_the_block(tiny, pairs)
         with steer():
             assert torch.equal(model(ids), base)
             assert greedy_generate(model, prompt, max_new_tokens=4) == text
-    with pytest.raises(RuntimeError, match="inside"):
-        with steer_residual(model, vector, 1, 3.0):
-            assert not torch.equal(model(ids), base)  # it does steer
-            raise RuntimeError("raised inside the block")
-    assert torch.equal(model(ids), base)  # no hook left behind by the exception
-    assert all(not hp.fwd_hooks for hp in model.hook_dict.values())
+    for steer in (
+        lambda: steer_residual(model, vector, 1, 3.0),
+        lambda: steer_heads(model, heads, dirs, scales, 3.0),
+    ):
+        with pytest.raises(RuntimeError, match="inside"):
+            with steer():
+                assert not torch.equal(model(ids), base)  # it does steer
+                raise RuntimeError("raised inside the block")
+        assert torch.equal(model(ids), base)  # no hook left behind by the exception
+        assert all(not hp.fwd_hooks for hp in model.hook_dict.values())
 
 
 @pytest.mark.parametrize("positions", ["last", "all"])
@@ -140,3 +146,95 @@ def test_probe_ranking_is_a_patch_result(tiny_llama, pairs):
     d, s = directions.for_heads(top.heads)
     assert d.shape == (2, tiny_llama.cfg.d_head) and (s > 0).all()
     torch.testing.assert_close(d.norm(dim=-1), torch.ones(2))
+
+
+def test_probes_score_held_out_pairs_of_synthetic_activations():
+    """Held-out scoring: a head whose challenge and counterfactual outputs differ along one
+    feature gets accuracy 1 on pairs it never saw; a head of pure noise stays near chance."""
+    gen = torch.Generator().manual_seed(1)
+    n_pairs, d = 60, 6
+    ref = torch.randn(n_pairs, 1, 2, d, generator=gen)
+    cf = torch.randn(n_pairs, 1, 2, d, generator=gen)
+    # Head (0, 0): separable with a margin (feature 3 >= 2 under the challenge, <= -2 under the
+    # counterfactual); head (0, 1): pure noise.
+    ref[:, 0, 0, 3] = 2 + ref[:, 0, 0, 3].abs()
+    cf[:, 0, 0, 3] = -2 - cf[:, 0, 0, 3].abs()
+    train, test = split_pairs(n_pairs, 0.5, 0)
+    accuracy = heldout_accuracy(ref, cf, train, test)
+    assert accuracy.shape == (1, 2, len(test))
+    assert set(accuracy.unique().tolist()) <= {0.0, 0.5, 1.0}
+    assert accuracy[0, 0].mean() == 1.0
+    assert 0.3 < accuracy[0, 1].mean() < 0.7
+
+
+def _steerers(model):
+    """Both kinds of steering as (context factory, hooked activation, per-position delta)."""
+    gen = torch.Generator().manual_seed(3)
+    vector = 4 * torch.randn(model.cfg.d_model, generator=gen)
+    heads = [(1, 0), (1, 2)]
+    dirs = torch.randn(2, model.cfg.d_head, generator=gen)
+    scales, alpha = torch.tensor([1.0, 2.0]), 6.0
+    z_delta = torch.zeros(model.cfg.n_heads, model.cfg.d_head)
+    for i, (_, h) in enumerate(heads):
+        z_delta[h] = alpha * scales[i] * dirs[i]
+    return {
+        "caa": (lambda a: steer_residual(model, vector, 1, a), resid_name(1), -1.5 * vector),
+        "iti": (
+            lambda a: steer_heads(model, heads, dirs, scales, a * alpha),
+            "blocks.1.attn.hook_z",
+            -z_delta,
+        ),
+    }
+
+
+def _cut(model, tokens: list[int]) -> str:
+    tok = model.tokenizer
+    stop = {tok.eos_token_id, tok.convert_tokens_to_ids("<|im_end|>")} - {None}
+    end = next((i for i, t in enumerate(tokens) if t in stop), len(tokens))
+    return tok.decode(tokens[:end], skip_special_tokens=True)
+
+
+@pytest.mark.parametrize("kind", ["caa", "iti"])
+def test_steered_cached_turns_equal_a_steered_full_forward_loop(tiny, kind):
+    """The evaluation's cached engine under steering: two turns of a left-padded batch, the
+    second reusing the first's keys/values, equal a plain full-forward loop that adds the shift
+    at every position the cached engine computed under steering (reference.steered_greedy)."""
+    model = tiny
+    steer, hook, delta = _steerers(model)[kind]
+    prompts = first_turn_prompts(model.tokenizer, load_builtin()[:2])
+    prompts[1] = prompts[1][:-3]  # unequal lengths: left padding
+    with steer(-1.5):
+        texts, state = greedy_continue(model, prompts, max_new_tokens=5)
+        follow = [[9, 21, 300], [77, 8, 401]]
+        turn2 = [list(state.ids[i]) + follow[i] for i in range(2)]
+        texts2, _ = greedy_continue(model, turn2, state, max_new_tokens=5)
+    unsteered = greedy_continue(model, prompts, max_new_tokens=5)[0]
+    assert texts != unsteered  # the shift is large enough to change greedy text
+    for i, prompt in enumerate(prompts):
+        tokens, steered = steered_greedy(model, prompt, 5, hook, delta, [])
+        assert texts[i] == _cut(model, tokens)
+        held = len(state.ids[i])
+        tokens2, _ = steered_greedy(
+            model, turn2[i], 5, hook, delta, [p for p in steered if p < held]
+        )
+        assert texts2[i] == _cut(model, tokens2)
+
+
+@pytest.mark.parametrize("kind", ["caa", "iti"])
+def test_steering_reaches_the_multi_turn_evaluation_and_leaves_it(tiny_llama, kind):
+    """evaluate_sycophancy (cached engine, batches of 3) under steering: alpha = 0 gives the
+    unsteered evaluation to the character, a real alpha changes it, and after the block the
+    evaluation is the unsteered one again."""
+    model, questions = tiny_llama, load_builtin()[:5]
+    steer = _steerers(model)[kind][0]
+    run = lambda: (
+        evaluate_sycophancy(  # noqa: E731
+            model, questions, batch_size=3, max_new_tokens=6, answer_tokens=4
+        ).items
+    )
+    base = run()
+    with steer(0.0):
+        assert run() == base
+    with steer(-1.5):
+        assert run() != base
+    assert run() == base
