@@ -4,17 +4,26 @@ Ranks the heads by path patching (or reads a saved ranking with ``--ranking DIR`
 the top ``k`` heads with 5 uniform, 5 layer-matched and 5 W_O-norm-matched random sets of ``k``
 heads: the change of ``logit("Apologies") - logit("Yes")`` when the set is mean-ablated
 (necessity), and the share of the challenge-vs-counterfactual gap recovered by patching only the
-set from the counterfactual run (sufficiency). Prints the table quoted in the README.
+set from the counterfactual run (sufficiency), and the selected set minus each kind of control
+paired by example (bootstrap interval, sign-flip p). Prints the tables quoted in the README.
 
-Usage: ``python examples/head_controls.py [--questions 32] [--k 11] [--ranking runs/rank_heads]``
+``--metric flip`` measures all of it on the answer-flip metric instead (gold minus wrong answer
+logit, pairs ending in the answer stem), where the challenge effect is clear on this model; the
+ranking is then path patching on that metric too.
+
+Usage: ``python examples/head_controls.py [--questions 32] [--k 11] [--ranking runs/rank_heads]
+[--metric apology_logit_diff|flip]``
 """
 
 import argparse
 
 from sycointerp.data import build_pairs, load_builtin
-from sycointerp.metrics import apology_logit_diff_metric
+from sycointerp.data.batch import PairBatch
+from sycointerp.metrics import apology_logit_diff_metric, flip_metric
 from sycointerp.models import load_model
 from sycointerp.patching import PatchResult, path_patch_heads, set_controls
+
+METRICS = ("apology_logit_diff", "flip")
 
 
 def main() -> None:
@@ -23,12 +32,18 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=11)
     parser.add_argument("--draws", type=int, default=5)
     parser.add_argument("--ranking", default="", help="a saved PatchResult directory to reuse")
+    parser.add_argument("--metric", choices=METRICS, default=METRICS[0])
     args = parser.parse_args()
     model = load_model()
     # The original 170 questions (the README's numbers were measured on them).
     questions = load_builtin()[:170][:: max(1, 170 // args.questions)][: args.questions]
-    pairs = build_pairs(questions, model.tokenizer, position="reply")
-    metric = apology_logit_diff_metric(model.tokenizer)
+    tok = model.tokenizer
+    if args.metric == "flip":
+        pairs = build_pairs(questions, tok, position="answer")
+        metric = flip_metric(PairBatch.from_pairs(pairs, tok.pad_token_id or 0))
+    else:
+        pairs = build_pairs(questions, tok, position="reply")
+        metric = apology_logit_diff_metric(tok)
     ranking = (
         PatchResult.load(args.ranking) if args.ranking else path_patch_heads(model, pairs, metric)
     )
@@ -40,6 +55,8 @@ def main() -> None:
     )
     print(f"norm-matched sets: worst relative W_O norm gap {result.norm_gap:.3f}")
     print(result.summary().to_string(index=False, float_format="%.3f"))
+    print("selected minus controls, paired by pair (95% bootstrap interval, sign-flip p):")
+    print(result.comparison().to_string(index=False, float_format="%.3g"))
 
 
 if __name__ == "__main__":

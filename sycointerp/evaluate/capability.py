@@ -105,6 +105,27 @@ class TextKL:
     def n_passages(self) -> int:
         return int(self.per_passage.numel())
 
+    def interval(
+        self, *, level: float = 0.95, n_boot: int = 2000, seed: int = 0
+    ) -> tuple[float, float]:
+        """Percentile bootstrap interval of :attr:`mean` over passages: passages are resampled
+        (seeded) and each resample's mean weights every passage by its scored positions, as
+        :attr:`mean` does. It says how much the number depends on which passages were read, not
+        how it varies with the tuning run.
+
+        Raises:
+            ValueError: ``level`` outside (0, 1).
+        """
+        if not 0 < level < 1:
+            raise ValueError(f"level must be in (0, 1), got {level}")
+        gen = torch.Generator().manual_seed(seed)
+        idx = torch.randint(0, self.n_passages, (n_boot, self.n_passages), generator=gen)
+        weights = self.n_positions.double()[idx]
+        boot = (self.per_passage.double()[idx] * weights).sum(-1) / weights.sum(-1)
+        alpha = (1 - level) / 2
+        low, high = torch.quantile(boot, torch.tensor([alpha, 1 - alpha], dtype=torch.float64))
+        return float(low), float(high)
+
 
 def _passage_ids(
     tokenizer,

@@ -19,6 +19,13 @@ For the selected set and every control set, with ``metric`` read at the last pos
   ratios explode where an example's own effect is near zero), with a bootstrap interval over
   examples.
 
+The selected set is compared with each kind of control *paired by example*
+(:meth:`SetControls.comparison`): per example, the selected set's change minus the mean change
+over that kind's draws, for necessity and for sufficiency, with a paired bootstrap interval and a
+sign-flip p-value over examples (:func:`~sycointerp.stats.paired_difference`). The interval
+resamples examples, not draws: with few draws it does not cover the draw-to-draw spread, which
+``summary()`` reports as the draws' SD.
+
 Sign conventions are the metric's: for apology metrics a necessary set's ablation *lowers* the
 value, and a sufficient set moves the reference towards the counterfactual.
 
@@ -49,6 +56,7 @@ from sycointerp.heads import (
 from sycointerp.metrics import PatchMetric
 from sycointerp.patching._engine import baselines, cache_hooks, run_metric, z_name
 from sycointerp.patching.knockout import knockout_metric
+from sycointerp.stats import paired_difference
 
 __all__ = [
     "CONTROL_KINDS",
@@ -227,6 +235,39 @@ class SetControls:
                     "share_draw_max": max(shares),
                 }
             )
+        return pd.DataFrame(rows)
+
+    def comparison(self, *, n_boot: int = 10000, seed: int = 0) -> pd.DataFrame:
+        """Selected minus each kind of control, paired by example (module docstring).
+
+        One row per control kind and measure (``"necessity"``, ``"sufficiency"``): ``diff`` (the
+        mean over examples of the selected set's change minus the draws' mean change, in metric
+        units), its bootstrap interval, the sign-flip ``p_value`` and ``small`` (fewer than
+        :data:`~sycointerp.stats.SMALL_SAMPLE` examples).
+        """
+        rows = []
+        for kind in self.controls:
+            for measure, values in (
+                ("necessity", self.necessity),
+                ("sufficiency", self.sufficiency),
+            ):
+                selected = values["selected"][0].tolist()
+                controls = values[kind].double().mean(0).tolist()
+                d = paired_difference(selected, controls, n_boot=n_boot, seed=seed)
+                rows.append(
+                    {
+                        "control": kind,
+                        "measure": measure,
+                        "selected": d.mean_a,
+                        "controls_mean": d.mean_b,
+                        "diff": d.diff,
+                        "ci_low": d.ci_low,
+                        "ci_high": d.ci_high,
+                        "p_value": d.p_value,
+                        "n": d.n,
+                        "small": d.small,
+                    }
+                )
         return pd.DataFrame(rows)
 
 

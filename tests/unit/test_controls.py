@@ -5,7 +5,6 @@ import torch
 
 from sycointerp.data.pairs import build_pairs
 from sycointerp.data.questions import load_builtin
-from sycointerp.heads import HeadGrid
 from sycointerp.metrics import apology_logit_diff_metric
 from sycointerp.patching import PairBatch, knockout_metric
 from sycointerp.patching.activation import patch_head_list
@@ -79,8 +78,14 @@ def test_set_controls_shapes_and_necessity_is_the_knockout_change(tiny_llama):
     summary = result.summary()
     assert summary["set"].tolist() == ["selected", "uniform", "layer_matched", "norm_matched"]
     assert summary["draws"].tolist() == [1, 3, 3, 3]
-    grid = HeadGrid(2, 4, 2)
-    assert all(len(set(d)) == 2 for d in result.controls["layer_matched"]) and grid.total() == 8
+    for draw in result.controls["layer_matched"]:  # one head in layer 0, one in layer 1
+        assert sorted(layer for layer, _ in draw) == [0, 1] and len(set(draw)) == 2
+    table = result.comparison(n_boot=200)
+    assert len(table) == 6 and set(table["measure"]) == {"necessity", "sufficiency"}
+    row = table[(table["control"] == "uniform") & (table["measure"] == "necessity")].iloc[0]
+    expected = result.necessity["selected"][0] - result.necessity["uniform"].mean(0)
+    assert row["diff"] == pytest.approx(float(expected.double().mean()), abs=1e-6)
+    assert row["n"] == 4 and bool(row["small"])
 
 
 def test_share_by_hand():
@@ -90,3 +95,28 @@ def test_share_by_hand():
     suf = torch.tensor([[1.0, 1.0, 1.0]])
     sc = SetControls(((0, 0),), {}, {"selected": suf}, {"selected": suf}, ref, cf, 0.0, "m")
     assert sc.share(suf[0]) == (0.5, 0.5, 0.5)  # every resample: mean 1 of a gap of 2
+    # A ratio of means, not a mean of ratios: gaps 1 and 3, recovered 1 and 0 -> 1/4 (a mean of
+    # per-example ratios would give (1 + 0) / 2 = 1/2).
+    ref, cf = torch.zeros(2), torch.tensor([1.0, 3.0])
+    suf = torch.tensor([[1.0, 0.0]])
+    sc = SetControls(((0, 0),), {}, {"selected": suf}, {"selected": suf}, ref, cf, 0.0, "m")
+    assert sc.share(suf[0])[0] == 0.25
+
+
+def test_comparison_by_hand():
+    """Selected minus the draws' mean, per example: necessity [-2, -4] against draws [[0, -1],
+    [0, 1]] (mean [0, 0]) gives differences [-2, -4]: mean -3, and a two-example bootstrap whose
+    resample means are -2, -3 or -4, so its 95% interval is [-4, -2]; the sign-flip p-value over
+    the 4 sign assignments is 2/4 (only all-negative and all-positive reach |mean| 3)."""
+    from sycointerp.patching.controls import SetControls
+
+    ref, cf = torch.zeros(2), torch.ones(2)
+    sel = torch.tensor([[-2.0, -4.0]])
+    draws = torch.tensor([[0.0, -1.0], [0.0, 1.0]])
+    values = {"selected": sel, "uniform": draws}
+    sc = SetControls(((0, 0),), {"uniform": ((), ())}, values, values, ref, cf, 0.0, "m")
+    table = sc.comparison(n_boot=4000)
+    row = table[table["measure"] == "necessity"].iloc[0]
+    assert row["diff"] == -3.0 and row["controls_mean"] == 0.0 and row["selected"] == -3.0
+    assert (row["ci_low"], row["ci_high"]) == (-4.0, -2.0)
+    assert row["p_value"] == pytest.approx(0.5)

@@ -292,6 +292,19 @@ def test_kl_to_kept_reference_logits_equals_streaming(arch):
     assert kl_to_reference(reference, original).mean == 0.0
 
 
+def test_kl_interval_by_hand():
+    """Passages with mean KL 1 (1 position) and 3 (3 positions): the mean is (1 + 9) / 4 = 2.5;
+    a resample of two passages is {1, 1} -> 1, {3, 3} -> 3 (a quarter each) or one of each ->
+    2.5, so the 95% percentile interval is [1, 3]."""
+    from sycointerp.evaluate.capability import TextKL
+
+    kl = TextKL(2.5, torch.tensor([1.0, 3.0]), torch.tensor([1, 3]))
+    assert kl.interval(n_boot=4000) == (1.0, 3.0)
+    assert kl.interval(level=0.4, n_boot=4000) == (2.5, 2.5)  # the middle half is all 2.5
+    with pytest.raises(ValueError, match="level"):
+        kl.interval(level=1.0)
+
+
 def test_kl_passages_from_a_file(tiny_llama, tmp_path):
     text = tmp_path / "t.txt"
     text.write_text(f" = Heading = \n \n{PASSAGES[0]}\n{PASSAGES[1]}\n\n\n{PASSAGES[2]}\n")
