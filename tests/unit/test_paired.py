@@ -30,6 +30,16 @@ def test_paired_comparison_by_hand():
     assert "+37.5" in str(cmp) and "few items" in str(cmp)
 
 
+def test_paired_bootstrap_interval_of_two_items_by_hand():
+    """Two items, A yes / B no on the first, both yes on the second: per-item differences
+    [1, 0], resample means 1, 0 (a quarter each) or 1/2, so the 95% interval is [0, 1] and
+    the central 40% is 1/2; one discordant pair gives McNemar p = min(1, 2 * 1/2) = 1."""
+    cmp = paired_comparison([True, True], [False, True], n_boot=4000)
+    assert (cmp.diff, cmp.ci_low, cmp.ci_high, cmp.p_value) == (0.5, 0.0, 1.0, 1.0)
+    narrow = paired_comparison([True, True], [False, True], n_boot=4000, level=0.4)
+    assert (narrow.ci_low, narrow.ci_high) == (0.5, 0.5)
+
+
 def test_identical_and_opposite_outcomes_have_point_intervals():
     same = paired_comparison([True, False] * 15, [True, False] * 15)
     assert (same.diff, same.ci_low, same.ci_high, same.p_value) == (0.0, 0.0, 0.0, 1.0)

@@ -14,6 +14,18 @@ def test_summarize_matches_hand_computation():
     assert s.ci_low <= 2.5 <= s.ci_high and 1.0 <= s.ci_low and s.ci_high <= 4.0
 
 
+def test_bootstrap_interval_of_two_values_by_hand():
+    """Values [0, 1]: a resample's mean is 0 or 1 (a quarter each) or 1/2 (half), so the 95%
+    percentile interval is [0, 1] and the central 40% is the single value 1/2."""
+    x = torch.tensor([0.0, 1.0])
+    lo, hi = bootstrap_ci(x, n_boot=4000)
+    assert (float(lo), float(hi)) == (0.0, 1.0)
+    lo, hi = bootstrap_ci(x, n_boot=4000, level=0.4)
+    assert (float(lo), float(hi)) == (0.5, 0.5)
+    s = summarize(x, n_boot=4000)
+    assert (s.mean, s.ci_low, s.ci_high) == (0.5, 0.0, 1.0)
+
+
 def test_bootstrap_is_seeded_and_broadcasts():
     x = torch.randn(3, 2, 50)
     lo, hi = bootstrap_ci(x, seed=1)
