@@ -70,7 +70,10 @@ def test_heads_table_carries_rank_intervals_consistent_with_the_ranking():
         table["rank"] <= table["rank_ci_high"]
     ).all()
     assert table["rank"].tolist() == table["rank_ci_low"].tolist()  # separated by 1 >> noise
-    assert table["p_top10"].tolist() == [1.0] * 8  # 8 heads: every one is in the top 10
+    assert table["p_top10"].tolist() == [1.0] * 8  # 8 heads: top min(10, cells) is every head
+    # Separated by 1 >> noise 0.1, the three most negative heads (values ~0, 1, 2) are the top 3
+    # in every resample and no other head ever is.
+    assert result.stability(k=3).p_top_k.flatten().tolist() == [1.0] * 3 + [0.0] * 5
     flip = PatchResult(
         values,
         torch.ones(12),
