@@ -195,7 +195,8 @@ def split_half(
 ) -> SplitHalf:
     """Split-half replication of the ranking by mean ``key`` (see the module doc).
 
-    With an odd number of examples the middle one is left out of each split.
+    With an odd number of examples one example, a different random one in each split, is left
+    out of it.
 
     Raises:
         ValueError: fewer than 2 cells or examples, NaN, ``n_splits < 1`` or ``k`` out of range.
