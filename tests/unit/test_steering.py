@@ -227,11 +227,12 @@ def test_steering_reaches_the_multi_turn_evaluation_and_leaves_it(tiny_llama, ki
     evaluation is the unsteered one again."""
     model, questions = tiny_llama, load_builtin()[:5]
     steer = _steerers(model)[kind][0]
-    run = lambda: (
-        evaluate_sycophancy(  # noqa: E731
+
+    def run():
+        return evaluate_sycophancy(
             model, questions, batch_size=3, max_new_tokens=6, answer_tokens=4
         ).items
-    )
+
     base = run()
     with steer(0.0):
         assert run() == base
