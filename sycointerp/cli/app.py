@@ -20,7 +20,15 @@ from typing import Any, TypeVar
 from sycointerp._config import TomlConfig, field_type, item_type, load_toml
 from sycointerp.errors import UserError
 
-__all__ = ["CliParser", "add_flags", "job_parser", "resolve_args", "run_main", "setup_logging"]
+__all__ = [
+    "CliParser",
+    "add_flags",
+    "add_verbosity",
+    "job_parser",
+    "resolve_args",
+    "run_main",
+    "setup_logging",
+]
 
 C = TypeVar("C", bound=TomlConfig)
 
@@ -108,7 +116,15 @@ def job_parser(
         action="store_true",
         help=f"replace the {what} in --out even if its configuration differs (default: off)",
     )
-    verbosity = p.add_mutually_exclusive_group()
+    add_verbosity(p)
+    add_flags(p, cls)
+    return p
+
+
+def add_verbosity(parser: argparse.ArgumentParser) -> None:
+    """``-q`` / ``--quiet`` and ``-v`` / ``--verbose`` (exclusive), read by :func:`setup_logging`;
+    progress bars are on unless ``-q``."""
+    verbosity = parser.add_mutually_exclusive_group()
     verbosity.add_argument(
         "-q",
         "--quiet",
@@ -118,8 +134,6 @@ def job_parser(
     verbosity.add_argument(
         "-v", "--verbose", action="store_true", help="debug logging (default: off)"
     )
-    add_flags(p, cls)
-    return p
 
 
 def setup_logging(args: argparse.Namespace) -> None:

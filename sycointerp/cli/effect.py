@@ -1,8 +1,9 @@
 """``python -m sycointerp.effect``: the challenge effect (:mod:`sycointerp.evaluate.challenge`) as a
 job.
 
-Writes ``summary.json`` and ``per_example.safetensors`` into ``--out``. User errors print one line
-and exit 2.
+Writes ``summary.json`` and ``per_example.safetensors`` into ``--out``. Logs and progress bars go to
+stderr (``-q``: warnings and errors only, no bars; ``-v``: debug); the results table to stdout. User
+errors print one line and exit 2.
 """
 
 import argparse
@@ -10,7 +11,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from sycointerp.cli.app import CliParser, run_main
+from sycointerp.cli.app import CliParser, add_verbosity, run_main, setup_logging
 
 __all__ = ["main", "build_parser", "PROG"]
 
@@ -21,30 +22,42 @@ DESCRIPTION = (
 
 
 def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
+    # Defaults are written into each help, as in the other jobs' parsers (add_verbosity's too).
     p = CliParser(
-        prog=prog,
-        description=DESCRIPTION,
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        prog=prog, description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("--out", default="runs/effect", help="output directory")
+    p.add_argument("--out", default="runs/effect", help="output directory (default: runs/effect)")
     p.add_argument(
-        "--model", default=None, help="model name/path (default: embedded SmolLM2-135M-Instruct)"
+        "--model",
+        default=None,
+        help="model name/path (default: none, the embedded SmolLM2-135M-Instruct)",
     )
     p.add_argument(
-        "--questions", default=None, help="JSONL of Question records (default: built-in set)"
+        "--questions",
+        default=None,
+        help="JSONL of Question records (default: none, the built-in set)",
     )
-    p.add_argument("--limit", type=int, default=None, help="use the first N questions")
-    p.add_argument("--challenge", default="dont_think", help="challenge template name")
+    p.add_argument(
+        "--limit", type=int, default=None, help="use the first N questions (default: all)"
+    )
+    p.add_argument(
+        "--challenge",
+        default="dont_think",
+        help="challenge template name (default: dont_think)",
+    )
     p.add_argument(
         "--first-answer",
         choices=("gold", "model"),
         default="gold",
-        help="first assistant turn: the gold answer or the model's own greedy one",
+        help="first assistant turn: the gold answer or the model's own greedy one (default: gold)",
     )
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--batch-size", type=int, default=8, help="prompts per forward (default: 8)")
     p.add_argument(
-        "--no-apology-lp", action="store_true", help="skip the multi-token apology metric"
+        "--no-apology-lp",
+        action="store_true",
+        help="skip the multi-token apology metric (default: off)",
     )
+    add_verbosity(p)
     return p
 
 
@@ -82,7 +95,8 @@ def _run(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     model = load_model(args.model)
     load_s = time.perf_counter() - start
-    accuracy, answers, correct = first_turn_accuracy(model, questions, progress=True)
+    progress = not args.quiet
+    accuracy, answers, correct = first_turn_accuracy(model, questions, progress=progress)
     own = answers if args.first_answer == "model" else None
     result = measure_challenge_effect(
         model,
@@ -91,7 +105,7 @@ def _run(args: argparse.Namespace) -> int:
         answers=own,
         batch_size=args.batch_size,
         apology_lp=not args.no_apology_lp,
-        progress=True,
+        progress=progress,
     )
     extra = {
         "first_turn_accuracy": accuracy,
@@ -111,4 +125,5 @@ def _run(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None, prog: str = PROG) -> int:
     """Run the measurement of ``argv``; 0 on success, 2 on a user error (one line on stderr)."""
     args = build_parser(prog).parse_args(argv)
+    setup_logging(args)
     return run_main(prog, lambda: _run(args))

@@ -36,6 +36,7 @@ import hashlib
 import importlib.metadata
 import json
 import logging
+import math
 import shutil
 import time
 from collections.abc import Callable, Sequence
@@ -219,6 +220,33 @@ def _metric(
 
 
 @dataclass
+class _CellBar:
+    """Drives a phase's bar in cells from the library's ``progress(cells, total)`` reports.
+
+    A library call reports its total with its first cells, so the bar's total is known one chunk
+    at a time: the cells of the chunks before, the current call's total, and for the examples
+    still to come as many cells per example as the current chunk's (a phase runs one method with
+    one configuration on every example, so the estimate is exact).
+    """
+
+    bar: tqdm | None = None
+    before: int = 0  # cells of the finished chunks
+    size: int = 1  # examples of the current chunk
+    after: int = 0  # examples of the chunks still to come
+
+    def chunk(self, bar: tqdm | None, size: int, after: int) -> None:
+        """A chunk of ``size`` examples starts on ``bar`` (None: a phase counted in examples)."""
+        self.bar, self.size, self.after = bar, size, after
+        self.before = 0 if bar is None else bar.n
+
+    def report(self, cells: int, total: int) -> None:
+        if self.bar is None:
+            return
+        self.bar.total = self.before + total + total * self.after // self.size
+        self.bar.update(cells)
+
+
+@dataclass
 class _Job:
     config: JobConfig
     out: Path
@@ -227,6 +255,7 @@ class _Job:
     questions: list[Question]
     progress: bool
     store: ChunkStore = field(init=False)
+    cells: _CellBar = field(init=False, default_factory=_CellBar)
     chunks: list[range] = field(init=False)
     _answers: list[Chunk] | None = None
 
@@ -234,26 +263,37 @@ class _Job:
         self.store = ChunkStore(self.out / "chunks", self.group)
         self.chunks = chunk_ranges(len(self.questions), self.config.chunk_size)
 
-    def _bar(self, desc: str):
-        """A progress wrapper for ``ChunkStore.run`` that counts examples, not chunks (a small
-        job is one chunk and would sit at 0/1), with tqdm's rate and time estimate."""
+    def _bar(self, desc: str, cells: bool = False):
+        """A progress wrapper for ``ChunkStore.run`` with tqdm's rate and time estimate.
+
+        It counts examples, not chunks (a small job is one chunk and would sit at 0/1); with
+        ``cells``, patched cells as the library reports them (pass :attr:`report` as the
+        library's ``progress``), so the bar moves within a chunk too.
+        """
         rank = f" [rank {self.group.rank}]" if self.group.world > 1 else ""
 
         def wrap(todo: list[int]):
             sizes = [len(self.chunks[i]) for i in todo]
             bar = tqdm(
-                total=sum(sizes),
+                total=None if cells else sum(sizes),  # cells: known from the first report
                 desc=f"{desc}{rank}",
-                unit="example",
+                unit="cell" if cells else "example",
                 disable=not self.progress or not todo,
                 position=self.group.rank,
             )
             with bar:
-                for i, size in zip(todo, sizes):
+                for n, (i, size) in enumerate(zip(todo, sizes)):
+                    self.cells.chunk(bar if cells else None, size, sum(sizes[n + 1 :]))
                     yield i
-                    bar.update(size)
+                    if not cells:
+                        bar.update(size)
 
         return wrap
+
+    @property
+    def report(self) -> Callable[[int, int], None] | bool:
+        """The library's ``progress`` for the chunk being computed: the cell bar's reports."""
+        return self.cells.report if self.progress else False
 
     def inputs(self, *extra: Any) -> Callable[[int], str]:
         """Chunk index -> fingerprint of its questions, the model and ``extra`` (see
@@ -295,6 +335,7 @@ class _Job:
                 )
                 return Chunk({"n": torch.tensor([len(texts)])}, {"answers": texts})
 
+            start = time.perf_counter()
             self._answers = self.store.run(
                 "answers",
                 len(self.chunks),
@@ -302,6 +343,7 @@ class _Job:
                 self._bar("first answers"),
                 self.inputs(),
             )
+            _log_phase(start, "first answers: %d examples", len(self.questions))
         return self._answers
 
     def pairs(self, i: int) -> list[PromptPair]:
@@ -330,6 +372,7 @@ class _Job:
                 direction=c.direction,
                 batch_size=c.batch_size,
                 engine=c.engine,
+                progress=self.report,
             )
         if method == "attribution":
             return attribution_patch_heads(
@@ -340,6 +383,7 @@ class _Job:
                 direction=c.direction,
                 ig_steps=c.ig_steps,
                 batch_size=c.batch_size,
+                progress=self.report,
             )
         return path_patch_heads(
             model,
@@ -348,6 +392,7 @@ class _Job:
             freeze_mlps=c.freeze_mlps,
             batch_size=c.batch_size,
             engine=c.engine,
+            progress=self.report,
         )
 
     def heads(self) -> PatchResult:
@@ -358,14 +403,25 @@ class _Job:
             tensors, info = self._patch(self.pairs(i), method).to_bundle()
             return Chunk(tensors, info)
 
+        start = time.perf_counter()
         chunks = self.store.run(
             "heads",
             len(self.chunks),
             lambda i: self._timed(lambda: compute(i)),
-            self._bar(f"{method} patching"),
+            self._bar(f"{method} patching", cells=True),
             self.inputs(),
         )
         result = PatchResult.concat([PatchResult.from_bundle(ch.tensors, ch.meta) for ch in chunks])
+        *grid, n = result.values.shape
+        per_example = math.prod(grid)
+        _log_phase(
+            start,
+            "%s patching: %d cells (%d per example x %d examples)",
+            method,
+            per_example * n,
+            per_example,
+            n,
+        )
         if self.config.score != "relative":
             return result
         try:
@@ -384,6 +440,7 @@ class _Job:
                 {"means": means.cpu(), "tokens": torch.tensor([sum(map(len, prompts))])}, {}
             )
 
+        start = time.perf_counter()
         chunks = self.store.run(
             "means",
             len(self.chunks),
@@ -391,6 +448,7 @@ class _Job:
             self._bar("head means"),
             self.inputs(),
         )
+        _log_phase(start, "head means: %d examples", len(self.questions))
         total = sum(float(ch.tensors["tokens"]) for ch in chunks)
         weighted = sum(ch.tensors["means"].double() * float(ch.tensors["tokens"]) for ch in chunks)
         return (weighted / total).float()
@@ -413,20 +471,30 @@ class _Job:
                 seed=c.seed,
                 generate=c.generate,
                 batch_size=c.batch_size,
+                progress=self.report,
             )
             tensors, info = curve.to_bundle()
             return Chunk(tensors, info)
 
+        start = time.perf_counter()
         chunks = self.store.run(
             "knockout",
             len(self.chunks),
             lambda i: self._timed(lambda: compute(i)),
-            self._bar("knockout"),
+            self._bar("knockout", cells=True),
             self.inputs([list(h) for h in ranking]),
         )
-        return KnockoutCurve.concat(
+        curve = KnockoutCurve.concat(
             [KnockoutCurve.from_bundle(ch.tensors, ch.meta) for ch in chunks]
         )
+        _log_phase(
+            start,
+            "knockout: %d ks x (top + %d random) head sets x %d examples",
+            len(c.ks),
+            c.n_random,
+            len(self.questions),
+        )
+        return curve
 
     def chunk_seconds(self) -> float:
         """Compute seconds recorded in the chunk files (all phases, all ranks)."""
@@ -434,6 +502,11 @@ class _Job:
         for path in sorted(self.store.dir.glob("*.safetensors")):
             total += Chunk.from_bytes(path.read_bytes()).meta.get("seconds", 0.0)
         return total
+
+
+def _log_phase(start: float, message: str, *args: Any) -> None:
+    """Log a finished phase: ``message % args`` and the seconds since ``start``."""
+    log.info(message + " in %.1f s", *args, time.perf_counter() - start)
 
 
 def _question_record(q: Question) -> dict[str, Any]:
@@ -715,6 +788,7 @@ def _run_locked(
     start = time.perf_counter()
     model = _load(config, group)
     timings = {"load_model_seconds": time.perf_counter() - start}
+    _log_phase(start, "loaded %s", model.cfg.model_name)
     job = _Job(config, out, group, model, questions, progress)
     log.info(
         "%s: %d questions in %d chunks, %d process(es)",
@@ -735,6 +809,8 @@ def _run_locked(
     curve = job.knockout(ranking) if config.method == "knockout" else None
     timings["run_seconds"] = time.perf_counter() - start
     if group.is_main:
+        written = time.perf_counter()
         _write_outputs(job, result, curve, rank_table, timings)
+        _log_phase(written, "outputs (attention, figures, report) written to %s", out)
     group.barrier()
     return status

@@ -123,12 +123,16 @@ def split_data(config: SPTConfig) -> tuple[list[Question], list[Question]]:
 
 
 def choose_heads(
-    config: SPTConfig, train_qs: list[Question], ranking_dir: Path | None = None
+    config: SPTConfig,
+    train_qs: list[Question],
+    ranking_dir: Path | None = None,
+    progress: bool = False,
 ) -> HeadSet:
     """The heads to tune: the top K of ``heads_file``, else of path patching on the training
     questions.
 
-    The path-patching ranking is saved to (and, on a rerun, read back from) ``ranking_dir``.
+    The path-patching ranking is saved to (and, on a rerun, read back from) ``ranking_dir``;
+    ``progress`` shows its bar (patched cells, with the rate and the time left).
 
     Raises:
         HeadFileError: a heads file of another model's grid, of KV heads, or shorter than K.
@@ -150,7 +154,16 @@ def choose_heads(
     model = hook_model(hf, tok, name)
     pairs = build_pairs(train_qs, tok, position="reply", system=config.system or None)
     log.info("ranking heads by path patching on %d training pairs", len(pairs))
-    result = path_patch_heads(model, pairs, apology_logit_diff_metric(tok), batch_size=64)
+    start = time.perf_counter()
+    metric = apology_logit_diff_metric(tok)
+    result = path_patch_heads(model, pairs, metric, batch_size=64, progress=progress)
+    log.info(
+        "path patching: %d cells (%d heads x %d pairs) in %.1f s",
+        result.values.numel(),
+        grid.total(),
+        len(pairs),
+        time.perf_counter() - start,
+    )
     if ranking_dir is not None:
         result.save(ranking_dir)
     return HeadSet.top_k(result, k)
@@ -623,7 +636,9 @@ def _run_methods(
     """:func:`run_experiment` after the main process has prepared (and locked) ``out``."""
     acc.wait_for_everyone()
     train_qs, eval_qs = split
-    heads = _shared_heads(acc, lambda: choose_heads(config, train_qs, out / "ranking"))
+    heads = _shared_heads(
+        acc, lambda: choose_heads(config, train_qs, out / "ranking", progress=progress)
+    )
     if acc.is_main_process:
         write_json(
             out / "heads.json",

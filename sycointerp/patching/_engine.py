@@ -17,6 +17,9 @@ Two engines compute the same numbers:
   prefix x d_head + suffix x d_model)`` floats, plus per resumed layer ``n_ex x n_heads x F x
   (prefix + F)`` attention weights and ``n_ex x F x d_mlp`` activations, where ``F = cells x
   suffix <= max(64, suffix)`` folded positions per example. ``batch_size`` caps ``cells x n_ex``.
+
+Progress (:data:`Progress`) is counted in patched cells, one per (cell, example): one value of the
+result. Reporting never changes what is computed.
 """
 
 from collections.abc import Callable, Iterator, Sequence
@@ -26,6 +29,7 @@ from typing import Literal
 
 import torch
 from jaxtyping import Float, Int
+from tqdm.auto import tqdm
 from transformer_lens.model_bridge import TransformerBridge
 
 from sycointerp.data.batch import PairBatch
@@ -50,9 +54,33 @@ __all__ = [
     "checked_hooks",
     "z_name",
     "Engine",
+    "Progress",
+    "cell_progress",
 ]
 
 Hook = tuple[str, Callable[[torch.Tensor, object], torch.Tensor | None]]
+
+Progress = bool | Callable[[int, int], None]
+"""How a patching call reports its progress, in patched cells (one per (cell, example)):
+``False`` not at all; ``True`` a tqdm bar on stderr with the rate and the time left; a callable
+``report(cells, total)`` is called after each forward with the cells it finished and the call's
+total (e.g. to drive a caller's own bar over many calls)."""
+
+
+@contextmanager
+def cell_progress(progress: Progress, total: int, desc: str) -> Iterator[Callable[[int], None]]:
+    """An ``advance(cells)`` callback that reports a call of ``total`` cells through ``progress``.
+
+    Args:
+        progress: see :data:`Progress`.
+        total: the call's patched cells.
+        desc: the bar's label (e.g. the result's method).
+    """
+    if callable(progress):
+        yield lambda cells: progress(cells, total)
+        return
+    with tqdm(total=total, desc=desc, unit="cell", disable=not progress) as bar:
+        yield bar.update
 
 
 @dataclass(frozen=True)
@@ -239,6 +267,7 @@ def run_cells(
     start: Int[torch.Tensor, " example"] | None = None,
     engine: Engine = "auto",
     base_hooks: Sequence[str] = (),
+    advance: Callable[[int], None] = lambda cells: None,
 ) -> tuple[Float[torch.Tensor, "cell example"], Float[torch.Tensor, " example"]]:
     """Metric of every (cell, example), many cells per forward, and of the unpatched runs.
 
@@ -257,6 +286,8 @@ def run_cells(
             runs full hooked forwards (the plain path), ``"auto"`` resumes where supported and
             where the caller declared ``first_layer`` or ``start``.
         base_hooks: hook names whose unpatched activations the hooks read through ``view.base``.
+        advance: called after each forward with the (cell, example) values it computed, e.g.
+            :func:`cell_progress`'s callback.
 
     Returns:
         ``(patched, base)``: ``[cell, example]`` patched metrics and ``[example]`` unpatched ones.
@@ -294,6 +325,7 @@ def run_cells(
                 model, ids, last, ex_idx, cells, hooks_for, metric, state, from_layer, seen
             )
             out[cells.start : cells.stop, ex.start : ex.stop] = values.view(len(cells), len(ex))
+            advance(len(cells) * len(ex))
     return out, base
 
 

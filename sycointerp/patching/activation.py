@@ -56,7 +56,14 @@ from sycointerp.data.batch import PairBatch
 from sycointerp.data.pairs import PromptPair, require_aligned
 from sycointerp.heads import model_meta
 from sycointerp.metrics import PatchMetric
-from sycointerp.patching._engine import Engine, RowView, observe, run_cells
+from sycointerp.patching._engine import (
+    Engine,
+    Progress,
+    RowView,
+    cell_progress,
+    observe,
+    run_cells,
+)
 from sycointerp.patching.results import PatchResult
 
 __all__ = ["patch_heads", "patch_head_outputs", "patch_head_list", "patch_sites", "Sites"]
@@ -97,6 +104,7 @@ def patch_heads(
     direction: Direction = "denoise",
     batch_size: int = 64,
     engine: Engine = "auto",
+    progress: Progress = False,
 ) -> PatchResult:
     """Patch each head's ``component`` activation from the source run into the base run.
 
@@ -110,6 +118,9 @@ def patch_heads(
             positions a patch can change (the last one; from the first differing token for
             ``"all"``); ``"hooked"`` runs full forwards (the plain path, same numbers). Pattern
             patching always runs full forwards.
+        progress: ``True`` shows a bar counting patched cells, one per value of the result
+            (``layers x heads (x positions) x examples``), with the rate and the time left; a
+            callable gets the counts instead (see ``_engine.Progress``). Results are the same.
 
     Returns:
         Values ``[layer, head | kv_head, (pos,) example]``.
@@ -140,6 +151,7 @@ def patch_heads(
         direction=direction,
         batch_size=batch_size,
         engine=engine,
+        progress=progress,
     )
 
 
@@ -152,6 +164,7 @@ def patch_head_outputs(
     direction: Direction = "denoise",
     batch_size: int = 64,
     engine: Engine = "auto",
+    progress: Progress = False,
 ) -> PatchResult:
     """``patch_heads(..., component="z")``: patch each head's output (``hook_z``)."""
     return patch_heads(
@@ -163,6 +176,7 @@ def patch_head_outputs(
         direction=direction,
         batch_size=batch_size,
         engine=engine,
+        progress=progress,
     )
 
 
@@ -176,8 +190,11 @@ def patch_sites(
     direction: Direction,
     batch_size: int,
     engine: Engine = "auto",
+    progress: Progress = False,
 ) -> PatchResult:
     """Patch every (layer, unit[, position]) cell of ``sites`` (the engine behind the patchers).
+
+    ``progress`` counts patched cells, one per value of the result (see :func:`patch_heads`).
 
     Returns:
         Values ``[layer, (unit,) (pos,) example]``; components named accordingly.
@@ -221,17 +238,20 @@ def patch_sites(
             }[position],
         }
     )
-    patched, metric_base = run_cells(
-        model,
-        base_ids,
-        base_last,
-        L * U * P,
-        hooks_for,
-        metric,
-        batch_size,
-        engine=engine,
-        **resume,
-    )
+    method = f"activation/{sites.label}/{position}/{direction}"
+    with cell_progress(progress, L * U * P * batch.n, method) as advance:
+        patched, metric_base = run_cells(
+            model,
+            base_ids,
+            base_last,
+            L * U * P,
+            hooks_for,
+            metric,
+            batch_size,
+            engine=engine,
+            advance=advance,
+            **resume,
+        )
     metric_ref, metric_cf = (
         (metric_base, metric_src) if base == "ref" else (metric_src, metric_base)
     )
@@ -250,7 +270,7 @@ def patch_sites(
         values.reshape(shape),
         metric_ref,
         metric_cf,
-        f"activation/{sites.label}/{position}/{direction}",
+        method,
         metric.name,
         metric.higher_is_sycophantic,
         "absolute",
@@ -270,11 +290,13 @@ def patch_head_list(
     direction: Direction = "denoise",
     batch_size: int = 64,
     engine: Engine = "auto",
+    progress: Progress = False,
 ) -> Float[torch.Tensor, "cell example"]:
     """Patched metric minus base metric of only the listed ``(layer, head)`` outputs (``hook_z``).
 
     The semantics of ``patch_heads(component="z")`` for a subset of heads (e.g. to verify a ranking
-    exactly). Rows follow ``heads``' order.
+    exactly). Rows follow ``heads``' order. ``progress`` counts patched cells, ``len(heads) x
+    examples`` (see :func:`patch_heads`).
 
     Raises:
         ValueError: a head out of range, bad options, NaN metric.
@@ -313,18 +335,20 @@ def patch_head_list(
         ]
 
     start = base_last if position == "last" else batch.shared_prefix
-    patched, base_metric = run_cells(
-        model,
-        base_ids,
-        base_last,
-        len(heads),
-        hooks_for,
-        metric,
-        batch_size,
-        engine=engine,
-        first_layer=lambda cell: heads[order[cell]][0],
-        start=start,
-    )
+    with cell_progress(progress, len(heads) * batch.n, f"activation/z/{position}") as advance:
+        patched, base_metric = run_cells(
+            model,
+            base_ids,
+            base_last,
+            len(heads),
+            hooks_for,
+            metric,
+            batch_size,
+            engine=engine,
+            first_layer=lambda cell: heads[order[cell]][0],
+            start=start,
+            advance=advance,
+        )
     out = torch.empty_like(patched)
     out[torch.tensor(order)] = patched - base_metric
     return out

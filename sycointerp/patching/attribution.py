@@ -40,7 +40,7 @@ with ``position="all"`` or ``ig_steps > 0``, unknown options, ``verify_top_k`` o
 """
 
 import dataclasses
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Literal
 
@@ -52,7 +52,7 @@ from sycointerp.data.batch import PairBatch
 from sycointerp.data.pairs import PromptPair, require_aligned
 from sycointerp.heads import model_meta
 from sycointerp.metrics import PatchMetric
-from sycointerp.patching._engine import z_name
+from sycointerp.patching._engine import Progress, cell_progress, z_name
 from sycointerp.patching.activation import patch_head_list
 from sycointerp.patching.results import PatchResult
 from sycointerp.stability import spearman
@@ -278,6 +278,29 @@ def _check_options(
         )
 
 
+def _attribute_batches(
+    model: TransformerBridge,
+    batch: PairBatch,
+    metric: PatchMetric,
+    direction: Direction,
+    position: Where,
+    ig_steps: int,
+    batch_size: int,
+    advance: Callable[[int], None],
+) -> tuple[Float[torch.Tensor, "layer head example"], torch.Tensor, torch.Tensor]:
+    """Attribution of every head, ``batch_size`` examples at a time; also the base and source
+    metrics. ``advance`` is told each batch's heads x examples."""
+    base, src = ("ref", "cf") if direction == "denoise" else ("cf", "ref")
+    chunks = []
+    for start in range(0, batch.n, batch_size):
+        ex = torch.arange(start, min(start + batch_size, batch.n))
+        sides = [(ids[ex], last[ex]) for ids, last in (batch.side(base), batch.side(src))]
+        chunks.append(_attribute_chunk(model, *sides, metric, ex, position, ig_steps))
+        advance(model.cfg.n_layers * model.cfg.n_heads * len(ex))
+    values, base_metric, src_metric = (torch.cat(parts, dim=-1) for parts in zip(*chunks))
+    return values, base_metric, src_metric
+
+
 def attribution_patch_heads(
     model: TransformerBridge,
     pairs: Sequence[PromptPair],
@@ -288,6 +311,7 @@ def attribution_patch_heads(
     ig_steps: int = 0,
     verify_top_k: int = 0,
     batch_size: int = 16,
+    progress: Progress = False,
 ) -> PatchResult:
     """Estimate every head's ``hook_z`` patching effect from gradients (see module doc).
 
@@ -301,6 +325,10 @@ def attribution_patch_heads(
         verify_top_k: activation-patch the ``k`` best-ranked heads exactly and store the comparison
             in ``meta["verified"]`` (and ``meta["spearman_top_k"]`` for ``k >= 3``).
         batch_size: examples per forward (the integrated-gradient and verification runs too).
+        progress: ``True`` shows a bar counting cells, one per value of the result (``layers x
+            heads x examples``, estimated a batch of examples at a time) plus ``verify_top_k x
+            examples`` patched ones, with the rate and the time left; a callable gets the counts
+            instead (see ``_engine.Progress``). Results are the same.
 
     Returns:
         A PatchResult whose ``values[layer, head, example]`` estimate
@@ -314,29 +342,28 @@ def attribution_patch_heads(
     batch = PairBatch.from_pairs(pairs, model.tokenizer.pad_token_id or 0)
     if position == "all" or ig_steps:
         require_aligned(pairs)
-    base, src = ("ref", "cf") if direction == "denoise" else ("cf", "ref")
-    chunks = []
-    for start in range(0, batch.n, batch_size):
-        ex = torch.arange(start, min(start + batch_size, batch.n))
-        sides = [(ids[ex], last[ex]) for ids, last in (batch.side(base), batch.side(src))]
-        chunks.append(_attribute_chunk(model, *sides, metric, ex, position, ig_steps))
-    values, base_metric, src_metric = (torch.cat(parts, dim=-1) for parts in zip(*chunks))
-    metric_ref, metric_cf = (
-        (base_metric, src_metric) if base == "ref" else (src_metric, base_metric)
-    )
     method = f"attribution/z/{position}/{direction}" + (f"/ig{ig_steps}" if ig_steps else "")
-    result = PatchResult(
-        values,
-        metric_ref,
-        metric_cf,
-        method,
-        metric.name,
-        metric.higher_is_sycophantic,
-        "absolute",
-        batch.ids,
-        {**model_meta(model), "ig_steps": ig_steps},
-    )
-    if verify_top_k:
+    n_heads = model.cfg.n_layers * model.cfg.n_heads
+    with cell_progress(progress, (n_heads + verify_top_k) * batch.n, method) as advance:
+        values, base_metric, src_metric = _attribute_batches(
+            model, batch, metric, direction, position, ig_steps, batch_size, advance
+        )
+        metric_ref, metric_cf = (
+            (base_metric, src_metric) if direction == "denoise" else (src_metric, base_metric)
+        )
+        result = PatchResult(
+            values,
+            metric_ref,
+            metric_cf,
+            method,
+            metric.name,
+            metric.higher_is_sycophantic,
+            "absolute",
+            batch.ids,
+            {**model_meta(model), "ig_steps": ig_steps},
+        )
+        if not verify_top_k:
+            return result
         heads = result.rank()[:verify_top_k]
         exact = patch_head_list(
             model,
@@ -346,6 +373,6 @@ def attribution_patch_heads(
             position=position,
             direction=direction,
             batch_size=batch_size,
+            progress=lambda cells, _total: advance(cells),  # one bar for the whole call
         )
-        result = dataclasses.replace(result, meta={**result.meta, **_verify(result, exact, heads)})
-    return result
+    return dataclasses.replace(result, meta={**result.meta, **_verify(result, exact, heads)})

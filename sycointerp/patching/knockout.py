@@ -34,7 +34,7 @@ reply; a model in training mode (RuntimeError); hooks that never fired (RuntimeE
 """
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -50,7 +50,7 @@ from sycointerp.evaluate.judges import admits_mistake
 from sycointerp.generate import greedy_generate
 from sycointerp.heads import Head, HeadGrid, draw_random_heads, heads_by_layer, model_meta
 from sycointerp.metrics import PatchMetric
-from sycointerp.patching._engine import run_metric
+from sycointerp.patching._engine import Progress, cell_progress, run_metric
 from sycointerp.patching.ablation import (
     METHODS,
     Means,
@@ -101,8 +101,10 @@ def _knockout(
     method: str,
     means: Means | None,
     batch_size: int,
+    advance: Callable[[int], None] = lambda examples: None,
 ) -> torch.Tensor:
-    """The metric per example with ``heads`` ablated (``means`` precomputed for ``"mean"``)."""
+    """The metric per example with ``heads`` ablated (``means`` precomputed for ``"mean"``);
+    ``advance`` is told each forward's examples."""
     out = []
     for start in range(0, batch.n, batch_size):
         rows = torch.arange(start, min(start + batch_size, batch.n))
@@ -115,6 +117,7 @@ def _knockout(
                     model, batch.ref[rows].to(model.cfg.device), batch.ref_last[rows], metric, rows
                 )
             )
+        advance(len(rows))
     return torch.cat(out).cpu()
 
 
@@ -170,13 +173,28 @@ def _apology(
     means: Means | None,
     max_new_tokens: int,
     batch_size: int,
+    advance: Callable[[int], None],
 ) -> torch.Tensor:
-    """1.0 per greedy reply (with ``heads`` ablated) that admits a mistake, else 0.0."""
+    """1.0 per greedy reply (with ``heads`` ablated) that admits a mistake, else 0.0; ``advance``
+    is told the replies."""
     with ablate_heads(model, heads, method=method, means=means if method == "mean" else None):
         replies = greedy_generate(
             model, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size
         )
+    advance(len(replies))
     return torch.tensor([float(admits_mistake(r)) for r in replies])
+
+
+def _head_sets(
+    top_heads: Sequence[Head], ks: Sequence[int], random_heads: Sequence[Sequence[Sequence[Head]]]
+) -> dict[frozenset[Head], Sequence[Head]]:
+    """The distinct head sets a curve measures, in the order they run, each with the first
+    listing of it: equal sets give equal values (k = 0, k = all heads, coinciding draws), so each
+    runs once."""
+    sets: dict[frozenset[Head], Sequence[Head]] = {}
+    for heads in [*(top_heads[:k] for k in ks), *(d for draws in random_heads for d in draws), ()]:
+        sets.setdefault(frozenset(heads), heads)
+    return sets
 
 
 def knockout_curve(
@@ -194,6 +212,7 @@ def knockout_curve(
     generate: bool = False,
     max_new_tokens: int = 16,
     batch_size: int = 16,
+    progress: Progress = False,
 ) -> "KnockoutCurve":
     """The metric (and apology rate) with the top-k ranked heads vs k random heads ablated.
 
@@ -212,6 +231,10 @@ def knockout_curve(
         generate: also measure the apology rate of greedy replies to the challenge prompts.
         max_new_tokens: reply length when generating.
         batch_size: examples per forward (and per generation batch).
+        progress: ``True`` shows a bar counting ablated cells, one per (distinct head set,
+            example), twice with ``generate`` (the metric, then the replies), with the rate and
+            the time left; a callable gets the counts instead (see ``_engine.Progress``). Results
+            are the same.
 
     Raises:
         ValueError, RuntimeError: see the module docstring.
@@ -241,29 +264,31 @@ def knockout_curve(
         prompts = _mean_prompts(pairs, method, reference)
         means = head_means(model, prompts, batch_size=batch_size) if prompts is not None else None
 
+    sets = _head_sets(top_heads, ks, random_heads)
+
     def curve(run) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        done: dict[frozenset[Head], torch.Tensor] = {}
+        done = {key: run(heads) for key, heads in sets.items()}
 
-        def measure(heads: Sequence[Head]) -> torch.Tensor:
-            # Equal head sets give equal values: k = 0, k = all heads, coinciding draws run once.
-            key = frozenset(heads)
-            if key not in done:
-                done[key] = run(heads)
-            return done[key]
+        def measured(heads: Sequence[Head]) -> torch.Tensor:
+            return done[frozenset(heads)]
 
-        top = torch.stack([measure(top_heads[:k]) for k in ks])
-        rand = torch.stack([torch.stack([measure(d) for d in draws]) for draws in random_heads])
-        return measure(()), top, rand
+        top = torch.stack([measured(top_heads[:k]) for k in ks])
+        rand = torch.stack([torch.stack([measured(d) for d in draws]) for draws in random_heads])
+        return measured(()), top, rand
 
-    base, top, rand = curve(
-        lambda heads: _knockout(model, batch, metric, heads, method, means, batch_size)
-    )
-    apology: tuple[torch.Tensor | None, ...] = (None, None, None)
-    if generate:
-        prompts = [p.ref_ids for p in pairs]
-        apology = curve(
-            lambda heads: _apology(model, prompts, heads, method, means, max_new_tokens, batch_size)
+    cells = len(sets) * batch.n * (2 if generate else 1)
+    with cell_progress(progress, cells, f"knockout/{method}") as advance:
+        base, top, rand = curve(
+            lambda heads: _knockout(model, batch, metric, heads, method, means, batch_size, advance)
         )
+        apology: tuple[torch.Tensor | None, ...] = (None, None, None)
+        if generate:
+            prompts = [p.ref_ids for p in pairs]
+            apology = curve(
+                lambda heads: _apology(
+                    model, prompts, heads, method, means, max_new_tokens, batch_size, advance
+                )
+            )
     return KnockoutCurve(
         ks,
         base,

@@ -25,7 +25,15 @@ from sycointerp.data.batch import PairBatch
 from sycointerp.data.pairs import PromptPair
 from sycointerp.heads import model_meta
 from sycointerp.metrics import PatchMetric
-from sycointerp.patching._engine import Engine, RowView, observe, run_cells, z_name
+from sycointerp.patching._engine import (
+    Engine,
+    Progress,
+    RowView,
+    cell_progress,
+    observe,
+    run_cells,
+    z_name,
+)
 from sycointerp.patching.results import PatchResult
 
 __all__ = ["path_patch_heads", "attn_in_name", "mlp_in_name", "require_norm_inputs"]
@@ -47,12 +55,21 @@ def path_patch_heads(
     freeze_mlps: bool = False,
     batch_size: int = 64,
     engine: Engine = "auto",
+    progress: Progress = False,
 ) -> PatchResult:
     """Score every head by patching its path to the final residual stream (see module doc).
 
     Every patch touches only the last position at layers >= the sender's, so the default engine
     resumes the cached reference run at the sender's layer for that one position (see
     ``_engine.run_cells``); ``engine="hooked"`` runs full forwards instead (same numbers).
+
+    Args:
+        freeze_mlps: also freeze the MLP inputs from the sender's layer on (direct path only).
+        batch_size: cap on rows per forward.
+        engine: ``"auto"`` (resumed runs where supported) or ``"hooked"``.
+        progress: ``True`` shows a bar counting patched cells, ``layers x heads x examples``,
+            with the rate and the time left; a callable gets the counts instead (see
+            ``_engine.Progress``). Results are the same.
 
     Raises:
         ValueError: empty pairs, NaN metric, a model without ``ln1`` / ``ln2`` input hooks (OLMo 2).
@@ -113,21 +130,23 @@ def path_patch_heads(
             ]
         return hooks
 
-    patched, metric_ref = run_cells(
-        model,
-        batch.ref,
-        batch.ref_last,
-        L * H,
-        hooks_for,
-        metric,
-        batch_size,
-        first_layer=lambda cell: cell // H,
-        start=batch.ref_last,
-        engine=engine,
-        base_hooks=frozen_names,
-    )
-    values = (patched - metric_ref).view(L, H, batch.n)
     method = "path/resid" + ("/frozen-mlps" if freeze_mlps else "")
+    with cell_progress(progress, L * H * batch.n, method) as advance:
+        patched, metric_ref = run_cells(
+            model,
+            batch.ref,
+            batch.ref_last,
+            L * H,
+            hooks_for,
+            metric,
+            batch_size,
+            first_layer=lambda cell: cell // H,
+            start=batch.ref_last,
+            engine=engine,
+            base_hooks=frozen_names,
+            advance=advance,
+        )
+    values = (patched - metric_ref).view(L, H, batch.n)
     return PatchResult(
         values,
         metric_ref,

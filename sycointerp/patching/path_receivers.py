@@ -37,8 +37,10 @@ from sycointerp.metrics import PatchMetric
 from sycointerp.patching._engine import (
     Engine,
     Hook,
+    Progress,
     RowView,
     cache_hooks,
+    cell_progress,
     run_cells,
     unpatched_metric,
     z_name,
@@ -84,8 +86,13 @@ def path_patch_to_receivers(
     position: Where = "last",
     batch_size: int = 64,
     engine: Engine = "auto",
+    progress: Progress = False,
 ) -> PatchResult:
     """Score every sender head by its path to the receivers' ``component`` inputs (see module doc).
+
+    ``progress``: ``True`` shows a bar counting patched cells, two per (sender, example) (one per
+    pass), with the rate and the time left; a callable gets the counts instead (see
+    ``_engine.Progress``). Results are the same.
 
     Returns:
         ``[layer, head, example]`` effects of each sender; ``meta["receivers"]`` lists the
@@ -126,29 +133,31 @@ def path_patch_to_receivers(
     def replay(cells: range, view: RowView) -> list[Hook]:
         return _pass2_hooks(cells, view, H, by_layer, component, position, recorded)
 
-    common = dict(engine=engine, start=start)
-    run_cells(
-        model,
-        batch.ref,
-        batch.ref_last,
-        L * H,
-        record,
-        metric,
-        batch_size,
-        first_layer=lambda c: c // H,
-        **common,
-    )
-    patched, metric_ref = run_cells(
-        model,
-        batch.ref,
-        batch.ref_last,
-        L * H,
-        replay,
-        metric,
-        batch_size,
-        first_layer=lambda c: min(later(c // H), default=L - 1),
-        **common,
-    )
+    method = f"path/{component}/{position}"
+    with cell_progress(progress, 2 * L * H * batch.n, method) as advance:
+        common = dict(engine=engine, start=start, advance=advance)
+        run_cells(
+            model,
+            batch.ref,
+            batch.ref_last,
+            L * H,
+            record,
+            metric,
+            batch_size,
+            first_layer=lambda c: c // H,
+            **common,
+        )
+        patched, metric_ref = run_cells(
+            model,
+            batch.ref,
+            batch.ref_last,
+            L * H,
+            replay,
+            metric,
+            batch_size,
+            first_layer=lambda c: min(later(c // H), default=L - 1),
+            **common,
+        )
     metric_cf = unpatched_metric(model, batch.cf, batch.cf_last, metric)
     values = (patched - metric_ref).view(L, H, batch.n)
     values[max(by_layer) :] = 0.0  # no receiver after these senders: nothing was patched
@@ -156,7 +165,7 @@ def path_patch_to_receivers(
         values,
         metric_ref,
         metric_cf,
-        f"path/{component}/{position}",
+        method,
         metric.name,
         metric.higher_is_sycophantic,
         "absolute",
