@@ -11,7 +11,8 @@ Layers (imports go one way, downward; ``tests/unit/test_layers.py`` enforces it)
 - analysis: :mod:`~sycointerp.metrics`, :mod:`~sycointerp.generate`, :mod:`~sycointerp.heads`,
   :mod:`~sycointerp.patching`, :mod:`~sycointerp.evaluate`, :mod:`~sycointerp.plot`;
 - tuning: :mod:`~sycointerp.spt`;
-- applications: :mod:`~sycointerp.cli` (the ``patch``, ``spt`` and ``effect`` jobs).
+- applications: :mod:`~sycointerp.cli` (the ``patch``, ``spt``, ``effect``, ``study`` and ``report``
+  jobs, behind the ``sycointerp`` command).
 """
 
 from sycointerp._lazy import lazy_namespace

@@ -11,7 +11,9 @@ Shared by every job:
 
 The jobs, none of which imports another: ``patch`` (:mod:`~sycointerp.cli.patch`,
 :mod:`~sycointerp.cli.patch_config`, :mod:`~sycointerp.cli.patch_job`), ``spt``
-(:mod:`~sycointerp.cli.spt`, :mod:`~sycointerp.cli.spt_config`, :mod:`~sycointerp.cli.spt_job`)
-and ``effect`` (:mod:`~sycointerp.cli.effect`). ``python -m sycointerp.patch``,
-``python -m sycointerp.spt`` and ``python -m sycointerp.effect`` are thin entry points onto them.
+(:mod:`~sycointerp.cli.spt`, :mod:`~sycointerp.cli.spt_config`, :mod:`~sycointerp.cli.spt_job`),
+``effect`` (:mod:`~sycointerp.cli.effect`), ``report`` (:mod:`~sycointerp.cli.report`) and
+``study`` (:mod:`~sycointerp.cli.study`, which composes ``spt`` runs). The ``sycointerp`` command
+(:mod:`~sycointerp.cli.main`) dispatches to them; ``python -m sycointerp.patch``,
+``python -m sycointerp.spt`` and ``python -m sycointerp.effect`` are thin entry points too.
 """

@@ -1,8 +1,8 @@
 """The command-line application layer: argument parsing, logging, and user errors -> exit 2.
 
-Every entry point (``sycointerp.cli.patch``, ``.spt``, ``.effect``) builds its parser here: a
-:class:`CliParser` whose usage errors are one line on stderr and exit status 2, ``--config`` /
-``--out`` / ``--overwrite`` / ``-q`` / ``-v`` and one flag per field of a
+Every job (``sycointerp.cli.patch``, ``.spt``, ``.effect``, ``.study``, ``.report``) builds its
+parser here: a :class:`CliParser` whose usage errors are one line on stderr and exit status 2,
+``--config`` / ``--out`` / ``--overwrite`` / ``-q`` / ``-v`` and one flag per field of a
 :class:`~sycointerp._config.TomlConfig` (``batch_size`` -> ``--batch-size``; booleans get ``--x`` /
 ``--no-x``; lists are comma-separated). Precedence: defaults < ``--config`` file < flags given.
 :func:`run_main` turns any :class:`~sycointerp.errors.UserError` raised by a job into one line on
