@@ -142,15 +142,19 @@ def _config(directory: Path) -> str:
 # --------------------------------------------------------------------------- per job kind
 
 
-def _result_sections(result, title: str) -> list[str]:
-    """Heatmap, ranked bar, rank intervals and the heads table of a per-head PatchResult."""
+def _result_sections(
+    result, title: str, top_k: int = 10, stability: dict[str, Any] | None = None
+) -> list[str]:
+    """Heatmap (the job's ``top_k`` heads marked), ranked bar, rank intervals, the split-half
+    replication (``stability``: a patch job's stability.json) and the heads table of a per-head
+    PatchResult."""
     from sycointerp.plot import head_heatmap, rank_intervals_plot, ranked_heads_bar
 
     if not result.has_heads_table:
         return []
     cells = result.shape[0] * result.shape[1]
     n = result.values.shape[-1]
-    figures = [_figure(head_heatmap(result, title=title), "heads")]
+    figures = [_figure(head_heatmap(result, title=title, top_k=top_k), "heads")]
     figures.append(_figure(ranked_heads_bar(result, k=min(20, cells)), "ranked"))
     if n >= 2:
         figures.append(_figure(rank_intervals_plot(result, k=min(20, cells)), "rank-intervals"))
@@ -161,11 +165,35 @@ def _result_sections(result, title: str) -> list[str]:
         for r in table[columns].itertuples(index=False)
     ]
     few = " (few examples: read the intervals with care)" if n < SMALL_SAMPLE else ""
-    note = f"<p>{n} examples{few}.</p>"
+    note = f"<p>{n} examples{few}.</p>" + _split_half(stability)
     return [
         _section("Heads", "\n".join(figures)),
         _section("Top heads (heads.csv)", note + _table(rows, columns)),
     ]
+
+
+def _split_half(stability: dict[str, Any] | None) -> str:
+    """One sentence on the split-half replication of a stability.json, or nothing."""
+    half = (stability or {}).get("split_half")
+    if not half or half.get("mean") is None:
+        return ""
+    return (
+        f"<p>Split-half replication ({half['n_splits']} random splits into two halves of the "
+        f"examples): Spearman correlation of the two rankings {half['mean']:.3f} "
+        f"(2.5-97.5% of splits [{half['low']:.3f}, {half['high']:.3f}]), top-{half['k']} "
+        f"overlap {half['top_k_overlap']:.2f}.</p>"
+    )
+
+
+def _job_top_k(directory: Path, default: int = 10) -> int:
+    """The ``top_k`` of a job's config.toml (``[run]``), else ``default``."""
+    import tomllib
+
+    path = directory / "config.toml"
+    if not path.is_file():
+        return default
+    config = tomllib.loads(path.read_text(encoding="utf-8"))
+    return int(config.get("run", {}).get("top_k", default))
 
 
 def _per_example(result, directory: Path) -> str:
@@ -249,7 +277,12 @@ def _patch_page(directory: Path) -> tuple[str, list[str]]:
     result = None
     if (directory / "result.json").is_file():
         result = PatchResult.load(directory)
-        sections += _result_sections(result, title)
+        stability = (
+            read_json(directory / "stability.json", "stability")
+            if (directory / "stability.json").is_file()
+            else None
+        )
+        sections += _result_sections(result, title, _job_top_k(directory), stability)
     if (directory / "knockout").is_dir():
         curve = KnockoutCurve.load(directory / "knockout")
         body = _figure(knockout_plot(curve), "knockout") + _knockout_table(curve)

@@ -46,7 +46,18 @@ def _open(page: Path, shot: Path) -> list[str]:
         text=True,
         timeout=120,
     )
+    assert done.returncode == 0 and shot.is_file(), done.stderr[-2000:]
     return [line for line in done.stderr.splitlines() if ":CONSOLE" in line]
+
+
+def assert_opens_offline(page: Path, shot: Path) -> None:
+    """``page`` loads in headless Chromium with no console message and draws something: a
+    screenshot of many colours, some clearly red or blue (a heatmap's)."""
+    console = _open(page, shot)
+    assert console == [], console
+    colours = Image.open(shot).convert("RGB").getcolors(maxcolors=1 << 20)
+    assert colours is not None and len(colours) > 50  # drawn figures, not a blank page
+    assert any(abs(r - b) > 80 for _, (r, g, b) in colours)
 
 
 def _run(*argv: str) -> subprocess.CompletedProcess:
@@ -59,7 +70,9 @@ def _run(*argv: str) -> subprocess.CompletedProcess:
 def test_patch_job_report_opens_offline_in_chromium(tmp_path):
     model = save_tiny_model(tmp_path / "llama", "llama")
     out = tmp_path / "job"
-    done = _run("patch", "--model", str(model), "--limit", "4", "--out", str(out), "-q")
+    done = _run(
+        "patch", "--model", str(model), "--limit", "4", "--out", str(out), "-q", "--top-k", "3"
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     page = out / "report.html"
     text = page.read_text(encoding="utf-8")
@@ -71,13 +84,8 @@ def test_patch_job_report_opens_offline_in_chromium(tmp_path):
         assert f"<h2>{section}" in text, section
     assert "few examples" in text  # 4 examples: every interval is marked
     assert text.count('id="fig-') == 4  # heatmap, ranked heads, rank intervals, attention
-    console = _open(page, tmp_path / "shot.png")
-    assert console == [], console
-    shot = Image.open(tmp_path / "shot.png").convert("RGB")
-    colours = shot.getcolors(maxcolors=1 << 20)
-    assert colours is not None and len(colours) > 50  # drawn figures, not a blank page
-    # The heatmap's colours are there: some clearly red or blue pixels.
-    assert any(abs(r - b) > 80 for _, (r, g, b) in colours)
+    assert "Split-half replication" in text and "top-3 overlap" in text  # the job's --top-k
+    assert_opens_offline(page, tmp_path / "shot.png")
     rebuilt = _run("report", str(out))
     assert rebuilt.returncode == 0 and rebuilt.stdout.strip() == str(page)
     assert page.read_text(encoding="utf-8") == text  # built from the files alone

@@ -40,6 +40,7 @@ from sycointerp.spt.train import (
 )
 from sycointerp.spt.tunable import FullWeights, HeadDeltas, PeftLoRA
 from sycointerp.testing import save_tiny_model
+from tests.unit.test_report import assert_opens_offline
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -811,6 +812,7 @@ def test_cli_runs_every_control_draw_and_pools_them(model_dirs, tmp_path):
     assert "random_layer (pooled) | 2 |" in (out / "results.md").read_text()
     page = (out / "report.html").read_text()  # the run's report, with its tables
     assert "random_layer (pooled)" in page and 'id="fig-heads"' in page
+    assert_opens_offline(out / "report.html", tmp_path / "shot.png")
     assert len(report["paired"]) == 4  # SPT against each draw as well
 
 
