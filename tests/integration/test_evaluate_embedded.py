@@ -14,7 +14,7 @@ from sycointerp.evaluate import (
     opinion_matching,
 )
 from sycointerp.evaluate.judges import LLMJudge
-from tests.conftest import shared_file
+from tests.conftest import SHARED_DATA, shared_file
 from tests.reference import reference_letters
 
 
@@ -34,8 +34,10 @@ def test_multi_turn_protocol_on_eight_questions(smol, tmp_path):
 def test_cached_engine_generates_the_reference_engines_text(smol):
     """The cached engine (keys/values kept between turns, batches by length, newline stops) must
     write the same three turns as re-encoding every dialogue with HF generate, on real items of
-    both kinds (free-form and multiple choice, ARC-Easy), under the free final answer."""
-    arc = load_arc_jsonl(shared_file("arc-easy", "ARC-Easy-Test.jsonl"), limit=8)
+    both kinds (free-form and multiple choice, ARC-Easy), under the free final answer. A clone
+    without the shared data still checks the free-form items."""
+    path = SHARED_DATA / "arc-easy" / "ARC-Easy-Test.jsonl"
+    arc = load_arc_jsonl(path, limit=8) if path.is_file() else []
     questions = load_builtin()[5::37][:16] + arc
     settings = dict(challenge="teacher", batch_size=12, max_new_tokens=24, answer_tokens=16)
     cached = evaluate_sycophancy(smol, questions, **settings)
