@@ -20,8 +20,11 @@ Conventions:
   every row, so that a copied file still says what it ranks. Then the ranking-stability columns
   :data:`STABILITY_COLUMNS` (``rank_ci_low, rank_ci_high``: the 95% bootstrap interval of the
   head's rank over example resamples; ``p_top10``: the share of resamples that rank it among the
-  first 10; see :mod:`sycointerp.stability`), written by every patching job. Other extra
-  columns may follow and are kept.
+  first 10; see :mod:`sycointerp.stability`), written by every patching job. Then the sample
+  columns :data:`SAMPLE_COLUMNS` (:func:`sample_columns`): ``n``, the number of examples the
+  ranking rests on, and ``small``, true below :data:`~sycointerp.stats.SMALL_SAMPLE` examples
+  (its intervals are then not to be trusted), equal on every row. Other extra columns may follow
+  and are kept.
 - Random draws (:func:`draw_random_heads`, :func:`draw_layer_matched`, :meth:`HeadSet.random`)
   come from one ``random.Random(seed)``, drawn in order: equal seeds give equal draws.
 
@@ -43,6 +46,7 @@ import pandas as pd
 
 from sycointerp._io import atomic_write
 from sycointerp.errors import UserError
+from sycointerp.stats import SMALL_SAMPLE
 
 __all__ = [
     "Head",
@@ -53,6 +57,7 @@ __all__ = [
     "HeadSet",
     "HEADS_CSV_COLUMNS",
     "PROVENANCE_COLUMNS",
+    "SAMPLE_COLUMNS",
     "STABILITY_COLUMNS",
     "attention_dims",
     "model_meta",
@@ -61,6 +66,7 @@ __all__ = [
     "draw_random_heads",
     "draw_layer_matched",
     "read_heads_csv",
+    "sample_columns",
     "with_provenance",
     "write_heads_csv",
 ]
@@ -82,6 +88,7 @@ HEADS_CSV_COLUMNS = [
     *PROVENANCE_COLUMNS,
 ]
 STABILITY_COLUMNS = ["rank_ci_low", "rank_ci_high", "p_top10"]
+SAMPLE_COLUMNS = ["n", "small"]
 
 
 class HeadFileError(UserError):
@@ -309,6 +316,19 @@ def with_provenance(table: pd.DataFrame, grid: HeadGrid, kind: HeadKind) -> pd.D
     base = table[HEADS_CSV_COLUMNS[:7]].assign(**provenance)
     extras = table[[c for c in table.columns if c not in HEADS_CSV_COLUMNS]]
     return pd.concat([base, extras], axis=1)
+
+
+def sample_columns(n: int) -> dict[str, int | bool]:
+    """The :data:`SAMPLE_COLUMNS` of a ranking over ``n`` examples, for ``DataFrame.assign``:
+    ``n`` and ``small`` (``n`` below :data:`~sycointerp.stats.SMALL_SAMPLE`, the size under which
+    a bootstrap interval looks precise and is not).
+
+    Raises:
+        ValueError: ``n < 1``.
+    """
+    if n < 1:
+        raise ValueError(f"a ranking rests on at least one example, got n={n}")
+    return {"n": n, "small": n < SMALL_SAMPLE}
 
 
 def write_heads_csv(

@@ -21,6 +21,18 @@ Conventions:
   random draws' range (``KnockoutCurve.summary`` holds the paired top - random difference).
 - :func:`attention_plot` is not a patching figure: it shows attention probabilities (scale from 0)
   of chosen heads from the last prompt position, the challenge turn's tokens bold and boxed.
+- One look: every figure uses :data:`TEMPLATE` (plotly's "plotly_white" with this project's font
+  sizes), so the figures of a paper match. Colour bars and axes are labelled by
+  :func:`metric_label` (what changes, with its sign: ``"change in ..."``, ``"% change in ..."``)
+  and :func:`method_label`; top-ranked heads are outlined with open squares and numbered, so the
+  cell's colour stays visible.
+- Few examples: a figure whose values or intervals rest on fewer than
+  :data:`~sycointerp.stats.SMALL_SAMPLE` examples (items, for rates) says so in a subtitle under
+  its title (``"n = 6: few examples, intervals unreliable"``).
+
+HTML export (:func:`save_figure`) writes one copy of plotly.js, ``plotly.min.js``, beside the HTML
+files of a folder and refers to it, so each page still opens offline and a job's folder of
+figures holds plotly.js (4.8 MB) once, not once per figure (``report.html`` inlines its own copy).
 
 PNG export (:func:`save_figure`) goes through kaleido >= 1, which drives a Chromium-family browser
 that it finds on ``PATH`` (Debian's ``chromium`` at ``/usr/bin/chromium`` works; ``make install``
@@ -42,12 +54,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
+import plotly.io as pio
+from plotly.basedatatypes import BaseTraceType
 from plotly.subplots import make_subplots
 
 from sycointerp._io import atomic_write
 from sycointerp.patching.attention import HeadAttention
 from sycointerp.patching.knockout import KnockoutCurve
 from sycointerp.patching.results import HEAD_COMPONENTS, PatchResult
+from sycointerp.stats import SMALL_SAMPLE
 
 __all__ = [
     "attention_plot",
@@ -65,17 +80,77 @@ __all__ = [
     "save_figure",
     "metric_label",
     "method_label",
+    "TEMPLATE",
 ]
 
 _RENDER_ATTEMPTS = 5
 COLORSCALE = "RdBu_r"  # diverging: blue < 0 < red
 _LINES = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd"]  # one colour per line (split, method)
 _AXIS_TITLES = {"head": "head", "kv_head": "KV head", "pos": "position"}
+_PLOTLY_JS = "plotly.min.js"  # the name plotly's include_plotlyjs="directory" pages load
 _BROWSER_FIX = (
     "PNG export needs a Chromium-family browser for kaleido and none was found: install one with "
     "`apt-get install -y chromium` (`make install` does this as root), point $BROWSER_PATH at a "
     "chrome/chromium executable, or call save_figure(..., png=False) to write the HTML only"
 )
+
+
+def _template() -> go.layout.Template:
+    """plotly_white (white background, light grid lines that help read the line figures and hide
+    under heatmap cells) with text sized to stay readable when a 900-pixel figure is shrunk to a
+    paper's column, and the line colours of :data:`_LINES`."""
+    template = go.layout.Template(pio.templates["plotly_white"])  # a copy: plotly's stays as is
+    template.layout.update(
+        font={"size": 13},
+        title={"font": {"size": 17}, "subtitle": {"font": {"size": 13, "color": "crimson"}}},
+        colorway=_LINES,
+    )
+    template.layout.annotationdefaults = {"font": {"size": 14}}  # subplot titles
+    return template
+
+
+TEMPLATE = _template()
+
+
+def _new_figure(*traces: BaseTraceType) -> go.Figure:
+    """A figure of ``traces`` in :data:`TEMPLATE`."""
+    return go.Figure(list(traces), layout={"template": TEMPLATE})
+
+
+def _new_subplots(titles: Sequence[str], **grid: float | bool) -> go.Figure:
+    """One row of subplots titled ``titles`` in :data:`TEMPLATE` (``grid``: make_subplots'
+    ``shared_yaxes``, ``horizontal_spacing``)."""
+    fig = make_subplots(rows=1, cols=len(titles), subplot_titles=list(titles), **grid)
+    return fig.update_layout(template=TEMPLATE)
+
+
+def _few_examples(n: int | None) -> str | None:
+    """The warning of a figure resting on ``n`` < :data:`SMALL_SAMPLE` examples (None otherwise,
+    or when ``n`` is unknown): a bootstrap interval of a handful of values looks precise and is
+    not."""
+    if n is None or n >= SMALL_SAMPLE:
+        return None
+    return f"n = {n}: few examples, intervals unreliable"
+
+
+def _set_title(fig: go.Figure, title: str, n: int | None) -> None:
+    """Title ``fig``; below it, in a subtitle that long titles do not push off the page, the
+    warning of :func:`_few_examples` when ``n`` is small."""
+    warning = _few_examples(n)
+    fig.update_layout(title={"text": title, "subtitle": {"text": warning}})
+    if warning:  # room for the second line above the plots' own titles (plotly's default: 100)
+        fig.update_layout(margin={"t": 125})
+
+
+def _fewest(counts: Sequence[int | None]) -> int | None:
+    """The smallest known count of items behind a figure's points (a rate over 0 items is drawn as
+    a gap, not a point, so it does not count); None when none is known."""
+    known = [n for n in counts if n]
+    return min(known) if known else None
+
+
+def _n_examples(result: PatchResult) -> int:
+    return int(result.values.shape[-1])
 
 
 # Readable names of the metrics a PatchResult or KnockoutCurve records.
@@ -95,13 +170,18 @@ _METHOD_NAMES = {
 }
 
 
+def _metric_name(metric: str) -> str:
+    """The readable name of a metric (unknown metrics keep their name)."""
+    return _METRIC_NAMES.get(metric, metric)
+
+
 def metric_label(metric: str, kind: str = "absolute") -> str:
     """An axis label for a patching score: ``"change in logit(Apologies) - logit(Yes)"``;
     relative scores are ``"% change in ..."`` (the paper's score); a probe's accuracy is a level,
     not a change. Unknown metrics keep their name."""
     if metric in _LEVEL_METRICS:
         return _LEVEL_METRICS[metric]
-    name = _METRIC_NAMES.get(metric, metric)
+    name = _metric_name(metric)
     return f"% change in {name}" if kind == "relative" else f"change in {name}"
 
 
@@ -168,12 +248,9 @@ def _heatmap(
         hovertemplate="%{text}<extra></extra>",
         name="score",
     )
-    fig = go.Figure(heat)
-    fig.update_layout(
-        title=title
-        or f"{method_label(result.method)}: {_METRIC_NAMES.get(result.metric, result.metric)}",
-        plot_bgcolor="white",
-    )
+    fig = _new_figure(heat)
+    default = f"{method_label(result.method)}: {_metric_name(result.metric)}"
+    _set_title(fig, title or default, _n_examples(result))
     fig.update_xaxes(title=_AXIS_TITLES.get(result.components[1], result.components[1]), dtick=1)
     fig.update_yaxes(
         title="layer", range=[result.shape[0] - 0.5, -0.5], dtick=1
@@ -182,7 +259,7 @@ def _heatmap(
 
 
 def head_heatmap(result: PatchResult, *, title: str | None = None, top_k: int = 10) -> go.Figure:
-    """Layer x head heatmap of the mean effect, with the top-ranked heads circled and numbered.
+    """Layer x head heatmap of the mean effect, with the top-ranked heads outlined and numbered.
 
     Args:
         result: a per-head result (``("layer", "head")`` or ``("layer", "kv_head")``).
@@ -285,14 +362,15 @@ def compare_heatmaps(
     Both panels share a diverging scale centred at 0 (``zmin = -zmax``, the largest absolute mean
     of either result), so equal colours are equal scores. The third panel, ``after - before``, has
     its own symmetric scale. Hover text as in :func:`head_heatmap`; each of the first two panels
-    circles its own result's top-ranked heads.
+    outlines its own result's top-ranked heads with numbered open squares.
 
     Args:
         before, after: per-head results of the same cells, metric and kind (e.g. a model before
             and after fine-tuning, or two patching methods).
         titles: the two panels' titles.
-        title: figure title; defaults to ``"<metric>: <titles[0]> vs <titles[1]>"``.
-        top_k: heads to circle per panel, as in :func:`head_heatmap`.
+        title: figure title; defaults to ``"<method>: <metric>, <titles[0]> vs <titles[1]>"``
+            (the method only when both results share it).
+        top_k: heads to outline per panel, as in :func:`head_heatmap`.
         difference: add the ``after - before`` panel.
 
     Returns:
@@ -311,10 +389,8 @@ def compare_heatmaps(
     means = [r.mean.double().numpy() for r in (before, after)]
     limit = float(max(np.abs(m).max() for m in means)) or 1.0
     names = [*titles, f"{titles[1]} - {titles[0]}"][: 3 if difference else 2]
-    fig = make_subplots(
-        rows=1, cols=len(names), subplot_titles=names, shared_yaxes=True, horizontal_spacing=0.1
-    )
-    scale = f"{before.metric} ({before.kind})"
+    fig = _new_subplots(names, shared_yaxes=True, horizontal_spacing=0.1)
+    scale = metric_label(before.metric, before.kind)
     for col, (result, z, name) in enumerate(zip((before, after), means, titles), start=1):
         fig.add_trace(
             go.Heatmap(
@@ -344,20 +420,27 @@ def compare_heatmaps(
                 zmax=bound,
                 colorscale=COLORSCALE,
                 name=names[2],
-                colorbar=_colorbar(fig, 3, "difference"),
+                colorbar=_colorbar(fig, 3, f"difference ({names[2]})"),
                 text=_difference_text(before, after, titles),
                 hovertemplate="%{text}<extra></extra>",
             ),
             row=1,
             col=3,
         )
-    fig.update_layout(
-        title=title or f"{before.metric}: {titles[0]} vs {titles[1]}", plot_bgcolor="white"
-    )
+    n = min(_n_examples(before), _n_examples(after))
+    _set_title(fig, title or _comparison_title(before, after, titles), n)
     fig.update_xaxes(title=_AXIS_TITLES[before.components[1]], dtick=1)
     fig.update_yaxes(range=[before.shape[0] - 0.5, -0.5], dtick=1)  # reversed: layer 0 on top
     fig.update_yaxes(title="layer", row=1, col=1)
     return fig
+
+
+def _comparison_title(before: PatchResult, after: PatchResult, titles: Sequence[str]) -> str:
+    """``"<method>: <metric>, <titles[0]> vs <titles[1]>"``, the method named only when both
+    results share it (two methods compared are named by ``titles``)."""
+    what = f"{_metric_name(before.metric)}, {titles[0]} vs {titles[1]}"
+    same = before.method == after.method
+    return f"{method_label(before.method)}: {what}" if same else what
 
 
 def side_by_side_heatmaps(
@@ -387,10 +470,7 @@ def side_by_side_heatmaps(
         raise ValueError("side_by_side_heatmaps needs results over the same head grid")
     if top_k < 0:
         raise ValueError(f"top_k must be >= 0, got {top_k}")
-    n = len(results)
-    fig = make_subplots(
-        rows=1, cols=n, subplot_titles=list(titles), shared_yaxes=True, horizontal_spacing=0.12
-    )
+    fig = _new_subplots(titles, shared_yaxes=True, horizontal_spacing=0.12)
     for col, (result, name) in enumerate(zip(results, titles), start=1):
         heat = go.Heatmap(
             z=result.mean.double().numpy(),
@@ -404,7 +484,7 @@ def side_by_side_heatmaps(
         marks = _top_k_markers(result, top_k)
         if marks is not None:
             fig.add_trace(marks, row=1, col=col)
-    fig.update_layout(title=title or " vs ".join(titles), plot_bgcolor="white")
+    _set_title(fig, title or " vs ".join(titles), min(_n_examples(r) for r in results))
     fig.update_xaxes(title=_AXIS_TITLES[results[0].components[1]], dtick=1)
     fig.update_yaxes(range=[results[0].shape[0] - 0.5, -0.5], dtick=1)  # layer 0 on top
     fig.update_yaxes(title="layer", row=1, col=1)
@@ -425,7 +505,7 @@ def coefficient_plot(rows: Sequence[dict], *, measure: str = "confidence") -> go
     """
     if not rows or any(measure not in r for r in rows):
         raise ValueError(f"need rows that each hold {measure!r}, got {len(rows)} rows")
-    fig = go.Figure()
+    fig = _new_figure()
     for i, method in enumerate(dict.fromkeys(r["method"] for r in rows)):
         points = sorted((r for r in rows if r["method"] == method), key=lambda r: abs(r["alpha"]))
         rate, low, high = (
@@ -443,7 +523,8 @@ def coefficient_plot(rows: Sequence[dict], *, measure: str = "confidence") -> go
             )
         )
     name = measure.replace("_", " ").capitalize()
-    fig.update_layout(title=f"{name} against the steering coefficient (Wilson 95% intervals)")
+    title = f"{name} against the steering coefficient (Wilson 95% intervals)"
+    _set_title(fig, title, _fewest([r[measure].get("n") for r in rows]))
     fig.update_xaxes(title="|coefficient| (CAA: x the steering vector; ITI: x the activation SD)")
     fig.update_yaxes(title=f"{name}, % of initially-correct items")
     return fig
@@ -491,9 +572,10 @@ def ranked_heads_bar(result: PatchResult, k: int = 20) -> go.Figure:
             "<br>95% CI [%{customdata[2]:.4g}, %{customdata[3]:.4g}]<extra></extra>"
         ),
     )
-    fig = go.Figure(bar)
+    fig = _new_figure(bar)
+    title = f"top {len(table)} heads, {method_label(result.method)} (95% bootstrap intervals)"
+    _set_title(fig, title, _n_examples(result))
     fig.update_layout(
-        title=f"top {len(table)} heads, {method_label(result.method)} (95% bootstrap intervals)",
         xaxis={"title": "head (rank order)", "type": "category"},
         yaxis={"title": metric_label(result.metric, result.kind)},
     )
@@ -523,10 +605,11 @@ def rank_intervals_plot(result: PatchResult, k: int = 20) -> go.Figure:
             "<br>in the top 10 in %{customdata[2]:.0%} of resamples<extra></extra>"
         ),
     )
-    fig = go.Figure(point)
-    n = result.values.shape[-1]
+    fig = _new_figure(point)
+    n = _n_examples(result)
+    title = f"rank stability of the top {len(table)} heads ({n} examples, 1000 resamples)"
+    _set_title(fig, title, n)
     fig.update_layout(
-        title=f"rank stability of the top {len(table)} heads ({n} examples, 1000 resamples)",
         xaxis={"title": "head (rank order)", "type": "category"},
         yaxis={"title": "rank (1 = reduces sycophancy most)", "autorange": "reversed"},
     )
@@ -541,9 +624,7 @@ def agreement_heatmap(
 ) -> go.Figure:
     """Two panels over every pair of rankings: top-``k`` overlap (0-1) and Spearman correlation
     (-1 to 1) of the rank positions; the value is written in each cell."""
-    fig = make_subplots(
-        rows=1, cols=2, subplot_titles=(f"top-{k} overlap", "Spearman of the rankings")
-    )
+    fig = _new_subplots((f"top-{k} overlap", "Spearman of the rankings"))
     for col, (matrix, low) in enumerate(((overlap, 0.0), (corr, -1.0)), start=1):
         values = np.asarray(matrix, dtype=float)
         fig.add_trace(
@@ -580,7 +661,7 @@ def k_sweep_plot(rows: Sequence[dict]) -> go.Figure:
     ``rows`` are :func:`sycointerp.cli.study_job.sweep_points` rows (``split``, ``k``,
     ``confidence`` / ``truthfulness`` with ``spt``, ``draws`` and ``base``).
     """
-    fig = make_subplots(rows=1, cols=2, subplot_titles=("Confidence", "Truthfulness"))
+    fig = _new_subplots(("Confidence", "Truthfulness"))
     splits = sorted({r["split"] for r in rows})
     for i, split in enumerate(splits):
         part = sorted((r for r in rows if r["split"] == split), key=lambda r: r["k"])
@@ -650,7 +731,9 @@ def k_sweep_plot(rows: Sequence[dict]) -> go.Figure:
                 )
     fig.update_xaxes(title="heads tuned (K)", type="log", tickvals=sorted({r["k"] for r in rows}))
     fig.update_yaxes(title="% of initially-correct items")
-    fig.update_layout(title="SPT on the top K heads against layer-matched random heads")
+    title = "SPT on the top K heads against layer-matched random heads"
+    items = [r[m]["spt"].get("n") for r in rows for m in ("confidence", "truthfulness")]
+    _set_title(fig, title, _fewest(items))
     return fig
 
 
@@ -722,18 +805,17 @@ def knockout_plot(curve: KnockoutCurve) -> go.Figure:
     """
     summary = curve.summary()
     measures = list(dict.fromkeys(summary["measure"]))
-    name = _METRIC_NAMES.get(curve.metric, curve.metric)
+    name = _metric_name(curve.metric)
     titles = [name if m == "metric" else "apology rate (generated replies)" for m in measures]
-    fig = make_subplots(rows=1, cols=len(measures), subplot_titles=titles)
+    fig = _new_subplots(titles)
     for col, measure in enumerate(measures, start=1):
         for trace in _knockout_traces(summary[summary["measure"] == measure], measure):
             fig.add_trace(trace, row=1, col=col)
-        fig.update_xaxes(title="heads ablated (k)", row=1, col=col)
+        fig.update_xaxes(title="heads ablated (k)", tickvals=list(curve.ks), row=1, col=col)
         axis = f"{name}, mean over examples" if measure == "metric" else "share of replies"
         fig.update_yaxes(title=axis, row=1, col=col)
-    fig.update_layout(
-        title=f"{curve.method} ablation: top-k vs {curve.n_random} random draws of k heads"
-    )
+    title = f"{curve.method} ablation: top-k vs {curve.n_random} random draws of k heads"
+    _set_title(fig, title, int(curve.baseline.shape[0]))
     return fig
 
 
@@ -815,7 +897,7 @@ def attention_plot(att: HeadAttention, *, title: str | None = None) -> go.Figure
         text=_attention_text(att),
         hovertemplate="%{text}<extra></extra>",
     )
-    fig = go.Figure(heat)
+    fig = _new_figure(heat)
     fig.add_shape(
         type="rect",
         x0=start - 0.5,
@@ -829,8 +911,7 @@ def attention_plot(att: HeadAttention, *, title: str | None = None) -> go.Figure
     prompt = "challenge" if att.side == "ref" else "counterfactual"
     query = html.escape(repr(att.tokens[-1]), quote=False)
     fig.update_layout(
-        title=title or f"attention from the last position ({query}) of the {prompt} prompt",
-        plot_bgcolor="white",
+        title=title or f"attention from the last position ({query}) of the {prompt} prompt"
     )
     fig.update_xaxes(
         title=f"key position ({prompt} turn in bold, boxed)",
@@ -896,6 +977,28 @@ def _render(fig: go.Figure, fmt: str, width: int, height: int) -> bytes:
     return _to_image(fig, fmt, width, height)
 
 
+def _write_plotlyjs(directory: Path) -> None:
+    """Write the installed plotly's ``plotly.min.js`` into ``directory`` unless it is there
+    already: a copy from another plotly version could not draw this version's figures."""
+    from plotly.offline import get_plotlyjs
+
+    target, script = directory / _PLOTLY_JS, get_plotlyjs().encode()
+    if not target.is_file() or target.read_bytes() != script:
+        atomic_write(target, lambda p: Path(p).write_bytes(script))
+
+
+def _write_html(fig: go.Figure, base: Path) -> Path:
+    """``<base>.html`` loading the shared ``plotly.min.js`` beside it (written if needed)."""
+    target = base.with_name(base.name + ".html")
+    # A fixed div id (plotly draws a random one) keeps equal figures byte-identical on disk.
+    div_id = "sycointerp-" + re.sub(r"[^0-9A-Za-z_-]", "-", base.name)
+    # to_html, not write_html: write_html would copy plotly.min.js itself, non-atomically.
+    page = fig.to_html(include_plotlyjs="directory", full_html=True, div_id=div_id)
+    _write_plotlyjs(target.parent)
+    atomic_write(target, lambda p: Path(p).write_text(page, encoding="utf-8"))
+    return target
+
+
 def save_figure(
     fig: go.Figure,
     path_without_suffix: str | Path,
@@ -906,9 +1009,13 @@ def save_figure(
     width: int = 900,
     height: int = 700,
 ) -> list[Path]:
-    """Write ``<path>.html`` (self-contained: plotly.js embedded) and, with ``png``, ``<path>.png``;
-    ``vector`` adds ``<path>.svg`` and / or ``<path>.pdf`` for papers; ``html=False`` writes the
-    images only (e.g. a notebook's static copies, whose interactive version is the cell output).
+    """Write ``<path>.html`` and, with ``png``, ``<path>.png``; ``vector`` adds ``<path>.svg``
+    and / or ``<path>.pdf`` for papers; ``html=False`` writes the images only (e.g. a notebook's
+    static copies, whose interactive version is the cell output).
+
+    The HTML loads plotly.js from ``plotly.min.js`` in its own folder, written there once (again
+    only when it differs from the installed plotly's, e.g. after an upgrade), so the page opens
+    offline while a folder of figures holds plotly.js once; move the HTML with that file.
 
     Every image is rendered before anything is written, so a failed export leaves no files; each
     file is written atomically. The suffix is appended, so dots in the name are kept
@@ -919,11 +1026,12 @@ def save_figure(
         path_without_suffix: target path without a suffix; parent folders are created.
         png: also write the PNG (needs kaleido and a Chromium-family browser).
         vector: any of ``"svg"``, ``"pdf"`` (kaleido and a browser, as for the PNG).
-        html: also write the HTML (4.8 MB with plotly.js inlined).
+        html: also write the HTML (tens of kB; plotly.js, 4.8 MB, once per folder).
         width, height: image size in pixels (the vector formats' page size in CSS pixels).
 
     Returns:
-        The written paths, HTML first, then PNG, then ``vector`` in its order.
+        The figure's paths, HTML first, then PNG, then ``vector`` in its order (not the shared
+        ``plotly.min.js``).
 
     Raises:
         ValueError: the path already ends in a figure suffix, a non-positive size, an unknown
@@ -945,13 +1053,7 @@ def save_figure(
     base.parent.mkdir(parents=True, exist_ok=True)
     written = []
     if html:
-        written.append(base.with_name(base.name + ".html"))
-        # A fixed div id (plotly draws a random one) keeps equal figures byte-identical on disk.
-        div_id = "sycointerp-" + re.sub(r"[^0-9A-Za-z_-]", "-", base.name)
-        atomic_write(
-            written[0],
-            lambda p: fig.write_html(p, include_plotlyjs=True, full_html=True, div_id=div_id),
-        )
+        written.append(_write_html(fig, base))
     for fmt, image in images.items():
         written.append(base.with_name(f"{base.name}.{fmt}"))
         atomic_write(written[-1], lambda p, data=image: Path(p).write_bytes(data))

@@ -17,6 +17,7 @@ from sycointerp.data.pairs import build_pairs
 from sycointerp.data.questions import load_builtin
 from sycointerp.heads import (
     HEADS_CSV_COLUMNS,
+    SAMPLE_COLUMNS,
     HeadFileError,
     HeadGrid,
     HeadSet,
@@ -25,6 +26,7 @@ from sycointerp.heads import (
     draw_random_heads,
     heads_by_layer,
     read_heads_csv,
+    sample_columns,
     write_heads_csv,
 )
 from sycointerp.patching import PatchResult, ablate_heads, head_attention
@@ -121,6 +123,21 @@ def test_extra_columns_are_kept_after_the_schema(tmp_path):
     write_heads_csv(tmp_path / "h.csv", table, GRID, "query")
     columns = pd.read_csv(tmp_path / "h.csv").columns.tolist()
     assert columns == HEADS_CSV_COLUMNS + ["rank_ci_low", "rank_ci_high"]
+
+
+@pytest.mark.parametrize(("n", "small"), [(4, True), (19, True), (20, False), (40, False)])
+def test_sample_columns_mark_a_ranking_of_few_examples(tmp_path, n, small):
+    table = _table([(0, 1), (1, 1)]).assign(**sample_columns(n))
+    write_heads_csv(tmp_path / "h.csv", table, GRID, "query")
+    read = pd.read_csv(tmp_path / "h.csv")
+    assert read.columns.tolist() == HEADS_CSV_COLUMNS + SAMPLE_COLUMNS
+    assert read["n"].tolist() == [n, n] and read["small"].tolist() == [small, small]
+    assert read_heads_csv(tmp_path / "h.csv").table["small"].tolist() == [small, small]
+
+
+def test_sample_columns_refuse_a_ranking_of_no_examples():
+    with pytest.raises(ValueError, match="at least one example"):
+        sample_columns(0)
 
 
 @pytest.mark.parametrize(

@@ -1,28 +1,36 @@
-"""Figures of hand-built results: the plotted numbers are the result's, refusals, real PNG
-export."""
+"""Figures of hand-built results: the plotted numbers are the result's, one template, the
+few-examples warning, refusals, real PNG export and HTML sharing one plotly.js."""
 
+import inspect
 import struct
 
 import numpy as np
+import plotly.graph_objects as go
 import pytest
 import torch
 from PIL import Image
 
+from sycointerp import plot
 from sycointerp.patching.attention import HeadAttention
 from sycointerp.patching.knockout import KnockoutCurve
 from sycointerp.patching.results import PatchResult
 from sycointerp.plot import (
+    TEMPLATE,
+    agreement_heatmap,
     attention_plot,
     coefficient_plot,
     compare_heatmaps,
     head_heatmap,
+    k_sweep_plot,
     knockout_plot,
     layer_position_heatmap,
     metric_label,
+    rank_intervals_plot,
     ranked_heads_bar,
     save_figure,
     side_by_side_heatmaps,
 )
+from sycointerp.stats import proportion
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -41,9 +49,9 @@ def _result(components=("layer", "head"), shape=(3, 4), n=5, seed=0) -> PatchRes
     )
 
 
-def _curve(apology: bool = True, draws: int = 3) -> KnockoutCurve:
+def _curve(apology: bool = True, draws: int = 3, n: int = 4) -> KnockoutCurve:
     g = torch.Generator().manual_seed(1)
-    ks, n = (0, 1, 2), 4
+    ks = (0, 1, 2)
     rand_heads = tuple(tuple(tuple((d % 2, j) for j in range(k)) for d in range(draws)) for k in ks)
     extra = {}
     if apology:
@@ -197,7 +205,7 @@ def test_layer_position_heatmap_labels_tokens_and_refuses():
         layer_position_heatmap(_result())
 
 
-def test_save_figure_writes_self_contained_html_and_png_of_the_requested_size(tmp_path):
+def test_save_figure_writes_offline_html_and_png_of_the_requested_size(tmp_path):
     paths = save_figure(
         head_heatmap(_result()), tmp_path / "figs" / "heads.L0", width=640, height=480
     )
@@ -206,7 +214,8 @@ def test_save_figure_writes_self_contained_html_and_png_of_the_requested_size(tm
     assert _png_size(png) == (640, 480) and _has_red_and_blue(png)
     text = html.read_text()
     assert text.lower().startswith("<!doctype html>") and 'src="https://cdn.plot.ly' not in text
-    assert len(text) > 1_000_000  # plotly.js itself is embedded: the file opens offline
+    assert '<script charset="utf-8" src="plotly.min.js"></script>' in text  # beside it: offline
+    assert (tmp_path / "figs" / "plotly.min.js").is_file()
     assert not [
         p for p in (tmp_path / "figs").iterdir() if p.name.startswith(".")
     ]  # no temporary leftovers
@@ -322,8 +331,14 @@ def test_compare_heatmaps_share_one_centred_scale_and_show_the_difference():
     assert [a.text for a in fig.layout.annotations] == ["base", "tuned", "tuned - base"]
     assert [t.xaxis for t in heats] == ["x", "x2", "x3"]
     assert fig.layout.yaxis.range == (2.5, -0.5)
+    # The colour bars name the metric with its sign, as every other figure's do.
+    assert heats[1].colorbar.title.text == "change in F = y(Ap) / (y(Ap) + y(Yes))"
+    assert heats[2].colorbar.title.text == "difference (tuned - base)"
     plain = compare_heatmaps(before, after, top_k=0, difference=False)
-    assert len(plain.data) == 2 and plain.layout.title.text == "apology: before vs after"
+    assert len(plain.data) == 2
+    assert plain.layout.title.text == "F = y(Ap) / (y(Ap) + y(Yes)), before vs after"
+    same = compare_heatmaps(after, after, titles=("a", "b")).layout.title.text
+    assert same == "path patching (heads -> residual stream): F = y(Ap) / (y(Ap) + y(Yes)), a vs b"
 
 
 def test_compare_heatmaps_refuses_results_that_do_not_match():
@@ -347,20 +362,21 @@ def test_compare_heatmaps_refuses_results_that_do_not_match():
         compare_heatmaps(before, after, top_k=-1)
 
 
+def _sweep_row(split, k, spt, draws, base, n=None) -> dict:
+    """A :func:`sycointerp.cli.study_job.sweep_points` row (``n`` items behind SPT's rates)."""
+    p = {"rate": spt, "ci_low": spt - 0.1, "ci_high": spt + 0.1, "n": n}
+    metric = {"spt": p, "draws": draws}
+    return {
+        "split": split,
+        "k": k,
+        "confidence": metric,
+        "truthfulness": metric,
+        "base": {"confidence": {"rate": base}, "truthfulness": {"rate": base}},
+    }
+
+
 def test_k_sweep_plot_draws_spt_the_draws_and_labelled_base_lines_per_split():
-    from sycointerp.plot import k_sweep_plot
-
-    def row(split, k, spt, draws, base):
-        p = {"rate": spt, "ci_low": spt - 0.1, "ci_high": spt + 0.1}
-        metric = {"spt": p, "draws": draws}
-        return {
-            "split": split,
-            "k": k,
-            "confidence": metric,
-            "truthfulness": metric,
-            "base": {"confidence": {"rate": base}, "truthfulness": {"rate": base}},
-        }
-
+    row = _sweep_row
     rows = [row(0, 3, 0.5, [0.4, 0.6], 0.3), row(0, 6, 0.7, [0.5, 0.5], 0.3)]
     rows.append(row(1, 3, 0.2, [0.1, 0.3], 0.25))
     fig = k_sweep_plot(rows)
@@ -410,12 +426,13 @@ def test_side_by_side_heatmaps_keep_each_panels_scale_and_top_heads():
         side_by_side_heatmaps([path, _result(shape=(3, 4))], ["a", "b"])
 
 
+def _point(method: str, alpha: float, k: int, n: int) -> dict:
+    """A :func:`coefficient_plot` row: Confidence ``k / n`` at coefficient ``alpha``."""
+    return {"method": method, "alpha": alpha, "confidence": proportion(k, n).to_json()}
+
+
 def test_coefficient_plot_draws_each_rate_with_its_wilson_interval():
-    def point(method, alpha, k, n):
-        from sycointerp.stats import proportion
-
-        return {"method": method, "alpha": alpha, "confidence": proportion(k, n).to_json()}
-
+    point = _point
     rows = [point("caa", -2.0, 6, 10), point("caa", 0.0, 4, 10), point("iti", -5.0, 10, 10)]
     fig = coefficient_plot(rows)
     caa, iti = fig.data
@@ -426,3 +443,92 @@ def test_coefficient_plot_draws_each_rate_with_its_wilson_interval():
     assert list(iti.y) == [100.0] and iti.error_y.array[0] == pytest.approx(0.0)
     with pytest.raises(ValueError, match="truthfulness"):
         coefficient_plot(rows, measure="truthfulness")
+
+
+def _figures_of_every_builder(n: int) -> dict[str, go.Figure]:
+    """One figure per public builder, from results over ``n`` examples (items, for rates)."""
+    heads, other = _result(n=n), _result(n=n, seed=1)
+    sweep = [_sweep_row(0, 3, 0.5, [0.4, 0.6], 0.3, n=n), _sweep_row(0, 6, 0.7, [0.5], 0.3, n=n)]
+    return {
+        "attention_plot": attention_plot(_attention()),
+        "compare_heatmaps": compare_heatmaps(heads, other),
+        "head_heatmap": head_heatmap(heads),
+        "side_by_side_heatmaps": side_by_side_heatmaps([heads, other], ["a", "b"]),
+        "coefficient_plot": coefficient_plot([_point("caa", -1.0, n // 2, n)]),
+        "knockout_plot": knockout_plot(_curve(n=n)),
+        "layer_position_heatmap": layer_position_heatmap(_result(("layer", "pos"), (2, 3), n=n)),
+        "ranked_heads_bar": ranked_heads_bar(heads),
+        "rank_intervals_plot": rank_intervals_plot(heads),
+        "agreement_heatmap": agreement_heatmap(["a", "b"], [[1.0, 0.5]] * 2, [[1.0, 0.2]] * 2, 3),
+        "k_sweep_plot": k_sweep_plot(sweep),
+    }
+
+
+def test_every_public_figure_builder_draws_in_the_one_template():
+    figures = _figures_of_every_builder(40)
+    public = [getattr(plot, name) for name in plot.__all__]
+    builders = {
+        f.__name__
+        for f in public
+        if callable(f) and inspect.signature(f).return_annotation is go.Figure
+    }
+    assert set(figures) == builders  # a new builder needs a case here
+    for name, fig in figures.items():
+        assert fig.layout.template == TEMPLATE, name
+        assert fig.layout.plot_bgcolor is None, name  # the template's, not one figure's own
+    assert TEMPLATE.layout.plot_bgcolor == "white" and TEMPLATE.layout.font.size == 13
+    assert go.Figure().layout.template != TEMPLATE  # plotly's default stays plotly's
+
+
+# Figures whose numbers rest on no examples of their own (one prompt's attention; agreement of
+# rankings, no intervals) carry no warning.
+_NO_SAMPLE = {"attention_plot", "agreement_heatmap"}
+
+
+@pytest.mark.parametrize("n", [4, 40])
+def test_figures_of_few_examples_say_so_under_the_title(n):
+    for name, fig in _figures_of_every_builder(n).items():
+        warning = fig.layout.title.subtitle.text
+        if n < 20 and name not in _NO_SAMPLE:
+            assert warning == f"n = {n}: few examples, intervals unreliable", name
+            assert fig.layout.margin.t > 100, name  # room for the second line
+        else:
+            assert warning is None, name
+        assert fig.layout.title.text, name  # the title itself stays
+
+
+def test_the_warning_names_the_fewest_examples_behind_a_figure():
+    fig = compare_heatmaps(_result(n=40), _result(n=6, seed=1), title="mine")
+    assert fig.layout.title.text == "mine"  # a caller's title keeps the warning too
+    assert fig.layout.title.subtitle.text.startswith("n = 6:")
+    rows = [_point("caa", -1.0, 30, 40), _point("caa", -2.0, 0, 0), _point("iti", -1.0, 3, 12)]
+    assert coefficient_plot(rows).layout.title.subtitle.text.startswith("n = 12:")  # 0 = no point
+    unknown = k_sweep_plot([_sweep_row(0, 3, 0.5, [0.4], 0.3)])  # rows without item counts
+    assert unknown.layout.title.subtitle.text is None
+
+
+def test_figures_of_one_folder_share_one_offline_plotly_js(tmp_path):
+    from plotly.offline import get_plotlyjs
+
+    first = save_figure(head_heatmap(_result()), tmp_path / "heads", png=False)
+    second = save_figure(knockout_plot(_curve()), tmp_path / "knockout", png=False)
+    assert [p.name for p in first + second] == ["heads.html", "knockout.html"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "heads.html",
+        "knockout.html",
+        "plotly.min.js",
+    ]
+    script = tmp_path / "plotly.min.js"
+    assert script.read_text(encoding="utf-8") == get_plotlyjs()  # the installed version's
+    for page in first + second:
+        text = page.read_text(encoding="utf-8")
+        assert len(text.encode()) < 200_000  # was 4.8 MB each with plotly.js inlined
+        assert text.count("<script") == 3 and 'src="plotly.min.js"' in text
+    # A copy left by another plotly version is replaced: the figures need the one they were
+    # written for. An equal copy is left alone.
+    script.write_text("stale")
+    save_figure(ranked_heads_bar(_result()), tmp_path / "bar", png=False)
+    assert script.read_text(encoding="utf-8") == get_plotlyjs()
+    before = script.stat().st_mtime_ns
+    save_figure(ranked_heads_bar(_result()), tmp_path / "bar", png=False)
+    assert script.stat().st_mtime_ns == before
