@@ -5,7 +5,8 @@ Output directory (``--out``)::
     config.toml          the fully resolved configuration (rerun with --config DIR/config.toml)
     heads.csv            layer,head,score,se,ci_low,ci_high,rank (rank 1 reduces sycophancy most),
                          kind,model,n_layers,n_heads,n_kv_heads (what it ranks: sycointerp.heads),
-                         rank_ci_low,rank_ci_high,p_top10 (bootstrap rank stability)
+                         rank_ci_low,rank_ci_high,p_top10 (bootstrap rank stability),
+                         n,small (examples ranked; small: fewer than 20)
     values.safetensors   per-example effects [layer, head, example] + metric_ref / metric_cf
                          [example]
     result.json          method, metric, kind, example ids (PatchResult.load(DIR) reads both)

@@ -33,6 +33,7 @@ from sycointerp.heads import (
     STABILITY_COLUMNS,
     HeadGrid,
     HeadKind,
+    sample_columns,
     with_provenance,
     write_heads_csv,
 )
@@ -248,7 +249,8 @@ class PatchResult(Bundle):
             for r, (l, h) in enumerate(self.rank(), start=1)
         ]
         table = pd.DataFrame(rows, columns=HEADS_CSV_COLUMNS[:7])
-        table = table.assign(**self._stability_columns(table))
+        n = int(self.values.shape[-1])
+        table = table.assign(**self._stability_columns(table), **sample_columns(n))
         grid = self.grid
         return table if grid is None else with_provenance(table, grid, self.head_kind)
 

@@ -9,7 +9,7 @@ import torch
 
 from sycointerp.data import build_pairs, load_builtin
 from sycointerp.data.batch import PairBatch
-from sycointerp.heads import HEADS_CSV_COLUMNS, STABILITY_COLUMNS
+from sycointerp.heads import HEADS_CSV_COLUMNS, SAMPLE_COLUMNS, STABILITY_COLUMNS
 from sycointerp.metrics import flip_metric
 from sycointerp.patching import PatchResult, activation, patch_head_outputs
 from sycointerp.patching.activation import patch_heads
@@ -336,13 +336,13 @@ def test_patch_result_other_layouts(tmp_path):
     assert list(by_layer.to_dataframe().columns) == ["layer", "example", "value"]
     kv = _result(torch.tensor([[[1.0], [-1.0]]]), ("layer", "kv_head"))
     table = kv.heads_table()
-    assert list(table.columns) == HEADS_CSV_COLUMNS + STABILITY_COLUMNS and table[
+    assert list(table.columns) == HEADS_CSV_COLUMNS + STABILITY_COLUMNS + SAMPLE_COLUMNS and table[
         ["layer", "head"]
     ].values.tolist() == [[0, 1], [0, 0]]
     kv.save(tmp_path / "kv")
     assert (
         pd.read_csv(tmp_path / "kv" / "heads.csv").columns.tolist()
-        == HEADS_CSV_COLUMNS + STABILITY_COLUMNS
+        == HEADS_CSV_COLUMNS + STABILITY_COLUMNS + SAMPLE_COLUMNS
     )
     assert PatchResult.load(tmp_path / "kv").components == ("layer", "kv_head")
     by_pos = _result(torch.zeros(2, 3, 4, 1), ("layer", "head", "pos"))

@@ -24,7 +24,7 @@ from sycointerp.cli.patch_config import ConfigError, JobConfig, dump_toml, load_
 from sycointerp.cli.shards import CRASH_ENV
 from sycointerp.data import build_pairs, load_builtin
 from sycointerp.data.batch import PairBatch
-from sycointerp.heads import HEADS_CSV_COLUMNS, STABILITY_COLUMNS
+from sycointerp.heads import HEADS_CSV_COLUMNS, SAMPLE_COLUMNS, STABILITY_COLUMNS
 from sycointerp.metrics import apology_logit_diff_metric, flip_metric
 from sycointerp.models import load_model
 from sycointerp.patching import KnockoutCurve, PatchResult, patch_heads, path_patch_heads
@@ -250,7 +250,7 @@ def test_job_writes_the_documented_layout_and_equals_the_library_call(model_dirs
     assert (out / "figures" / "rank_intervals.png").is_file()
     assert (out / "figures" / "attention.png").is_file()
     heads = pd.read_csv(out / "heads.csv")
-    assert list(heads.columns) == HEADS_CSV_COLUMNS + STABILITY_COLUMNS and sorted(
+    assert list(heads.columns) == HEADS_CSV_COLUMNS + STABILITY_COLUMNS + SAMPLE_COLUMNS and sorted(
         heads["rank"]
     ) == list(range(1, 9))
     png = (out / "figures" / "heads.png").read_bytes()

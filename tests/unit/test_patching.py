@@ -8,7 +8,7 @@ import torch
 
 from sycointerp.data import build_pairs, load_builtin
 from sycointerp.data.batch import PairBatch
-from sycointerp.heads import HEADS_CSV_COLUMNS, STABILITY_COLUMNS
+from sycointerp.heads import HEADS_CSV_COLUMNS, SAMPLE_COLUMNS, STABILITY_COLUMNS
 from sycointerp.metrics import apology_logit_diff_metric, flip_metric
 from sycointerp.patching import PatchResult, patch_head_outputs, path_patch_heads
 from tests.conftest import grid_meta
@@ -175,10 +175,11 @@ def test_patch_result_ranking_statistics_and_persistence(tmp_path):
     assert torch.allclose(res.recovery(), values.mean(-1) / 1.0)
     assert torch.allclose(res.as_relative().values, values / 1.0)
     table = res.heads_table()
-    assert list(table.columns) == HEADS_CSV_COLUMNS + STABILITY_COLUMNS and table[
+    assert list(table.columns) == HEADS_CSV_COLUMNS + STABILITY_COLUMNS + SAMPLE_COLUMNS and table[
         "rank"
     ].tolist() == [1, 2, 3, 4]
     assert (table["ci_low"] <= table["score"]).all() and (table["score"] <= table["ci_high"]).all()
+    assert set(table["n"]) == {values.shape[-1]} and set(table["small"]) == {True}  # 2 examples
     long = res.to_dataframe()
     assert (
         len(long) == 8
@@ -188,7 +189,7 @@ def test_patch_result_ranking_statistics_and_persistence(tmp_path):
     assert torch.equal(loaded.values, values) and loaded.example_ids == res.example_ids
     assert (
         pd.read_csv(tmp_path / "r" / "heads.csv").columns.tolist()
-        == HEADS_CSV_COLUMNS + STABILITY_COLUMNS
+        == HEADS_CSV_COLUMNS + STABILITY_COLUMNS + SAMPLE_COLUMNS
     )
     assert not list(tmp_path.glob("r/*.pkl")) and not list(tmp_path.glob("r/.*"))
 
