@@ -56,6 +56,7 @@ from sycointerp.cli.output import (
 from sycointerp.cli.spt_config import METHODS, STEERING_METHODS, MethodRun, SPTConfig
 from sycointerp.data.questions import DataError, Question, load_questions_jsonl
 from sycointerp.errors import UserError
+from sycointerp.evaluate.capability import TextKL, kl_text
 from sycointerp.evaluate.compare import (
     MethodComparison,
     PooledComparison,
@@ -250,7 +251,7 @@ def _train_config(method: str, config: SPTConfig) -> TrainConfig:
 
 def _evaluate(
     model,
-    kl_to_base: Callable[[torch.nn.Module], float] | None,
+    kl_to_base: Callable[[torch.nn.Module], TextKL] | None,
     eval_qs: list[Question],
     config: SPTConfig,
     out: Path,
@@ -259,7 +260,8 @@ def _evaluate(
 ) -> dict[str, Any]:
     """Every measure of one method; ``steer`` (positions -> context) steers the model throughout
     (at the last position while generating and scoring prompts, everywhere for the KL text);
-    ``kl_to_base`` is :func:`_kl_to_base` (``None``: no KL)."""
+    ``kl_to_base`` is :func:`_kl_to_base` (``None``: no KL); the row gets ``kl`` (nats per
+    token) and ``kl_ci``, its 95% bootstrap interval over passages."""
     from contextlib import nullcontext
 
     steering, steer = steer is not None, steer or (lambda positions: nullcontext())
@@ -267,7 +269,8 @@ def _evaluate(
         row = _measure(model, eval_qs, config, out, progress, steering)
     if kl_to_base is not None:
         with steer("all"):
-            row["kl"] = kl_to_base(model)
+            kl = kl_to_base(model)
+        row["kl"], row["kl_ci"] = kl.mean, list(kl.interval())
     return row
 
 
@@ -476,9 +479,7 @@ def results_table(rows: list[dict[str, Any]]) -> str:
     lines = [head, "|" + "---|" * 13]
     for r in rows:
         t = r.get("train") or {}
-        kl = (
-            "-" if "kl" not in r else "n/a" if r["kl"] is None else f"{r['kl']:.2e}"
-        )  # None: not finite
+        kl = kl_text(r.get("kl", "-"), r.get("kl_ci"))
         lines.append(
             f"| {r['method']} | {r['heads'] or '-'} | {t.get('n_trainable', 0):,} | "
             f"{t.get('seconds', 0):.0f} | {t.get('step_seconds', 0):.2f} | "
@@ -580,7 +581,7 @@ def _check_heads_file(config: SPTConfig) -> None:
 KEEP_BASE_LOGITS_BYTES = 2 << 30
 
 
-def _kl_to_base(config: SPTConfig) -> Callable[[torch.nn.Module], float]:
+def _kl_to_base(config: SPTConfig) -> Callable[[torch.nn.Module], TextKL]:
     """``KL(base || model)`` on the configured passages, as a function of the model; the base
     model's logits computed once where they fit (:data:`KEEP_BASE_LOGITS_BYTES`), else both
     models run per call. The two give identical numbers (same batches).
@@ -602,11 +603,11 @@ def _kl_to_base(config: SPTConfig) -> Callable[[torch.nn.Module], float]:
     base = hook_model(hf, tok, name)
     args = dict(n_passages=config.kl_passages)
     if reference_bytes(config.kl_passages, 128, base.cfg.d_vocab) > KEEP_BASE_LOGITS_BYTES:
-        return lambda model: float(kl_on_text(base, model, config.kl_text, **args))
+        return lambda model: kl_on_text(base, model, config.kl_text, **args)
     reference = reference_logits(base, config.kl_text, **args)
 
-    def kl(model: torch.nn.Module) -> float:
-        return float(kl_to_reference(reference, model))
+    def kl(model: torch.nn.Module) -> TextKL:
+        return kl_to_reference(reference, model)
 
     if _KL_REFERENCE is not None:  # at most one set of logits is held
         _KL_REFERENCE.clear()

@@ -11,6 +11,7 @@ from typing import Any
 
 from sycointerp._io import atomic_write
 from sycointerp.cli.study_config import StudyConfig
+from sycointerp.evaluate.capability import kl_text
 
 __all__ = ["write_study_md"]
 
@@ -173,11 +174,11 @@ def _sweep(rows: list[dict[str, Any]], out: Path) -> list[str]:
     ]
     for r in rows:
         c, t = r["confidence"], r["truthfulness"]
-        kl = r["kl"]["spt"]
+        kl = kl_text(r["kl"]["spt"], r["kl"].get("spt_ci"))
         lines.append(
             f"| {r['split']} | {r['k']} | {_pct(c['spt'])} | {_spread(c['draws'])} | "
             f"{_diff(c['pooled'])} | "
-            f"{_pct(t['spt'])} | {_diff(t['pooled'])} | {'-' if kl is None else f'{kl:.2e}'} |"
+            f"{_pct(t['spt'])} | {_diff(t['pooled'])} | {kl} |"
         )
     bases = {r["split"]: r.get("base", {}) for r in rows}
     lines += [""] + [

@@ -48,6 +48,7 @@ __all__ = [
     "reference_logits",
     "reference_bytes",
     "kl_to_reference",
+    "kl_text",
     "LetterAccuracy",
     "choose_letters",
     "letter_accuracy",
@@ -125,6 +126,16 @@ class TextKL:
         alpha = (1 - level) / 2
         low, high = torch.quantile(boot, torch.tensor([alpha, 1 - alpha], dtype=torch.float64))
         return float(low), float(high)
+
+
+def kl_text(kl: float | str | None, ci: list[float | None] | None = None) -> str:
+    """A KL cell: ``-`` not measured, ``n/a`` not finite (JSON null), else the value and, where
+    recorded, its bootstrap interval over passages."""
+    if kl is None or isinstance(kl, str):
+        return "n/a" if kl is None else kl
+    if ci is None or None in ci:
+        return f"{kl:.2e}"
+    return f"{kl:.2e} [{ci[0]:.2e}, {ci[1]:.2e}]"
 
 
 def _passage_ids(

@@ -583,3 +583,11 @@ def test_rejudge_changes_only_the_verdicts():
     assert [it.reply for it in strict.items] == [it.reply for it in items]
     with pytest.raises(ValueError, match="same order"):
         result.rejudge([q1, q0], RuleJudge())
+
+
+def test_kl_cells():
+    from sycointerp.evaluate.capability import kl_text
+
+    assert kl_text("-") == "-" and kl_text(None) == "n/a"
+    assert kl_text(2.5e-4) == "2.50e-04" and kl_text(2.5e-4, [None, None]) == "2.50e-04"
+    assert kl_text(2.5e-4, [1e-4, 4e-4]) == "2.50e-04 [1.00e-04, 4.00e-04]"

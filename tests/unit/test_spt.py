@@ -660,7 +660,7 @@ def test_the_kl_reference_is_reused_only_for_the_same_model_passages_and_file(
     with spt_job.reusing_kl_reference():
         first = kl()
         model = _load(model_dirs["llama"])[0]
-        assert kl() is first and len(loads) == 3 and first(model) == 0.0
+        assert kl() is first and len(loads) == 3 and first(model).mean == 0.0
         assert kl(kl_passages=2) is not first and len(loads) == 4
         assert kl(model=model_dirs["gpt2"]) is not first and len(loads) == 5
         again = kl()
@@ -688,6 +688,8 @@ def test_cli_runs_methods_writes_report_and_refuses_bad_input(model_dirs, tmp_pa
     report = json.loads((out / "report.json").read_text())
     assert [r["method"] for r in report["rows"]] == ["base", "spt", "lora_heads"]
     assert report["rows"][0]["kl"] == 0.0 and report["rows"][1]["kl"] > 0
+    low, high = report["rows"][1]["kl_ci"]  # bootstrap over the 3 passages
+    assert low <= report["rows"][1]["kl"] <= high and report["rows"][0]["kl_ci"] == [0.0, 0.0]
     assert report["rows"][1]["train"]["n_trainable"] == expected_trainable(
         _load(model_dirs["llama"])[0].config, 2
     )
