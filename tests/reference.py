@@ -479,3 +479,27 @@ def steered_greedy(
             ids = torch.cat([ids, nxt], dim=1)
             mark.append(ids.shape[1] - 1)
     return ids[0, len(prompt) :].tolist(), mark[:-1]
+
+
+def steered_values(
+    model, ids: Sequence[int], hook: str, delta: torch.Tensor, steered: Sequence[int]
+) -> list[torch.Tensor]:
+    """Every layer's cached values (``[n_kv_heads, len(ids), d_head]``) of one unpadded forward
+    of the HuggingFace model over ``ids``, with ``delta`` added to ``hook``'s activation at the
+    positions in ``steered`` only: what a dialogue's keys/values hold if exactly those positions
+    were computed under steering."""
+    from transformers import DynamicCache
+
+    from sycointerp._compat import CACHE_ARG
+
+    hf = model.original_model
+    cache = DynamicCache(config=hf.config)
+    mark = sorted(set(steered))
+
+    def add(x, hook):
+        x[:, mark] += delta.to(x.dtype)
+        return x
+
+    with torch.no_grad(), model.hooks(fwd_hooks=[(hook, add)]):
+        hf(input_ids=torch.tensor([list(ids)]), use_cache=True, **{CACHE_ARG: cache})
+    return [layer.values[0] for layer in cache.layers]

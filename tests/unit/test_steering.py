@@ -11,7 +11,7 @@ from sycointerp.generate import first_turn_prompts, greedy_continue, greedy_gene
 from sycointerp.heads import HeadSet
 from sycointerp.probing import fit_probes, heldout_accuracy, probe_heads, split_pairs
 from sycointerp.steering import caa_vector, resid_name, steer_heads, steer_residual
-from tests.reference import steered_greedy
+from tests.reference import steered_greedy, steered_values
 
 
 @pytest.fixture(scope="module")
@@ -168,21 +168,22 @@ def test_probes_score_held_out_pairs_of_synthetic_activations():
 
 
 def _steerers(model):
-    """Both kinds of steering as (context factory, hooked activation, per-position delta)."""
+    """Both kinds of steering as (context factory of the coefficient, hooked activation, the
+    shift one unit of coefficient adds at a steered position)."""
     gen = torch.Generator().manual_seed(3)
-    vector = 4 * torch.randn(model.cfg.d_model, generator=gen)
-    heads = [(1, 0), (1, 2)]
+    vector = torch.randn(model.cfg.d_model, generator=gen)
+    heads = [(0, 0), (0, 2)]  # layer 0: the shift reaches layer 1's keys and values
     dirs = torch.randn(2, model.cfg.d_head, generator=gen)
-    scales, alpha = torch.tensor([1.0, 2.0]), 6.0
-    z_delta = torch.zeros(model.cfg.n_heads, model.cfg.d_head)
+    scales = torch.tensor([1.0, 2.0])
+    z_unit = torch.zeros(model.cfg.n_heads, model.cfg.d_head)
     for i, (_, h) in enumerate(heads):
-        z_delta[h] = alpha * scales[i] * dirs[i]
+        z_unit[h] = scales[i] * dirs[i]
     return {
-        "caa": (lambda a: steer_residual(model, vector, 1, a), resid_name(1), -1.5 * vector),
+        "caa": (lambda a: steer_residual(model, vector, 1, a), resid_name(1), vector),
         "iti": (
-            lambda a: steer_heads(model, heads, dirs, scales, a * alpha),
-            "blocks.1.attn.hook_z",
-            -z_delta,
+            lambda a: steer_heads(model, heads, dirs, scales, a),
+            "blocks.0.attn.hook_z",
+            z_unit,
         ),
     }
 
@@ -199,25 +200,38 @@ def test_steered_cached_turns_equal_a_steered_full_forward_loop(tiny, kind):
     """The evaluation's cached engine under steering: two turns of a left-padded batch, the
     second reusing the first's keys/values, equal a plain full-forward loop that adds the shift
     at every position the cached engine computed under steering (reference.steered_greedy)."""
-    model = tiny
-    steer, hook, delta = _steerers(model)[kind]
+    model, alpha = tiny, -0.5
+    steer, hook, unit = _steerers(model)[kind]
+    delta = alpha * unit
     prompts = first_turn_prompts(model.tokenizer, load_builtin()[:2])
     prompts[1] = prompts[1][:-3]  # unequal lengths: left padding
-    with steer(-1.5):
+    with steer(alpha):
         texts, state = greedy_continue(model, prompts, max_new_tokens=5)
         follow = [[9, 21, 300], [77, 8, 401]]
         turn2 = [list(state.ids[i]) + follow[i] for i in range(2)]
-        texts2, _ = greedy_continue(model, turn2, state, max_new_tokens=5)
+        texts2, state2 = greedy_continue(model, turn2, state, max_new_tokens=5)
     unsteered = greedy_continue(model, prompts, max_new_tokens=5)[0]
-    assert texts != unsteered  # the shift is large enough to change greedy text
+    assert texts != unsteered  # steering reaches the cached engine
     for i, prompt in enumerate(prompts):
         tokens, steered = steered_greedy(model, prompt, 5, hook, delta, [])
         assert texts[i] == _cut(model, tokens)
-        held = len(state.ids[i])
-        tokens2, _ = steered_greedy(
-            model, turn2[i], 5, hook, delta, [p for p in steered if p < held]
-        )
+        earlier = [p for p in steered if p < len(state.ids[i])]
+        tokens2, steered2 = steered_greedy(model, turn2[i], 5, hook, delta, earlier)
         assert texts2[i] == _cut(model, tokens2)
+        # The held keys/values themselves: every layer's values equal one unpadded forward
+        # steered at exactly those positions, and not a shift of another size or a forward
+        # steered at every position of the dialogue (text alone saturates under steering).
+        ids = state2.ids[i]
+        marks = [p for p in steered2 if p < len(ids)]
+        expected = steered_values(model, ids, hook, delta, marks)
+        held = state2.values[i]
+        for layer, values in enumerate(expected):
+            torch.testing.assert_close(held[layer], values, atol=1e-4, rtol=1e-4)
+        for wrong in (
+            steered_values(model, ids, hook, delta / 3, marks),
+            steered_values(model, ids, hook, delta, range(len(ids))),
+        ):
+            assert any(not torch.allclose(h, w, atol=1e-3) for h, w in zip(held, wrong))
 
 
 @pytest.mark.parametrize("kind", ["caa", "iti"])
