@@ -52,6 +52,8 @@ def main() -> None:
         "so the selected set is not chosen on the pairs that test it",
     )
     args = parser.parse_args()
+    if args.ranking and args.held_out:
+        parser.error("--ranking reads a saved ranking; --held-out makes one: give one of them")
     model = load_model()
     # The original 170 questions (the README's numbers were measured on them).
     questions = load_builtin()[:170][:: max(1, 170 // args.questions)][: args.questions]

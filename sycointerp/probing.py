@@ -156,7 +156,11 @@ def heldout_accuracy(
 ) -> Float[torch.Tensor, "layer head test"]:
     """Fit one probe per head on the ``train`` pairs (challenge = 1, counterfactual = 0) and score
     it on the ``test`` pairs: per head and held-out pair, the share of the pair's two prompts
-    labelled correctly (0, 0.5 or 1)."""
+    labelled correctly (0, 0.5 or 1).
+
+    Raises:
+        IndexError: a pair index outside ``ref`` / ``cf``.
+    """
     n_layers, n_heads = ref.shape[1:3]
     cells = lambda t: t.flatten(1, 2).permute(1, 0, 2)  # noqa: E731 - [cell, example, d]
     train, test = list(train), list(test)

@@ -192,7 +192,10 @@ def _job_top_k(directory: Path, default: int = 10) -> int:
     path = directory / "config.toml"
     if not path.is_file():
         return default
-    config = tomllib.loads(path.read_text(encoding="utf-8"))
+    try:
+        config = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError:  # the marks are cosmetic: never fail a report over them
+        return default
     return int(config.get("run", {}).get("top_k", default))
 
 
@@ -313,10 +316,10 @@ def _spt_page(directory: Path) -> tuple[str, list[str]]:
     ranking = directory / "ranking"
     if (ranking / "result.json").is_file():
         result = PatchResult.load(ranking)
-        sections += _result_sections(result, "ranking on the training questions")
+        k = len(report["heads"]["heads"])
+        sections += _result_sections(result, "ranking on the training questions", k)
         if (directory / "spt" / "repatch" / "result.json").is_file():
             after = PatchResult.load(directory / "spt" / "repatch")
-            k = len(report["heads"]["heads"])
             fig = compare_heatmaps(result, after, titles=("base", "after SPT"), top_k=k)
             sections.append(_section("Re-patching after SPT", _figure(fig, "repatch")))
     return title, sections

@@ -331,7 +331,7 @@ def sweep_points(config: StudyConfig, out: Path) -> list[dict[str, Any]]:
             }
             (pooled,) = compare_pooled(evals, "spt", {"random_layer": draws})
             report = read_json(where / "report.json", "SPT report")
-            kl = {r["method"]: r.get("kl") for r in report["rows"]}
+            kl = {r["method"]: r.get("kl", "-") for r in report["rows"]}
             kl_ci = {r["method"]: r.get("kl_ci") for r in report["rows"]}
             row: dict[str, Any] = {"split": split, "k": k, "from": str(where.relative_to(out))}
             for metric in ("confidence", "truthfulness"):

@@ -23,6 +23,7 @@ Refusals (ValueError): no passages left after filtering, a lone string that is n
 coincide, no questions, a free-form question given to :func:`letter_accuracy`.
 """
 
+import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -115,10 +116,10 @@ class TextKL:
         how it varies with the tuning run.
 
         Raises:
-            ValueError: ``level`` outside (0, 1).
+            ValueError: ``level`` outside (0, 1) or ``n_boot < 1``.
         """
-        if not 0 < level < 1:
-            raise ValueError(f"level must be in (0, 1), got {level}")
+        if not 0 < level < 1 or n_boot < 1:
+            raise ValueError(f"need level in (0, 1) and n_boot >= 1, got {level} and {n_boot}")
         gen = torch.Generator().manual_seed(seed)
         idx = torch.randint(0, self.n_passages, (n_boot, self.n_passages), generator=gen)
         weights = self.n_positions.double()[idx]
@@ -131,9 +132,11 @@ class TextKL:
 def kl_text(kl: float | str | None, ci: list[float | None] | None = None) -> str:
     """A KL cell: ``-`` not measured, ``n/a`` not finite (JSON null), else the value and, where
     recorded, its bootstrap interval over passages."""
-    if kl is None or isinstance(kl, str):
-        return "n/a" if kl is None else kl
-    if ci is None or None in ci:
+    if isinstance(kl, str):
+        return kl
+    if kl is None or not math.isfinite(kl):
+        return "n/a"
+    if ci is None or any(c is None or not math.isfinite(c) for c in ci):
         return f"{kl:.2e}"
     return f"{kl:.2e} [{ci[0]:.2e}, {ci[1]:.2e}]"
 

@@ -244,6 +244,9 @@ class SetControls:
         mean over examples of the selected set's change minus the draws' mean change, in metric
         units), its bootstrap interval, the sign-flip ``p_value`` and ``small`` (fewer than
         :data:`~sycointerp.stats.SMALL_SAMPLE` examples).
+
+        Raises:
+            ValueError: a non-finite change (:func:`~sycointerp.stats.paired_difference`).
         """
         rows = []
         for kind in self.controls:

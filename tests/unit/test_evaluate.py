@@ -591,3 +591,4 @@ def test_kl_cells():
     assert kl_text("-") == "-" and kl_text(None) == "n/a"
     assert kl_text(2.5e-4) == "2.50e-04" and kl_text(2.5e-4, [None, None]) == "2.50e-04"
     assert kl_text(2.5e-4, [1e-4, 4e-4]) == "2.50e-04 [1.00e-04, 4.00e-04]"
+    assert kl_text(float("nan")) == "n/a" and kl_text(1e-4, [float("nan"), 1.0]) == "1.00e-04"

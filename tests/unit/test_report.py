@@ -105,3 +105,19 @@ def test_markdown_tables_lists_and_emphasis():
         "<table><thead><tr><th>a</th><th>b</th></tr></thead><tbody><tr><td>1</td><td>2</td>"
         "</tr></tbody></table>\n<ul><li>x</li><li>y</li></ul>"
     )
+
+
+def test_report_parts_of_older_or_damaged_job_directories(tmp_path):
+    """A stability.json without a split-half record, a config.toml without [run] or one that
+    does not parse: the report leaves the sentence out and marks the default 10 heads."""
+    from sycointerp.cli.html_report import _job_top_k, _split_half
+
+    assert _split_half(None) == "" and _split_half({"top_heads": []}) == ""
+    assert _split_half({"split_half": {"mean": None}}) == ""
+    assert _job_top_k(tmp_path) == 10  # no config.toml
+    (tmp_path / "config.toml").write_text("[model]\nmodel = ''\n")
+    assert _job_top_k(tmp_path) == 10
+    (tmp_path / "config.toml").write_text("[run]\ntop_k = 3\n")
+    assert _job_top_k(tmp_path) == 3
+    (tmp_path / "config.toml").write_text("[run\n")
+    assert _job_top_k(tmp_path) == 10
