@@ -16,6 +16,7 @@ no finished job.
 
 import html
 import logging
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -187,8 +188,6 @@ def _split_half(stability: dict[str, Any] | None) -> str:
 
 def _job_top_k(directory: Path, default: int = 10) -> int:
     """The ``top_k`` of a job's config.toml (``[run]``), else ``default``."""
-    import tomllib
-
     path = directory / "config.toml"
     if not path.is_file():
         return default
