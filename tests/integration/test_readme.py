@@ -68,7 +68,8 @@ def test_readme_snippets_run_as_one_script(tmp_path):
     assert "rank" in out and "ci_low" in out  # the heads table
     assert out.count("Sycophancy evaluation of") == 2  # base and tuned
     assert "\nTrue\n" in out  # the cached and the reference engines wrote the same dialogues
-    assert "KL(base || tuned) = " in out
+    kl_line = next(line for line in out.splitlines() if line.startswith("KL(base || tuned) = "))
+    assert kl_line.count("[") == 1 and "nats per token" in kl_line, kl_line  # with its interval
     assert (tmp_path / "runs" / "heads" / "heads.csv").is_file()
     assert (tmp_path / "runs" / "eval").is_dir() and (tmp_path / "runs" / "tuned").is_dir()
     last = out.strip().splitlines()[-1]
