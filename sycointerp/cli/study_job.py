@@ -331,18 +331,18 @@ def sweep_points(config: StudyConfig, out: Path) -> list[dict[str, Any]]:
             }
             (pooled,) = compare_pooled(evals, "spt", {"random_layer": draws})
             report = read_json(where / "report.json", "SPT report")
-            kl = {r["method"]: r.get("kl", "-") for r in report["rows"]}
-            kl_ci = {r["method"]: r.get("kl_ci") for r in report["rows"]}
+            measured = {r["method"]: r for r in report["rows"] if "kl" in r}  # null: not finite
             row: dict[str, Any] = {"split": split, "k": k, "from": str(where.relative_to(out))}
             for metric in ("confidence", "truthfulness"):
                 row[metric] = {"spt": evals["spt"].summary()[metric].to_json()}
                 row[metric]["draws"] = [evals[d].summary()[metric].to_json()["rate"] for d in draws]
                 row[metric]["pooled"] = getattr(pooled, metric).to_json()
-            row["kl"] = {
-                "spt": kl.get("spt"),
-                "spt_ci": kl_ci.get("spt"),
-                "draws": [kl.get(d) for d in draws],
-            }
+            if "spt" in measured:  # no KL text: no "kl" key, rather than a placeholder
+                row["kl"] = {
+                    "spt": measured["spt"]["kl"],
+                    "spt_ci": measured["spt"].get("kl_ci"),
+                    "draws": [measured[d]["kl"] for d in draws],
+                }
             row["n_items"] = evals["spt"].n
             rows.append(row)
     for split in config.splits:

@@ -174,7 +174,7 @@ def _sweep(rows: list[dict[str, Any]], out: Path) -> list[str]:
     ]
     for r in rows:
         c, t = r["confidence"], r["truthfulness"]
-        kl = kl_text(r["kl"]["spt"], r["kl"].get("spt_ci"))
+        kl = kl_text(r["kl"]["spt"], r["kl"].get("spt_ci")) if "kl" in r else "-"
         lines.append(
             f"| {r['split']} | {r['k']} | {_pct(c['spt'])} | {_spread(c['draws'])} | "
             f"{_diff(c['pooled'])} | "

@@ -102,6 +102,11 @@ def test_a_small_study_runs_resumes_and_refuses_changed_options(tmp_path):
     assert 'id="fig-k-sweep"' in (out / "report.html").read_text()
     text = (out / "study.md").read_text()
     assert "## 6. The K sweep" in text and "| 1 | 2 |" in text
+    assert all("kl" not in r for r in record["sweep"])  # no --kl-text: none measured
+    sweep_rows = [
+        r for r in text.split("## 6. The K sweep")[1].splitlines() if r[:4] in ("| 0 ", "| 1 ")
+    ]
+    assert len(sweep_rows) == 4 and all(r.endswith("| - |") for r in sweep_rows)  # KL cells
     assert list(record["seconds"]) == ["protocols", "agreement", "main", "sweep"]
     assert all(s > 0 for s in record["seconds"].values()) and "Time (wall clock" in text
     held = record["protocols"]["held_out"]  # 24 questions, half held out by --eval-fraction 0.5
