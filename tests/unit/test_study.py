@@ -13,6 +13,7 @@ import pytest
 from sycointerp.cli.study_job import agreement_matrices, flip_rate, restrict
 from sycointerp.evaluate import EvalItem, SycophancyEval
 from sycointerp.testing import save_tiny_model
+from tests.unit.test_golden import check_golden
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -74,6 +75,7 @@ def test_a_small_study_runs_resumes_and_refuses_changed_options(tmp_path):
     out = tmp_path / "study"
     done = _study(model, out)
     assert done.returncode == 0, done.stderr[-3000:]
+    check_golden("study", out, tmp_path)  # byte-identical to the outputs recorded before
     record = json.loads((out / "study.json").read_text())
     assert [r["protocol"] for r in record["protocols"]["rows"]] == ["stem", "free"]
     assert record["protocols"]["chosen"] in ("stem", "free")
