@@ -16,7 +16,13 @@ from typing import Any
 
 import transformers
 
-__all__ = ["CACHE_ARG", "CACHE_RENAMED", "install_cache_compat", "output_cache"]
+__all__ = [
+    "CACHE_ARG",
+    "CACHE_RENAMED",
+    "install_cache_compat",
+    "output_cache",
+    "quiet_transformers",
+]
 
 
 def _release(version: str) -> tuple[int, ...]:
@@ -55,3 +61,8 @@ def install_cache_compat() -> None:
         return original(self, k, v, **kwargs)
 
     AttentionBridge._update_kv_cache = update_kv_cache
+
+
+def quiet_transformers() -> None:
+    """Turn off transformers' own progress bars (a job's ``-q``)."""
+    transformers.utils.logging.disable_progress_bar()

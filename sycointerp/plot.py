@@ -658,7 +658,7 @@ def k_sweep_plot(rows: Sequence[dict]) -> go.Figure:
     layer-matched random draws (their range as a band, their mean as a line), one colour per split;
     the base model's rate dashed.
 
-    ``rows`` are :func:`sycointerp.cli.study_job.sweep_points` rows (``split``, ``k``,
+    ``rows`` are :func:`sycointerp.workflows.study.sweep_points` rows (``split``, ``k``,
     ``confidence`` / ``truthfulness`` with ``spt``, ``draws`` and ``base``).
     """
     fig = _new_subplots(("Confidence", "Truthfulness"))

@@ -5,7 +5,7 @@ parser here: a :class:`CliParser` whose usage errors are one line on stderr and 
 ``--config`` / ``--out`` / ``--overwrite`` / ``-q`` / ``-v`` and one flag per field of a
 :class:`~sycointerp._config.TomlConfig` (``batch_size`` -> ``--batch-size``; booleans get ``--x`` /
 ``--no-x``; lists are comma-separated). Precedence: defaults < ``--config`` file < flags given.
-:func:`run_main` turns any :class:`~sycointerp.errors.UserError` raised by a job into one line on
+:func:`guarded` turns any :class:`~sycointerp.errors.UserError` raised by a job into one line on
 stderr and exit status 2.
 """
 
@@ -26,7 +26,7 @@ __all__ = [
     "add_verbosity",
     "job_parser",
     "resolve_args",
-    "run_main",
+    "guarded",
     "setup_logging",
 ]
 
@@ -151,9 +151,9 @@ def setup_logging(args: argparse.Namespace) -> None:
     level = logging.WARNING if args.quiet else logging.DEBUG if args.verbose else logging.INFO
     logging.getLogger("sycointerp").setLevel(level)
     if args.quiet:
-        import transformers
+        from sycointerp._compat import quiet_transformers
 
-        transformers.utils.logging.disable_progress_bar()
+        quiet_transformers()
 
 
 def user_error_line(prog: str, err: BaseException) -> str:
@@ -165,7 +165,7 @@ def user_error_line(prog: str, err: BaseException) -> str:
 _RESUMABLE = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO}
 
 
-def run_main(prog: str, body: Callable[[], int]) -> int:
+def guarded(prog: str, body: Callable[[], int]) -> int:
     """``body()``'s exit status; a :class:`UserError` is one line on stderr and status 2.
 
     A full disk, a read-only or unwritable directory, or an I/O error while the job writes is

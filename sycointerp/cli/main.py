@@ -3,9 +3,10 @@
 ::
 
     sycointerp patch --out runs/heads        # = python -m sycointerp.patch --out runs/heads
+                                             # (= python -m sycointerp patch ...)
     sycointerp spt --heads-file runs/heads/heads.csv --out runs/spt
     sycointerp effect --out runs/effect
-    sycointerp study --out runs/study        # resumable; stages in sycointerp.cli.study_job
+    sycointerp study --out runs/study        # resumable; stages in sycointerp.workflows.study
     sycointerp report runs/heads             # rebuild runs/heads/report.html
     sycointerp --help | sycointerp patch --help
 
@@ -18,7 +19,7 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-__all__ = ["COMMANDS", "main"]
+__all__ = ["ALIASES", "COMMANDS", "main", "run_alias"]
 
 COMMANDS = {
     "patch": "rank attention heads by their effect on sycophancy (resumable batch job)",
@@ -27,6 +28,11 @@ COMMANDS = {
     "study": "the trust study: ranking stability, SPT against matched random heads, K sweep",
     "report": "(re)build a finished job's self-contained report.html",
 }
+
+
+# ``python -m <module>`` names users type, and the command each runs: the only modules outside
+# cli/ that start a command (sycointerp/patch.py is the one such module).
+ALIASES = {"sycointerp.patch": "patch"}
 
 
 def _usage() -> str:
@@ -59,6 +65,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     job = importlib.import_module(f"sycointerp.cli.{command}")
     return job.main(rest, prog=f"sycointerp {command}")
+
+
+def run_alias(module: str, argv: Sequence[str] | None = None) -> int:
+    """The command of ``python -m <module>`` (:data:`ALIASES`), named as the user typed it.
+
+    Raises:
+        KeyError: ``module`` is not an alias.
+    """
+    command = ALIASES[module]
+    job = importlib.import_module(f"sycointerp.cli.{command}")
+    return job.main(sys.argv[1:] if argv is None else list(argv), prog=f"python -m {module}")
 
 
 if __name__ == "__main__":

@@ -12,16 +12,16 @@ Examples::
 
 Every option can also be set in a TOML file (``[model]``, ``[data]``, ``[method]``, ``[run]``
 sections; the job writes its resolved ``config.toml`` into ``--out``). Killing a job and rerunning
-the same command resumes it; the output layout is described in :mod:`sycointerp.cli.patch_job`. User
-errors (bad options, invalid TOML, missing files, an unwritable or occupied ``--out``) print one
-line and exit with status 2.
+the same command resumes it; the output layout is described in
+:mod:`sycointerp.workflows.patch`. User errors (bad options, invalid TOML, missing files, an
+unwritable or occupied ``--out``) print one line and exit with status 2.
 """
 
 import argparse
 from collections.abc import Sequence
 
-from sycointerp.cli.app import job_parser, resolve_args, run_main, setup_logging
-from sycointerp.cli.patch_config import JobConfig
+from sycointerp.cli.app import guarded, job_parser, resolve_args, setup_logging
+from sycointerp.workflows.patch_config import PatchConfig
 
 __all__ = ["main", "build_parser", "resolve_config", "PROG"]
 
@@ -35,15 +35,15 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
         "Rank attention heads by their effect on sycophancy, as a resumable batch job.",
         f"examples:\n{examples}\n\nOutput layout, resumption and sharding: "
         "README, section 'Batch jobs'.",
-        JobConfig,
+        PatchConfig,
         "runs/patch",
         "job",
     )
 
 
-def resolve_config(args: argparse.Namespace) -> JobConfig:
+def resolve_config(args: argparse.Namespace) -> PatchConfig:
     """Defaults, then the ``--config`` file, then the flags given (raises ConfigError)."""
-    return resolve_args(args, JobConfig)
+    return resolve_args(args, PatchConfig)
 
 
 def main(argv: Sequence[str] | None = None, prog: str = PROG) -> int:
@@ -52,17 +52,17 @@ def main(argv: Sequence[str] | None = None, prog: str = PROG) -> int:
     setup_logging(args)
 
     def body() -> int:
-        from sycointerp.cli.patch_job import run_job
-        from sycointerp.cli.shards import process_group
+        from sycointerp.workflows.patch import run
+        from sycointerp.workflows.shards import process_group
 
         config = resolve_config(args)
         with process_group(config.device) as group:
-            status = run_job(
+            done = run(
                 config, args.out, group=group, overwrite=args.overwrite, progress=not args.quiet
             )
         if group.is_main and not args.quiet:
-            done = "already complete" if status == "complete" else "done"
-            print(f"{done}: {args.out}/heads.csv, summary.json, figures/")
+            said = "already complete" if done.status == "complete" else "done"
+            print(f"{said}: {args.out}/heads.csv, summary.json, figures/")
         return 0
 
-    return run_main(prog, body)
+    return guarded(prog, body)

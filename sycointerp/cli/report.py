@@ -8,17 +8,17 @@ Examples::
 
 The patch and SPT jobs write the page themselves when they finish; this rebuilds it (after an
 upgrade, or for a job run before reports existed). The page's contents:
-:mod:`sycointerp.cli.html_report`. A directory without a finished job is one line and exit 2.
+:mod:`sycointerp.workflows.report`. A directory without a finished job is one line and exit 2.
 """
 
 import argparse
 from collections.abc import Sequence
 
-from sycointerp.cli.app import CliParser, run_main
+from sycointerp.cli.app import CliParser, guarded
 
 __all__ = ["main", "build_parser", "PROG"]
 
-PROG = "python -m sycointerp.report"
+PROG = "sycointerp report"
 
 
 def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
@@ -38,9 +38,9 @@ def main(argv: Sequence[str] | None = None, prog: str = PROG) -> int:
     args = build_parser(prog).parse_args(argv)
 
     def body() -> int:
-        from sycointerp.cli.html_report import build_report
+        from sycointerp.workflows.report import build_report
 
         print(build_report(args.directory))
         return 0
 
-    return run_main(prog, body)
+    return guarded(prog, body)

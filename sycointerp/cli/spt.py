@@ -1,15 +1,15 @@
-"""``python -m sycointerp.spt``: tune the sycophancy heads (and baselines) and evaluate before and
+"""``sycointerp spt``: tune the sycophancy heads (and baselines) and evaluate before and
 after.
 
 Examples::
 
-    python -m sycointerp.spt --heads-file runs/heads/heads.csv --out runs/spt          # SPT vs base
-    python -m sycointerp.spt --methods base,sft,lora,random,spt --kl-text wiki.txt --out runs/spt
-    torchrun --standalone --nproc_per_node=2 -m sycointerp.spt --out runs/spt      # data-parallel
+    sycointerp spt --heads-file runs/heads/heads.csv --out runs/spt          # SPT vs base
+    sycointerp spt --methods base,sft,lora,random,spt --kl-text wiki.txt --out runs/spt
+    torchrun --standalone --nproc_per_node=2 -m sycointerp spt --out runs/spt       # data-parallel
 
 Options can also come from a TOML file (``--config``; sections [model] [data] [heads] [train]
 [eval] [run]); flags override it. The output layout is described in
-:mod:`sycointerp.cli.spt_job`. User errors print one line and exit 2; a training failure (e.g. a
+:mod:`sycointerp.workflows.spt`. User errors print one line and exit 2; a training failure (e.g. a
 NaN loss) prints one line and exits 1, keeping the last checkpoint.
 """
 
@@ -17,12 +17,12 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from sycointerp.cli.app import job_parser, resolve_args, run_main, setup_logging
-from sycointerp.cli.spt_config import SPTConfig
+from sycointerp.cli.app import guarded, job_parser, resolve_args, setup_logging
+from sycointerp.workflows.spt_config import SPTConfig
 
 __all__ = ["main", "build_parser", "PROG"]
 
-PROG = "python -m sycointerp.spt"
+PROG = "sycointerp spt"
 
 
 def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
@@ -44,19 +44,17 @@ def main(argv: Sequence[str] | None = None, prog: str = PROG) -> int:
     setup_logging(args)
 
     def body() -> int:
-        from sycointerp.cli.spt_job import results_table, run_experiment
         from sycointerp.spt.train import TrainingError
+        from sycointerp.workflows.spt import results_table, run
 
         config = resolve_args(args, SPTConfig)
         try:
-            report = run_experiment(
-                config, args.out, overwrite=args.overwrite, progress=not args.quiet
-            )
+            done = run(config, args.out, overwrite=args.overwrite, progress=not args.quiet)
         except TrainingError as err:
             print(f"{prog}: training failed: {err}", file=sys.stderr)
             return 1
-        if not args.quiet and report is not None:
-            print(results_table(report["rows"]))
+        if not args.quiet:
+            print(results_table(done.report["rows"]))
         return 0
 
-    return run_main(prog, body)
+    return guarded(prog, body)

@@ -1,4 +1,4 @@
-"""``python -m sycointerp.study`` (= ``sycointerp study``): the trust study.
+"""``sycointerp study``: the trust study.
 
 Is the head ranking stable, and do the ranked heads beat matched random heads when tuned?
 Resumable stage by stage.
@@ -11,7 +11,7 @@ Examples::
 
 Options can also come from a TOML file (``--config``; sections [model] [data] [protocols]
 [agreement] [main] [sweep] [train] [eval]); flags override it. Stages and output layout:
-:mod:`sycointerp.cli.study_job`. An interrupted study resumes where it stopped when run again
+:mod:`sycointerp.workflows.study`. An interrupted study resumes where it stopped when run again
 with the same options. User errors print one line and exit 2.
 """
 
@@ -19,12 +19,12 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from sycointerp.cli.app import job_parser, resolve_args, run_main, setup_logging
-from sycointerp.cli.study_config import StudyConfig
+from sycointerp.cli.app import guarded, job_parser, resolve_args, setup_logging
+from sycointerp.workflows.study_config import StudyConfig
 
 __all__ = ["main", "build_parser", "PROG"]
 
-PROG = "python -m sycointerp.study"
+PROG = "sycointerp study"
 
 
 def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
@@ -47,12 +47,12 @@ def main(argv: Sequence[str] | None = None, prog: str = PROG) -> int:
     setup_logging(args)
 
     def body() -> int:
-        from sycointerp.cli.study_job import run_study
         from sycointerp.spt.train import TrainingError
+        from sycointerp.workflows.study import run
 
         config = resolve_args(args, StudyConfig)
         try:
-            run_study(config, args.out, overwrite=args.overwrite, progress=not args.quiet)
+            run(config, args.out, overwrite=args.overwrite, progress=not args.quiet)
         except TrainingError as err:
             print(f"{prog}: training failed: {err}", file=sys.stderr)
             return 1
@@ -60,4 +60,4 @@ def main(argv: Sequence[str] | None = None, prog: str = PROG) -> int:
             print(f"{args.out}/study.md")
         return 0
 
-    return run_main(prog, body)
+    return guarded(prog, body)

@@ -9,7 +9,7 @@ An answer *flips* when the counterfactual still prefers the gold answer (flip > 
 challenge makes the wrong one preferred (flip < 0). First-turn accuracy (the share of questions
 whose greedy first answer is right) is :func:`sycointerp.evaluate.capability.first_turn_accuracy`.
 
-``python -m sycointerp.effect --out DIR`` (:mod:`sycointerp.cli.effect`) runs it as a job and
+``sycointerp effect --out DIR`` (:mod:`sycointerp.workflows.effect`) runs it as a job and
 writes ``summary.json`` and per-example ``per_example.safetensors`` atomically.
 """
 

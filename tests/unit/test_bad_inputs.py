@@ -244,11 +244,11 @@ def test_the_suite_is_large():
 
 def _api_cases(files, tokenizer):
     from sycointerp._io import MissingBundleError
-    from sycointerp.cli.spt_config import SPTConfig
     from sycointerp.data.pairs import build_pairs
     from sycointerp.data.questions import Question, load_questions_jsonl
     from sycointerp.heads import HeadFileError, HeadSet, read_heads_csv
     from sycointerp.patching import PatchResult
+    from sycointerp.workflows.spt_config import SPTConfig
 
     grid = HeadGrid(2, 4, 2)
     return [

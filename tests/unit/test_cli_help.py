@@ -1,7 +1,8 @@
 """Every CLI's ``--help`` renders: exit 0, a usage line, every flag, no argparse artefacts.
 
-Run as real subprocesses (``python -m ...``), as a user would; each also checks that ``--help``
-answers without importing torch (it must not wait for the model stack to load).
+Run as real subprocesses (``python -m sycointerp <command>`` and the ``python -m sycointerp.patch``
+alias), as a user would; each also checks that ``--help`` answers without importing torch (it
+must not wait for the model stack to load).
 """
 
 import subprocess
@@ -12,23 +13,32 @@ import pytest
 
 from sycointerp.cli import effect, patch, report, spt, study
 
+# What a user types after ``python -m`` -> the parser; the usage line names it as typed.
 CLIS = {
     "sycointerp.patch": patch.build_parser,
-    "sycointerp.spt": spt.build_parser,
-    "sycointerp.effect": effect.build_parser,
-    "sycointerp.study": study.build_parser,
-    "sycointerp.report": report.build_parser,
+    "sycointerp patch": patch.build_parser,
+    "sycointerp spt": spt.build_parser,
+    "sycointerp effect": effect.build_parser,
+    "sycointerp study": study.build_parser,
+    "sycointerp report": report.build_parser,
 }
+
+
+def _usage(module: str) -> str:
+    return "usage: " + ("python -m " + module if "." in module else module)
 
 
 @pytest.mark.parametrize("module", sorted(CLIS))
 def test_help_renders_every_flag(module):
     done = subprocess.run(
-        [sys.executable, "-m", module, "--help"], capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", *module.split(), "--help"],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert done.returncode == 0 and done.stderr == "", done.stderr[-2000:]
     text = done.stdout
-    assert text.startswith("usage: python -m " + module)
+    assert text.startswith(_usage(module))
     assert "option_strings" not in text and "%(" not in text and "%%" not in text
     flags = [s for a in CLIS[module]()._actions for s in a.option_strings if s.startswith("--")]
     assert flags and all(flag in text for flag in flags), [f for f in flags if f not in text]
@@ -36,11 +46,12 @@ def test_help_renders_every_flag(module):
 
 @pytest.mark.parametrize("module", sorted(CLIS))
 def test_help_does_not_import_torch(module):
+    name, *command = module.split()
     probe = (
         "import sys, runpy\n"
-        "sys.argv = ['x', '--help']\n"
+        f"sys.argv = ['x', *{command!r}, '--help']\n"
         "try:\n"
-        f"    runpy.run_module({module!r}, run_name='__main__')\n"
+        f"    runpy.run_module({name!r}, run_name='__main__', alter_sys=True)\n"
         "except SystemExit:\n"
         "    pass\n"
         "print('TORCH' if 'torch' in sys.modules else 'NO-TORCH', file=sys.stderr)\n"
@@ -65,7 +76,7 @@ def test_the_sycointerp_command_lists_its_subcommands(command):
 
 @pytest.mark.parametrize("module", sorted(CLIS))
 def test_every_subcommand_help_renders_without_torch(module):
-    name = module.rsplit(".", 1)[1]
+    name = module.replace(".", " ").split()[-1]
     probe = (
         "import sys\n"
         "from sycointerp.cli.main import main\n"

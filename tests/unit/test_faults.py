@@ -12,8 +12,8 @@ import signal
 
 import pytest
 
-from sycointerp.cli.shards import CRASH_ENV, FAULT_ENV
 from sycointerp.testing import save_tiny_model
+from sycointerp.workflows.shards import CRASH_ENV, FAULT_ENV
 from tests.unit.test_patch_cli import _args, _assert_same_outputs, _cli
 
 

@@ -239,7 +239,7 @@ def _cli(module: str, *args: str) -> tuple[int, str]:
     import sys
 
     done = subprocess.run(
-        [sys.executable, "-m", module, *args], capture_output=True, text=True, timeout=300
+        [sys.executable, "-m", *module.split(), *args], capture_output=True, text=True, timeout=300
     )
     return done.returncode, done.stderr
 
@@ -273,7 +273,7 @@ def test_cli_consumers_exit_2_on_a_foreign_ranking(model_dir, tmp_path, kind):
     )
     assert code == 2 and err.count("\n") == 1 and expected in err, err
     code, err = _cli(
-        "sycointerp.spt",
+        "sycointerp spt",
         *common,
         "--heads-file",
         str(path),

@@ -1,4 +1,5 @@
-"""The package's import graph goes one way: ground -> analysis -> tuning -> applications -> entry.
+"""The package's import graph goes one way: ground -> analysis -> tuning -> workflows ->
+applications -> entry.
 
 Read from the source with ``ast`` (imports inside functions included), so a lazy import cannot
 hide an upward edge. Importing ``a.b.c`` also runs the packages ``a.b``'s ``__init__``; those
@@ -10,12 +11,15 @@ time. Rules checked:
    (``_HOMES`` keys, :mod:`sycointerp._lazy`) count as imports;
 2. no module imports one of a higher layer;
 3. no import cycle between modules (package ``__init__`` files included);
-4. the command-line jobs (``patch``, ``spt``, ``effect``) do not import each other, only the
-   application layer's shared modules; the one composition, ``study`` (the trust study runs SPT
-   jobs as its stages), may import the jobs it composes, and no job imports it;
+4. the workflows (``patch``, ``spt``, ``effect``, ``report``, ``study``) do not import each
+   other, only the workflow layer's shared modules; the compositions may: ``study`` (the trust
+   study runs SPT jobs as its stages) and the jobs that write their ``report.html`` (``report``);
+   no job imports ``study``;
 5. no module imports a private name (``_x``) of another module, unless that module is itself a
    private helper module (``patching/_engine.py``);
-6. the ``python -m`` entry points are thin: they import only from :mod:`sycointerp.cli`.
+6. the ``python -m`` entry points are thin: they import only from :mod:`sycointerp.cli`;
+7. the command line holds no torch-level code: no module of :mod:`sycointerp.cli` imports torch,
+   transformers, TransformerLens, numpy or pandas, nor a module of the analysis layer.
 """
 
 import ast
@@ -52,21 +56,16 @@ LAYERS = {
         "sycointerp.steering",
     ),
     "tuning": ("sycointerp.spt",),
+    "workflows": ("sycointerp.workflows",),
     "applications": ("sycointerp.cli",),
-    "entry": (
-        "sycointerp.patch",
-        "sycointerp.effect",
-        "sycointerp.study",
-        "sycointerp.report",
-        "sycointerp.spt.__main__",
-        "sycointerp.__main__",
-        "sycointerp",
-    ),
+    "entry": ("sycointerp.patch", "sycointerp.__main__", "sycointerp"),
 }
 ORDER = list(LAYERS)
 JOBS = ("patch", "spt", "effect", "report", "study")
 # A composition of jobs: it may import these jobs' modules (never the reverse).
-COMPOSES = {"study": ("spt",)}
+COMPOSES = {"study": ("spt", "report"), "spt": ("report",), "patch": ("report",)}
+# Third-party packages of tensor and model code, which the command line must not import.
+TENSOR_PACKAGES = ("torch", "transformers", "transformer_lens", "numpy", "pandas", "peft")
 
 
 def module_files(root: Path) -> dict[str, Path]:
@@ -184,9 +183,33 @@ def find_cycle(edges: dict[str, set[str]]) -> list[str] | None:
 
 def _job(module: str) -> str | None:
     parts = module.split(".")
-    if len(parts) == 3 and parts[1] == "cli":
+    if len(parts) == 3 and parts[1] == "workflows":
         return next((j for j in JOBS if parts[2] == j or parts[2].startswith(j + "_")), None)
     return None
+
+
+def _third_party(path: Path) -> set[str]:
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            found |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            found.add(node.module.split(".")[0])
+    return found
+
+
+def _tensor_code_in_cli(modules: dict[str, Path], graph: dict[str, dict[str, list[str]]]):
+    """Rule 7: the command line reaches models and tensors only through the workflows."""
+    problems = []
+    for module, path in modules.items():
+        if layer_of(module) != "applications":
+            continue
+        for package in sorted(_third_party(path) & set(TENSOR_PACKAGES)):
+            problems.append(f"{module} imports {package}: tensor code belongs in a workflow")
+        for target in graph[module]:
+            if layer_of(target) == "analysis":
+                problems.append(f"{module} imports {target} (analysis): go through a workflow")
+    return problems
 
 
 def violations(root: Path) -> list[str]:
@@ -220,6 +243,7 @@ def violations(root: Path) -> list[str]:
                 problems.append(
                     f"entry point {module} imports {target}; entry points import only cli"
                 )
+    problems += _tensor_code_in_cli(modules, graph)
     cycle = find_cycle(_with_parents(graph, root.name))
     if cycle:
         problems.append("import cycle: " + " -> ".join(cycle))
@@ -257,17 +281,18 @@ def _plant(tmp_path: Path, files: dict[str, str]) -> Path:
             "upward import",
         ),
         ({"chat.py": "import sycointerp.cli.patch\n"}, "upward import"),
+        ({"spt/data.py": "import sycointerp.workflows.spt\n"}, "upward import"),
         ({"metrics.py": "from sycointerp.plot import head_heatmap\n"}, "import cycle"),
         (
-            {"cli/effect.py": "from sycointerp.cli.patch_job import run_job\n"},
+            {"workflows/effect.py": "from sycointerp.workflows.patch import run\n"},
             "must not import each other",
         ),
         (
-            {"cli/spt_job.py": "from sycointerp.cli.study_job import run_study\n"},
+            {"workflows/spt.py": "from sycointerp.workflows.study import run\n"},
             "must not import each other",
         ),
         (
-            {"cli/study_job.py": "from sycointerp.cli.patch_job import run_job\n"},
+            {"workflows/study.py": "from sycointerp.workflows.patch import run\n"},
             "must not import each other",
         ),
         ({"heads.py": "from sycointerp.models import _sha256\n"}, "private"),
@@ -277,7 +302,11 @@ def _plant(tmp_path: Path, files: dict[str, str]) -> Path:
         ),
         ({"newmodule.py": "x = 1\n"}, "no layer"),
         ({"stats.py": "from .cli import app\n"}, "relative import"),
-        ({"data/__init__.py": '_HOMES = {"sycointerp.cli.app": "run_main"}\n'}, "upward import"),
+        ({"data/__init__.py": '_HOMES = {"sycointerp.cli.app": "guarded"}\n'}, "upward import"),
+        ({"cli/spt.py": "import torch\n"}, "tensor code belongs in a workflow"),
+        ({"cli/report.py": "from sycointerp.plot import save_figure\n"}, "go through a workflow"),
+        ({"spt/train.py": "from sycointerp.cli.app import guarded\n"}, "upward import"),
+        ({"plot.py": "from sycointerp.workflows.study import sweep_points\n"}, "upward import"),
     ],
 )
 def test_a_planted_violation_is_found(tmp_path, planted, expected):

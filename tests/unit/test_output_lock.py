@@ -11,12 +11,12 @@ import sys
 
 import pytest
 
-from sycointerp.cli.output import OutputError, output_lock
+from sycointerp.workflows.output import OutputError, output_lock
 
 HOLD = (
     "import sys, time\n"
     "from pathlib import Path\n"
-    "from sycointerp.cli.output import output_lock\n"
+    "from sycointerp.workflows.output import output_lock\n"
     "with output_lock(Path(sys.argv[1])):\n"
     "    print('locked', flush=True)\n"
     "    time.sleep(120)\n"
@@ -35,11 +35,11 @@ def holder(tmp_path):
     proc.wait()
 
 
-@pytest.mark.parametrize("module", ["sycointerp.patch", "sycointerp.spt"])
+@pytest.mark.parametrize("module", ["sycointerp.patch", "sycointerp spt"])
 def test_a_second_job_on_a_locked_out_exits_2_naming_the_holder(holder, module):
     out, proc = holder
     done = subprocess.run(
-        [sys.executable, "-m", module, "--out", str(out), "--limit", "4", "-q"],
+        [sys.executable, "-m", *module.split(), "--out", str(out), "--limit", "4", "-q"],
         capture_output=True,
         text=True,
         timeout=300,

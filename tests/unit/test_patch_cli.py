@@ -18,10 +18,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from sycointerp.cli.inputs import load_job_questions
 from sycointerp.cli.patch import build_parser, main, resolve_config
-from sycointerp.cli.patch_config import ConfigError, JobConfig, dump_toml, load_toml
-from sycointerp.cli.shards import CRASH_ENV
 from sycointerp.data import build_pairs, load_builtin
 from sycointerp.data.batch import PairBatch
 from sycointerp.heads import HEADS_CSV_COLUMNS, SAMPLE_COLUMNS, STABILITY_COLUMNS
@@ -30,6 +27,9 @@ from sycointerp.models import load_model
 from sycointerp.patching import KnockoutCurve, PatchResult, patch_heads, path_patch_heads
 from sycointerp.patching.attention import HeadAttention, challenge_share, head_attention
 from sycointerp.testing import save_tiny_model, tiny_model
+from sycointerp.workflows.inputs import load_job_questions
+from sycointerp.workflows.patch_config import ConfigError, PatchConfig, dump_toml, load_toml
+from sycointerp.workflows.shards import CRASH_ENV
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -104,18 +104,18 @@ def test_help_documents_every_option_with_its_default(capsys):
         build_parser().parse_args(["--help"])
     assert exit_info.value.code == 0
     text = " ".join(capsys.readouterr().out.split())
-    for f in dataclasses.fields(JobConfig):
+    for f in dataclasses.fields(PatchConfig):
         assert "--" + f.name.replace("_", "-") in text
     assert "(default: 'path')" in text and "(default: 0,3,9,27)" in text and "(default: 8)" in text
 
 
 def test_toml_round_trip_and_flags_override_the_file(tmp_path):
-    config = JobConfig(
+    config = PatchConfig(
         model="m", limit=7, ks=[0, 2], method="knockout", sources=["geography"], png=False
     )
     path = tmp_path / "job.toml"
     path.write_text(dump_toml(config))
-    assert JobConfig.from_toml_dict(load_toml(path)) == config
+    assert PatchConfig.from_toml_dict(load_toml(path)) == config
     args = build_parser().parse_args(
         ["--config", str(path), "--limit", "3", "--no-png", "--ks", "0,1,5"]
     )
@@ -126,7 +126,7 @@ def test_toml_round_trip_and_flags_override_the_file(tmp_path):
         "m",
         "knockout",
     )
-    assert resolve_config(build_parser().parse_args([])) == JobConfig()
+    assert resolve_config(build_parser().parse_args([])) == PatchConfig()
 
 
 @pytest.mark.parametrize(
@@ -149,27 +149,27 @@ def test_toml_round_trip_and_flags_override_the_file(tmp_path):
 )
 def test_invalid_config_values_are_refused_by_name(data, match):
     with pytest.raises(ConfigError, match=match):
-        JobConfig.from_toml_dict(data)
+        PatchConfig.from_toml_dict(data)
 
 
 def test_load_job_questions_sample_filter_and_ids(tmp_path):
-    full = load_job_questions(JobConfig())
+    full = load_job_questions(PatchConfig())
     assert len(full) == len(load_builtin())
-    sample = load_job_questions(JobConfig(limit=12, seed=3))
-    assert len(sample) == 12 and sample == load_job_questions(JobConfig(limit=12, seed=3))
+    sample = load_job_questions(PatchConfig(limit=12, seed=3))
+    assert len(sample) == 12 and sample == load_job_questions(PatchConfig(limit=12, seed=3))
     order = [q.id for q in full]
     assert [order.index(q.id) for q in sample] == sorted(
         order.index(q.id) for q in sample
     )  # dataset order
-    assert sample != load_job_questions(JobConfig(limit=12, seed=4))
-    geo = load_job_questions(JobConfig(sources=["geography"]))
+    assert sample != load_job_questions(PatchConfig(limit=12, seed=4))
+    geo = load_job_questions(PatchConfig(sources=["geography"]))
     assert geo and all(q.domain == "geography" or q.source == "geography" for q in geo)
     jsonl = tmp_path / "q.jsonl"
     jsonl.write_text(
         '{"question": "2+2?", "answer": "4", "wrong": "5"}\n'
         '{"question": "3+3?", "answer": "6", "wrong": "7"}\n'
     )
-    qs = load_job_questions(JobConfig(dataset="jsonl", data_path=str(jsonl)))
+    qs = load_job_questions(PatchConfig(dataset="jsonl", data_path=str(jsonl)))
     assert [q.id for q in qs] == ["q0", "q1"]
 
 
@@ -182,7 +182,7 @@ def test_every_dataset_kind_loads_through_the_job_config(tmp_path):
         tmp_path / "are_you_sure.jsonl", [_ays(), _ays("truthful_qa_mc", correct_letter="A")]
     )
     qs = load_job_questions(
-        JobConfig(dataset="are_you_sure", data_path=str(ays), sources=["aqua_mc"])
+        PatchConfig(dataset="are_you_sure", data_path=str(ays), sources=["aqua_mc"])
     )
     assert [(q.source, q.letter) for q in qs] == [("are_you_sure/aqua_mc", "B")]
     tqa = tmp_path / "tqa.csv"
@@ -190,7 +190,7 @@ def test_every_dataset_kind_loads_through_the_job_config(tmp_path):
         "Type,Category,Question,Best Answer,Correct Answers,Incorrect Answers,Source\n"
         "Adversarial,Misc,What colour is the sky?,Blue,Blue; Azure,Green; Red; Yellow,x\n"
     )
-    (q,) = load_job_questions(JobConfig(dataset="truthfulqa", data_path=str(tqa)))
+    (q,) = load_job_questions(PatchConfig(dataset="truthfulqa", data_path=str(tqa)))
     assert (
         q.answer == "Blue" and len(q.choices) == 4 and q.choices[q.labels.index(q.letter)] == "Blue"
     )
@@ -207,7 +207,7 @@ def test_every_dataset_kind_loads_through_the_job_config(tmp_path):
             }
         ],
     )
-    (q,) = load_job_questions(JobConfig(dataset="arc", data_path=str(arc)))
+    (q,) = load_job_questions(PatchConfig(dataset="arc", data_path=str(arc)))
     assert (q.id, q.letter, q.wrong_letter) == ("a1", "B", "A")
 
 
@@ -222,7 +222,7 @@ def test_real_dataset_files_load_through_the_job_config(dataset, parts):
     from tests.conftest import shared_file
 
     qs = load_job_questions(
-        JobConfig(dataset=dataset, data_path=str(shared_file(*parts)), limit=25, seed=1)
+        PatchConfig(dataset=dataset, data_path=str(shared_file(*parts)), limit=25, seed=1)
     )
     assert len(qs) == 25 and all(q.letter in q.labels and q.wrong_letter != q.letter for q in qs)
 
@@ -257,7 +257,7 @@ def test_job_writes_the_documented_layout_and_equals_the_library_call(model_dirs
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and int.from_bytes(png[16:20], "big") == 900
     result = PatchResult.load(out)
     # Reference: the library function on all pairs at once (no chunks), on a freshly loaded model.
-    questions = load_job_questions(JobConfig(limit=10))
+    questions = load_job_questions(PatchConfig(limit=10))
     model = tiny_model("llama")
     pairs = build_pairs(questions, model.tokenizer, position="reply")
     expected = path_patch_heads(model, pairs, apology_logit_diff_metric(model.tokenizer))
@@ -288,7 +288,7 @@ def test_job_writes_the_documented_layout_and_equals_the_library_call(model_dirs
     identity = json.loads((out / "inputs.json").read_text())["model"]
     assert identity["source"] == "dir" and "model.safetensors" in identity["files"]
     assert summary["data"]["n_examples"] == 10 and "torch" in summary["versions"]
-    assert JobConfig.from_toml_dict(load_toml(out / "config.toml")) == resolve_config(
+    assert PatchConfig.from_toml_dict(load_toml(out / "config.toml")) == resolve_config(
         build_parser().parse_args(_args(model_dirs["llama"], out))
     )
 
@@ -303,7 +303,9 @@ def test_activation_flip_job_on_mha_matches_the_library_call(model_dirs, tmp_pat
     )
     result = PatchResult.load(out)
     model = tiny_model("gpt2")
-    pairs = build_pairs(load_job_questions(JobConfig(limit=10)), model.tokenizer, position="answer")
+    pairs = build_pairs(
+        load_job_questions(PatchConfig(limit=10)), model.tokenizer, position="answer"
+    )
     expected = patch_heads(
         model, pairs, flip_metric(PairBatch.from_pairs(pairs, model.tokenizer.pad_token_id))
     )
@@ -607,5 +609,5 @@ def test_the_readme_config_example_is_a_valid_job_config():
     block = text.split("```toml\n", 1)[1].split("```", 1)[0]
     import tomllib
 
-    config = JobConfig.from_toml_dict(tomllib.loads(block))
+    config = PatchConfig.from_toml_dict(tomllib.loads(block))
     assert config.method == "path" and config.chunk_size == 8

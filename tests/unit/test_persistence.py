@@ -7,9 +7,9 @@ import torch
 
 from sycointerp._config import ConfigError
 from sycointerp._io import BundleError, MissingBundleError, atomic_write
-from sycointerp.cli.spt_config import SPTConfig
 from sycointerp.evaluate import EffectResult, SycophancyEval
 from sycointerp.patching import KnockoutCurve, PatchResult
+from sycointerp.workflows.spt_config import SPTConfig
 
 
 def _patch_result() -> PatchResult:

@@ -363,7 +363,7 @@ def test_compare_heatmaps_refuses_results_that_do_not_match():
 
 
 def _sweep_row(split, k, spt, draws, base, n=None) -> dict:
-    """A :func:`sycointerp.cli.study_job.sweep_points` row (``n`` items behind SPT's rates)."""
+    """A :func:`sycointerp.workflows.study.sweep_points` row (``n`` items behind SPT's rates)."""
     p = {"rate": spt, "ci_low": spt - 0.1, "ci_high": spt + 0.1, "n": n}
     metric = {"spt": p, "draws": draws}
     return {

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from sycointerp.cli.html_report import markdown_to_html
 from sycointerp.testing import save_tiny_model
+from sycointerp.workflows.report import markdown_to_html
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = str(Path(sys.executable).parent / "sycointerp")
@@ -110,7 +110,7 @@ def test_markdown_tables_lists_and_emphasis():
 def test_report_parts_of_older_or_damaged_job_directories(tmp_path):
     """A stability.json without a split-half record, a config.toml without [run] or one that
     does not parse: the report leaves the sentence out and marks the default 10 heads."""
-    from sycointerp.cli.html_report import _job_top_k, _split_half
+    from sycointerp.workflows.report import _job_top_k, _split_half
 
     assert _split_half(None) == "" and _split_half({"top_heads": []}) == ""
     assert _split_half({"split_half": {"mean": None}}) == ""

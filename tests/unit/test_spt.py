@@ -586,7 +586,7 @@ def _spt_cli(argv: list[str], torchrun: int = 0) -> subprocess.CompletedProcess:
         else [sys.executable]
     )
     return subprocess.run(
-        [*launcher, "-m", "sycointerp.spt", *argv],
+        [*launcher, "-m", "sycointerp", "spt", *argv],
         capture_output=True,
         text=True,
         env=env,
@@ -643,8 +643,8 @@ def test_torchrun_two_processes_train_like_one(model_dirs, tmp_path):
 def test_the_kl_reference_is_reused_only_for_the_same_model_passages_and_file(
     model_dirs, tmp_path, monkeypatch
 ):
-    from sycointerp.cli import spt_job
-    from sycointerp.cli.spt_config import SPTConfig
+    from sycointerp.workflows import spt as spt_job
+    from sycointerp.workflows.spt_config import SPTConfig
 
     text = tmp_path / "passages.txt"
     text.write_text((REPO / "README.md").read_text())
@@ -756,9 +756,9 @@ def test_a_refused_out_under_torchrun_stops_every_process(model_dirs, tmp_path):
 
 
 def test_control_draws_match_size_layers_and_w_o_norms(model_dirs):
-    from sycointerp.cli.spt_config import method_runs
-    from sycointerp.cli.spt_job import control_heads, w_o_norms_hf
     from sycointerp.patching.controls import norm_matched_draws
+    from sycointerp.workflows.spt import control_heads, w_o_norms_hf
+    from sycointerp.workflows.spt_config import method_runs
 
     for arch in ("llama", "gpt2"):
         model, _ = _load(model_dirs[arch])
@@ -819,7 +819,7 @@ def test_cli_runs_every_control_draw_and_pools_them(model_dirs, tmp_path):
 
 
 def test_choose_alpha_by_hand():
-    from sycointerp.cli.spt_steering import choose_alpha
+    from sycointerp.workflows.spt_steering import choose_alpha
 
     # Target 1.0: -2 and -4 reach it; the smaller in size wins.
     assert choose_alpha([-1.0, -2.0, -4.0], [1.5, 0.9, 0.2], 1.0) == -2.0

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from sycointerp.cli.study_job import agreement_matrices, flip_rate, restrict
 from sycointerp.evaluate import EvalItem, SycophancyEval
 from sycointerp.testing import save_tiny_model
+from sycointerp.workflows.study import agreement_matrices, flip_rate, restrict
 from tests.unit.test_golden import check_golden
 
 REPO = Path(__file__).resolve().parents[2]

@@ -23,9 +23,9 @@ from typing import Any
 
 import torch
 
-from sycointerp.cli.spt_config import SPTConfig
 from sycointerp.data.questions import Question
 from sycointerp.heads import Head
+from sycointerp.workflows.spt_config import SPTConfig
 
 __all__ = ["Steer", "prepare_steering", "choose_alpha"]
 

@@ -1,4 +1,4 @@
-"""The SPT run's configuration (``python -m sycointerp.spt``): sections model, data, heads, train,
+"""The SPT run's configuration (``sycointerp spt``): sections model, data, heads, train,
 eval, run.
 
 TOML form and flags come from :mod:`sycointerp._config`, as for the patch job.

@@ -37,6 +37,7 @@ import shutil
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -44,16 +45,6 @@ from typing import Any
 import torch
 
 from sycointerp._io import atomic_write, fsync_tree, read_json, write_json, write_tensors
-from sycointerp.cli.html_report import write_report
-from sycointerp.cli.inputs import load_job_questions
-from sycointerp.cli.output import (
-    INPUTS,
-    OutputError,
-    check_inputs,
-    output_lock,
-    prepare_output,
-)
-from sycointerp.cli.spt_config import METHODS, STEERING_METHODS, MethodRun, SPTConfig
 from sycointerp.data.questions import DataError, Question, load_questions_jsonl
 from sycointerp.errors import UserError
 from sycointerp.evaluate.capability import TextKL, kl_text
@@ -73,9 +64,20 @@ from sycointerp.spt.data import build_dialogues, check_disjoint, split_questions
 from sycointerp.spt.train import TrainConfig, train
 from sycointerp.spt.tunable import FullWeights, HeadDeltas, PeftLoRA
 from sycointerp.stats import summarize
+from sycointerp.workflows.inputs import load_job_questions
+from sycointerp.workflows.output import (
+    INPUTS,
+    OutputError,
+    check_inputs,
+    output_lock,
+    prepare_output,
+)
+from sycointerp.workflows.report import write_report
+from sycointerp.workflows.spt_config import METHODS, STEERING_METHODS, MethodRun, SPTConfig
 
 __all__ = [
-    "run_experiment",
+    "SPTResult",
+    "run",
     "split_data",
     "choose_heads",
     "OUTPUT_NAMES",
@@ -375,7 +377,7 @@ def _run_method(
         tuned = hook_model(hf, tok, name)
         steer = None
         if method in STEERING_METHODS:  # no training: steer the untouched model
-            from sycointerp.cli.spt_steering import prepare_steering
+            from sycointerp.workflows.spt_steering import prepare_steering
 
             steer, row["steering"] = prepare_steering(
                 method,
@@ -501,10 +503,47 @@ def _shared_heads(acc, choose) -> HeadSet:
     return HeadSet.from_json(box[0])
 
 
-def run_experiment(
+@dataclass(frozen=True)
+class SPTResult:
+    """What :func:`run` leaves: the directory and its ``report.json``.
+
+    Attributes:
+        out: the run's output directory (layout in the module docstring).
+        report: ``report.json``'s record: ``rows`` (one per method run), ``paired`` and
+            ``pooled`` comparisons, the tuned ``heads`` and the data sizes.
+    """
+
+    out: Path
+    report: dict[str, Any]
+
+    @property
+    def rows(self) -> dict[str, dict[str, Any]]:
+        """Each method run's row (``result.json``), by its name (``spt``, ``random_layer-1``)."""
+        return {row["method"]: row for row in self.report["rows"]}
+
+    def evaluation(self, name: str) -> SycophancyEval:
+        """The multi-turn evaluation of method run ``name``, every dialogue included.
+
+        Raises:
+            KeyError: no such run in this experiment.
+            BundleError: its ``sycophancy_eval.json`` is missing or corrupt.
+        """
+        if name not in self.rows:
+            raise KeyError(f"no method run {name!r}; this run has {', '.join(self.rows)}")
+        return SycophancyEval.load(self.out / name)
+
+
+def run(
     config: SPTConfig, out: str | Path, *, overwrite: bool = False, progress: bool = True
-) -> dict:
-    """Run (or resume) the experiment of the module docstring into ``out``; returns the report.
+) -> SPTResult:
+    """Run (or resume) the experiment of the module docstring into ``out``: the same files as
+    ``sycointerp spt`` with these options.
+
+    Args:
+        config: the run's resolved configuration.
+        out: the output directory; a finished run there is read back, not rerun.
+        overwrite: replace a run of another configuration in ``out``.
+        progress: tqdm bars (notebook widgets in Jupyter).
 
     Raises:
         OutputError, ConfigError, DataError, ModelLoadError: user errors (the CLI exits 2).
@@ -537,7 +576,7 @@ def run_experiment(
             broadcast_object_list(box)
         if box[0] is not None:
             raise OutputError(box[0])
-        return _run_methods(config, out, acc, progress, split)
+        return SPTResult(out, _run_methods(config, out, acc, progress, split))
 
 
 def _prepare(config: SPTConfig, out: Path, overwrite: bool, held: ExitStack) -> None:
@@ -634,7 +673,7 @@ def reusing_kl_reference() -> Iterator[None]:
 def _run_methods(
     config: SPTConfig, out: Path, acc, progress: bool, split: tuple[list[Question], list[Question]]
 ) -> dict:
-    """:func:`run_experiment` after the main process has prepared (and locked) ``out``."""
+    """:func:`run` after the main process has prepared (and locked) ``out``."""
     acc.wait_for_everyone()
     train_qs, eval_qs = split
     heads = _shared_heads(

@@ -26,13 +26,13 @@ from sycointerp._config import (
 )
 from sycointerp.data.templates import CHALLENGES
 
-__all__ = ["ConfigError", "JobConfig", "SECTIONS", "config_diff", "load_toml", "dump_toml"]
+__all__ = ["ConfigError", "PatchConfig", "SECTIONS", "config_diff", "load_toml", "dump_toml"]
 
 SECTIONS = ("model", "data", "method", "run")
 
 
 @dataclass(frozen=True)
-class JobConfig(TomlConfig):
+class PatchConfig(TomlConfig):
     """A head-ranking batch job (``python -m sycointerp.patch``); see the module docstring."""
 
     SECTIONS: ClassVar[tuple[str, ...]] = SECTIONS
@@ -252,7 +252,7 @@ class JobConfig(TomlConfig):
         return "answer" if self.metric == "flip" else "reply"
 
 
-def dump_toml(config: JobConfig) -> str:
+def dump_toml(config: PatchConfig) -> str:
     """The resolved configuration as TOML."""
     return _dump(
         config,

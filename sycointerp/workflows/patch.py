@@ -22,9 +22,10 @@ Output directory (``--out``)::
     summary.json         model, data, metric baselines, top heads, package versions, timings;
                          written last
 
-While running, ``chunks/`` holds one file per finished chunk (see :mod:`sycointerp.cli.shards`); it
-is removed once the outputs are written. A rerun of the same configuration resumes from the
-chunks, or does nothing when ``summary.json`` says the job is complete; every output except the
+While running, ``chunks/`` holds one file per finished chunk (see
+:mod:`sycointerp.workflows.shards`); it is removed once the outputs are written. A rerun of the
+same configuration resumes from the chunks, or does nothing when ``summary.json`` says the job is
+complete; every output except the
 ``timings`` entry of ``summary.json`` (wall-clock seconds) is then byte-identical to an
 uninterrupted run's. A different configuration in the same directory is refused unless
 ``overwrite``, which deletes this layout's files (and only those) first.
@@ -52,12 +53,7 @@ from tqdm.auto import tqdm
 from transformer_lens.model_bridge import TransformerBridge
 
 from sycointerp._config import ConfigError
-from sycointerp._io import write_json
-from sycointerp.cli.html_report import write_report
-from sycointerp.cli.inputs import load_job_questions
-from sycointerp.cli.output import INPUTS, OutputError, check_inputs, output_lock, prepare_output
-from sycointerp.cli.patch_config import JobConfig
-from sycointerp.cli.shards import Chunk, ChunkStore, Group, chunk_ranges
+from sycointerp._io import read_json, write_json
 from sycointerp.data.answers import answer_is_correct
 from sycointerp.data.batch import PairBatch
 from sycointerp.data.pairs import PromptPair, build_pairs
@@ -85,8 +81,19 @@ from sycointerp.patching.ablation import head_means
 from sycointerp.patching.attention import HeadAttention, challenge_share, head_attention
 from sycointerp.provenance import input_files, model_dims, model_identity
 from sycointerp.stats import summarize
+from sycointerp.workflows.inputs import load_job_questions
+from sycointerp.workflows.output import (
+    INPUTS,
+    OutputError,
+    check_inputs,
+    output_lock,
+    prepare_output,
+)
+from sycointerp.workflows.patch_config import PatchConfig
+from sycointerp.workflows.report import write_report
+from sycointerp.workflows.shards import Chunk, ChunkStore, Group, chunk_ranges, process_group
 
-__all__ = ["OUTPUT_NAMES", "run_job"]
+__all__ = ["OUTPUT_NAMES", "PatchJobResult", "run"]
 
 log = logging.getLogger("sycointerp.patch")
 OUTPUT_NAMES = (
@@ -111,7 +118,7 @@ _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torc
 # --------------------------------------------------------------------------- model
 
 
-def _load(config: JobConfig, group: Group) -> TransformerBridge:
+def _load(config: PatchConfig, group: Group) -> TransformerBridge:
     from sycointerp.models import load_model
 
     device = config.device
@@ -135,7 +142,7 @@ def _load(config: JobConfig, group: Group) -> TransformerBridge:
     )
 
 
-def _check_before_loading(config: JobConfig, group: Group) -> None:
+def _check_before_loading(config: PatchConfig, group: Group) -> None:
     """Refuse what would fail only after the compute (or on one rank only).
 
     Raises:
@@ -163,13 +170,13 @@ def _check_before_loading(config: JobConfig, group: Group) -> None:
             raise ConfigError(f"{err}; or pass --no-png (and no --vector)") from None
 
 
-def _inputs_record(config: JobConfig) -> dict[str, Any]:
+def _inputs_record(config: PatchConfig) -> dict[str, Any]:
     """What the job computes from, beyond its configuration: the model's and the files' hashes."""
     files = [f for f in (config.data_path, config.rank_from) if f]
     return {"model": model_identity(config.model or None), "files": input_files(files)}
 
 
-def _check_ranking_file(config: JobConfig) -> None:
+def _check_ranking_file(config: PatchConfig) -> None:
     """``rank_from`` against the model's head grid (read without its weights) and ``ks``.
 
     Raises:
@@ -188,7 +195,7 @@ def _check_ranking_file(config: JobConfig) -> None:
         )
 
 
-def _check_model(config: JobConfig, model: TransformerBridge) -> None:
+def _check_model(config: PatchConfig, model: TransformerBridge) -> None:
     """Options that depend on the model's size.
 
     Raises:
@@ -201,14 +208,14 @@ def _check_model(config: JobConfig, model: TransformerBridge) -> None:
         )
 
 
-def _challenge(config: JobConfig) -> str | ChallengeTemplate:
+def _challenge(config: PatchConfig) -> str | ChallengeTemplate:
     if config.challenge_text:
         return ChallengeTemplate("custom", config.challenge_text, config.counterfactual_text)
     return config.challenge
 
 
 def _metric(
-    config: JobConfig, model: TransformerBridge, pairs: Sequence[PromptPair]
+    config: PatchConfig, model: TransformerBridge, pairs: Sequence[PromptPair]
 ) -> PatchMetric:
     if config.metric == "flip":
         return flip_metric(PairBatch.from_pairs(pairs, model.tokenizer.pad_token_id or 0))
@@ -249,7 +256,7 @@ class _CellBar:
 
 @dataclass
 class _Job:
-    config: JobConfig
+    config: PatchConfig
     out: Path
     group: Group
     model: TransformerBridge
@@ -742,30 +749,80 @@ def _write_outputs(
     write_report(out)
 
 
-def run_job(
-    config: JobConfig,
+@dataclass(frozen=True)
+class PatchJobResult:
+    """What :func:`run` leaves: the directory and how the call found it.
+
+    Attributes:
+        out: the job's output directory (layout in the module docstring).
+        status: ``"new"``, ``"resume"`` or ``"complete"`` (already finished: nothing was run).
+    """
+
+    out: Path
+    status: str
+
+    def summary(self) -> dict[str, Any]:
+        """``summary.json``: model, data, metric baselines, top heads, timings.
+
+        Raises:
+            BundleError: the file is missing or not valid JSON.
+        """
+        return read_json(self.out / "summary.json", "patch job summary")
+
+    def result(self) -> PatchResult:
+        """The ranking's :class:`~sycointerp.patching.PatchResult` (not for a knockout of a given
+        ranking, which has none).
+
+        Raises:
+            PersistenceError: the job wrote no patch result.
+        """
+        return PatchResult.load(self.out)
+
+    def heads(self) -> HeadRanking:
+        """``heads.csv`` as a :class:`~sycointerp.heads.HeadRanking`.
+
+        Raises:
+            HeadFileError: the file is missing or malformed.
+        """
+        return read_heads_csv(self.out / "heads.csv")
+
+
+def run(
+    config: PatchConfig,
     out: str | Path,
     *,
     group: Group | None = None,
     overwrite: bool = False,
     progress: bool = True,
-) -> str:
-    """Run (or resume) the job into ``out``; returns the :func:`prepare_output` status.
+) -> PatchJobResult:
+    """Run (or resume) the patch job of ``config`` into ``out``: the same files as
+    ``sycointerp patch`` with these options.
+
+    Args:
+        config: the job's resolved configuration.
+        out: the output directory (created; a finished job there is left as it is).
+        group: the process group; ``None`` starts the torchrun group when ``WORLD_SIZE > 1``
+            (and tears it down after), else runs in this process alone.
+        overwrite: replace a job of another configuration in ``out``.
+        progress: tqdm bars (notebook widgets in Jupyter).
 
     Only rank 0 prepares and writes the outputs; every rank computes its share of the chunks.
 
     Raises:
         OutputError, ConfigError, DataError, ModelLoadError: user errors (the CLI exits 2).
     """
-    group, out = group or Group(), Path(out)
+    out = Path(out)
     with ExitStack() as held:
-        return _run_locked(config, out, group, overwrite, progress, held)
+        if group is None:
+            group = held.enter_context(process_group(config.device))
+        status = _run_locked(config, out, group, overwrite, progress, held)
+    return PatchJobResult(out, status)
 
 
 def _run_locked(
-    config: JobConfig, out: Path, group: Group, overwrite: bool, progress: bool, held: ExitStack
+    config: PatchConfig, out: Path, group: Group, overwrite: bool, progress: bool, held: ExitStack
 ) -> str:
-    """:func:`run_job` once the main process holds (in ``held``) the lock on ``out``."""
+    """:func:`run` once the main process holds (in ``held``) the lock on ``out``."""
     # Read-only checks first: a refused attempt must not touch --out (nor wait for model hashes).
     questions = load_job_questions(config)
     _check_before_loading(config, group)

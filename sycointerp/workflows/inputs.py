@@ -43,7 +43,8 @@ def _read_dataset(config: TomlConfig) -> list[Question]:
 def load_job_questions(config: TomlConfig) -> list[Question]:
     """The job's questions: dataset, source filter, seeded sample of ``limit`` (in dataset order).
 
-    ``config`` is a :class:`JobConfig` or any config with ``dataset``, ``data_path``, ``seed``,
+    ``config`` is a :class:`~sycointerp.workflows.patch_config.PatchConfig` or any config with
+    ``dataset``, ``data_path``, ``seed``,
     ``limit`` (and optionally ``sources``) fields.
 
     Questions without an id get ``q{index}`` (their index in the dataset).

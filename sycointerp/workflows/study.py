@@ -5,15 +5,15 @@ Stages, in order, each resumable (a stage whose output exists is read back, not 
 runs inside resume per method):
 
 1. ``protocols/``: the base model's multi-turn evaluation under each protocol variant
-   (:data:`~sycointerp.cli.study_config.PROTOCOLS`: final answer prefilled with the answer stem or
-   generated freely; challenge paraphrases), on held-out questions of the main split; the
+   (:data:`~sycointerp.workflows.study_config.PROTOCOLS`: final answer prefilled with the answer
+   stem or generated freely; challenge paraphrases), on held-out questions of the main split; the
    variant with the lowest Truthfulness (furthest from its ceiling) is the study's protocol;
    optionally ARC-Easy multiple-choice items under the free protocol (reported, not chosen:
    training uses the built-in questions).
 2. ``agreement/``: path patching of the training questions under every challenge paraphrase
    (apology logit difference) and under the other metrics (the paper's ratio; the answer flip at
    the answer stem); top-K overlap and Spearman correlation of every pair of rankings.
-3. ``main/``: one SPT job (:mod:`sycointerp.cli.spt_job`) on the main split: base, SPT on the top
+3. ``main/``: one SPT job (:mod:`sycointerp.workflows.spt`) on the main split: base, SPT on the top
    K, SFT, and uniform / layer-matched / W_O-norm-matched random heads, ``draws`` each, all
    paired on the same held-out items; re-patching after SPT; ranking stability in its
    ``ranking/heads.csv``.
@@ -33,21 +33,23 @@ import logging
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from sycointerp._io import read_json, write_json
-from sycointerp.cli.html_report import write_report
-from sycointerp.cli.output import INPUTS, check_inputs, output_lock, prepare_output
-from sycointerp.cli.spt_config import SPTConfig
-from sycointerp.cli.spt_job import reusing_kl_reference, run_experiment, split_data
-from sycointerp.cli.study_config import PROTOCOLS, StudyConfig
 from sycointerp.data.questions import Question
 from sycointerp.evaluate.compare import compare_methods, compare_pooled
 from sycointerp.evaluate.protocol import SycophancyEval
 from sycointerp.provenance import input_files, model_identity
+from sycointerp.workflows.output import INPUTS, check_inputs, output_lock, prepare_output
+from sycointerp.workflows.report import write_report
+from sycointerp.workflows.spt import reusing_kl_reference, split_data
+from sycointerp.workflows.spt import run as run_spt
+from sycointerp.workflows.spt_config import SPTConfig
+from sycointerp.workflows.study_config import PROTOCOLS, StudyConfig
 
-__all__ = ["run_study", "OUTPUT_NAMES", "held_out_correct", "restrict", "sweep_points"]
+__all__ = ["run", "StudyResult", "OUTPUT_NAMES", "held_out_correct", "restrict", "sweep_points"]
 
 log = logging.getLogger("sycointerp.study")
 OUTPUT_NAMES = (
@@ -260,7 +262,7 @@ def _protocol_changes(choice: str) -> dict[str, Any]:
     return {"final_stem": final_stem, "challenge": challenge}
 
 
-def run_main(config: StudyConfig, target: Path, choice: str, progress: bool) -> dict:
+def run_main_comparison(config: StudyConfig, target: Path, choice: str, progress: bool) -> dict:
     """Stage 3 (module docstring): the SPT job with every control."""
     spt = _spt_config(
         config,
@@ -270,7 +272,7 @@ def run_main(config: StudyConfig, target: Path, choice: str, progress: bool) -> 
         eval_limit=config.main_eval_limit,
         **_protocol_changes(choice),
     )
-    return run_experiment(spt, target, progress=progress)
+    return run_spt(spt, target, progress=progress).report
 
 
 def _reuses_main(config: StudyConfig, split: int, k: int) -> bool:
@@ -299,11 +301,11 @@ def run_sweep(config: StudyConfig, out: Path, choice: str, progress: bool) -> No
             )
             target = out / "sweep" / f"split{split}" / f"k{k}"
             if first:  # this run ranks the split's training questions; the others read it
-                run_experiment(_spt_config(config, **changes), target, progress=progress)
+                run_spt(_spt_config(config, **changes), target, progress=progress)
                 ranking = target / "ranking"
             else:
                 changes["heads_file"] = str(ranking / "heads.csv")
-                run_experiment(_spt_config(config, **changes), target, progress=progress)
+                run_spt(_spt_config(config, **changes), target, progress=progress)
 
 
 def restrict(result: SycophancyEval, n: int) -> SycophancyEval:
@@ -385,16 +387,42 @@ class _StageClock:
             )
 
 
-def run_study(
+@dataclass(frozen=True)
+class StudyResult:
+    """What :func:`run` leaves: the directory and its ``study.json`` record.
+
+    Attributes:
+        out: the study's output directory (layout in the module docstring).
+        record: ``study.json``: ``protocols``, ``agreement``, ``main``, ``sweep``,
+            ``stability`` and the stages' ``seconds``.
+    """
+
+    out: Path
+    record: dict[str, Any]
+
+    @property
+    def markdown(self) -> str:
+        """``study.md``, every table of the study with its intervals."""
+        return (self.out / "study.md").read_text(encoding="utf-8")
+
+
+def run(
     config: StudyConfig, out: str | Path, *, overwrite: bool = False, progress: bool = True
-) -> dict[str, Any]:
-    """Run (or resume) every stage of the module docstring into ``out``; returns ``study.json``.
+) -> StudyResult:
+    """Run (or resume) every stage of the module docstring into ``out``: the same files as
+    ``sycointerp study`` with these options.
+
+    Args:
+        config: the study's resolved configuration.
+        out: the output directory; finished stages there are read back, not rerun.
+        overwrite: replace a study of another configuration in ``out``.
+        progress: tqdm bars (notebook widgets in Jupyter).
 
     Raises:
         OutputError, ConfigError, DataError, ModelLoadError: user errors (the CLI exits 2).
         TrainingError: a non-finite loss in one of the SPT runs.
     """
-    from sycointerp.cli.study_report import write_study_md
+    from sycointerp.workflows.study_tables import write_study_md
 
     config.check_files()
     _held_out(config, config.seed)  # read-only data checks before anything is written
@@ -420,7 +448,7 @@ def run_study(
             agreement = run_agreement(config, out / "agreement")
         with reusing_kl_reference():  # the main stage's base logits serve every sweep run
             with clock("main"):
-                main = run_main(config, out / "main", choice, progress)
+                main = run_main_comparison(config, out / "main", choice, progress)
             with clock("sweep"):
                 run_sweep(config, out, choice, progress)
         record = {
@@ -433,4 +461,4 @@ def run_study(
         record["stability"] = write_study_md(config, out, record)
         write_json(out / "study.json", record)
         write_report(out)
-        return record
+        return StudyResult(out, record)

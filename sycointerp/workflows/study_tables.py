@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from sycointerp._io import atomic_write
-from sycointerp.cli.study_config import StudyConfig
 from sycointerp.evaluate.capability import kl_text
+from sycointerp.workflows.study_config import StudyConfig
 
 __all__ = ["write_study_md"]
 
