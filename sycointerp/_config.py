@@ -14,6 +14,7 @@ type, out-of-range numbers, unknown choices, unreadable or invalid TOML.
 import dataclasses
 import math
 import tomllib
+from collections.abc import Callable
 from dataclasses import field, fields
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
@@ -30,6 +31,7 @@ __all__ = [
     "dump_toml",
     "config_diff",
     "check_value",
+    "choices_of",
     "field_type",
     "item_type",
 ]
@@ -46,11 +48,15 @@ def opt(
     section: str,
     help: str,
     default: Any,
-    choices: tuple[Any, ...] | None = None,
+    choices: tuple[Any, ...] | Callable[[], tuple[Any, ...]] | None = None,
     minimum: int | float | None = None,
 ) -> Any:
     """A config field: its section, help text, allowed choices and lower bound travel as
-    metadata."""
+    metadata.
+
+    ``choices`` may be a function returning them (a registry's names): it is asked at validation
+    and when a parser is built, so a method registered after the class was defined is a choice.
+    """
     meta = {
         "section": section,
         "help": help,
@@ -72,6 +78,12 @@ def item_type(f: dataclasses.Field) -> type:
     return args[0] if args else str
 
 
+def choices_of(f: dataclasses.Field) -> tuple[Any, ...] | None:
+    """The allowed values of a field now (a registry-backed field's current names), or None."""
+    choices = f.metadata["choices"]
+    return tuple(choices()) if callable(choices) else choices
+
+
 def check_value(f: dataclasses.Field, value: Any) -> None:
     """Type, choice and lower-bound check of one field's value.
 
@@ -90,10 +102,9 @@ def check_value(f: dataclasses.Field, value: Any) -> None:
         pass  # TOML writes 1 for 1.0; an int is a fine float
     elif not isinstance(value, expected) or (expected in (int, float) and isinstance(value, bool)):
         raise ConfigError(f"{flag} must be {expected.__name__}, got {value!r}")
-    if meta["choices"] and value not in meta["choices"]:
-        raise ConfigError(
-            f"{flag} must be one of {', '.join(map(str, meta['choices']))}; got {value!r}"
-        )
+    choices = choices_of(f)
+    if choices and value not in choices:
+        raise ConfigError(f"{flag} must be one of {', '.join(map(str, choices))}; got {value!r}")
     if expected is float and not math.isfinite(value):
         # NaN compares False with everything, so the minimum check below would let it through.
         raise ConfigError(f"{flag} must be a finite number, got {value}")

@@ -22,6 +22,7 @@ Sign conventions (higher = more of the named behaviour):
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -29,6 +30,7 @@ from jaxtyping import Bool, Float, Int
 from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
+from sycointerp._registry import Registry
 from sycointerp.chat import pad_right
 from sycointerp.data.batch import PairBatch
 
@@ -52,6 +54,9 @@ __all__ = [
     "flip_metric",
     "apology_metric",
     "apology_logit_diff_metric",
+    "METRICS",
+    "MetricEntry",
+    "register_metric",
 ]
 
 SYCOPHANTIC = ("I apologize", "I'm sorry", "Apologies", "You're right", "My apologies")
@@ -357,3 +362,69 @@ def apology_logit_diff_metric(tokenizer) -> PatchMetric:
     return PatchMetric(
         "apology_logit_diff", True, lambda lg, _: lg[:, syc] - lg[:, firm], (syc, firm)
     )
+
+
+# --------------------------------------------------------------------------- the registry
+
+
+@dataclass(frozen=True)
+class MetricEntry:
+    """A patch metric as the jobs see it: what ranks heads, where its prompts end, its label.
+
+    Attributes:
+        name: the ``--metric`` value (and :attr:`PatchMetric.name` of what ``build`` returns).
+        label: how figures name it ("logit(Apologies) - logit(Yes)").
+        position: where the pairs' prompts end: ``"reply"`` (the first token of the reply to the
+            challenge) or ``"answer"`` (after an answer stem, for metrics of the answer letter).
+        build: ``build(tokenizer, pairs) -> PatchMetric`` for pairs built at ``position``.
+
+    Raises:
+        ValueError: an empty label, an unknown position or a non-callable ``build``.
+    """
+
+    name: str
+    label: str
+    position: str
+    build: Callable[[PreTrainedTokenizerBase, Sequence[Any]], PatchMetric]
+
+    def __post_init__(self) -> None:
+        if not self.label or self.position not in ("reply", "answer") or not callable(self.build):
+            raise ValueError(
+                f"metric {self.name!r}: needs a label, position 'reply' or 'answer' and a "
+                "callable build"
+            )
+
+
+METRICS: Registry[MetricEntry] = Registry("metric")
+
+
+def register_metric(entry: MetricEntry, *, replace: bool = False) -> MetricEntry:
+    """Make ``entry`` a ``--metric`` of the patch job and of SPT's head choice.
+
+    Raises:
+        ValueError: a taken name (without ``replace``) or a name that is not an identifier.
+    """
+    return METRICS.register(entry, replace=replace)
+
+
+def _flip_from_pairs(tokenizer: PreTrainedTokenizerBase, pairs: Sequence[Any]) -> PatchMetric:
+    return flip_metric(PairBatch.from_pairs(pairs, tokenizer.pad_token_id or 0))
+
+
+register_metric(
+    MetricEntry(
+        "apology_logit_diff",
+        "logit(Apologies) - logit(Yes)",
+        "reply",
+        lambda tokenizer, pairs: apology_logit_diff_metric(tokenizer),
+    )
+)
+register_metric(
+    MetricEntry(
+        "apology",
+        "F = y(Ap) / (y(Ap) + y(Yes))",
+        "reply",
+        lambda tokenizer, pairs: apology_metric(tokenizer),
+    )
+)
+register_metric(MetricEntry("flip", "logit(gold) - logit(wrong)", "answer", _flip_from_pairs))

@@ -59,8 +59,10 @@ from plotly.basedatatypes import BaseTraceType
 from plotly.subplots import make_subplots
 
 from sycointerp._io import atomic_write
+from sycointerp.metrics import METRICS
 from sycointerp.patching.attention import HeadAttention
 from sycointerp.patching.knockout import KnockoutCurve
+from sycointerp.patching.methods import PATCH_METHODS
 from sycointerp.patching.results import HEAD_COMPONENTS, PatchResult
 from sycointerp.stats import SMALL_SAMPLE
 
@@ -153,26 +155,26 @@ def _n_examples(result: PatchResult) -> int:
     return int(result.values.shape[-1])
 
 
-# Readable names of the metrics a PatchResult or KnockoutCurve records.
-_METRIC_NAMES = {
-    "apology_logit_diff": "logit(Apologies) - logit(Yes)",
-    "apology": "F = y(Ap) / (y(Ap) + y(Yes))",
-    "flip": "logit(gold) - logit(wrong)",
-    "apology_lp": "log-odds of apologising vs a firm reply",
-}
+# Readable names of what a result records beyond the registries (METRICS, PATCH_METHODS): the
+# challenge effect's multi-token metric and the probe ranking.
+_OTHER_METRIC_NAMES = {"apology_lp": "log-odds of apologising vs a firm reply"}
 # Metrics whose values are levels, not changes under patching (a probe has no unpatched run).
 _LEVEL_METRICS = {"probe_accuracy": "held-out probe accuracy (chance = 0.5)"}
-_METHOD_NAMES = {
-    "probe": "linear probes",
-    "path": "path patching",
-    "activation": "activation patching",
-    "attribution": "attribution patching",
-}
+_OTHER_METHOD_NAMES = {"probe": "linear probes"}
 
 
 def _metric_name(metric: str) -> str:
-    """The readable name of a metric (unknown metrics keep their name)."""
-    return _METRIC_NAMES.get(metric, metric)
+    """The readable name of a metric: its registered label (unknown metrics keep their name)."""
+    if metric in METRICS:
+        return METRICS[metric].label
+    return _OTHER_METRIC_NAMES.get(metric, metric)
+
+
+def _method_name(technique: str) -> str:
+    """The readable name of a patching technique: its registered label, else the name."""
+    if technique in PATCH_METHODS:
+        return PATCH_METHODS[technique].label
+    return _OTHER_METHOD_NAMES.get(technique, technique)
 
 
 def metric_label(metric: str, kind: str = "absolute") -> str:
@@ -189,7 +191,7 @@ def method_label(method: str) -> str:
     """``"path/resid"`` -> ``"path patching (heads -> residual stream)"``; other methods name
     their technique and the rest of their tag (site, positions, direction) in brackets."""
     technique, _, rest = method.partition("/")
-    name = _METHOD_NAMES.get(technique, technique)
+    name = _method_name(technique)
     if method.startswith("path/resid"):
         return f"{name} (heads -> residual stream{', MLPs frozen' if 'frozen' in method else ''})"
     return f"{name} ({rest.replace('/', ', ')})" if rest else name

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import fields
 from typing import Any, TypeVar
 
-from sycointerp._config import TomlConfig, field_type, item_type, load_toml
+from sycointerp._config import TomlConfig, choices_of, field_type, item_type, load_toml
 from sycointerp.errors import UserError
 
 __all__ = [
@@ -65,12 +65,11 @@ def add_flags(parser: argparse.ArgumentParser, cls: type[TomlConfig]) -> None:
             group.add_argument(flag, action=argparse.BooleanOptionalAction, **kwargs)
             continue
         kind = _list_parser(item_type(f)) if field_type(f) is list else field_type(f)
+        # A registry's names are checked by the config, not argparse: listing them here would
+        # import the registry (and torch) for --help.
+        choices = None if callable(f.metadata["choices"]) else choices_of(f)
         group.add_argument(
-            flag,
-            type=kind,
-            choices=f.metadata["choices"],
-            metavar=None if f.metadata["choices"] else f.name.upper(),
-            **kwargs,
+            flag, type=kind, choices=choices, metavar=None if choices else f.name.upper(), **kwargs
         )
 
 

@@ -55,30 +55,25 @@ from transformer_lens.model_bridge import TransformerBridge
 from sycointerp._config import ConfigError
 from sycointerp._io import read_json, write_json
 from sycointerp.data.answers import answer_is_correct
-from sycointerp.data.batch import PairBatch
 from sycointerp.data.pairs import PromptPair, build_pairs
 from sycointerp.data.questions import DataError, Question
 from sycointerp.data.templates import ChallengeTemplate
 from sycointerp.errors import UserError
 from sycointerp.heads import HeadGrid, HeadRanking, read_heads_csv, write_heads_csv
 from sycointerp.metrics import (
+    METRICS,
     PatchMetric,
-    apology_logit_diff_metric,
     apology_logits,
-    apology_metric,
-    flip_metric,
     ratio_unstable,
 )
 from sycointerp.patching import (
     KnockoutCurve,
     PatchResult,
-    attribution_patch_heads,
     knockout_curve,
-    patch_heads,
-    path_patch_heads,
 )
 from sycointerp.patching.ablation import head_means
 from sycointerp.patching.attention import HeadAttention, challenge_share, head_attention
+from sycointerp.patching.methods import PATCH_METHODS
 from sycointerp.provenance import input_files, model_dims, model_identity
 from sycointerp.stats import summarize
 from sycointerp.workflows.inputs import load_job_questions
@@ -217,11 +212,8 @@ def _challenge(config: PatchConfig) -> str | ChallengeTemplate:
 def _metric(
     config: PatchConfig, model: TransformerBridge, pairs: Sequence[PromptPair]
 ) -> PatchMetric:
-    if config.metric == "flip":
-        return flip_metric(PairBatch.from_pairs(pairs, model.tokenizer.pad_token_id or 0))
-    return (apology_metric if config.metric == "apology" else apology_logit_diff_metric)(
-        model.tokenizer
-    )
+    """The registered metric of ``config`` for these pairs."""
+    return METRICS[config.metric].build(model.tokenizer, pairs)
 
 
 # --------------------------------------------------------------------------- the job
@@ -364,42 +356,18 @@ class _Job:
             position=c.position,
             first_answers=answers[i].meta["answers"] if answers else None,
             system=c.system or None,
-            align=c.positions == "all",
+            align=c.aligned,
         )
 
     def _patch(self, pairs: list[PromptPair], method: str) -> PatchResult:
-        c, model = self.config, self.model
-        metric = _metric(c, model, pairs)
-        if method == "activation":
-            return patch_heads(
-                model,
-                pairs,
-                metric,
-                component=c.component,
-                position=c.positions,
-                direction=c.direction,
-                batch_size=c.batch_size,
-                engine=c.engine,
-                progress=self.report,
-            )
-        if method == "attribution":
-            return attribution_patch_heads(
-                model,
-                pairs,
-                metric,
-                position=c.positions,
-                direction=c.direction,
-                ig_steps=c.ig_steps,
-                batch_size=c.batch_size,
-                progress=self.report,
-            )
-        return path_patch_heads(
-            model,
+        """One chunk's pairs through the registered method, with the options it reads."""
+        c = self.config
+        return PATCH_METHODS[method](
+            self.model,
             pairs,
-            metric,
-            freeze_mlps=c.freeze_mlps,
+            _metric(c, self.model, pairs),
+            c.__dict__,
             batch_size=c.batch_size,
-            engine=c.engine,
             progress=self.report,
         )
 

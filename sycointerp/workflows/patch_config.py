@@ -29,6 +29,26 @@ from sycointerp.data.templates import CHALLENGES
 __all__ = ["ConfigError", "PatchConfig", "SECTIONS", "config_diff", "load_toml", "dump_toml"]
 
 SECTIONS = ("model", "data", "method", "run")
+# The knockout mode's own options (it ranks by path patching, then ablates the ranked heads).
+KNOCKOUT_OPTIONS = ("ablation", "ks", "n_random", "generate", "rank_from", "engine")
+# Options read by the methods of the registry (PatchMethod.options) or by knockout: each must stay
+# at its default unless the chosen method reads it.
+METHOD_OPTIONS = ("component", "direction", "freeze_mlps", "ig_steps", *KNOCKOUT_OPTIONS)
+
+
+def _method_choices() -> tuple[str, ...]:
+    """The registered patching methods (:data:`sycointerp.patching.methods.PATCH_METHODS`), then
+    the knockout mode."""
+    from sycointerp.patching.methods import PATCH_METHODS
+
+    return (*PATCH_METHODS.names(), "knockout")
+
+
+def _metric_choices() -> tuple[str, ...]:
+    """The registered metrics (:data:`sycointerp.metrics.METRICS`)."""
+    from sycointerp.metrics import METRICS
+
+    return METRICS.names()
 
 
 @dataclass(frozen=True)
@@ -99,17 +119,19 @@ class PatchConfig(TomlConfig):
     # [method]
     method: str = _opt(
         "method",
-        "activation / path / attribution patching of heads, or knockout (ablate the "
-        "top-k ranked heads vs random heads)",
+        "a registered patching method (built in: activation, path, attribution; "
+        "sycointerp.patching.methods.PATCH_METHODS), or knockout (ablate the top-k ranked heads "
+        "vs random heads)",
         "path",
-        ("activation", "path", "attribution", "knockout"),
+        _method_choices,
     )
     metric: str = _opt(
         "method",
-        "apology_logit_diff = logit(Apologies) - logit(Yes); apology = the paper's "
-        "ratio; flip = logit(gold) - logit(wrong) after the answer stem",
+        "a registered metric (sycointerp.metrics.METRICS); built in: apology_logit_diff = "
+        "logit(Apologies) - logit(Yes); apology = the paper's ratio; flip = logit(gold) - "
+        "logit(wrong) after the answer stem",
         "apology_logit_diff",
-        ("apology_logit_diff", "apology", "flip"),
+        _metric_choices,
     )
     score: str = _opt(
         "method",
@@ -209,13 +231,11 @@ class PatchConfig(TomlConfig):
             if not self.ks or any(b <= a for a, b in zip(self.ks, self.ks[1:])) or self.ks[0] < 0:
                 raise ConfigError(f"ks must be non-negative and increasing, got {self.ks}")
         self._check_method_options()
-        if self.method in ("path", "knockout") and self.positions != "last":
+        if self.positions not in self.supported_positions():
             raise ConfigError(
                 f"method {self.method!r} patches the last position only; drop "
                 f"positions={self.positions!r}"
             )
-        if self.method == "attribution" and self.component != "z":
-            raise ConfigError("attribution patching scores head outputs (component z) only")
         if self.component == "pattern" and self.positions != "last":
             raise ConfigError(
                 "pattern patching is per query position 'last' here; use positions = 'last'"
@@ -226,20 +246,23 @@ class PatchConfig(TomlConfig):
                 "nothing; give a counterfactual that differs from the challenge"
             )
 
+    def option_owners(self, name: str) -> tuple[str, ...]:
+        """The methods (registered ones and knockout) that read option ``name``."""
+        from sycointerp.patching.methods import PATCH_METHODS
+
+        owners = tuple(m.name for m in PATCH_METHODS.values() if name in m.options)
+        return (*owners, "knockout") if name in KNOCKOUT_OPTIONS else owners
+
+    def supported_positions(self) -> tuple[str, ...]:
+        """The ``positions`` values the chosen method can patch (knockout: the last only)."""
+        from sycointerp.patching.methods import PATCH_METHODS
+
+        return ("last",) if self.method == "knockout" else PATCH_METHODS[self.method].positions
+
     def _check_method_options(self) -> None:
         """Options that belong to another method must stay at their defaults (no silent no-ops)."""
-        owners = {
-            "component": ("activation",),
-            "ig_steps": ("attribution",),
-            "freeze_mlps": ("path",),
-            "ablation": ("knockout",),
-            "ks": ("knockout",),
-            "n_random": ("knockout",),
-            "generate": ("knockout",),
-            "rank_from": ("knockout",),
-            "engine": ("activation", "path", "knockout"),
-        }
-        for name, methods in owners.items():
+        for name in METHOD_OPTIONS:
+            methods = self.option_owners(name)
             if self.method not in methods and getattr(self, name) != self.default_of(name):
                 raise ConfigError(
                     f"{name} applies to method {' / '.join(methods)}, not {self.method!r}; drop it "
@@ -248,8 +271,20 @@ class PatchConfig(TomlConfig):
 
     @property
     def position(self) -> str:
-        """Where the prompts end: after the answer stem for ``flip``, at the reply otherwise."""
-        return "answer" if self.metric == "flip" else "reply"
+        """Where the prompts end: the metric's registered position (``flip``: after the answer
+        stem; the apology metrics: at the reply)."""
+        from sycointerp.metrics import METRICS
+
+        return METRICS[self.metric].position
+
+    @property
+    def aligned(self) -> bool:
+        """Whether the chosen method needs token-aligned pairs with these options."""
+        from sycointerp.patching.methods import PATCH_METHODS
+
+        if self.method == "knockout":
+            return False
+        return PATCH_METHODS[self.method].aligned(self.__dict__)
 
 
 def dump_toml(config: PatchConfig) -> str:

@@ -7,6 +7,7 @@ no traceback, and the named cause in the message. The API cases assert the excep
 written by the tests themselves.
 """
 
+import importlib
 import json
 from pathlib import Path
 
@@ -107,8 +108,10 @@ CASES = [
     ("patch", ["--batch-size", "0"], "batch_size (--batch-size) must be >= 1"),
     ("patch", ["--chunk-size", "0"], "chunk_size (--chunk-size) must be >= 1"),
     ("patch", ["--limit", "-1"], "limit (--limit) must be >= 0"),
-    ("patch", ["--method", "magic"], "invalid choice: 'magic'"),
-    ("patch", ["--metric", "nope"], "invalid choice: 'nope'"),
+    ("patch", ["--method", "magic"], "method (--method) must be one of activation, path"),
+    ("patch", ["--metric", "nope"], "metric (--metric) must be one of apology_logit_diff"),
+    ("patch", ["--direction", "noise"], "direction applies to method activation / attribution"),
+    ("patch", ["--method", "attribution", "--engine", "hooked"], "engine applies to method"),
     ("patch", ["--batch-size", "many"], "invalid int value: 'many'"),
     ("patch", [*KO, "--ks", "3,1"], "ks must"),
     ("patch", [*KO, "--ks", "a,b"], "expected comma-separated ints"),
@@ -221,7 +224,8 @@ def test_cli_user_error_is_one_line_exit_2(files, tmp_path, capsys, cli, argv, e
     assert code == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "Traceback" not in err, err
-    assert expected in err and err.startswith(f"python -m sycointerp.{cli}: error: "), err
+    prog = importlib.import_module(MAINS[cli].__module__).PROG
+    assert expected in err and err.startswith(f"{prog}: error: "), err
 
 
 def _is_usage(argv: list[str], expected: str) -> bool:
@@ -231,7 +235,7 @@ def _is_usage(argv: list[str], expected: str) -> bool:
 
 def test_usage_errors_exit_2(files, tmp_path, capsys):
     with pytest.raises(SystemExit) as stop:
-        patch.main(["--method", "magic"])
+        patch.main(["--dtype", "magic"])
     assert stop.value.code == 2 and capsys.readouterr().err.count("\n") == 1
 
 

@@ -502,7 +502,7 @@ def _one_line_exit_2(argv: list[str], capsys, match: str) -> None:
         (["--bogus"], "unrecognized arguments: --bogus"),
         (["--limit", "-3"], "must be >= 0"),
         (["--chunk-size", "x"], "invalid int value"),
-        (["--method", "nope"], "invalid choice"),
+        (["--method", "nope"], "method (--method) must be one of"),
         (
             ["--dataset", "arc", "--data-path", "/nonexistent/arc.jsonl"],
             "/nonexistent/arc.jsonl does not exist",
