@@ -26,7 +26,7 @@ from sycointerp.patching.attribution import attribution_patch_heads, spearman
 from sycointerp.patching.controls import SetControls, patch_head_set, set_controls
 from sycointerp.patching.knockout import KnockoutCurve, knockout_curve, knockout_metric
 from sycointerp.patching.layers import patch_layers
-from sycointerp.patching.path import path_patch_heads
+from sycointerp.patching.path import path_patch_heads, path_ranking
 from sycointerp.patching.path_receivers import path_patch_to_receivers
 from sycointerp.patching.results import PatchResult
 
@@ -52,6 +52,7 @@ __all__ = [
     "patch_heads",
     "patch_layers",
     "path_patch_heads",
+    "path_ranking",
     "path_patch_to_receivers",
     "attribution_patch_heads",
     "spearman",

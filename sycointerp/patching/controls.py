@@ -35,7 +35,7 @@ counterfactual ``hook_z`` of the layers involved); ``1 + 3 n_draws`` sets.
 
 import math
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import pandas as pd
@@ -43,6 +43,7 @@ import torch
 from jaxtyping import Float
 from transformer_lens.model_bridge import TransformerBridge
 
+from sycointerp._registry import Registry
 from sycointerp.data.batch import PairBatch
 from sycointerp.data.pairs import PromptPair
 from sycointerp.heads import (
@@ -60,6 +61,7 @@ from sycointerp.stats import paired_difference
 
 __all__ = [
     "CONTROL_KINDS",
+    "ControlKind",
     "SetControls",
     "control_sets",
     "norm_matched_draws",
@@ -68,11 +70,57 @@ __all__ = [
     "w_o_norms",
 ]
 
-CONTROL_KINDS = ("uniform", "layer_matched", "norm_matched")
+# A kind's draws: (selected heads, head grid, number of draws, seed, W_O norms [layer, head],
+# tolerance) -> (the draws, the worst relative norm gap, or None for kinds that match no norm).
+Draw = Callable[
+    [Sequence[Head], HeadGrid, int, int, torch.Tensor, float],
+    tuple[tuple[tuple[Head, ...], ...], float | None],
+]
+
+
+@dataclass(frozen=True)
+class ControlKind:
+    """A kind of random control head set.
+
+    Attributes:
+        name: ``uniform``, ``layer_matched``, ``norm_matched`` or a registered one.
+        label: how a head set of this kind is described ("layer-matched random").
+        draw: see :data:`Draw`; seeded, deterministic, never the selected heads themselves
+            except where the kind allows it (``uniform``, the paper's control).
+        uses_norms: whether ``draw`` reads the W_O norms (others get an empty tensor, so a
+            caller computes the norms only when needed).
+    """
+
+    name: str
+    label: str
+    draw: Draw
+    uses_norms: bool = False
+
+
+def _uniform(selected, grid, n_draws, seed, norms, tolerance):
+    (draws,) = draw_random_heads(grid.n_layers, grid.n_heads, [len(selected)], n_draws, seed)
+    return draws, None
+
+
+def _layer_matched(selected, grid, n_draws, seed, norms, tolerance):
+    return draw_layer_matched(selected, grid, n_draws, seed), None
+
+
+def _norm_matched(selected, grid, n_draws, seed, norms, tolerance):
+    return norm_matched_draws(selected, norms, n_draws, seed, tolerance)
+
+
+CONTROL_KINDS: Registry[ControlKind] = Registry("control kind")
+CONTROL_KINDS.register(ControlKind("uniform", "random", _uniform))
+CONTROL_KINDS.register(ControlKind("layer_matched", "layer-matched random", _layer_matched))
+CONTROL_KINDS.register(
+    ControlKind("norm_matched", "W_O-norm-matched random", _norm_matched, uses_norms=True)
+)
 
 
 def w_o_norms(model: TransformerBridge) -> Float[torch.Tensor, "layer head"]:
-    """Frobenius norm of every head's ``W_O`` block (``[d_head, d_model]``)."""
+    """Frobenius norm of every head's ``W_O`` block (``[d_head, d_model]``): the one W_O norm
+    of the package (norm-matched controls here and in the SPT job)."""
     return model.W_O.detach().float().flatten(2).norm(dim=-1).cpu()
 
 
@@ -120,12 +168,14 @@ def control_sets(
     seed: int = 0,
     tolerance: float = 0.1,
 ) -> tuple[dict[str, tuple[tuple[Head, ...], ...]], float]:
-    """Every kind of control: ``{kind: draws}``, and the norm match's worst relative gap."""
-    grid = HeadGrid.of(model)
-    (uniform,) = draw_random_heads(grid.n_layers, grid.n_heads, [len(selected)], n_draws, seed)
-    layer = draw_layer_matched(selected, grid, n_draws, seed)
-    norm, worst = norm_matched_draws(selected, w_o_norms(model), n_draws, seed, tolerance)
-    return {"uniform": uniform, "layer_matched": layer, "norm_matched": norm}, worst
+    """Every registered kind of control (:data:`CONTROL_KINDS`): ``{kind: draws}``, and the norm
+    match's worst relative gap."""
+    grid, norms = HeadGrid.of(model), w_o_norms(model)
+    out, gaps = {}, []
+    for kind in CONTROL_KINDS.values():
+        out[kind.name], gap = kind.draw(selected, grid, n_draws, seed, norms, tolerance)
+        gaps += [] if gap is None else [gap]
+    return out, max(gaps, default=0.0)
 
 
 @torch.inference_mode()

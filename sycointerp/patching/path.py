@@ -17,6 +17,7 @@ refused.
 """
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 from transformer_lens.model_bridge import TransformerBridge
@@ -36,7 +37,7 @@ from sycointerp.patching._engine import (
 )
 from sycointerp.patching.results import PatchResult
 
-__all__ = ["path_patch_heads", "attn_in_name", "mlp_in_name", "require_norm_inputs"]
+__all__ = ["path_patch_heads", "path_ranking", "attn_in_name", "mlp_in_name", "require_norm_inputs"]
 
 
 def attn_in_name(layer: int) -> str:
@@ -176,3 +177,32 @@ def require_norm_inputs(model: TransformerBridge, names: Sequence[str]) -> None:
             f"{getattr(config, 'model_type', None)!r} has no {missing[0]} (no norm before its "
             "sublayers), so it cannot be path-patched exactly"
         )
+
+
+def path_ranking(
+    model: TransformerBridge,
+    pairs: Sequence[PromptPair],
+    metric: PatchMetric,
+    directory: str | Path | None = None,
+    *,
+    batch_size: int = 64,
+    progress: Progress = False,
+) -> PatchResult:
+    """Rank every head by path patching, with a disk cache: the one helper the SPT experiment
+    (choosing heads, re-patching the tuned model) and the study's agreement stage share.
+
+    Args:
+        model, pairs, metric, batch_size, progress: as :func:`path_patch_heads`.
+        directory: where the result is saved; when it already holds one it is read back instead
+            of recomputed (the caller names a directory per model, pairs and metric).
+
+    Raises:
+        BundleError: ``directory`` holds a corrupt result.
+        ValueError: as :func:`path_patch_heads`.
+    """
+    if directory is not None and (Path(directory) / "result.json").is_file():
+        return PatchResult.load(directory)
+    result = path_patch_heads(model, pairs, metric, batch_size=batch_size, progress=progress)
+    if directory is not None:
+        result.save(directory)
+    return result

@@ -59,10 +59,11 @@ from sycointerp.evaluate.compare import (
 from sycointerp.evaluate.protocol import SycophancyEval
 from sycointerp.heads import Head, HeadGrid, HeadSet, read_heads_csv
 from sycointerp.models import hook_model, load_hf_model
+from sycointerp.patching.path import path_ranking
 from sycointerp.provenance import input_files, model_dims, model_identity
 from sycointerp.spt.data import build_dialogues, check_disjoint, split_questions, tokenize_dialogues
 from sycointerp.spt.train import TrainConfig, train
-from sycointerp.spt.tunable import FullWeights, HeadDeltas, PeftLoRA
+from sycointerp.spt.tunable import HeadDeltas
 from sycointerp.stats import summarize
 from sycointerp.workflows.inputs import load_job_questions
 from sycointerp.workflows.output import (
@@ -73,17 +74,17 @@ from sycointerp.workflows.output import (
     prepare_output,
 )
 from sycointerp.workflows.report import write_report
-from sycointerp.workflows.spt_config import METHODS, STEERING_METHODS, MethodRun, SPTConfig
+from sycointerp.workflows.spt_config import MethodRun, SPTConfig
 
 __all__ = [
     "SPTResult",
     "run",
     "split_data",
     "choose_heads",
+    "ranking_pairs",
     "OUTPUT_NAMES",
     "output_names",
     "results_table",
-    "control_heads",
 ]
 
 log = logging.getLogger("sycointerp.spt")
@@ -94,15 +95,15 @@ OUTPUT_NAMES = (
     "ranking",
     "report.json",
     "results.md",
-    *METHODS,
 )
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
-NORM_TOLERANCE = 0.1  # relative W_O-norm gap allowed for a random_norm partner head
 
 
 def output_names(config: SPTConfig) -> tuple[str, ...]:
     """What a run of ``config`` may write in its output directory (``overwrite`` clears these)."""
-    return (*OUTPUT_NAMES, *(run.name for run in config.runs()))
+    from sycointerp.spt.methods import SPT_METHODS
+
+    return (*OUTPUT_NAMES, *SPT_METHODS.names(), *(run.name for run in config.runs()))
 
 
 def split_data(config: SPTConfig) -> tuple[list[Question], list[Question]]:
@@ -148,18 +149,15 @@ def choose_heads(
         return HeadSet.from_csv(config.heads_file, k, grid)
     if k > grid.total():
         raise DataError(f"top_k={k} but the model has {grid.total()} heads; lower --top-k")
-    from sycointerp.data.pairs import build_pairs
-    from sycointerp.metrics import apology_logit_diff_metric
-    from sycointerp.patching import PatchResult, path_patch_heads
+    from sycointerp.patching import PatchResult
 
     if ranking_dir is not None and (ranking_dir / "result.json").is_file():
         return HeadSet.top_k(PatchResult.load(ranking_dir), k)
     model = hook_model(hf, tok, name)
-    pairs = build_pairs(train_qs, tok, position="reply", system=config.system or None)
+    pairs, metric = ranking_pairs(config, train_qs, model)
     log.info("ranking heads by path patching on %d training pairs", len(pairs))
     start = time.perf_counter()
-    metric = apology_logit_diff_metric(tok)
-    result = path_patch_heads(model, pairs, metric, batch_size=64, progress=progress)
+    result = path_ranking(model, pairs, metric, ranking_dir, batch_size=64, progress=progress)
     log.info(
         "path patching: %d cells (%d heads x %d pairs) in %.1f s",
         result.values.numel(),
@@ -167,9 +165,19 @@ def choose_heads(
         len(pairs),
         time.perf_counter() - start,
     )
-    if ranking_dir is not None:
-        result.save(ranking_dir)
     return HeadSet.top_k(result, k)
+
+
+def ranking_pairs(config: SPTConfig, train_qs: list[Question], model):
+    """The pairs and the metric that rank heads for SPT: the registered ``rank_metric``
+    (:data:`sycointerp.metrics.METRICS`) on pairs of the training questions ending where it
+    reads (the reply, or the answer stem)."""
+    from sycointerp.data.pairs import build_pairs
+    from sycointerp.metrics import METRICS
+
+    entry, tok = METRICS[config.rank_metric], model.tokenizer
+    pairs = build_pairs(train_qs, tok, position=entry.position, system=config.system or None)
+    return pairs, entry.build(tok, pairs)
 
 
 def _load(config: SPTConfig):
@@ -181,67 +189,23 @@ def _load(config: SPTConfig):
     )
 
 
-def _tune_kv(config: SPTConfig) -> bool | None:
-    return {"auto": None, "yes": True, "no": False}[config.tune_kv]
+def _inputs(run: MethodRun, hf: torch.nn.Module, heads: HeadSet, config: SPTConfig):
+    """What a trained method builds from; the W_O norms (norm-matched controls) are those of
+    :func:`sycointerp.patching.controls.w_o_norms`, on the hooked model."""
+    from sycointerp.patching.controls import w_o_norms
+    from sycointerp.spt.methods import MethodInputs
+
+    def norms() -> torch.Tensor:  # a fresh copy: hooking must not touch the model to be tuned
+        fresh, tok, name = _load(config)
+        return w_o_norms(hook_model(fresh, tok, name))
+
+    return MethodInputs(hf, heads, config.__dict__, run.draw, norms)
 
 
-def control_heads(run: MethodRun, heads: HeadSet, model, seed: int) -> HeadSet:
-    """The random head set of a control run: draw ``run.draw`` with seed ``seed + run.draw``.
-
-    Args:
-        run: a ``random``, ``random_layer`` or ``random_norm`` run.
-        heads: the selected heads the control matches in size (and layers or W_O norms).
-        model: the HuggingFace model (its W_O norms, for ``random_norm``).
-        seed: the run's seed.
-    """
-    from sycointerp.patching.controls import norm_matched_draws
-
-    draw_seed = seed + run.draw
-    if run.method == "random":
-        return HeadSet.random(len(heads), heads.n_layers, heads.n_heads, seed=draw_seed)
-    if run.method == "random_layer":
-        return HeadSet.layer_matched(heads, seed=draw_seed)
-    (picked,), gap = norm_matched_draws(
-        heads.heads, w_o_norms_hf(model, heads), 1, seed=draw_seed, tolerance=NORM_TOLERANCE
-    )
-    source = f"W_O-norm-matched random seed={draw_seed} (worst relative gap {gap:.3f})"
-    return HeadSet(picked, heads.n_layers, heads.n_heads, source)
-
-
-def w_o_norms_hf(model: torch.nn.Module, heads: HeadSet) -> torch.Tensor:
-    """``[layer, head]`` Frobenius norms of each head's W_O block, read from the HF weights."""
-    from sycointerp.spt.slices import head_slices
-
-    every = [(l, h) for l in range(heads.n_layers) for h in range(heads.n_heads)]
-    grid = HeadSet(tuple(every), heads.n_layers, heads.n_heads, "every head")
-    norms = torch.zeros(heads.n_layers, heads.n_heads)
-    for block in head_slices(model, grid, tune_kv=False):
-        if block.role == "o":
-            norms[block.layer, block.index] = block.view().detach().float().norm()
-    return norms
-
-
-def _tunable(run: MethodRun, hf: torch.nn.Module, heads: HeadSet, config: SPTConfig):
-    method = run.method
-    if method == "spt":
-        return HeadDeltas(hf, heads, tune_kv=_tune_kv(config))
-    if run.is_control:
-        drawn = control_heads(run, heads, hf, config.seed)
-        return HeadDeltas(hf, drawn, tune_kv=_tune_kv(config))
-    if method == "lora_heads":
-        return HeadDeltas(
-            hf, heads, tune_kv=_tune_kv(config), rank=config.lora_rank, seed=config.seed
-        )
-    if method == "lora":
-        return PeftLoRA(hf, rank=config.lora_rank, seed=config.seed)
-    return FullWeights(hf)
-
-
-def _train_config(method: str, config: SPTConfig) -> TrainConfig:
-    lr = config.lora_lr if method in ("lora", "lora_heads") else config.lr
+def _train_config(lr_option: str, config: SPTConfig) -> TrainConfig:
     return TrainConfig(
         steps=config.steps,
-        lr=lr,
+        lr=getattr(config, lr_option),
         batch_size=config.batch_size,
         grad_accum=config.grad_accum,
         warmup_steps=config.warmup_steps,
@@ -330,7 +294,9 @@ def _run_method(
     progress: bool,
     train_qs: list[Question],
 ) -> dict[str, Any]:
-    method, target = run.method, out / run.name
+    from sycointerp.spt.methods import SPT_METHODS
+
+    method, target = SPT_METHODS[run.method], out / run.name
     if (target / "result.json").is_file():
         log.info("%s: already done (%s)", run.name, target / "result.json")
         return read_json(target / "result.json", f"{run.name} result")
@@ -338,18 +304,18 @@ def _run_method(
     hf, tok, name = _load(config)
     row: dict[str, Any] = {
         "method": run.name,
-        "kind": method,
+        "kind": run.method,
         "draw": run.draw,
-        "heads": len(heads) if method in ("spt", "lora_heads", "iti") or run.is_control else 0,
+        "heads": len(heads) if method.counts_heads else 0,
     }
-    if method not in ("base", *STEERING_METHODS):
-        tunable = _tunable(run, hf, heads, config)
+    if method.train is not None:
+        tunable = method.train(_inputs(run, hf, heads, config))
         log.info("%s: %d trainable parameters", run.name, tunable.n_trainable())
         report = train(
             hf,
             tunable,
             examples,
-            _train_config(method, config),
+            _train_config(method.lr_option, config),
             pad_id=tok.pad_token_id or 0,
             checkpoint_dir=target,
             accelerator=acc,
@@ -376,25 +342,22 @@ def _run_method(
         start = time.perf_counter()
         tuned = hook_model(hf, tok, name)
         steer = None
-        if method in STEERING_METHODS:  # no training: steer the untouched model
-            from sycointerp.workflows.spt_steering import prepare_steering
-
-            steer, row["steering"] = prepare_steering(
-                method,
+        if method.steer is not None:  # no training: steer the untouched model
+            # only a method that ranks heads is compared with the path ranking
+            ranking = out / "ranking"
+            reference = _full_ranking(ranking, config, tuned) if method.wants_reference else None
+            steer, row["steering"] = method.steer(
                 tuned,
-                config,
                 train_qs,
                 len(heads),
+                config.__dict__,
                 save_dir=target,
-                # only iti ranks heads, so only it is compared with the path ranking
-                reference=_full_ranking(out / "ranking", config, tuned)
-                if method == "iti"
-                else None,
+                reference=reference,
             )
         row.update(_evaluate(tuned, base, eval_qs, config, target, progress, steer))
         row["eval_seconds"] = time.perf_counter() - start
         ranking = out / "ranking"
-        if method == "spt" and config.repatch and (ranking / "result.json").is_file():
+        if run.method == "spt" and config.repatch and (ranking / "result.json").is_file():
             row["repatch"] = _repatch(tuned, ranking, heads, train_qs, config, target)
         write_json(target / "result.json", row)
     acc.wait_for_everyone()
@@ -427,17 +390,12 @@ def _repatch(
     pairs; writes ``repatch/`` (the result), ``figures/repatch.{html,png}`` (before, after,
     difference) and returns each selected head's effect before and after, with a paired
     bootstrap interval of the change (same pairs, so the per-pair differences are resampled)."""
-    from sycointerp.data.pairs import build_pairs
-    from sycointerp.metrics import apology_logit_diff_metric
-    from sycointerp.patching import PatchResult, path_patch_heads
+    from sycointerp.patching import PatchResult
     from sycointerp.plot import compare_heatmaps, save_figure
 
     before = PatchResult.load(ranking)
-    pairs = build_pairs(train_qs, tuned.tokenizer, position="reply", system=config.system or None)
-    after = path_patch_heads(
-        tuned, pairs, apology_logit_diff_metric(tuned.tokenizer), batch_size=64
-    )
-    after.save(target / "repatch")
+    pairs, metric = ranking_pairs(config, train_qs, tuned)
+    after = path_ranking(tuned, pairs, metric, target / "repatch", batch_size=64)
     figure = compare_heatmaps(before, after, titles=("base", "after SPT"), top_k=len(heads))
     try:
         save_figure(figure, target / "figures" / "repatch")

@@ -11,20 +11,22 @@ from typing import ClassVar
 from sycointerp._config import ConfigError, TomlConfig, opt
 from sycointerp.data.templates import CHALLENGES, PAPER_CHALLENGE
 
-__all__ = [
-    "SPTConfig",
-    "METHODS",
-    "CONTROL_METHODS",
-    "STEERING_METHODS",
-    "MethodRun",
-    "method_runs",
-]
+__all__ = ["SPTConfig", "MethodRun", "method_runs"]
 
-# The random-head controls: uniform (the paper's), same layer histogram, matched W_O norms.
-CONTROL_METHODS = ("random", "random_layer", "random_norm")
-# Inference-time baselines: no training, a steering coefficient chosen on the training pairs.
-STEERING_METHODS = ("caa", "iti")
-METHODS = ("base", "spt", "sft", "lora", *CONTROL_METHODS, "lora_heads", *STEERING_METHODS)
+
+def _metrics() -> tuple[str, ...]:
+    """The registered metrics (:data:`sycointerp.metrics.METRICS`)."""
+    from sycointerp.metrics import METRICS
+
+    return METRICS.names()
+
+
+def _registered() -> tuple[str, ...]:
+    """The SPT methods of the registry (:data:`sycointerp.spt.methods.SPT_METHODS`), asked when a
+    configuration is validated (importing it loads torch, which ``--help`` must not)."""
+    from sycointerp.spt.methods import SPT_METHODS
+
+    return SPT_METHODS.names()
 
 
 @dataclass(frozen=True)
@@ -69,6 +71,13 @@ class SPTConfig(TomlConfig):
     top_k: int = opt(
         "heads", "number of heads to tune (0 = 4% of all heads, as in the paper)", 0, minimum=0
     )
+    rank_metric: str = opt(
+        "heads",
+        "the registered metric that ranks the heads by path patching when no heads_file is given "
+        "(sycointerp.metrics.METRICS: apology_logit_diff, apology, flip, ...)",
+        "apology_logit_diff",
+        _metrics,
+    )
     draws: int = opt(
         "heads",
         "random head sets drawn for each control method (random, random_layer, random_norm); "
@@ -84,7 +93,11 @@ class SPTConfig(TomlConfig):
     )
     # [train]
     methods: list[str] = opt(
-        "train", f"what to run, in order: {', '.join(METHODS)} (base = no tuning)", ["base", "spt"]
+        "train",
+        "what to run, in order: registered SPT methods (sycointerp.spt.methods.SPT_METHODS; built "
+        "in: base, spt, sft, lora, random, random_layer, random_norm, lora_heads, caa, iti; base "
+        "= no tuning)",
+        ["base", "spt"],
     )
     steps: int = opt("train", "optimizer steps per method", 60, minimum=1)
     lr: float = opt("train", "peak learning rate of spt / sft / random", 1e-4, minimum=0)
@@ -158,10 +171,11 @@ class SPTConfig(TomlConfig):
             raise ConfigError(
                 f"eval_fraction (--eval-fraction) must be in (0, 1), got {self.eval_fraction}"
             )
-        bad = [m for m in self.methods if m not in METHODS]
+        known = _registered()
+        bad = [m for m in self.methods if m not in known]
         if bad or not self.methods or len(set(self.methods)) != len(self.methods):
             raise ConfigError(
-                f"methods must be distinct names among {', '.join(METHODS)}; got {self.methods}"
+                f"methods must be distinct names among {', '.join(known)}; got {self.methods}"
             )
         if set(self.kinds) - {"insist", "revise"} or not self.kinds:
             raise ConfigError(
@@ -215,7 +229,7 @@ class MethodRun:
 
     Attributes:
         name: its output folder and row name (``random_layer-2``).
-        method: one of :data:`METHODS`.
+        method: a registered SPT method (:data:`sycointerp.spt.methods.SPT_METHODS`).
         draw: which random draw (0 unless a control with ``draws > 1``).
     """
 
@@ -225,15 +239,20 @@ class MethodRun:
 
     @property
     def is_control(self) -> bool:
-        return self.method in CONTROL_METHODS
+        """Whether the method tunes a drawn control head set (it runs once per draw)."""
+        from sycointerp.spt.methods import SPT_METHODS
+
+        return SPT_METHODS[self.method].control is not None
 
 
 def method_runs(methods: list[str], draws: int) -> list[MethodRun]:
     """Every method once, each control method ``draws`` times (``<method>-<d>`` when
     ``draws > 1``)."""
+    from sycointerp.spt.methods import SPT_METHODS
+
     runs = []
     for method in methods:
-        if method in CONTROL_METHODS and draws > 1:
+        if SPT_METHODS[method].control is not None and draws > 1:
             runs += [MethodRun(f"{method}-{d}", method, d) for d in range(draws)]
         else:
             runs.append(MethodRun(method, method))

@@ -202,37 +202,29 @@ def run_agreement(config: StudyConfig, target: Path) -> dict[str, Any]:
     """Stage 2 (module docstring): rankings under every paraphrase and metric, compared."""
     if (target / "agreement.json").is_file():
         return read_json(target / "agreement.json", "ranking agreement")
-    from sycointerp.data.batch import PairBatch
     from sycointerp.data.pairs import build_pairs
     from sycointerp.data.templates import CHALLENGES
-    from sycointerp.metrics import apology_logit_diff_metric, apology_metric, flip_metric
+    from sycointerp.metrics import METRICS
     from sycointerp.models import load_model
-    from sycointerp.patching import PatchResult, path_patch_heads
+    from sycointerp.patching.path import path_ranking
 
     model = load_model(config.model or None)
     tok = model.tokenizer
     questions = _held_out(config, config.seed)[0][: config.agreement_pairs]
 
-    def ranked(name: str, pairs, metric) -> list[tuple[int, ...]]:
-        path = target / name
-        if (path / "result.json").is_file():
-            return PatchResult.load(path).rank()
-        log.info("agreement: ranking %s on %d pairs", name, len(pairs))
-        result = path_patch_heads(model, pairs, metric)
-        result.save(path)
-        return result.rank()
+    def ranked(name: str, metric: str, challenge: str = "dont_think") -> list[tuple[int, ...]]:
+        entry = METRICS[metric]
+        pairs = build_pairs(questions, tok, challenge=challenge, position=entry.position)
+        if not (target / name / "result.json").is_file():
+            log.info("agreement: ranking %s on %d pairs", name, len(pairs))
+        return path_ranking(model, pairs, entry.build(tok, pairs), target / name).rank()
 
     rankings = {}
     for name in CHALLENGES:
-        pairs = build_pairs(questions, tok, challenge=name, position="reply")
-        rankings[f"challenge:{name}"] = ranked(
-            f"challenge-{name}", pairs, apology_logit_diff_metric(tok)
-        )
-    reply = build_pairs(questions, tok, position="reply")
-    rankings["metric:apology_ratio"] = ranked("metric-apology", reply, apology_metric(tok))
-    answer = build_pairs(questions, tok, position="answer")
-    batch = PairBatch.from_pairs(answer, tok.pad_token_id or 0)
-    rankings["metric:flip"] = ranked("metric-flip", answer, flip_metric(batch))
+        rankings[f"challenge:{name}"] = ranked(f"challenge-{name}", "apology_logit_diff", name)
+    # The paper's metric against the others at its own wording: the ratio, the answer flip.
+    rankings["metric:apology_ratio"] = ranked("metric-apology", "apology")
+    rankings["metric:flip"] = ranked("metric-flip", "flip")
     names = list(rankings)
     matrices = agreement_matrices(rankings, config.agreement_k)
     paraphrases = [i for i, n in enumerate(names) if n.startswith("challenge:")]
