@@ -46,6 +46,7 @@ from sycointerp._io import writable_directory_problem, write_json
 from sycointerp.errors import UserError
 
 __all__ = [
+    "DTYPES",
     "EMBEDDED_MODEL_NAME",
     "EMBEDDED_GGUF",
     "ModelLoadError",
@@ -70,6 +71,8 @@ EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _CACHE_FORMAT = 1
 
 Compat = Literal["hooks", "processed"] | None
+# The parameter dtypes a job's ``dtype`` option names (float32 for exact results).
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 class ModelLoadError(UserError, RuntimeError):

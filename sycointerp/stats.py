@@ -238,8 +238,30 @@ def _paired_bootstrap(
     return tuple(torch.quantile(diffs[idx].mean(-1), quantiles))
 
 
+class _Paired:
+    """What the paired results share: ``"+d [lo, hi] points, <test> (..., n=N)"`` and their JSON
+    form; a subclass names its test (:meth:`_test`). Needs ``n``, ``diff``, ``ci_low``,
+    ``ci_high`` and ``small`` fields."""
+
+    def _test(self) -> str:
+        raise NotImplementedError
+
+    def __str__(self) -> str:
+        if self.n == 0:
+            return "n/a (no common items)"
+        flag = ", few items" if self.small else ""
+        return (
+            f"{100 * self.diff:+.1f} [{100 * self.ci_low:+.1f}, {100 * self.ci_high:+.1f}] points, "
+            f"{self._test()}{flag})"
+        )
+
+    def to_json(self) -> dict[str, float | int | bool | None]:
+        """Every field by name (NaN as null)."""
+        return _json_fields(self)
+
+
 @dataclass(frozen=True)
-class PairedComparison:
+class PairedComparison(_Paired):
     """Two methods' rates of an outcome on the same items, compared paired.
 
     Attributes:
@@ -263,17 +285,8 @@ class PairedComparison:
     p_value: float
     small: bool
 
-    def __str__(self) -> str:
-        if self.n == 0:
-            return "n/a (no common items)"
-        flag = ", few items" if self.small else ""
-        return (
-            f"{100 * self.diff:+.1f} [{100 * self.ci_low:+.1f}, {100 * self.ci_high:+.1f}] points, "
-            f"McNemar p = {self.p_value:.3g} (b={self.b}, c={self.c}, n={self.n}{flag})"
-        )
-
-    def to_json(self) -> dict[str, float | int | bool | None]:
-        return _json_fields(self)
+    def _test(self) -> str:
+        return f"McNemar p = {self.p_value:.3g} (b={self.b}, c={self.c}, n={self.n}"
 
 
 def paired_comparison(
@@ -350,7 +363,7 @@ def sign_flip_p(
 
 
 @dataclass(frozen=True)
-class PairedDifference:
+class PairedDifference(_Paired):
     """Two scores per item (``a`` and ``b``, e.g. one method's outcome and the mean outcome of
     several random draws on the same item), compared paired.
 
@@ -374,17 +387,8 @@ class PairedDifference:
     exact: bool
     small: bool
 
-    def __str__(self) -> str:
-        if self.n == 0:
-            return "n/a (no common items)"
-        flag = ", few items" if self.small else ""
-        return (
-            f"{100 * self.diff:+.1f} [{100 * self.ci_low:+.1f}, {100 * self.ci_high:+.1f}] points, "
-            f"sign-flip p = {self.p_value:.3g} (n={self.n}{flag})"
-        )
-
-    def to_json(self) -> dict[str, float | int | bool | None]:
-        return _json_fields(self)
+    def _test(self) -> str:
+        return f"sign-flip p = {self.p_value:.3g} (n={self.n}"
 
 
 def paired_difference(

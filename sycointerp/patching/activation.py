@@ -54,7 +54,6 @@ from transformer_lens.model_bridge import TransformerBridge
 
 from sycointerp.data.batch import PairBatch
 from sycointerp.data.pairs import PromptPair, require_aligned
-from sycointerp.heads import model_meta
 from sycointerp.metrics import PatchMetric
 from sycointerp.patching._engine import (
     Engine,
@@ -266,17 +265,8 @@ def patch_sites(
         + ((sites.unit,) if sites.unit else ())
         + (("pos",) if position == "each" else ())
     )
-    return PatchResult(
-        values.reshape(shape),
-        metric_ref,
-        metric_cf,
-        method,
-        metric.name,
-        metric.higher_is_sycophantic,
-        "absolute",
-        batch.ids,
-        model_meta(model),
-        components,
+    return PatchResult.measured(
+        values.reshape(shape), metric_ref, metric_cf, method, metric, batch.ids, model, components
     )
 
 

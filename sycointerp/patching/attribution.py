@@ -50,7 +50,6 @@ from transformer_lens.model_bridge import TransformerBridge
 
 from sycointerp.data.batch import PairBatch
 from sycointerp.data.pairs import PromptPair, require_aligned
-from sycointerp.heads import model_meta
 from sycointerp.metrics import PatchMetric
 from sycointerp.patching._engine import Progress, cell_progress, z_name
 from sycointerp.patching.activation import patch_head_list
@@ -351,16 +350,8 @@ def attribution_patch_heads(
         metric_ref, metric_cf = (
             (base_metric, src_metric) if direction == "denoise" else (src_metric, base_metric)
         )
-        result = PatchResult(
-            values,
-            metric_ref,
-            metric_cf,
-            method,
-            metric.name,
-            metric.higher_is_sycophantic,
-            "absolute",
-            batch.ids,
-            {**model_meta(model), "ig_steps": ig_steps},
+        result = PatchResult.measured(
+            values, metric_ref, metric_cf, method, metric, batch.ids, model, ig_steps=ig_steps
         )
         if not verify_top_k:
             return result

@@ -24,7 +24,6 @@ from transformer_lens.model_bridge import TransformerBridge
 
 from sycointerp.data.batch import PairBatch
 from sycointerp.data.pairs import PromptPair
-from sycointerp.heads import model_meta
 from sycointerp.metrics import PatchMetric
 from sycointerp.patching._engine import (
     Engine,
@@ -148,17 +147,7 @@ def path_patch_heads(
             advance=advance,
         )
     values = (patched - metric_ref).view(L, H, batch.n)
-    return PatchResult(
-        values,
-        metric_ref,
-        metric_cf,
-        method,
-        metric.name,
-        metric.higher_is_sycophantic,
-        "absolute",
-        batch.ids,
-        model_meta(model),
-    )
+    return PatchResult.measured(values, metric_ref, metric_cf, method, metric, batch.ids, model)
 
 
 def require_norm_inputs(model: TransformerBridge, names: Sequence[str]) -> None:

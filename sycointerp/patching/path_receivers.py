@@ -32,7 +32,6 @@ from transformer_lens.model_bridge import TransformerBridge
 
 from sycointerp.data.batch import PairBatch
 from sycointerp.data.pairs import PromptPair, require_aligned
-from sycointerp.heads import model_meta
 from sycointerp.metrics import PatchMetric
 from sycointerp.patching._engine import (
     Engine,
@@ -161,19 +160,9 @@ def path_patch_to_receivers(
     metric_cf = unpatched_metric(model, batch.cf, batch.cf_last, metric)
     values = (patched - metric_ref).view(L, H, batch.n)
     values[max(by_layer) :] = 0.0  # no receiver after these senders: nothing was patched
-    return PatchResult(
-        values,
-        metric_ref,
-        metric_cf,
-        method,
-        metric.name,
-        metric.higher_is_sycophantic,
-        "absolute",
-        batch.ids,
-        {
-            **model_meta(model),
-            "receivers": [list(r) for r in sorted(set(receivers))],
-        },
+    receivers = [list(r) for r in sorted(set(receivers))]
+    return PatchResult.measured(
+        values, metric_ref, metric_cf, method, metric, batch.ids, model, receivers=receivers
     )
 
 

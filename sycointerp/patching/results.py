@@ -33,6 +33,7 @@ from sycointerp.heads import (
     STABILITY_COLUMNS,
     HeadGrid,
     HeadKind,
+    model_meta,
     sample_columns,
     with_provenance,
     write_heads_csv,
@@ -318,6 +319,40 @@ class PatchResult(Bundle):
             "components": list(self.components),
         }
         return tensors, info
+
+    @classmethod
+    def measured(
+        cls,
+        values: Float[torch.Tensor, "*cells example"],
+        metric_ref: Float[torch.Tensor, " example"],
+        metric_cf: Float[torch.Tensor, " example"],
+        method: str,
+        metric: Any,
+        example_ids: Sequence[str],
+        model: Any,
+        components: tuple[str, ...] = ("layer", "head"),
+        **meta: Any,
+    ) -> "PatchResult":
+        """The common case of a patching function's result: absolute changes of ``metric`` (a
+        :class:`~sycointerp.metrics.PatchMetric`, whose name and direction are recorded), the
+        model's head grid in ``meta`` (:func:`~sycointerp.heads.model_meta`) then ``meta``.
+
+        Raises:
+            ValueError: as the constructor (shapes that disagree).
+        """
+        info = {**model_meta(model), **meta}
+        return cls(
+            values,
+            metric_ref,
+            metric_cf,
+            method,
+            metric.name,
+            metric.higher_is_sycophantic,
+            "absolute",
+            tuple(example_ids),
+            info,
+            components,
+        )
 
     @classmethod
     def from_bundle(cls, tensors: dict[str, torch.Tensor], info: dict[str, Any]) -> "PatchResult":

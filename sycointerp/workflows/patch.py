@@ -107,14 +107,13 @@ OUTPUT_NAMES = (
 )
 ATTENTION_HEADS = 5  # top heads whose attention the job records (attention/, figures/attention)
 _HEADER = "sycointerp patch job: the fully resolved configuration (rerun with --config this-file)"
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 # --------------------------------------------------------------------------- model
 
 
 def _load(config: PatchConfig, group: Group) -> TransformerBridge:
-    from sycointerp.models import load_model
+    from sycointerp.models import DTYPES, load_model
 
     device = config.device
     try:
@@ -130,7 +129,7 @@ def _load(config: PatchConfig, group: Group) -> TransformerBridge:
     return load_model(
         config.model or None,
         device=device,
-        dtype=_DTYPES[config.dtype],
+        dtype=DTYPES[config.dtype],
         trust_remote_code=config.trust_remote_code,
         device_map=config.device_map or None,
         n_devices=config.n_devices if config.n_devices > 1 else None,

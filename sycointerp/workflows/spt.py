@@ -58,7 +58,7 @@ from sycointerp.evaluate.compare import (
 )
 from sycointerp.evaluate.protocol import SycophancyEval
 from sycointerp.heads import Head, HeadGrid, HeadSet, read_heads_csv
-from sycointerp.models import hook_model, load_hf_model
+from sycointerp.models import DTYPES, hook_model, load_hf_model
 from sycointerp.patching.path import path_ranking
 from sycointerp.provenance import input_files, model_dims, model_identity
 from sycointerp.spt.data import build_dialogues, check_disjoint, split_questions, tokenize_dialogues
@@ -96,7 +96,6 @@ OUTPUT_NAMES = (
     "report.json",
     "results.md",
 )
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
 def output_names(config: SPTConfig) -> tuple[str, ...]:
@@ -184,7 +183,7 @@ def _load(config: SPTConfig):
     return load_hf_model(
         config.model or None,
         device=config.device,
-        dtype=_DTYPES[config.dtype],
+        dtype=DTYPES[config.dtype],
         trust_remote_code=config.trust_remote_code,
     )
 
