@@ -25,7 +25,7 @@ def readme_snippets() -> list[str]:
     return FENCE.findall((ROOT / "README.md").read_text(encoding="utf-8"))
 
 
-def test_readme_has_the_five_snippets_in_order():
+def test_readme_has_the_six_snippets_in_order():
     snippets = readme_snippets()
     firsts = [s.splitlines()[0].split(" import ")[0] for s in snippets]
     assert firsts == [
@@ -34,6 +34,7 @@ def test_readme_has_the_five_snippets_in_order():
         "from pathlib",
         "from sycointerp.evaluate",
         "from sycointerp.probing",
+        "from sycointerp.workflows",
     ]
 
 
@@ -72,10 +73,15 @@ def test_readme_snippets_run_as_one_script(tmp_path):
     assert kl_line.count("[") == 1 and "nats per token" in kl_line, kl_line  # with its interval
     assert (tmp_path / "runs" / "heads" / "heads.csv").is_file()
     assert (tmp_path / "runs" / "eval").is_dir() and (tmp_path / "runs" / "tuned").is_dir()
-    last = out.strip().splitlines()[-1]
+    lines = out.strip().splitlines()
+    last = lines[-3]
     assert last.count("[") == 2, last  # CAA's and ITI's Confidence, each with its interval
+    # The workflows from Python: the ranking's top five heads, SPT's Confidence with its interval.
+    assert lines[-2].startswith("((") and lines[-2].count("(") == 6, lines[-2]
+    assert "ci_low" in lines[-1] and "ci_high" in lines[-1], lines[-1]
+    assert (tmp_path / "runs" / "spt_py" / "report.json").is_file()
 
 
-@pytest.mark.parametrize("snippet", range(5))
+@pytest.mark.parametrize("snippet", range(6))
 def test_each_snippet_compiles(snippet):
     compile(readme_snippets()[snippet], f"README snippet {snippet + 1}", "exec")
