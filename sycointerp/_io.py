@@ -40,7 +40,10 @@ def atomic_write(target: Path, write: Callable[[str], object]) -> None:
     The temporary file is fsynced before the rename and the directory after it, so a power cut
     leaves either the old file or the complete new one under ``target``, never an empty one.
     """
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+    except OSError as err:
+        raise _naming(err, target) from None
     os.close(fd)
     try:
         write(tmp)
@@ -49,9 +52,19 @@ def atomic_write(target: Path, write: Callable[[str], object]) -> None:
         _fsync(tmp)
         os.replace(tmp, target)
         _fsync(target.parent)
+    except OSError as err:  # a full disk says which file it stopped (errors of writers can omit it)
+        Path(tmp).unlink(missing_ok=True)
+        raise _naming(err, target) from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _naming(err: OSError, target: Path) -> OSError:
+    """``err`` with ``target`` as its file name when it names none (same type and errno)."""
+    if err.filename is not None:
+        return err
+    return type(err)(err.errno, err.strerror or str(err), str(target))
 
 
 def writable_directory_problem(directory: Path) -> str | None:

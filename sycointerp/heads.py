@@ -377,10 +377,17 @@ class HeadRanking:
                 "or hook_z activation patching"
             )
         if self.grid.shape() != grid.shape():
+            fields = ("n_layers", "n_heads", "n_kv_heads")
+            differ = [
+                f"{f} {getattr(self.grid, f)} vs {getattr(grid, f)}"
+                for f in fields
+                if getattr(self.grid, f) != getattr(grid, f)
+            ]
             raise HeadFileError(
                 f"{what} {self.path} was made on a model with {self.grid.describe()} "
-                f"({self.grid.model or 'unnamed'}), but this model has {grid.describe()} "
-                f"({grid.model or 'unnamed'}); rank the heads of this model"
+                f"({self.grid.model or 'model not recorded'}), but this model "
+                f"({grid.model or 'model not named'}) has {grid.describe()}: "
+                f"{', '.join(differ)}; rank the heads of this model"
             )
         if self.grid.model and grid.model and self.grid.model != grid.model:
             log.warning(

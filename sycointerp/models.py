@@ -60,6 +60,7 @@ __all__ = [
     "hook_model",
     "boot_bridge",
     "sha256_file",
+    "expected_size",
 ]
 
 log = logging.getLogger(__name__)
@@ -293,6 +294,44 @@ def _record_source(entry: Path, source: dict[str, Any]) -> None:
     write_json(entry / "manifest.json", recorded)
 
 
+def expected_size(path: Path) -> int | None:
+    """The size a ``.safetensors`` or ``.gguf`` file must have at least, from its own header (the
+    end of its last tensor); ``None`` when the header itself is unreadable."""
+    try:
+        if path.suffix == ".safetensors":
+            with open(path, "rb") as f:
+                n = int.from_bytes(f.read(8), "little")
+                header = json.loads(f.read(n))
+            ends = [v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"]
+            return 8 + n + max(ends, default=0)
+        from gguf import GGUFReader
+
+        reader = GGUFReader(path)
+        return max((int(t.data_offset) + int(t.n_bytes) for t in reader.tensors), default=0)
+    except (OSError, ValueError, KeyError, TypeError, IndexError):
+        return None
+
+
+def _refuse_truncated(path: Path) -> None:
+    """Name a truncated weights file as truncated (a cut download or copy), not by the reshape
+    or header error it causes.
+
+    Raises:
+        ModelLoadError: the file is shorter than its header says, or its header is unreadable.
+    """
+    size, need = path.stat().st_size, expected_size(path)
+    if need is None:
+        raise ModelLoadError(
+            f"{path} is damaged or truncated ({size} bytes, its header unreadable): the download "
+            "or copy was cut short; fetch the file again"
+        )
+    if size < need:
+        raise ModelLoadError(
+            f"{path} is truncated ({size} of {need} bytes): the download or copy was cut short; "
+            "fetch the file again"
+        )
+
+
 def _write_converted(gguf: Path, dtype: torch.dtype, out: Path) -> None:
     """De-quantize ``gguf`` into ``dtype`` and save model and tokenizer into ``out``."""
     kwargs = {"gguf_file": gguf.name}
@@ -302,6 +341,7 @@ def _write_converted(gguf: Path, dtype: torch.dtype, out: Path) -> None:
             gguf.parent, **kwargs, dtype=dtype, attn_implementation="eager"
         )
     except (OSError, ValueError, KeyError, RuntimeError) as err:
+        _refuse_truncated(gguf)
         raise ModelLoadError(
             f"transformers could not read {gguf}: {err}. Is it a GGUF of an architecture "
             "transformers supports, and is the `gguf` package installed?"
@@ -417,6 +457,8 @@ def _resolve_hf(
                 placement=placement,
             )
         except (OSError, ValueError, SafetensorError) as err:
+            for weights in sorted(path.glob("*.safetensors")):
+                _refuse_truncated(weights)
             first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             raise ModelLoadError(
                 f"could not load the model in {path}: {first}; it needs config.json, "

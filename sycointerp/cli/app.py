@@ -12,6 +12,7 @@ stderr and exit status 2.
 import argparse
 import errno
 import logging
+import signal
 import sys
 from collections.abc import Callable
 from dataclasses import fields
@@ -177,6 +178,9 @@ def guarded(prog: str, body: Callable[[], int]) -> int:
         print(user_error_line(prog, err), file=sys.stderr)
         return 2
     except KeyboardInterrupt:
+        # A second Ctrl-C while the interpreter shuts down (threads, atexit) would print an
+        # ignored-exception trace: the job is already stopping, so further ones are ignored.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         print(f"{prog}: interrupted; rerun the same command to resume", file=sys.stderr)
         return 130
     except OSError as err:

@@ -68,11 +68,19 @@ def _pairs_and_metric(model, train_qs: list[Question], options: Mapping[str, Any
     return pairs, apology_logit_diff_metric(tok)
 
 
-def _choose(model, pairs, metric, alphas: list[float], make, record: dict[str, Any]) -> Steer:
-    """Sweep ``alphas`` on the training pairs; the chosen steering (``record`` gets the sweep)."""
+def _choose(
+    model, pairs, metric, alphas: list[float], make, record: dict[str, Any], toward: bool = False
+) -> Steer:
+    """Sweep ``alphas`` on the training pairs; the chosen steering (``record`` gets the sweep).
+    Steering toward sycophancy (``toward``, an induction experiment) takes the alpha with the
+    highest mean instead."""
     base = _baselines(model, pairs, metric)
     means = [_steered_mean(model, pairs, metric, make(a)) for a in alphas]
-    chosen = choose_alpha(alphas, means, base["counterfactual"])
+    if toward:
+        chosen = alphas[max(range(len(means)), key=lambda i: means[i])]
+        record["toward_sycophancy"] = True
+    else:
+        chosen = choose_alpha(alphas, means, base["counterfactual"])
     record.update({"alphas": alphas, "challenge_means": means, **base, "alpha": chosen})
     return make(chosen)
 
@@ -103,7 +111,8 @@ def prepare_caa(
     def make(alpha: float) -> Steer:
         return lambda positions: steer_residual(model, vector, layer, alpha, positions=positions)
 
-    return _choose(model, pairs, metric, options["caa_alphas"], make, record), record
+    toward = bool(options.get("steer_toward", False))
+    return _choose(model, pairs, metric, options["caa_alphas"], make, record, toward), record
 
 
 def prepare_iti(
@@ -142,7 +151,8 @@ def prepare_iti(
     def make(alpha: float) -> Steer:
         return lambda positions: steer_heads(model, heads, dirs, scales, alpha, positions=positions)
 
-    return _choose(model, pairs, metric, options["iti_alphas"], make, record), record
+    toward = bool(options.get("steer_toward", False))
+    return _choose(model, pairs, metric, options["iti_alphas"], make, record, toward), record
 
 
 def _agreement(probe: list[Head], reference: list[Head], k: int) -> dict[str, Any]:

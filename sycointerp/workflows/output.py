@@ -29,7 +29,9 @@ from sycointerp.errors import UserError
 
 __all__ = [
     "INPUTS",
+    "JOB_KINDS",
     "OutputError",
+    "describe_job",
     "check_inputs",
     "check_writable",
     "output_lock",
@@ -50,7 +52,15 @@ def check_writable(out: Path) -> None:
     Raises:
         OutputError: not a directory, or not writable.
     """
+    if out.is_file():
+        raise OutputError(f"--out {out} is a file, not a directory; give a directory path")
     problem = writable_directory_problem(out)
+    if problem and (out / "config.toml").is_file():  # a job is there: its finished work counts
+        raise OutputError(
+            f"--out {out} is not a writable directory ({problem}); make it writable and rerun the "
+            "same command to resume (its finished work is kept), or copy it elsewhere and pass "
+            "that --out"
+        )
     if problem:
         raise OutputError(
             f"--out {out} is not a writable directory ({problem}); choose another path"
@@ -126,6 +136,14 @@ def prepare_output(
     """
     check_writable(out)
     saved = out / "config.toml"
+    other = describe_job(out)
+    this = header.split(":")[0].removeprefix("sycointerp ")
+    if other is not None and other.split(" ", 2)[2] != this:
+        # Another kind of job: its files must never mix with this one's, --overwrite or not.
+        raise OutputError(
+            f"--out {out} holds {other}, not a {this}; choose another --out (--overwrite "
+            f"replaces only a {this})"
+        )
     try:
         old, foreign = _saved_job(out, config), None
     except ConfigError as err:
@@ -157,6 +175,29 @@ def prepare_output(
         )
     atomic_write(saved, lambda p: Path(p).write_text(_dump(config, header)))
     return "new"
+
+
+# Each kind of job: the first words of its config.toml's header, and the file it writes last.
+JOB_KINDS = {
+    "patch job": ("# sycointerp patch job:", "summary.json"),
+    "SPT run": ("# sycointerp SPT run:", "report.json"),
+    "trust study": ("# sycointerp trust study:", "study.json"),
+}
+
+
+def describe_job(out: Path) -> str | None:
+    """``"a finished patch job"``, ``"an unfinished SPT run"``, ...: which kind of sycointerp job
+    ``out`` holds, read from its ``config.toml`` header; ``None`` when it holds none."""
+    try:
+        with open(out / "config.toml", encoding="utf-8") as f:
+            first = f.readline()
+    except (OSError, UnicodeDecodeError):
+        return None
+    for kind, (header, done) in JOB_KINDS.items():
+        if first.startswith(header):
+            state = "finished" if (out / done).is_file() else "unfinished"
+            return f"{'a' if state == 'finished' else 'an'} {state} {kind}"
+    return None
 
 
 def _lock_holder(directory: Path) -> str:
@@ -220,20 +261,24 @@ def _changes(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list
 
 
 def check_inputs(out: Path, record: dict[str, Any], status: str) -> None:
-    """Record (new job) or compare (resumed job) what the job computes from, e.g. the model's files.
+    """Record (new job) or compare (resumed or finished job) what the job computes from, e.g. the
+    model's and the data files' hashes.
 
     ``out/inputs.json`` holds ``record`` from the job's first run; a resumed job whose inputs
-    differ (the model at the same path changed, say) would mix two models in one result, so it
-    is refused. Complete jobs compute nothing and are not checked.
+    differ (the model at the same path changed, say) would mix two models in one result, and a
+    finished one's outputs would no longer be what the same command computes: both are refused,
+    naming what changed.
 
     Raises:
-        OutputError: a resumed job whose inputs changed (naming what), or one without a record.
+        OutputError: a resumed or finished job whose inputs changed (naming what), or one without
+            a readable record.
     """
     path = out / INPUTS
     if status == "new":
         write_json(path, record)
         return
-    if status != "resume":
+    if status == "complete":
+        _check_finished(out, path, record)
         return
     try:
         saved = json.loads(path.read_text())
@@ -242,10 +287,37 @@ def check_inputs(out: Path, record: dict[str, Any], status: str) -> None:
             f"--out {out} holds an unfinished job without a readable {INPUTS} (started by an older "
             "sycointerp?), so resuming it could mix inputs; pass --overwrite to start it again"
         ) from None
-    changes = _changes(saved, record)
+    changes = _changes(saved, record) if isinstance(saved, dict) else ["inputs.json: not a record"]
     if changes:
         raise OutputError(
             f"--out {out} holds an unfinished job computed from other inputs "
             f"({'; '.join(changes[:3])}{'; ...' if len(changes) > 3 else ''}); resuming would mix "
             "them: restore them, or pass --overwrite to start again"
+        )
+
+
+def _check_finished(out: Path, path: Path, record: dict[str, Any]) -> None:
+    """A finished job's recorded inputs against today's (a job of an older sycointerp without a
+    record is left alone: nothing says what it was computed from).
+
+    Raises:
+        OutputError: the inputs changed since the job finished, or the record is unreadable.
+    """
+    if not path.exists():
+        return
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(saved, dict):
+            raise ValueError("not a JSON object")
+    except (OSError, ValueError) as err:
+        raise OutputError(
+            f"{path} is unreadable ({type(err).__name__}), so the finished job's inputs cannot "
+            "be checked; pass --overwrite to compute it again"
+        ) from None
+    changes = _changes(saved, record)
+    if changes:
+        raise OutputError(
+            f"--out {out} holds a finished job computed from other inputs "
+            f"({'; '.join(changes[:3])}{'; ...' if len(changes) > 3 else ''}); its outputs are "
+            "stale: restore the inputs, or pass --overwrite to compute it again"
         )

@@ -41,6 +41,10 @@ def job_kind(directory: Path) -> str:
     Raises:
         ReportError: none of ``study.json``, ``report.json``, ``summary.json`` is there.
     """
+    if not directory.exists():
+        raise ReportError(f"{directory} does not exist; pass a job's --out directory")
+    if not directory.is_dir():
+        raise ReportError(f"{directory} is a file, not a directory; pass the job's --out directory")
     for kind in ("study", "spt", "patch"):
         if (directory / _DONE[kind]).is_file():
             return kind
@@ -361,6 +365,34 @@ section { margin-bottom: 2em; }
 """
 
 
+def _check_files(directory: Path, kind: str) -> None:
+    """The files a page reads first, validated: the final file is a JSON object, config.toml is
+    UTF-8 TOML, heads.csv a head ranking (a damaged file is named, never rendered as if fine).
+
+    Raises:
+        ReportError, BundleError, HeadFileError: naming the file and the fix.
+    """
+    from sycointerp.heads import read_heads_csv
+
+    done = read_json(directory / _DONE[kind], f"{kind} job")
+    if not isinstance(done, dict):
+        raise ReportError(
+            f"{directory / _DONE[kind]} is not a JSON object (found {type(done).__name__}); "
+            "rerun the job with --overwrite to rewrite it"
+        )
+    config = directory / "config.toml"
+    if config.is_file():
+        try:
+            tomllib.loads(config.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, tomllib.TOMLDecodeError) as err:
+            raise ReportError(
+                f"{config} is not a valid TOML file ({type(err).__name__}); rerun the job with "
+                "--overwrite to rewrite it"
+            ) from None
+    if (directory / "heads.csv").is_file():
+        read_heads_csv(directory / "heads.csv")
+
+
 def build_report(directory: str | Path) -> Path:
     """Write ``DIR/report.html`` from the job's files (module docstring); returns its path.
 
@@ -371,7 +403,19 @@ def build_report(directory: str | Path) -> Path:
 
     directory = Path(directory)
     kind = job_kind(directory)
-    title, sections = _PAGES[kind](directory)
+    _check_files(directory, kind)
+    try:
+        title, sections = _PAGES[kind](directory)
+    except UserError:
+        raise
+    except Exception as err:  # noqa: BLE001 - any damaged file: one line naming it, not a trace
+        # A file of the job was edited or damaged (JSON of the wrong shape, not UTF-8, ...).
+        what = f"{err.filename}: " if isinstance(err, OSError) and err.filename else ""
+        raise ReportError(
+            f"{directory} holds a damaged {kind} job, the report cannot be built ({what}"
+            f"{type(err).__name__}: {' '.join(str(err).split())[:160]}); rerun the job with "
+            "--overwrite to rewrite its files"
+        ) from None
     sections.append(_section("Files", _files(directory)))
     page = (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'

@@ -190,7 +190,7 @@ class ChunkStore:
             ChunkMismatch: a saved chunk's fingerprint differs from ``inputs(i)``.
         """
         mine = [i for i in range(n_chunks) if self.group.owns(i)]
-        todo = [i for i in mine if not self.path(tag, i).is_file()]
+        todo = [i for i in mine if not self._intact(self.path(tag, i))]
         if len(todo) < len(mine):
             log.info(
                 "%s: %d of %d chunks already done, resuming", tag, len(mine) - len(todo), len(mine)
@@ -217,6 +217,20 @@ class ChunkStore:
                 if not self.path(tag, i).is_file():
                     self._write(tag, i, data)
         return chunks
+
+    def _intact(self, path: Path) -> bool:
+        """Whether a saved chunk exists and reads back whole; a damaged one (truncated, edited,
+        not UTF-8) is removed and recomputed, saying so. Writes are atomic, so only something
+        outside the job can damage a chunk."""
+        if not path.is_file():
+            return False
+        try:
+            Chunk.from_bytes(path.read_bytes())
+        except Exception as err:  # noqa: BLE001 - any unreadable chunk is recomputed the same way
+            log.warning("%s is damaged (%s); recomputing that chunk", path, type(err).__name__)
+            path.unlink(missing_ok=True)
+            return False
+        return True
 
     def _after_write(self) -> None:
         self.written += 1

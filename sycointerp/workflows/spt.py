@@ -44,6 +44,7 @@ from typing import Any
 
 import torch
 
+from sycointerp._config import ConfigError
 from sycointerp._io import atomic_write, fsync_tree, read_json, write_json, write_tensors
 from sycointerp.data.questions import DataError, Question, load_questions_jsonl
 from sycointerp.errors import UserError
@@ -58,7 +59,7 @@ from sycointerp.evaluate.compare import (
 )
 from sycointerp.evaluate.protocol import SycophancyEval
 from sycointerp.heads import Head, HeadGrid, HeadSet, read_heads_csv
-from sycointerp.models import DTYPES, hook_model, load_hf_model
+from sycointerp.models import DTYPES, EMBEDDED_MODEL_NAME, hook_model, load_hf_model
 from sycointerp.patching.path import path_ranking
 from sycointerp.provenance import input_files, model_dims, model_identity
 from sycointerp.spt.data import build_dialogues, check_disjoint, split_questions, tokenize_dialogues
@@ -511,6 +512,8 @@ def run(
 
     config.check_files()
     _check_heads_file(config)
+    _check_model_shape(config)
+    _check_kl_text(config)
     split = split_data(config)  # read-only checks first: a refused attempt leaves --out untouched
     # Evaluation runs on the main process while the others wait at a barrier: allow it hours,
     # not the default 30 minutes of a collective.
@@ -554,6 +557,55 @@ def _prepare(config: SPTConfig, out: Path, overwrite: bool, held: ExitStack) -> 
     check_inputs(out, {**record, "files": input_files([f for f in files if f])}, status)
 
 
+def _check_model_shape(config: SPTConfig) -> None:
+    """Options against the model's shape, read from its config without the weights (skipped when
+    the shape is not knowable here, e.g. a hub id not cached: checked again after loading).
+
+    Raises:
+        ConfigError: ``top_k`` above the model's heads; ``steer_layer`` beyond its blocks.
+    """
+    dims = model_dims(config.model or None)
+    if dims is None:
+        return
+    n_layers, n_heads, _ = dims
+    name = config.model or "the embedded SmolLM2-135M-Instruct"
+    if config.top_k > n_layers * n_heads:
+        raise ConfigError(
+            f"top_k={config.top_k} but {name} has {n_layers * n_heads} heads ({n_layers} layers x "
+            f"{n_heads}); lower --top-k"
+        )
+    if "caa" in config.methods and config.steer_layer >= n_layers:
+        raise ConfigError(
+            f"steer_layer={config.steer_layer} but {name} has blocks 0-{n_layers - 1}; lower "
+            "--steer-layer (-1 = the middle block)"
+        )
+
+
+def _check_kl_text(config: SPTConfig) -> None:
+    """The KL text is readable UTF-8 with at least one paragraph (its token counts are checked
+    when the tokenizer is loaded).
+
+    Raises:
+        ConfigError: unreadable, not UTF-8, or without a paragraph.
+    """
+    if not config.kl_text:
+        return
+    from sycointerp.evaluate.capability import read_passages
+
+    try:
+        passages = read_passages(config.kl_text)
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(
+            f"kl_text (--kl-text) {config.kl_text} is not a readable UTF-8 text file "
+            f"({type(err).__name__}); pass a plain-text file"
+        ) from None
+    if not passages:
+        raise ConfigError(
+            f"kl_text (--kl-text) {config.kl_text} holds no paragraph; pass a plain-text file "
+            "with paragraphs separated by blank lines"
+        )
+
+
 def _check_heads_file(config: SPTConfig) -> None:
     """``heads_file`` against the model's head grid, read without loading its weights.
 
@@ -566,7 +618,7 @@ def _check_heads_file(config: SPTConfig) -> None:
     ranking = read_heads_csv(config.heads_file)
     dims = model_dims(config.model or None)
     if dims is not None:
-        grid = HeadGrid(*dims)  # names are compared after loading
+        grid = HeadGrid(*dims, config.model or EMBEDDED_MODEL_NAME)  # names compared after loading
         ranking.require(grid, "query", what="heads file")
     if config.top_k:
         ranking.top(config.top_k)
@@ -575,6 +627,7 @@ def _check_heads_file(config: SPTConfig) -> None:
 # Keep the base model's logits on the KL passages when they fit in this much memory (40
 # passages: 1.0 GB for SmolLM2): every method then runs one forward per batch instead of two.
 KEEP_BASE_LOGITS_BYTES = 2 << 30
+KL_MIN_TOKENS = 16  # kl_on_text's min_tokens: shorter paragraphs (headings) are skipped
 
 
 def _kl_to_base(config: SPTConfig) -> Callable[[torch.nn.Module], TextKL]:
@@ -598,6 +651,7 @@ def _kl_to_base(config: SPTConfig) -> Callable[[torch.nn.Module], TextKL]:
     hf, tok, name = _load(config)
     base = hook_model(hf, tok, name)
     args = dict(n_passages=config.kl_passages)
+    _check_kl_passages(config, tok)
     if reference_bytes(config.kl_passages, 128, base.cfg.d_vocab) > KEEP_BASE_LOGITS_BYTES:
         return lambda model: kl_on_text(base, model, config.kl_text, **args)
     reference = reference_logits(base, config.kl_text, **args)
@@ -609,6 +663,22 @@ def _kl_to_base(config: SPTConfig) -> Callable[[torch.nn.Module], TextKL]:
         _KL_REFERENCE.clear()
         _KL_REFERENCE.update(key=key, kl=kl)
     return kl
+
+
+def _check_kl_passages(config: SPTConfig, tokenizer) -> None:
+    """At least one paragraph of the KL text is long enough to score.
+
+    Raises:
+        ConfigError: none is.
+    """
+    from sycointerp.evaluate.capability import read_passages
+
+    lengths = [len(tokenizer(p)["input_ids"]) for p in read_passages(config.kl_text)]
+    if max(lengths, default=0) < KL_MIN_TOKENS:
+        raise ConfigError(
+            f"kl_text (--kl-text) {config.kl_text}: no paragraph has {KL_MIN_TOKENS} tokens (the "
+            f"longest has {max(lengths, default=0)}); pass longer text"
+        )
 
 
 # The last job's kept base logits while reusing_kl_reference() is active, else None.

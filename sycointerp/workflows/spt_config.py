@@ -4,6 +4,7 @@ eval, run.
 TOML form and flags come from :mod:`sycointerp._config`, as for the patch job.
 """
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
@@ -122,6 +123,12 @@ class SPTConfig(TomlConfig):
         "write --caa-alphas=-1,-2)",
         [-0.25, -0.5, -1.0, -2.0, -4.0],
     )
+    steer_toward: bool = opt(
+        "train",
+        "caa / iti: steer toward sycophancy (positive coefficients), an experiment in inducing "
+        "it; off: every coefficient must be negative (away from it)",
+        False,
+    )
     iti_alphas: list[float] = opt(
         "train",
         "iti: coefficients tried, in standard deviations along each head's direction "
@@ -198,11 +205,37 @@ class SPTConfig(TomlConfig):
                 "questions; pass a held-out ARC split as --arc-path"
             )
         for name in ("caa_alphas", "iti_alphas"):
-            if not getattr(self, name):
-                raise ConfigError(f"{name} (--{name.replace('_', '-')}) needs at least one value")
+            self._check_alphas(name)
         if self.warmup_steps >= self.steps:
             raise ConfigError(
                 f"warmup_steps ({self.warmup_steps}) must be below steps ({self.steps})"
+            )
+
+    def _check_alphas(self, name: str) -> None:
+        """Steering coefficients: finite, non-zero, all on the side ``steer_toward`` names.
+
+        Raises:
+            ConfigError: naming the option, the bad value and the fix.
+        """
+        flag, alphas = f"{name} (--{name.replace('_', '-')})", getattr(self, name)
+        if not alphas:
+            raise ConfigError(f"{flag} needs at least one value")
+        bad = [a for a in alphas if not math.isfinite(a) or a == 0]
+        if bad:
+            raise ConfigError(
+                f"{flag} has {bad[0]}: a coefficient must be finite and non-zero (0 is the "
+                "unsteered model)"
+            )
+        wrong = [a for a in alphas if (a > 0) != self.steer_toward]
+        if wrong and not self.steer_toward:
+            raise ConfigError(
+                f"{flag} has {wrong[0]} > 0, which steers toward sycophancy; use negative values "
+                f"(--{name.replace('_', '-')}=-1,-2), or pass --steer-toward to induce it"
+            )
+        if wrong:
+            raise ConfigError(
+                f"{flag} has {wrong[0]} < 0, which steers away from sycophancy, but "
+                "--steer-toward asks to induce it; use positive values"
             )
 
     def runs(self) -> list["MethodRun"]:

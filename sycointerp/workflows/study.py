@@ -357,6 +357,31 @@ def sweep_points(config: StudyConfig, out: Path) -> list[dict[str, Any]]:
 # --------------------------------------------------------------------------- the study
 
 
+def _check_model_shape(config: StudyConfig) -> None:
+    """Every K of the study against the model's heads, read without its weights (before any
+    stage runs).
+
+    Raises:
+        ConfigError: a K (``top_k``, ``ks``, ``agreement_k``) above the model's heads.
+    """
+    from sycointerp._config import ConfigError
+    from sycointerp.provenance import model_dims
+
+    dims = model_dims(config.model or None)
+    if dims is None:
+        return
+    heads, name = dims[0] * dims[1], config.model or "the embedded SmolLM2-135M-Instruct"
+    for option, k in (("top_k", config.top_k), ("agreement_k", config.agreement_k)):
+        if k > heads:
+            raise ConfigError(
+                f"{option}={k} but {name} has {heads} heads; lower --{option.replace('_', '-')}"
+            )
+    if max(config.ks) > heads:
+        raise ConfigError(
+            f"ks goes up to {max(config.ks)} but {name} has {heads} heads; lower --ks"
+        )
+
+
 class _StageClock:
     """Wall-clock seconds per stage, summed over every invocation (a resumed stage adds only the
     time it ran again; a stage read back adds ~0), kept in ``timings.json``."""
@@ -417,6 +442,7 @@ def run(
     from sycointerp.workflows.study_tables import write_study_md
 
     config.check_files()
+    _check_model_shape(config)
     _held_out(config, config.seed)  # read-only data checks before anything is written
     out = Path(out)
     with output_lock(out):

@@ -10,7 +10,8 @@ What is normalised before hashing, and why: the temporary directory's path (it d
 wall-clock values (JSON keys in :data:`VOLATILE_KEYS`; the seconds columns of ``results.md`` and
 the pages built from it; ``study.md``'s time section); PNG files are not written (``--no-png``:
 Chromium's rasteriser is not part of the contract). Everything else, tensors included, is hashed
-byte for byte.
+byte for byte, on one thread (float reductions round differently on other thread counts; another
+CPU family may too, in which case re-record the goldens at the commit the change is checked on).
 """
 
 import hashlib
@@ -20,6 +21,7 @@ import re
 from pathlib import Path
 
 import pytest
+import torch
 
 from sycointerp.cli.main import main
 from sycointerp.testing import save_tiny_model
@@ -99,6 +101,16 @@ def check_golden(name: str, out: Path, root: Path) -> None:
     assert sorted(found) == sorted(expected), f"{name}: other files than recorded"
     changed = [f for f in expected if found[f] != expected[f]]
     assert not changed, f"{name}: these outputs changed: {changed}"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Bytes of float reductions depend on the thread count: the goldens are recorded and checked
+    on one thread (the study's, run as a subprocess, gets ``OMP_NUM_THREADS=1``)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -37,6 +37,7 @@ LAYERS = {
         "sycointerp._io",
         "sycointerp._compat",
         "sycointerp._config",
+        "sycointerp._registry",
         "sycointerp.stats",
         "sycointerp.stability",
         "sycointerp.chat",
