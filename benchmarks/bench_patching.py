@@ -46,7 +46,8 @@ from sycointerp.data import build_pairs, load_builtin
 from sycointerp.data.batch import PairBatch
 from sycointerp.metrics import flip_metric
 from sycointerp.models import load_model
-from sycointerp.patching import attribution_patch_heads, patch_heads, path_patch_heads, spearman
+from sycointerp.patching import attribution_patch_heads, patch_heads, path_patch_heads
+from sycointerp.stability import spearman
 
 TOL = 1e-4
 

@@ -22,7 +22,7 @@ from sycointerp.patching.attention import (
     challenge_span,
     head_attention,
 )
-from sycointerp.patching.attribution import attribution_patch_heads, spearman
+from sycointerp.patching.attribution import attribution_patch_heads
 from sycointerp.patching.controls import SetControls, patch_head_set, set_controls
 from sycointerp.patching.knockout import KnockoutCurve, knockout_curve, knockout_metric
 from sycointerp.patching.layers import patch_layers
@@ -55,7 +55,6 @@ __all__ = [
     "path_ranking",
     "path_patch_to_receivers",
     "attribution_patch_heads",
-    "spearman",
     "HeadAttention",
     "challenge_share",
     "challenge_span",

@@ -56,7 +56,7 @@ from sycointerp.patching.activation import patch_head_list
 from sycointerp.patching.results import PatchResult
 from sycointerp.stability import spearman
 
-__all__ = ["attribution_patch_heads", "spearman"]
+__all__ = ["attribution_patch_heads"]
 
 Direction = Literal["denoise", "noise"]
 Where = Literal["last", "all"]

@@ -241,7 +241,7 @@ class _CellBar:
         self.bar, self.size, self.after = bar, size, after
         self.before = 0 if bar is None else bar.n
 
-    def report(self, cells: int, total: int) -> None:
+    def advance(self, cells: int, total: int) -> None:
         if self.bar is None:
             return
         self.bar.total = self.before + total + total * self.after // self.size
@@ -269,7 +269,7 @@ class _Job:
         """A progress wrapper for ``ChunkStore.run`` with tqdm's rate and time estimate.
 
         It counts examples, not chunks (a small job is one chunk and would sit at 0/1); with
-        ``cells``, patched cells as the library reports them (pass :attr:`report` as the
+        ``cells``, patched cells as the library reports them (pass :attr:`cell_progress` as the
         library's ``progress``), so the bar moves within a chunk too.
         """
         rank = f" [rank {self.group.rank}]" if self.group.world > 1 else ""
@@ -293,9 +293,9 @@ class _Job:
         return wrap
 
     @property
-    def report(self) -> Callable[[int, int], None] | bool:
+    def cell_progress(self) -> Callable[[int, int], None] | bool:
         """The library's ``progress`` for the chunk being computed: the cell bar's reports."""
-        return self.cells.report if self.progress else False
+        return self.cells.advance if self.progress else False
 
     def inputs(self, *extra: Any) -> Callable[[int], str]:
         """Chunk index -> fingerprint of its questions, the model and ``extra`` (see
@@ -370,7 +370,7 @@ class _Job:
             _metric(c, self.model, pairs),
             c.__dict__,
             batch_size=c.batch_size,
-            progress=self.report,
+            progress=self.cell_progress,
         )
 
     def heads(self) -> PatchResult:
@@ -449,7 +449,7 @@ class _Job:
                 seed=c.seed,
                 generate=c.generate,
                 batch_size=c.batch_size,
-                progress=self.report,
+                progress=self.cell_progress,
             )
             tensors, info = curve.to_bundle()
             return Chunk(tensors, info)
