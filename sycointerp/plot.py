@@ -48,7 +48,8 @@ position heatmap ``("layer", "pos")`` cells; ``tokens`` must hold one string per
 import html
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -78,6 +79,8 @@ __all__ = [
     "rank_intervals_plot",
     "agreement_heatmap",
     "k_sweep_plot",
+    "SweepPoint",
+    "SweepRate",
     "check_png_export",
     "save_figure",
     "metric_label",
@@ -655,75 +658,61 @@ def _pct_or_nan(rate: float | None) -> float:
     return float("nan") if rate is None else 100 * rate
 
 
-def k_sweep_plot(rows: Sequence[dict]) -> go.Figure:
+@dataclass(frozen=True)
+class SweepRate:
+    """A rate with its 95% interval as :func:`k_sweep_plot` draws it (``None``: no items).
+
+    Attributes:
+        rate, ci_low, ci_high: shares in [0, 1], or ``None``.
+        n: items behind the rate (``None``: not known; figures then flag nothing).
+    """
+
+    rate: float | None
+    ci_low: float | None = None
+    ci_high: float | None = None
+    n: int | None = None
+
+
+@dataclass(frozen=True)
+class SweepPoint:
+    """One K of a K sweep (one split): SPT's rate on the top K, the matched random draws' rates,
+    the base model's rate, per measure (``"confidence"``, ``"truthfulness"``).
+
+    Attributes:
+        split: the split's seed (one colour per split).
+        k: heads tuned.
+        spt: measure -> SPT's rate with its interval.
+        draws: measure -> each random draw's rate (``None``: a draw without items).
+        base: measure -> the base model's rate (``None`` or absent: not drawn).
+    """
+
+    split: int
+    k: int
+    spt: Mapping[str, SweepRate]
+    draws: Mapping[str, Sequence[float | None]]
+    base: Mapping[str, float | None] = field(default_factory=dict)
+
+
+SWEEP_MEASURES = ("confidence", "truthfulness")
+
+
+def k_sweep_plot(points: Sequence[SweepPoint]) -> go.Figure:
     """Confidence and Truthfulness against K: SPT on the top K (Wilson 95% error bars) and the
     layer-matched random draws (their range as a band, their mean as a line), one colour per split;
     the base model's rate dashed.
-
-    ``rows`` are :func:`sycointerp.workflows.study.sweep_points` rows (``split``, ``k``,
-    ``confidence`` / ``truthfulness`` with ``spt``, ``draws`` and ``base``).
     """
     fig = _new_subplots(("Confidence", "Truthfulness"))
-    splits = sorted({r["split"] for r in rows})
+    splits = sorted({p.split for p in points})
     for i, split in enumerate(splits):
-        part = sorted((r for r in rows if r["split"] == split), key=lambda r: r["k"])
-        colour, ks = _LINES[i % len(_LINES)], [r["k"] for r in part]
-        for col, metric in enumerate(("confidence", "truthfulness"), start=1):
-            spt = [r[metric]["spt"] for r in part]
-            rate = np.array([_pct_or_nan(p["rate"]) for p in spt])
-            draws = [[_pct_or_nan(d) for d in r[metric]["draws"]] for r in part]
-            show = col == 1
-            fig.add_trace(
-                go.Scatter(
-                    x=ks + ks[::-1],
-                    y=[np.max(d) for d in draws] + [np.min(d) for d in draws][::-1],
-                    fill="toself",
-                    fillcolor="rgba(128,128,128,0.2)",
-                    line={"width": 0},
-                    hoverinfo="skip",
-                    name=f"split {split}: random range",
-                    legendgroup=f"r{split}",
-                    showlegend=show,
-                ),
-                row=1,
-                col=col,
-            )
-            fig.add_trace(
-                go.Scatter(
-                    x=ks,
-                    y=[np.mean(d) for d in draws],
-                    mode="lines+markers",
-                    line={"color": colour, "dash": "dot"},
-                    marker={"symbol": "x"},
-                    name=f"split {split}: layer-matched random (mean)",
-                    legendgroup=f"r{split}",
-                    showlegend=show,
-                ),
-                row=1,
-                col=col,
-            )
-            fig.add_trace(
-                go.Scatter(
-                    x=ks,
-                    y=rate,
-                    mode="lines+markers",
-                    line={"color": colour},
-                    error_y=_interval(
-                        rate,
-                        np.array([_pct_or_nan(p["ci_low"]) for p in spt]),
-                        np.array([_pct_or_nan(p["ci_high"]) for p in spt]),
-                    ),
-                    name=f"split {split}: SPT top K",
-                    legendgroup=f"s{split}",
-                    showlegend=show,
-                ),
-                row=1,
-                col=col,
-            )
-            base = part[0].get("base", {}).get(metric)
-            if base and base.get("rate") is not None:
+        part = sorted((p for p in points if p.split == split), key=lambda p: p.k)
+        colour = _LINES[i % len(_LINES)]
+        for col, measure in enumerate(SWEEP_MEASURES, start=1):
+            for trace in _sweep_traces(part, measure, split, colour, show=col == 1):
+                fig.add_trace(trace, row=1, col=col)
+            base = part[0].base.get(measure)
+            if base is not None:
                 fig.add_hline(
-                    y=100 * base["rate"],
+                    y=100 * base,
                     line={"color": colour, "dash": "dash", "width": 1},
                     annotation_text=f"base, split {split}",
                     annotation_position="bottom right",
@@ -731,12 +720,55 @@ def k_sweep_plot(rows: Sequence[dict]) -> go.Figure:
                     row=1,
                     col=col,
                 )
-    fig.update_xaxes(title="heads tuned (K)", type="log", tickvals=sorted({r["k"] for r in rows}))
+    fig.update_xaxes(title="heads tuned (K)", type="log", tickvals=sorted({p.k for p in points}))
     fig.update_yaxes(title="% of initially-correct items")
     title = "SPT on the top K heads against layer-matched random heads"
-    items = [r[m]["spt"].get("n") for r in rows for m in ("confidence", "truthfulness")]
-    _set_title(fig, title, _fewest(items))
+    _set_title(fig, title, _fewest([p.spt[m].n for p in points for m in SWEEP_MEASURES]))
     return fig
+
+
+def _sweep_traces(
+    part: Sequence[SweepPoint], measure: str, split: int, colour: str, show: bool
+) -> list[go.Scatter]:
+    """One split's band of random draws (range), their mean, and SPT with its error bars."""
+    ks = [p.k for p in part]
+    spt = [p.spt[measure] for p in part]
+    rate = np.array([_pct_or_nan(r.rate) for r in spt])
+    draws = [[_pct_or_nan(d) for d in p.draws[measure]] for p in part]
+    band = go.Scatter(
+        x=ks + ks[::-1],
+        y=[np.max(d) for d in draws] + [np.min(d) for d in draws][::-1],
+        fill="toself",
+        fillcolor="rgba(128,128,128,0.2)",
+        line={"width": 0},
+        hoverinfo="skip",
+        name=f"split {split}: random range",
+        legendgroup=f"r{split}",
+        showlegend=show,
+    )
+    mean = go.Scatter(
+        x=ks,
+        y=[np.mean(d) for d in draws],
+        mode="lines+markers",
+        line={"color": colour, "dash": "dot"},
+        marker={"symbol": "x"},
+        name=f"split {split}: layer-matched random (mean)",
+        legendgroup=f"r{split}",
+        showlegend=show,
+    )
+    low = np.array([_pct_or_nan(r.ci_low) for r in spt])
+    high = np.array([_pct_or_nan(r.ci_high) for r in spt])
+    top = go.Scatter(
+        x=ks,
+        y=rate,
+        mode="lines+markers",
+        line={"color": colour},
+        error_y=_interval(rate, low, high),
+        name=f"split {split}: SPT top K",
+        legendgroup=f"s{split}",
+        showlegend=show,
+    )
+    return [band, mean, top]
 
 
 def _knockout_traces(rows: pd.DataFrame, measure: str) -> list[go.Scatter]:

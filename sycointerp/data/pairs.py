@@ -172,8 +172,9 @@ def _pick_counterfactual(
         lengths[text] = len(ids)
     raise DataError(
         f"question {question.id or question.question!r}: no counterfactual of template "
-        f"{template.name!r} has the challenge's {ref_len} tokens (got {lengths}); add an aligned "
-        "wording to the template or use align=False"
+        f"{template.name!r} has the challenge's {ref_len} tokens (got {lengths}); give a "
+        "counterfactual wording of that length (a template's counterfactual_candidates, or "
+        "--counterfactual-text on the command line), or patch the last position only"
     )
 
 

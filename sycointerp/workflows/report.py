@@ -330,6 +330,7 @@ def _spt_page(directory: Path) -> tuple[str, list[str]]:
 
 def _study_page(directory: Path) -> tuple[str, list[str]]:
     from sycointerp.plot import agreement_heatmap, k_sweep_plot
+    from sycointerp.workflows.sweep_figure import sweep_figure_points
 
     study = read_json(directory / "study.json", "study")
     agreement = study["agreement"]
@@ -339,7 +340,7 @@ def _study_page(directory: Path) -> tuple[str, list[str]]:
             agreement_heatmap(names, agreement["overlap"], agreement["spearman"], agreement["k"]),
             "agreement",
         ),
-        _figure(k_sweep_plot(study["sweep"]), "k-sweep"),
+        _figure(k_sweep_plot(sweep_figure_points(study["sweep"])), "k-sweep"),
     ]
     sections = [
         _section("Configuration", _config(directory)),

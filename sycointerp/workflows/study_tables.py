@@ -160,8 +160,11 @@ def _repatch(main: dict[str, Any]) -> list[str]:
 
 def _sweep(rows: list[dict[str, Any]], out: Path) -> list[str]:
     from sycointerp.plot import k_sweep_plot
+    from sycointerp.workflows.sweep_figure import sweep_figure_points
 
-    _save(k_sweep_plot(rows), out / "figures" / "k_sweep", width=1300, height=550)
+    _save(
+        k_sweep_plot(sweep_figure_points(rows)), out / "figures" / "k_sweep", width=1300, height=550
+    )
     lines = [
         "## 6. The K sweep: top K against layer-matched random heads",
         "",

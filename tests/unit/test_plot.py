@@ -16,6 +16,8 @@ from sycointerp.patching.knockout import KnockoutCurve
 from sycointerp.patching.results import PatchResult
 from sycointerp.plot import (
     TEMPLATE,
+    SweepPoint,
+    SweepRate,
     agreement_heatmap,
     attention_plot,
     coefficient_plot,
@@ -362,17 +364,13 @@ def test_compare_heatmaps_refuses_results_that_do_not_match():
         compare_heatmaps(before, after, top_k=-1)
 
 
-def _sweep_row(split, k, spt, draws, base, n=None) -> dict:
-    """A :func:`sycointerp.workflows.study.sweep_points` row (``n`` items behind SPT's rates)."""
-    p = {"rate": spt, "ci_low": spt - 0.1, "ci_high": spt + 0.1, "n": n}
-    metric = {"spt": p, "draws": draws}
-    return {
-        "split": split,
-        "k": k,
-        "confidence": metric,
-        "truthfulness": metric,
-        "base": {"confidence": {"rate": base}, "truthfulness": {"rate": base}},
-    }
+def _sweep_row(split, k, spt, draws, base, n=None) -> SweepPoint:
+    """A point of a K sweep (``n`` items behind SPT's rates)."""
+    rate = SweepRate(spt, spt - 0.1, spt + 0.1, n)
+    both = ("confidence", "truthfulness")
+    return SweepPoint(
+        split, k, {m: rate for m in both}, {m: draws for m in both}, {m: base for m in both}
+    )
 
 
 def test_k_sweep_plot_draws_spt_the_draws_and_labelled_base_lines_per_split():

@@ -714,7 +714,7 @@ def test_cli_runs_methods_writes_report_and_refuses_bad_input(model_dirs, tmp_pa
     )
     for extra, match in [
         (["--heads-file", heads, "--top-k", "1"], "was made on a model with 6 layers"),
-        (["--top-k", "99"], "the model has 8 heads"),
+        (["--top-k", "99"], "has 8 heads"),
         (["--eval-path", str(tmp_path / "none.jsonl")], "does not exist"),
         (["--methods", "spt,magic"], "methods must be distinct names"),
     ]:
