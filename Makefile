@@ -13,7 +13,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.sycointerp-installed
 
-.PHONY: demo test lint install clean chromium
+.PHONY: demo test lint install clean chromium docs docs-serve docs-notebook
 
 $(PY):
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "sycointerp needs Python >= 3.11; set PYTHON=python3.11")'
@@ -60,5 +60,17 @@ lint: $(STAMP)
 test: $(STAMP) chromium lint
 	$(PY) -m pytest -q
 
+# The manual: docs/ -> site/, strict (a broken link, a missing page or an unresolved reference
+# fails it); docs-serve rebuilds on edits at http://127.0.0.1:8000.
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
+
+docs-serve: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs serve
+
+# Re-execute the notebook into the manual's stored-executed page (docs/tutorials/notebook.md).
+docs-notebook: $(STAMP)
+	$(PY) scripts/render_notebook.py
+
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) runs .pytest_cache site

@@ -161,6 +161,7 @@ class HeadGrid:
         return self.n_heads if kind == "query" else self.n_kv_heads
 
     def total(self, kind: HeadKind = "query") -> int:
+        """Number of query heads (``n_layers * n_heads``)."""
         return self.n_layers * self.count(kind)
 
     def describe(self, kind: HeadKind = "query") -> str:
@@ -174,9 +175,12 @@ class HeadGrid:
         return f"{self.n_layers} layers x {self.count(kind)} {what}{kv}"
 
     def shape(self) -> tuple[int, int, int]:
+        """``(n_layers, n_heads, n_kv_heads)``: what two grids must share (the name is
+        provenance)."""
         return (self.n_layers, self.n_heads, self.n_kv_heads)
 
     def to_json(self) -> dict[str, Any]:
+        """The grid as a JSON-serializable dict."""
         return {
             "model": self.model,
             "n_layers": self.n_layers,
@@ -186,6 +190,7 @@ class HeadGrid:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> "HeadGrid":
+        """Inverse of :meth:`to_json`."""
         return cls(
             int(data["n_layers"]),
             int(data["n_heads"]),
@@ -562,6 +567,7 @@ class HeadSet:
         return cls(heads, selected.n_layers, selected.n_heads, f"layer-matched random seed={seed}")
 
     def to_json(self) -> dict[str, Any]:
+        """The head set as a JSON-serializable dict (``heads``, grid, ``source``)."""
         return {
             "heads": [list(h) for h in self.heads],
             "n_layers": self.n_layers,
@@ -571,6 +577,7 @@ class HeadSet:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> "HeadSet":
+        """Inverse of :meth:`to_json`."""
         return cls(
             tuple(tuple(h) for h in data["heads"]),
             data["n_layers"],

@@ -289,6 +289,7 @@ class LogitsModel(torch.nn.Module):
 
     @property
     def device(self) -> torch.device:
+        """The wrapped model's device."""
         cfg = getattr(self.inner, "cfg", None)
         if cfg is not None and getattr(cfg, "device", None) is not None:
             return torch.device(cfg.device)
@@ -297,6 +298,7 @@ class LogitsModel(torch.nn.Module):
     def forward(
         self, ids: Int[torch.Tensor, "batch pos"]
     ) -> Float[torch.Tensor, "batch pos d_vocab"]:
+        """The wrapped model's logits for ``input_ids`` (whatever its forward returns)."""
         out = self.inner(ids.to(self.device))
         return out if isinstance(out, torch.Tensor) else out.logits
 

@@ -370,8 +370,8 @@ def compare_heatmaps(
     outlines its own result's top-ranked heads with numbered open squares.
 
     Args:
-        before, after: per-head results of the same cells, metric and kind (e.g. a model before
-            and after fine-tuning, or two patching methods).
+        before: a per-head result (e.g. a model before fine-tuning, or one patching method).
+        after: a per-head result of the same cells, metric and kind as ``before``.
         titles: the two panels' titles.
         title: figure title; defaults to ``"<method>: <metric>, <titles[0]> vs <titles[1]>"``
             (the method only when both results share it).
@@ -1061,7 +1061,8 @@ def save_figure(
         png: also write the PNG (needs kaleido and a Chromium-family browser).
         vector: any of ``"svg"``, ``"pdf"`` (kaleido and a browser, as for the PNG).
         html: also write the HTML (tens of kB; plotly.js, 4.8 MB, once per folder).
-        width, height: image size in pixels (the vector formats' page size in CSS pixels).
+        width: image width in pixels (the vector formats' page width in CSS pixels).
+        height: image height in pixels (likewise).
 
     Returns:
         The figure's paths, HTML first, then PNG, then ``vector`` in its order (not the shared

@@ -180,6 +180,7 @@ class SplitHalf:
     k: int
 
     def to_json(self) -> dict:
+        """The replication as a JSON-serializable dict."""
         return {
             "mean": self.mean,
             "low": self.low,

@@ -93,6 +93,7 @@ class Summary:
         return f"{self.mean:+.3f} [{self.ci_low:+.3f}, {self.ci_high:+.3f}] (n={self.n}{few})"
 
     def to_json(self) -> dict[str, float | int | bool]:
+        """Every field by name (NaN as null)."""
         return {
             "mean": self.mean,
             "se": self.se,
@@ -177,6 +178,8 @@ class Proportion:
         )
 
     def to_json(self) -> dict[str, float | int | None]:
+        """``k``, ``n``, the rate and its interval (NaN as null), the level, and whether it is
+        small."""
         nan = lambda x: None if math.isnan(x) else x  # noqa: E731 (JSON has no NaN)
         return {
             "k": self.k,

@@ -92,6 +92,11 @@ class CliParser(argparse.ArgumentParser):
     """argparse whose usage errors are one line on stderr and exit status 2 (no usage block)."""
 
     def error(self, message: str) -> None:
+        """One line on stderr and exit status 2 (argparse's usage block is left out).
+
+        Raises:
+            SystemExit: always, with status 2.
+        """
         print(f"{self.prog}: error: {message}", file=sys.stderr)
         raise SystemExit(2)
 

@@ -19,7 +19,7 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-__all__ = ["ALIASES", "COMMANDS", "main", "run_alias"]
+__all__ = ["ALIASES", "COMMANDS", "main", "run_alias", "usage"]
 
 COMMANDS = {
     "patch": "rank attention heads by their effect on sycophancy (resumable batch job)",
@@ -35,7 +35,8 @@ COMMANDS = {
 ALIASES = {"sycointerp.patch": "patch"}
 
 
-def _usage() -> str:
+def usage() -> str:
+    """The ``sycointerp`` command's usage text: its commands, one line each."""
     width = max(map(len, COMMANDS))
     lines = [f"  {name:<{width}}  {text}" for name, text in COMMANDS.items()]
     return (
@@ -50,10 +51,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Dispatch ``argv`` (default: the process's) to a job; 2 with one line for an unknown one."""
     args = list(sys.argv[1:] if argv is None else argv)
     if not args:
-        print(_usage(), file=sys.stderr)
+        print(usage(), file=sys.stderr)
         return 2
     if args[0] in ("-h", "--help"):
-        print(_usage())
+        print(usage())
         return 0
     command, rest = args[0], args[1:]
     if command not in COMMANDS:

@@ -29,6 +29,10 @@ PROG = "python -m sycointerp.patch"
 
 
 def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
+    """The patch job's parser: ``--config``, ``--out``, ``--overwrite``, ``-q`` / ``-v`` and one
+    flag per
+    :class:`~sycointerp.workflows.patch_config.PatchConfig` field.
+    """
     examples = __doc__.split("Examples::")[1].split("\n\n")[1]
     return job_parser(
         prog,

@@ -22,6 +22,7 @@ PROG = "sycointerp report"
 
 
 def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
+    """The report command's parser: the job directory to (re)build ``report.html`` for."""
     examples = __doc__.split("Examples::")[1].split("\n\n")[1]
     parser = CliParser(
         prog=prog,

@@ -7,8 +7,8 @@ Examples::
     sycointerp spt --methods base,sft,lora,random,spt --kl-text wiki.txt --out runs/spt
     torchrun --standalone --nproc_per_node=2 -m sycointerp spt --out runs/spt       # data-parallel
 
-Options can also come from a TOML file (``--config``; sections [model] [data] [heads] [train]
-[eval] [run]); flags override it. The output layout is described in
+Options can also come from a TOML file (``--config``; sections ``[model]`` ``[data]``
+``[heads]`` ``[train]`` ``[eval]`` ``[run]``); flags override it. The output layout is described in
 :mod:`sycointerp.workflows.spt`. User errors print one line and exit 2; a training failure (e.g. a
 NaN loss) prints one line and exits 1, keeping the last checkpoint.
 """
@@ -26,6 +26,10 @@ PROG = "sycointerp spt"
 
 
 def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
+    """The SPT command's parser: ``--config``, ``--out``, ``--overwrite``, ``-q`` / ``-v`` and one
+    flag
+    per :class:`~sycointerp.workflows.spt_config.SPTConfig` field.
+    """
     examples = __doc__.split("Examples::")[1].split("\n\n")[1]
     return job_parser(
         prog,

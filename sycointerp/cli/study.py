@@ -9,10 +9,10 @@ Examples::
     sycointerp study --arc-path ARC-Easy-Test.jsonl --kl-text wiki.txt --out runs/study
     sycointerp study --main-eval-limit 0 --draws 5 --out runs/study_full      # full size
 
-Options can also come from a TOML file (``--config``; sections [model] [data] [protocols]
-[agreement] [main] [sweep] [train] [eval]); flags override it. Stages and output layout:
-:mod:`sycointerp.workflows.study`. An interrupted study resumes where it stopped when run again
-with the same options. User errors print one line and exit 2.
+Options can also come from a TOML file (``--config``; sections ``[model]`` ``[data]``
+``[protocols]`` ``[agreement]`` ``[main]`` ``[sweep]`` ``[train]`` ``[eval]``); flags override it.
+Stages and output layout: :mod:`sycointerp.workflows.study`. An interrupted study resumes where it
+stopped when run again with the same options. User errors print one line and exit 2.
 """
 
 import argparse
@@ -28,6 +28,9 @@ PROG = "sycointerp study"
 
 
 def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
+    """The study command's parser: ``--config``, ``--out``, ``--overwrite``, ``-q`` / ``-v`` and one
+    flag per :class:`~sycointerp.workflows.study_config.StudyConfig` field.
+    """
     examples = __doc__.split("Examples::")[1].split("\n\n")[1]
     return job_parser(
         prog,

@@ -39,6 +39,7 @@ class PairBatch:
 
     @property
     def n(self) -> int:
+        """Number of pairs (examples) in the batch."""
         return self.ref.shape[0]
 
     @property

@@ -91,6 +91,7 @@ class Question:
 
     @property
     def is_multiple_choice(self) -> bool:
+        """Whether the question lists lettered choices (answers are then letters)."""
         return bool(self.choices)
 
     def response(self, correct: bool = True) -> str:
@@ -122,6 +123,8 @@ class Question:
         return body if body.endswith((".", "!", "?")) else body + "."
 
     def to_json(self) -> dict[str, Any]:
+        """The record as a JSON-serializable dict (the JSONL schema of
+        :func:`load_questions_jsonl`)."""
         record = {k: v for k, v in asdict(self).items() if v not in (None, (), [], {}, "")}
         for key in ("choices", "labels"):
             if key in record:
@@ -193,6 +196,11 @@ def iter_jsonl(path: Path) -> Iterator[tuple[str, Any]]:
 
 
 def require_nonempty(questions: list[Question], source: str) -> list[Question]:
+    """Return ``questions`` unchanged when there is at least one.
+
+    Raises:
+        DataError: none, naming ``source``.
+    """
     if not questions:
         raise DataError(f"{source}: no questions found (empty file or every record filtered out)")
     return questions

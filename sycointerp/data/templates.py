@@ -37,6 +37,10 @@ class ChallengeTemplate:
 
     @property
     def counterfactual_candidates(self) -> tuple[str, ...]:
+        """The counterfactual wordings tried, in order, when pairs must be token-aligned (the main
+        one
+        first).
+        """
         return (self.counterfactual, *self.aligned)
 
 

@@ -105,6 +105,7 @@ class TextKL:
 
     @property
     def n_passages(self) -> int:
+        """Number of passages scored."""
         return int(self.per_passage.numel())
 
     def interval(
@@ -261,6 +262,7 @@ class ReferenceLogits:
 
     @property
     def nbytes(self) -> int:
+        """Memory held by the kept base-model logits, in bytes."""
         return sum(logits.numel() * logits.element_size() for _, _, logits in self.batches)
 
 
@@ -375,6 +377,7 @@ class LetterAccuracy:
 
     @property
     def accuracy(self) -> Proportion:
+        """The share of questions whose chosen letter is the gold one, with its Wilson interval."""
         return proportion(sum(self.correct), len(self.correct))
 
 

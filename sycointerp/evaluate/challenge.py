@@ -66,6 +66,7 @@ class EffectResult(Bundle):
 
     @property
     def n(self) -> int:
+        """Number of examples (questions)."""
         return len(self.question_ids)
 
     @property
@@ -82,6 +83,10 @@ class EffectResult(Bundle):
         return None if flagged is None else len(flagged)
 
     def summary(self) -> dict[str, Summary]:
+        """Per metric: the challenge, counterfactual and their paired difference, each a mean with
+        its
+        95% bootstrap interval.
+        """
         out = {name: summarize(values) for name, values in self.metrics.items()}
         for name in ("flip", "apology", "apology_lp"):
             if f"{name}_ref" in self.metrics:
@@ -91,6 +96,7 @@ class EffectResult(Bundle):
         return out
 
     def to_markdown(self) -> str:
+        """The summary as a markdown table (plus the raw-ratio note when any example is flagged)."""
         rows = [
             "| metric | challenge | counterfactual | challenge - counterfactual |",
             "|---|---|---|---|",

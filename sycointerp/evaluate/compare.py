@@ -51,6 +51,7 @@ class MethodComparison:
     truthfulness: PairedComparison
 
     def to_json(self) -> dict:
+        """The comparison as a JSON-serializable dict (``a``, ``b`` and both paired comparisons)."""
         return {
             "a": self.a,
             "b": self.b,
@@ -115,6 +116,8 @@ class PooledComparison:
     truthfulness: PairedDifference
 
     def to_json(self) -> dict:
+        """The comparison as a JSON-serializable dict (``a``, ``b``, the draws and both
+        differences)."""
         return {
             "a": self.a,
             "b": self.b,

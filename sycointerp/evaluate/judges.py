@@ -145,9 +145,11 @@ def admits_mistake(reply: str, *, bare_apology: bool = True) -> bool:
 class Judge(Protocol):
     """What the evaluation asks of a judge. Implementations may add batched ``*_many`` methods."""
 
-    def admits_mistake(self, question: Question, reply: str) -> bool: ...
+    def admits_mistake(self, question: Question, reply: str) -> bool:
+        """Whether ``reply`` (to the challenge) admits a mistake."""
 
-    def is_correct(self, question: Question, answer: str) -> bool: ...
+    def is_correct(self, question: Question, answer: str) -> bool:
+        """Whether ``answer`` gives ``question``'s gold answer."""
 
 
 class RuleJudge:
@@ -167,11 +169,13 @@ class RuleJudge:
         return f"RuleJudge(count_switches={self.count_switches}, bare_apology={self.bare_apology})"
 
     def admits_mistake(self, question: Question, reply: str) -> bool:
+        """The rules of :func:`admits_mistake` (plus an answer switch, with ``count_switches``)."""
         return admits_mistake(reply, bare_apology=self.bare_apology) or (
             self.count_switches and switches_answer(question, reply)
         )
 
     def is_correct(self, question: Question, answer: str) -> bool:
+        """Whether the gold answer is named and the wrong one is not (:func:`answer_is_correct`)."""
         return answer_is_correct(question, answer)
 
 
@@ -276,6 +280,7 @@ class LLMJudge:
     def admits_mistake_many(
         self, questions: Sequence[Question], replies: Sequence[str]
     ) -> list[bool]:
+        """One yes/no judgement per (question, reply), batched through the judge model."""
         prompts = [
             _ADMIT_PROMPT.format(question=q.user_text(), reply=r.strip())
             for q, r in zip(questions, replies)
@@ -283,6 +288,7 @@ class LLMJudge:
         return (self.yes_no_margin(prompts) > 0).tolist() if prompts else []
 
     def is_correct_many(self, questions: Sequence[Question], answers: Sequence[str]) -> list[bool]:
+        """One correctness judgement per (question, answer), batched through the judge model."""
         out = [answer_is_correct(q, a) for q, a in zip(questions, answers)]
         if self.correctness == "rule":
             return out
@@ -301,7 +307,9 @@ class LLMJudge:
         return out
 
     def admits_mistake(self, question: Question, reply: str) -> bool:
+        """The judge model's yes/no on whether ``reply`` admits a mistake."""
         return self.admits_mistake_many([question], [reply])[0]
 
     def is_correct(self, question: Question, answer: str) -> bool:
+        """The judge model's yes/no on whether ``answer`` is correct."""
         return self.is_correct_many([question], [answer])[0]

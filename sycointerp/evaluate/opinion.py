@@ -150,6 +150,8 @@ class OpinionResult:
 
     @property
     def rate(self) -> Proportion:
+        """The share of items where the model picks the persona's opinion, with its Wilson
+        interval."""
         return proportion(sum(self.matched), len(self.matched))
 
     def by_affiliation(self) -> dict[str, Proportion]:

@@ -191,6 +191,7 @@ class SycophancyEval:
 
     @property
     def n(self) -> int:
+        """Number of evaluated items (dialogues)."""
         return len(self.items)
 
     def summary(self, level: float = 0.95) -> dict[str, Proportion]:
@@ -230,6 +231,8 @@ class SycophancyEval:
         return replace(self, judge=repr(judge), items=items)
 
     def to_markdown(self) -> str:
+        """Confidence, Truthfulness and the other rates as a markdown table with Wilson
+        intervals."""
         rows = [
             f"Sycophancy evaluation of `{self.model}` ({self.n} questions; "
             f'challenge: "{self.challenge}"; '

@@ -47,6 +47,7 @@ _ROW_TOLERANCE = 1e-3  # rows must sum to 1 up to this (half-precision models in
 
 
 def pattern_name(layer: int) -> str:
+    """The hook name of layer ``layer``'s attention pattern."""
     return f"blocks.{layer}.attn.hook_pattern"
 
 

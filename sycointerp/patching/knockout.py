@@ -429,10 +429,12 @@ class KnockoutCurve(Bundle):
 
     @property
     def n_random(self) -> int:
+        """Random head sets drawn per k."""
         return self.random.shape[1]
 
     @property
     def has_apology(self) -> bool:
+        """Whether the curve holds generated apology rates (``generate=True``)."""
         return self.apology_top is not None
 
     def _measures(self) -> dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:

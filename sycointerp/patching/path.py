@@ -40,10 +40,12 @@ __all__ = ["path_patch_heads", "path_ranking", "attn_in_name", "mlp_in_name", "r
 
 
 def attn_in_name(layer: int) -> str:
+    """The hook name of layer ``layer``'s attention input (the residual stream it reads)."""
     return f"blocks.{layer}.ln1.hook_in"
 
 
 def mlp_in_name(layer: int) -> str:
+    """The hook name of layer ``layer``'s MLP input."""
     return f"blocks.{layer}.ln2.hook_in"
 
 
@@ -181,7 +183,11 @@ def path_ranking(
     (choosing heads, re-patching the tuned model) and the study's agreement stage share.
 
     Args:
-        model, pairs, metric, batch_size, progress: as :func:`path_patch_heads`.
+        model: as :func:`path_patch_heads`.
+        pairs: as :func:`path_patch_heads`.
+        metric: as :func:`path_patch_heads`.
+        batch_size: as :func:`path_patch_heads`.
+        progress: as :func:`path_patch_heads`.
         directory: where the result is saved; when it already holds one it is read back instead
             of recomputed (the caller names a directory per model, pairs and metric).
 

@@ -121,6 +121,7 @@ class PatchResult(Bundle):
 
     @property
     def n_layers(self) -> int:
+        """Number of layers of the cell grid (its first axis)."""
         return self.values.shape[0]
 
     @property
@@ -130,10 +131,12 @@ class PatchResult(Bundle):
 
     @cached_property
     def mean(self) -> Float[torch.Tensor, "*cells"]:
+        """Each cell's mean effect over examples."""
         return self.values.mean(-1)
 
     @cached_property
     def se(self) -> Float[torch.Tensor, "*cells"]:
+        """Each cell's standard error of the mean over examples (0 with one example)."""
         n = self.values.shape[-1]
         return (
             self.values.std(-1, unbiased=True) / n**0.5

@@ -190,7 +190,8 @@ def check_disjoint(
     """Refuse training questions that also appear in the evaluation set.
 
     Args:
-        train, held_out: the two sets.
+        train: the training questions.
+        held_out: the evaluation questions.
         by_id: also refuse shared ids (right for two parts of one dataset; sets from different
             files compare by text only, since their ids may coincide by chance).
 

@@ -68,11 +68,13 @@ class HeadSlice:
 
     @property
     def shape(self) -> tuple[int, ...]:
+        """The slice's shape within its weight matrix."""
         full = list(self.module.weight.shape)
         full[self.dim] = self.size
         return tuple(full)
 
     def view(self) -> torch.Tensor:
+        """The slice as a view of the weight (writes go to the model)."""
         return self.module.weight.narrow(self.dim, self.start, self.size)
 
 
@@ -258,4 +260,5 @@ def expected_trainable(config: Any, k: int, *, tune_kv: bool | None = None) -> i
 
 
 def unique_layers(slices: Iterable[HeadSlice]) -> list[int]:
+    """The distinct layers of ``heads``, sorted."""
     return sorted({s.layer for s in slices})

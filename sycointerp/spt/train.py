@@ -104,6 +104,8 @@ class TrainReport:
     config: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
+        """The report as a JSON-serializable dict (losses, timings, trainable count, optimizer
+        memory)."""
         return asdict(self)
 
 

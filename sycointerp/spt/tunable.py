@@ -35,12 +35,27 @@ __all__ = ["Tunable", "HeadDeltas", "FullWeights", "PeftLoRA", "frozen"]
 
 @runtime_checkable
 class Tunable(Protocol):
-    def parameters(self) -> list[nn.Parameter]: ...
-    def n_trainable(self) -> int: ...
-    def active(self): ...
-    def merge(self) -> None: ...
-    def state(self) -> dict[str, torch.Tensor]: ...
-    def load_state(self, state: dict[str, torch.Tensor]) -> None: ...
+    """What the training loop trains: parameters, a context in which the forward uses them, merging
+    into the model, and checkpoint state (see the module docstring).
+    """
+
+    def parameters(self) -> list[nn.Parameter]:
+        """What the optimizer updates."""
+
+    def n_trainable(self) -> int:
+        """Number of trainable scalars."""
+
+    def active(self):
+        """A context manager during which the model's forward includes the trainable parameters."""
+
+    def merge(self) -> None:
+        """Write the trained parameters into the model's weights for good."""
+
+    def state(self) -> dict[str, torch.Tensor]:
+        """The trainable state as named tensors (a checkpoint)."""
+
+    def load_state(self, state: dict[str, torch.Tensor]) -> None:
+        """Restore :meth:`state`'s tensors."""
 
 
 @contextmanager
@@ -95,18 +110,22 @@ class HeadDeltas:
                 self.factors.append(nn.Parameter(torch.zeros((s.shape[0], rank), device=device)))
 
     def delta(self, i: int) -> torch.Tensor:
+        """Slice ``i``'s delta (``B @ A`` for low-rank deltas)."""
         if self.rank is None:
             return self.factors[i]
         return self.factors[2 * i + 1] @ self.factors[2 * i]
 
     def parameters(self) -> list[nn.Parameter]:
+        """The deltas (or their low-rank factors)."""
         return list(self.factors)
 
     def n_trainable(self) -> int:
+        """Number of trainable scalars of the deltas."""
         return sum(p.numel() for p in self.factors)
 
     @contextmanager
     def active(self) -> Iterator[None]:
+        """Hooks that add each delta's contribution to its projection's output."""
         by_module: dict[int, list[int]] = {}
         for i, s in enumerate(self.slices):
             by_module.setdefault(id(s.module), []).append(i)
@@ -142,6 +161,7 @@ class HeadDeltas:
             view.copy_((view.float() + self.delta(i).float()).to(view.dtype))
 
     def state(self) -> dict[str, torch.Tensor]:
+        """The deltas as named tensors."""
         return {f"factor.{i}": p.detach().cpu() for i, p in enumerate(self.factors)}
 
     def load_state(self, state: dict[str, torch.Tensor]) -> None:
@@ -175,14 +195,17 @@ class FullWeights:
         self.params = [p for p in model.parameters()]
 
     def parameters(self) -> list[nn.Parameter]:
+        """Every weight of the model."""
         return self.params
 
     def n_trainable(self) -> int:
         # Tied weights (embeddings = lm_head) count once.
+        """Number of the model's scalars."""
         return sum(p.numel() for p in {id(p): p for p in self.params}.values())
 
     @contextmanager
     def active(self) -> Iterator[None]:
+        """Unfreezes the model's weights inside the block (they are trained in place)."""
         flags = [p.requires_grad for p in self.params]
         for p in self.params:
             p.requires_grad_(True)
@@ -193,6 +216,7 @@ class FullWeights:
                 p.requires_grad_(flag)
 
     def merge(self) -> None:
+        """Nothing to merge: the weights were trained in place."""
         return None
 
     def _named_parameters(self) -> dict[str, nn.Parameter]:
@@ -204,6 +228,7 @@ class FullWeights:
         }
 
     def state(self) -> dict[str, torch.Tensor]:
+        """Every weight as named tensors."""
         return {name: p.detach().cpu().clone() for name, p in self._named_parameters().items()}
 
     def load_state(self, state: dict[str, torch.Tensor]) -> None:
@@ -267,19 +292,23 @@ class PeftLoRA:
         self.params = [p for n, p in self.model.named_parameters() if "lora_" in n]
 
     def parameters(self) -> list[nn.Parameter]:
+        """The LoRA adapters' parameters."""
         return self.params
 
     def n_trainable(self) -> int:
+        """Number of the adapters' scalars."""
         return sum(p.numel() for p in self.params)
 
     @contextmanager
     def active(self) -> Iterator[None]:
+        """The adapted model's forward inside the block."""
         for p in self.params:
             p.requires_grad_(True)
         yield
 
     @torch.no_grad()
     def merge(self) -> None:
+        """Merge the adapters into the attention projections and remove them."""
         from peft.tuners.lora import LoraLayer
 
         for name, module in list(self.model.named_modules()):
@@ -290,11 +319,13 @@ class PeftLoRA:
                 setattr(parent, child, module.get_base_layer())
 
     def state(self) -> dict[str, torch.Tensor]:
+        """The adapters' parameters as named tensors."""
         return {
             n: p.detach().cpu().clone() for n, p in self.model.named_parameters() if "lora_" in n
         }
 
     def load_state(self, state: dict[str, torch.Tensor]) -> None:
+        """Restore :meth:`state`'s tensors into the adapters."""
         params = dict(self.model.named_parameters())
         with torch.no_grad():
             for n, t in state.items():

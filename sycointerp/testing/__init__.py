@@ -120,7 +120,10 @@ def tiny_model(
         arch: ``"llama"`` (grouped-query attention: ``n_kv_heads`` defaults to ``n_heads // 2``)
             or ``"gpt2"`` (multi-head attention, fused Conv1D QKV, LayerNorm, learned positions).
         seed: torch seed for the random weights; equal seeds give bit-identical models.
-        n_layers, d_model, n_heads, n_kv_heads: architecture sizes.
+        n_layers: decoder layers.
+        d_model: residual stream width.
+        n_heads: query heads per layer.
+        n_kv_heads: key/value heads per layer (``None``: the architecture's default).
         compat: as in :func:`load_model`.
 
     Raises:

@@ -57,6 +57,7 @@ class Chunk:
     meta: dict[str, Any]
 
     def to_bytes(self) -> bytes:
+        """The chunk as safetensors bytes (``meta`` as JSON in the header): no pickle."""
         return save(
             {k: v.contiguous() for k, v in self.tensors.items()},
             metadata={"meta": json.dumps(self.meta)},
@@ -64,6 +65,12 @@ class Chunk:
 
     @classmethod
     def from_bytes(cls, data: bytes) -> "Chunk":
+        """Inverse of :meth:`to_bytes`.
+
+        Raises:
+            Exception: the bytes are not a chunk (truncated, edited); the store recomputes such
+                chunks.
+        """
         # safetensors layout: an 8-byte little-endian header length, then the JSON header.
         header_len = int.from_bytes(data[:8], "little")
         meta = json.loads(json.loads(data[8 : 8 + header_len])["__metadata__"]["meta"])
@@ -85,9 +92,11 @@ class Group:
 
     @property
     def is_main(self) -> bool:
+        """Whether this process is rank 0 (the one that writes)."""
         return self.rank == 0
 
     def owns(self, index: int) -> bool:
+        """Whether chunk ``index`` is this rank's to compute (``index mod world == rank``)."""
         return index % self.world == self.rank
 
     def broadcast(self, obj: Any) -> Any:
@@ -99,6 +108,7 @@ class Group:
         return box[0]
 
     def all_gather(self, obj: Any) -> list[Any]:
+        """Every rank's ``obj``, in rank order, on every rank."""
         if self.world == 1:
             return [obj]
         out: list[Any] = [None] * self.world
@@ -106,6 +116,7 @@ class Group:
         return out
 
     def barrier(self) -> None:
+        """Wait until every rank arrives (nothing with one process)."""
         if self.world > 1:
             dist.barrier()
 
@@ -152,6 +163,7 @@ class ChunkStore:
         group.barrier()
 
     def path(self, tag: str, index: int) -> Path:
+        """The file of chunk ``index`` of phase ``tag``."""
         return self.dir / f"{tag}-{index:05d}.safetensors"
 
     def _write(self, tag: str, index: int, data: bytes) -> None:

@@ -1,10 +1,16 @@
-"""The README's Python snippets run, unchanged and in order, as one script on the embedded model.
+"""The code of the README and the manual runs, unchanged, on the embedded model.
 
-The snippets are written at small sizes (24-40 questions, 8 training steps) so that they run as
-they stand; the batch jobs produce the README's tables. The script runs in a fresh directory
-(its ``runs/`` outputs land there) where ``data`` points at the shared data folder, the layout
-the evaluation snippet names. Each snippet's visible output is checked, so a snippet that ends
-in a bare expression (printing nothing as a script) fails here.
+The Python snippets of the manual's pages (in :data:`PAGES`' order, the order they build on each
+other's names) and of the README run as one script; then the README's quickstart commands run
+line by line. Everything is written at small sizes (16-40 questions, 2-8 training steps) so that
+it runs as it stands; the batch jobs produce the results pages' tables. The script runs in a
+fresh directory (its ``runs/`` outputs land there) where ``data`` points at the shared data
+folder, the layout the evaluation snippet names. Each snippet's visible output is checked, so a
+snippet that ends in a bare expression (printing nothing as a script) fails here.
+
+Pages whose code is illustrative (a hub model this machine cannot download, ``make`` itself)
+fence it as ``bash`` or ``py``; :func:`test_every_python_block_is_run_here` keeps ``python``
+fences to the pages listed here, so a new runnable snippet cannot escape the test.
 """
 
 import os
@@ -19,15 +25,23 @@ from tests.conftest import shared_file
 
 ROOT = Path(__file__).resolve().parents[2]
 FENCE = re.compile(r"^```python\n(.*?)^```", re.S | re.M)
+QUICKSTART = re.compile(r"^## Quickstart\n.*?^```bash\n(.*?)^```", re.S | re.M)
+# The pages with ``python`` snippets, in the order the snippets build on each other.
+PAGES = [
+    "docs/getting-started.md",
+    "docs/results/head-ranking.md",
+    "docs/tutorials/evaluation.md",
+    "docs/tutorials/spt.md",
+    "README.md",
+]
 
 
-def readme_snippets() -> list[str]:
-    return FENCE.findall((ROOT / "README.md").read_text(encoding="utf-8"))
+def snippets() -> list[str]:
+    return [s for page in PAGES for s in FENCE.findall((ROOT / page).read_text(encoding="utf-8"))]
 
 
-def test_readme_has_the_six_snippets_in_order():
-    snippets = readme_snippets()
-    firsts = [s.splitlines()[0].split(" import ")[0] for s in snippets]
+def test_the_snippets_are_found_in_order():
+    firsts = [s.splitlines()[0].split(" import ")[0] for s in snippets()]
     assert firsts == [
         "import sycointerp as si",
         "from sycointerp.patching",
@@ -38,7 +52,13 @@ def test_readme_has_the_six_snippets_in_order():
     ]
 
 
-def test_readme_snippets_run_as_one_script(tmp_path):
+def test_every_python_block_is_run_here():
+    pages = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
+    with_python = {str(p.relative_to(ROOT)) for p in pages if FENCE.search(p.read_text())}
+    assert with_python <= set(PAGES), sorted(with_python - set(PAGES))
+
+
+def test_snippets_and_quickstart_run(tmp_path):
     # Skips (with the reason) on a clone without the shared data, which the evaluation needs.
     data = shared_file("arc-easy", "ARC-Easy-Test.jsonl").parents[1]
     for part in (
@@ -47,12 +67,13 @@ def test_readme_snippets_run_as_one_script(tmp_path):
     ):
         shared_file(*part)
     (tmp_path / "data").symlink_to(data)
-    script = tmp_path / "readme.py"
-    script.write_text("\n\n".join(readme_snippets()), encoding="utf-8")
+    script = tmp_path / "snippets.py"
+    script.write_text("\n\n".join(snippets()), encoding="utf-8")
     env = {
         **os.environ,
         "PYTHONPATH": str(ROOT),
         "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2"),
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
     }
     done = subprocess.run(
         [sys.executable, str(script)],
@@ -60,7 +81,7 @@ def test_readme_snippets_run_as_one_script(tmp_path):
         capture_output=True,
         text=True,
         env=env,
-        timeout=1500,
+        timeout=1800,
     )
     assert done.returncode == 0, done.stderr[-4000:]
     out = done.stdout
@@ -79,9 +100,19 @@ def test_readme_snippets_run_as_one_script(tmp_path):
     # The workflows from Python: the ranking's top five heads, SPT's Confidence with its interval.
     assert lines[-2].startswith("((") and lines[-2].count("(") == 6, lines[-2]
     assert "ci_low" in lines[-1] and "ci_high" in lines[-1], lines[-1]
-    assert (tmp_path / "runs" / "spt_py" / "report.json").is_file()
+    # The README's quickstart, line by line, in a directory of its own.
+    quick = tmp_path / "quickstart"
+    quick.mkdir()
+    commands = QUICKSTART.search((ROOT / "README.md").read_text()).group(1).splitlines()
+    for line in commands:
+        run = subprocess.run(
+            line, shell=True, cwd=quick, capture_output=True, text=True, env=env, timeout=900
+        )
+        assert run.returncode == 0, (line, run.stderr[-3000:])
+    assert (quick / "runs" / "heads" / "report.html").is_file()
+    assert "| spt |" in (quick / "runs" / "spt" / "results.md").read_text()
 
 
 @pytest.mark.parametrize("snippet", range(6))
 def test_each_snippet_compiles(snippet):
-    compile(readme_snippets()[snippet], f"README snippet {snippet + 1}", "exec")
+    compile(snippets()[snippet], f"snippet {snippet + 1}", "exec")

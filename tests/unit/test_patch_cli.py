@@ -604,8 +604,8 @@ def test_load_model_passes_a_device_map_through(model_dirs):
         load_model(model_dirs["llama"], n_devices=2)
 
 
-def test_the_readme_config_example_is_a_valid_job_config():
-    text = (REPO / "README.md").read_text()
+def test_the_manuals_config_example_is_a_valid_job_config():
+    text = (REPO / "docs" / "how-to" / "batch-jobs.md").read_text()
     block = text.split("```toml\n", 1)[1].split("```", 1)[0]
     import tomllib
 
