@@ -146,6 +146,10 @@ CASES = [
     (["spt", *M, *SPT, "--kl-text", "{root}/binary.txt"], "not a readable UTF-8 text file"),
     (["spt", *M, *SPT, "--kl-text", "{root}/blank.txt"], "holds no paragraph"),
     (["spt", *M, *SPT, "--kl-text", "{root}/nowhere.txt"], "does not exist"),
+    (
+        ["spt", *M, *SPT, "--kl-text", "{root}/short.txt", "--out", "{root}/k"],
+        "no paragraph has 16",
+    ),
     (["spt", *M, *SPT, "--rank-metric", "nope"], "rank_metric (--rank-metric) must be one of"),
     (["spt", *M, *SPT, "--methods", "base,nope"], "methods must be distinct names"),
     (["spt", *M, *SPT, "--methods", "spt,spt"], "methods must be distinct names"),
@@ -282,7 +286,10 @@ def test_a_finished_job_rerun_with_changed_inputs_is_refused_naming_them(
     argv = _rerun_argv(job, local, extra)
     _repoint(local[job], world["root"], root)
     capsys.readouterr()
-    assert main(argv) == 0  # unchanged: nothing to do
+    loud = [a for a in argv if a != "-q"]
+    assert main(loud) == 0  # unchanged: nothing to do, and it says so
+    said = capsys.readouterr()
+    assert "already complete" in said.out or "already done" in said.err, said
     _edit(local, what, tmp_path)
     line = refused(argv, "holds a finished job computed from other inputs", capsys, [local[job]])
     assert named in line and "--overwrite" in line
@@ -402,3 +409,34 @@ def test_a_second_ctrl_c_during_shutdown_is_ignored(capsys):
         assert err.count("\n") == 1 and "rerun the same command to resume" in err
     finally:
         signal.signal(signal.SIGINT, before)
+
+
+def test_a_write_error_without_a_file_name_names_the_file(tmp_path):
+    """A full disk reported by a writer that names no file (os.write on a descriptor) still
+    names the file the job was writing."""
+    import errno
+
+    from sycointerp._io import atomic_write
+
+    def full(path: str) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(OSError) as caught:
+        atomic_write(tmp_path / "result.json", full)
+    assert caught.value.errno == errno.ENOSPC and caught.value.filename == str(
+        tmp_path / "result.json"
+    )
+    assert list(tmp_path.iterdir()) == []  # no temporary file left
+
+
+def test_an_unwritable_out_holding_a_job_keeps_its_finished_work(world, tmp_path, monkeypatch):
+    """At resume, an unwritable --out is made writable again, not abandoned for another path."""
+    from sycointerp.workflows import output
+
+    target = tmp_path / "patch"
+    shutil.copytree(world["patch"], target)
+    monkeypatch.setattr(output, "writable_directory_problem", lambda out: "Read-only file system")
+    with pytest.raises(output.OutputError, match="make it writable and rerun the same command"):
+        output.check_writable(target)
+    with pytest.raises(output.OutputError, match="choose another path"):
+        output.check_writable(tmp_path / "fresh")
