@@ -13,8 +13,8 @@ from sycointerp.patching import (
     patch_heads,
     patch_layers,
     path_patch_heads,
-    spearman,
 )
+from sycointerp.stability import spearman
 
 
 def test_path_patching_on_smollm2_matches_plain_runs(smol):

@@ -12,7 +12,8 @@ from sycointerp.data.batch import PairBatch
 from sycointerp.metrics import apology_logit_diff_metric, flip_metric
 from sycointerp.patching import patch_head_outputs
 from sycointerp.patching._engine import baselines
-from sycointerp.patching.attribution import attribution_patch_heads, spearman
+from sycointerp.patching.attribution import attribution_patch_heads
+from sycointerp.stability import spearman
 from sycointerp.testing import tiny_model
 from tests.reference import (
     logit_diff,
