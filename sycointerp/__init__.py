@@ -1,18 +1,19 @@
 """sycointerp: find the attention heads that make a chat model cave in when challenged, and tune
 only those.
 
-The names below are loaded on first use, so ``import sycointerp`` (and every ``python -m
-sycointerp.<job> --help``) stays fast: torch and TransformerLens load only when a model does.
+The names below are loaded on first use, so ``import sycointerp`` (and every ``sycointerp
+<command> --help``) stays fast: torch and TransformerLens load only when a model does.
 Layers (imports go one way, downward; ``tests/unit/test_layers.py`` enforces it):
 
 - ground: :mod:`~sycointerp.chat`, :mod:`~sycointerp.data`, :mod:`~sycointerp.models`,
   :mod:`~sycointerp.provenance`, :mod:`~sycointerp.stats`, :mod:`~sycointerp.stability`,
-  :mod:`~sycointerp.testing`, ``_io``, ``_lazy``, ``_config``, ``errors``;
+  :mod:`~sycointerp.testing`, ``_io``, ``_lazy``, ``_config``, ``_registry``, ``errors``;
 - analysis: :mod:`~sycointerp.metrics`, :mod:`~sycointerp.generate`, :mod:`~sycointerp.heads`,
   :mod:`~sycointerp.patching`, :mod:`~sycointerp.evaluate`, :mod:`~sycointerp.plot`;
 - tuning: :mod:`~sycointerp.spt`;
-- applications: :mod:`~sycointerp.cli` (the ``patch``, ``spt``, ``effect``, ``study`` and ``report``
-  jobs, behind the ``sycointerp`` command).
+- workflows: :mod:`~sycointerp.workflows` (the ``patch``, ``spt``, ``effect``, ``study`` and
+  ``report`` jobs as library calls);
+- applications: :mod:`~sycointerp.cli` (thin front ends, behind the ``sycointerp`` command).
 """
 
 from sycointerp._lazy import lazy_namespace

@@ -390,8 +390,8 @@ class HeadRanking:
             ]
             raise HeadFileError(
                 f"{what} {self.path} was made on a model with {self.grid.describe()} "
-                f"({self.grid.model or 'model not recorded'}), but this model "
-                f"({grid.model or 'model not named'}) has {grid.describe()}: "
+                f"({self.grid.model or 'model not recorded'}), but this model has "
+                f"{grid.describe()} ({grid.model or 'model not named'}): "
                 f"{', '.join(differ)}; rank the heads of this model"
             )
         if self.grid.model and grid.model and self.grid.model != grid.model:

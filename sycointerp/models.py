@@ -29,6 +29,7 @@ import hashlib
 import importlib.util
 import json
 import logging
+import math
 import os
 import shutil
 import tempfile
@@ -299,17 +300,81 @@ def expected_size(path: Path) -> int | None:
     end of its last tensor); ``None`` when the header itself is unreadable."""
     try:
         if path.suffix == ".safetensors":
+            size = path.stat().st_size
             with open(path, "rb") as f:
                 n = int.from_bytes(f.read(8), "little")
+                if n > size - 8:  # a Git LFS pointer or a web page under the name: no header
+                    return None
                 header = json.loads(f.read(n))
             ends = [v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"]
             return 8 + n + max(ends, default=0)
-        from gguf import GGUFReader
-
-        reader = GGUFReader(path)
-        return max((int(t.data_offset) + int(t.n_bytes) for t in reader.tensors), default=0)
-    except (OSError, ValueError, KeyError, TypeError, IndexError):
+        return _gguf_end(path)
+    except (OSError, ValueError, KeyError, TypeError, IndexError, MemoryError, OverflowError):
         return None
+
+
+# GGUF metadata value types -> struct formats (8: string, 9: array are read separately).
+_GGUF_SCALARS = {
+    0: "B",
+    1: "b",
+    2: "H",
+    3: "h",
+    4: "I",
+    5: "i",
+    6: "f",
+    7: "?",
+    10: "Q",
+    11: "q",
+    12: "d",
+}
+
+
+def _gguf_end(path: Path) -> int:
+    """The end of a GGUF's last tensor, from its header alone (the tensor data need not be there,
+    which is what tells a truncated file from a whole one).
+
+    Raises:
+        ValueError: not a GGUF, or an unknown value type.
+    """
+    import struct
+
+    from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+
+    with open(path, "rb") as f:
+
+        def read(fmt: str):
+            return struct.unpack("<" + fmt, f.read(struct.calcsize(fmt)))[0]
+
+        def string() -> str:
+            return f.read(read("Q")).decode("utf-8", "replace")
+
+        def value(kind: int):
+            if kind in _GGUF_SCALARS:
+                return read(_GGUF_SCALARS[kind])
+            if kind == 8:
+                return string()
+            if kind == 9:
+                item, count = read("I"), read("Q")
+                return [value(item) for _ in range(count)]
+            raise ValueError(f"unknown GGUF value type {kind}")
+
+        if f.read(4) != b"GGUF":
+            raise ValueError("not a GGUF file")
+        read("I")  # version
+        n_tensors, n_kv = read("Q"), read("Q")
+        alignment = 32
+        for _ in range(n_kv):
+            key, kind = string(), read("I")
+            got = value(kind)
+            alignment = int(got) if key == "general.alignment" else alignment
+        ends = []
+        for _ in range(n_tensors):
+            string()
+            dims = [read("Q") for _ in range(read("I"))]
+            block, size = GGML_QUANT_SIZES[GGMLQuantizationType(read("I"))]
+            ends.append(read("Q") + math.prod(dims) // block * size)
+        start = -(-f.tell() // alignment) * alignment
+    return start + max(ends, default=0)
 
 
 def _refuse_truncated(path: Path) -> None:
@@ -317,14 +382,21 @@ def _refuse_truncated(path: Path) -> None:
     or header error it causes.
 
     Raises:
-        ModelLoadError: the file is shorter than its header says, or its header is unreadable.
+        ModelLoadError: the file is shorter than its header says, or a tiny .safetensors without
+            a header (a Git LFS pointer).
     """
-    size, need = path.stat().st_size, expected_size(path)
+    try:
+        size = path.stat().st_size
+    except OSError:  # a broken link: the loader's own error says more
+        return
+    need = expected_size(path)
     if need is None:
-        raise ModelLoadError(
-            f"{path} is damaged or truncated ({size} bytes, its header unreadable): the download "
-            "or copy was cut short; fetch the file again"
-        )
+        if path.suffix == ".safetensors" and size < 1024:
+            raise ModelLoadError(
+                f"{path} is not a safetensors file ({size} bytes, no valid header: a Git LFS "
+                "pointer or a web page saved under its name?); fetch the weights themselves"
+            )
+        return  # a header this check cannot read proves nothing: the loader's error stands
     if size < need:
         raise ModelLoadError(
             f"{path} is truncated ({size} of {need} bytes): the download or copy was cut short; "

@@ -10,6 +10,7 @@ stderr and exit status 2.
 """
 
 import argparse
+import atexit
 import errno
 import logging
 import signal
@@ -183,9 +184,10 @@ def guarded(prog: str, body: Callable[[], int]) -> int:
         print(user_error_line(prog, err), file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        # A second Ctrl-C while the interpreter shuts down (threads, atexit) would print an
-        # ignored-exception trace: the job is already stopping, so further ones are ignored.
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        # A second Ctrl-C while the interpreter shuts down (threads joined, atexit) would print an
+        # ignored-exception trace: from the shutdown on, Ctrl-C is ignored. Registered, not set
+        # now, so that a session that called the CLI in-process (Jupyter) keeps its Ctrl-C.
+        atexit.register(signal.signal, signal.SIGINT, signal.SIG_IGN)
         print(f"{prog}: interrupted; rerun the same command to resume", file=sys.stderr)
         return 130
     except OSError as err:

@@ -10,8 +10,9 @@
     sycointerp report runs/heads             # rebuild runs/heads/report.html
     sycointerp --help | sycointerp patch --help
 
-Each subcommand is exactly its ``python -m`` job, with ``sycointerp <job>`` as the program name
-in help and errors. The dispatcher imports only the chosen job, and no job imports torch before
+Each subcommand runs its workflow (:mod:`sycointerp.workflows`), with ``sycointerp <command>`` as
+the program name in help and errors (``python -m sycointerp.patch``, the one module alias, names
+itself so). The dispatcher imports only the chosen job, and no job imports torch before
 its options are parsed, so ``--help`` answers at once.
 """
 

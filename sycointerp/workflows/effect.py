@@ -87,10 +87,13 @@ def run(config: EffectConfig, out: str | Path, *, progress: bool = True) -> Effe
     from sycointerp.evaluate.capability import first_turn_accuracy
     from sycointerp.evaluate.challenge import measure_challenge_effect
     from sycointerp.models import load_model
-    from sycointerp.workflows.output import check_writable
+    from sycointerp.workflows.output import OutputError, check_writable, describe_job
 
     out = Path(out)
     check_writable(out)
+    other = describe_job(out)
+    if other is not None:  # its summary.json would be overwritten by this job's
+        raise OutputError(f"--out {out} holds {other}; choose another --out for the effect")
     questions = load_questions_jsonl(config.questions) if config.questions else load_builtin()
     questions = questions[: config.limit] if config.limit else questions
     start = time.perf_counter()

@@ -139,11 +139,15 @@ def prepare_output(
     other = describe_job(out)
     this = header.split(":")[0].removeprefix("sycointerp ")
     if other is not None and other.split(" ", 2)[2] != this:
-        # Another kind of job: its files must never mix with this one's, --overwrite or not.
-        raise OutputError(
-            f"--out {out} holds {other}, not a {this}; choose another --out (--overwrite "
-            f"replaces only a {this})"
-        )
+        if _started(out, [p.name for p in out.iterdir()]):
+            # Another kind of job: its files must never mix with this one's, --overwrite or not.
+            raise OutputError(
+                f"--out {out} holds {other}, not {_ARTICLE[this]} {this}; choose another --out "
+                f"(--overwrite replaces only {_ARTICLE[this]} {this})"
+            )
+        # An attempt of another kind refused before any work: nothing of it to keep.
+        saved.unlink()
+        (out / INPUTS).unlink(missing_ok=True)
     try:
         old, foreign = _saved_job(out, config), None
     except ConfigError as err:
@@ -185,6 +189,9 @@ JOB_KINDS = {
 }
 
 
+_ARTICLE = {"patch job": "a", "SPT run": "an", "trust study": "a"}
+
+
 def describe_job(out: Path) -> str | None:
     """``"a finished patch job"``, ``"an unfinished SPT run"``, ...: which kind of sycointerp job
     ``out`` holds, read from its ``config.toml`` header; ``None`` when it holds none."""
@@ -196,7 +203,7 @@ def describe_job(out: Path) -> str | None:
     for kind, (header, done) in JOB_KINDS.items():
         if first.startswith(header):
             state = "finished" if (out / done).is_file() else "unfinished"
-            return f"{'a' if state == 'finished' else 'an'} {state} {kind}"
+            return f"{'a' if state == 'finished' else 'an'} {state} {kind}"  # no other articles
     return None
 
 
@@ -244,19 +251,34 @@ INPUTS = "inputs.json"
 def _changes(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
     """Human-readable differences between two nested JSON records.
 
-    A recorded ``None`` where there is now a value is not a change: it marks what could not be
-    hashed at the first run (a hub model downloaded by that run).
+    A ``None`` on either side is not a change: it marks what could not be hashed (at the first
+    run, a hub model downloaded by that run; now, a hub cache cleared since).
     """
     out = []
     for key in sorted(set(old) | set(new)):
         a, b = old.get(key), new.get(key)
-        if a is None and key in old and b is not None:
-            continue
+        if (a is None and key in old) or (b is None and key in new):
+            continue  # not hashable then (a hub model downloaded later) or now (cache cleared)
         if isinstance(a, dict) and isinstance(b, dict):
             out += _changes(a, b, f"{prefix}{key}.")
         elif a != b:
             short = lambda v: (v[:12] + "...") if isinstance(v, str) and len(v) > 16 else v  # noqa: E731
             out.append(f"{prefix}{key}: {short(a)!r} -> {short(b)!r}")
+    return out
+
+
+def _resolved(record: dict[str, Any]) -> dict[str, Any]:
+    """``record`` with local file paths resolved, so that ``./m`` and ``/abs/m`` compare equal
+    (``config_diff`` treats them as the same path too)."""
+
+    def resolve(name: Any) -> Any:
+        return str(Path(name).resolve()) if isinstance(name, str) and Path(name).exists() else name
+
+    out = dict(record)
+    if isinstance(out.get("files"), dict):
+        out["files"] = {resolve(k): v for k, v in out["files"].items()}
+    if isinstance(out.get("model"), dict):
+        out["model"] = {**out["model"], "model": resolve(out["model"].get("model"))}
     return out
 
 
@@ -287,7 +309,10 @@ def check_inputs(out: Path, record: dict[str, Any], status: str) -> None:
             f"--out {out} holds an unfinished job without a readable {INPUTS} (started by an older "
             "sycointerp?), so resuming it could mix inputs; pass --overwrite to start it again"
         ) from None
-    changes = _changes(saved, record) if isinstance(saved, dict) else ["inputs.json: not a record"]
+    if not isinstance(saved, dict):
+        changes = ["inputs.json: not a record"]
+    else:
+        changes = _changes(_resolved(saved), _resolved(record))
     if changes:
         raise OutputError(
             f"--out {out} holds an unfinished job computed from other inputs "
@@ -314,7 +339,7 @@ def _check_finished(out: Path, path: Path, record: dict[str, Any]) -> None:
             f"{path} is unreadable ({type(err).__name__}), so the finished job's inputs cannot "
             "be checked; pass --overwrite to compute it again"
         ) from None
-    changes = _changes(saved, record)
+    changes = _changes(_resolved(saved), _resolved(record))
     if changes:
         raise OutputError(
             f"--out {out} holds a finished job computed from other inputs "

@@ -9,6 +9,7 @@ Refusals (:class:`ConfigError`): those of :mod:`sycointerp._config`, plus option
 each other (e.g. ``challenge_text`` without ``counterfactual_text``) or belong to another method.
 """
 
+import dataclasses
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -260,7 +261,18 @@ class PatchConfig(TomlConfig):
         return ("last",) if self.method == "knockout" else PATCH_METHODS[self.method].positions
 
     def _check_method_options(self) -> None:
-        """Options that belong to another method must stay at their defaults (no silent no-ops)."""
+        """Options that belong to another method must stay at their defaults (no silent no-ops),
+        and a registered method reads only options the job has."""
+        if self.method != "knockout":
+            from sycointerp.patching.methods import PATCH_METHODS
+
+            names = {f.name for f in dataclasses.fields(self)}
+            unknown = [o for o in PATCH_METHODS[self.method].options if o not in names]
+            if unknown:
+                raise ConfigError(
+                    f"patching method {self.method!r} reads {', '.join(unknown)}, which the patch "
+                    "job has no option for; register it with options named after PatchConfig fields"
+                )
         for name in METHOD_OPTIONS:
             methods = self.option_owners(name)
             if self.method not in methods and getattr(self, name) != self.default_of(name):

@@ -20,6 +20,8 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+from safetensors import SafetensorError
+
 from sycointerp._io import atomic_write, read_json
 from sycointerp.errors import UserError
 from sycointerp.stats import SMALL_SAMPLE
@@ -371,15 +373,15 @@ def _check_files(directory: Path, kind: str) -> None:
     UTF-8 TOML, heads.csv a head ranking (a damaged file is named, never rendered as if fine).
 
     Raises:
-        ReportError, BundleError, HeadFileError: naming the file and the fix.
+        ReportError, BundleError: naming the file and the fix.
     """
-    from sycointerp.heads import read_heads_csv
+    import pandas as pd
 
     done = read_json(directory / _DONE[kind], f"{kind} job")
     if not isinstance(done, dict):
         raise ReportError(
             f"{directory / _DONE[kind]} is not a JSON object (found {type(done).__name__}); "
-            "rerun the job with --overwrite to rewrite it"
+            "restore it, or rerun the job into a new --out"
         )
     config = directory / "config.toml"
     if config.is_file():
@@ -387,11 +389,28 @@ def _check_files(directory: Path, kind: str) -> None:
             tomllib.loads(config.read_text(encoding="utf-8"))
         except (UnicodeDecodeError, tomllib.TOMLDecodeError) as err:
             raise ReportError(
-                f"{config} is not a valid TOML file ({type(err).__name__}); rerun the job with "
-                "--overwrite to rewrite it"
+                f"{config} is not a valid TOML file ({type(err).__name__}); restore it, or rerun "
+                "the job into a new --out"
             ) from None
-    if (directory / "heads.csv").is_file():
-        read_heads_csv(directory / "heads.csv")
+    heads = directory / "heads.csv"
+    if heads.is_file():  # the ranking's own columns; older files lack the provenance ones
+        try:
+            columns = set(pd.read_csv(heads, nrows=1, encoding="utf-8").columns)
+        except (UnicodeDecodeError, ValueError, pd.errors.ParserError) as err:
+            raise ReportError(
+                f"{heads} is not a CSV file ({type(err).__name__}); restore it, or rerun the job "
+                "into a new --out"
+            ) from None
+        missing = sorted({"layer", "head", "score", "rank"} - columns)
+        if missing:
+            raise ReportError(
+                f"{heads} is not a head ranking (no {', '.join(missing)} column); restore it, "
+                "or rerun the job into a new --out"
+            )
+
+
+# What a damaged file of a job raises when a page reads it (code errors are not among them).
+_DAMAGED = (KeyError, TypeError, ValueError, IndexError, AttributeError, OSError, SafetensorError)
 
 
 def build_report(directory: str | Path) -> Path:
@@ -409,13 +428,22 @@ def build_report(directory: str | Path) -> Path:
         title, sections = _PAGES[kind](directory)
     except UserError:
         raise
-    except Exception as err:  # noqa: BLE001 - any damaged file: one line naming it, not a trace
-        # A file of the job was edited or damaged (JSON of the wrong shape, not UTF-8, ...).
+    except (
+        KeyError,
+        TypeError,
+        ValueError,
+        IndexError,
+        AttributeError,
+        OSError,
+        SafetensorError,
+    ) as err:
+        # A file of the job was edited or damaged (JSON of the wrong shape, not UTF-8, tensors
+        # cut short): named, not a trace. Code errors (ImportError, ...) stay tracebacks.
         what = f"{err.filename}: " if isinstance(err, OSError) and err.filename else ""
         raise ReportError(
             f"{directory} holds a damaged {kind} job, the report cannot be built ({what}"
-            f"{type(err).__name__}: {' '.join(str(err).split())[:160]}); rerun the job with "
-            "--overwrite to rewrite its files"
+            f"{type(err).__name__}: {' '.join(str(err).split())[:160]}); restore the damaged "
+            "file, or rerun the job into a new --out"
         ) from None
     sections.append(_section("Files", _files(directory)))
     page = (

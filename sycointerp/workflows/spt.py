@@ -189,15 +189,30 @@ def _load(config: SPTConfig):
     )
 
 
+# Every head's W_O norm of the last model asked for (the norm-matched controls' draws).
+_W_O_NORMS: dict[tuple, torch.Tensor] = {}
+
+
 def _inputs(run: MethodRun, hf: torch.nn.Module, heads: HeadSet, config: SPTConfig):
     """What a trained method builds from; the W_O norms (norm-matched controls) are those of
     :func:`sycointerp.patching.controls.w_o_norms`, on the hooked model."""
     from sycointerp.patching.controls import w_o_norms
     from sycointerp.spt.methods import MethodInputs
 
-    def norms() -> torch.Tensor:  # a fresh copy: hooking must not touch the model to be tuned
-        fresh, tok, name = _load(config)
-        return w_o_norms(hook_model(fresh, tok, name))
+    def norms() -> torch.Tensor:
+        # A fresh copy on the CPU (hooking must not touch the model to be tuned, nor take a second
+        # copy's memory on the GPU), read once per model and process: every draw reuses it.
+        key = (config.model, config.dtype, config.trust_remote_code)
+        if key not in _W_O_NORMS:
+            fresh, tok, name = load_hf_model(
+                config.model or None,
+                device="cpu",
+                dtype=DTYPES[config.dtype],
+                trust_remote_code=config.trust_remote_code,
+            )
+            _W_O_NORMS.clear()
+            _W_O_NORMS[key] = w_o_norms(hook_model(fresh, tok, name))
+        return _W_O_NORMS[key]
 
     return MethodInputs(hf, heads, config.__dict__, run.draw, norms)
 

@@ -204,8 +204,9 @@ class SPTConfig(TomlConfig):
                 "arc_path is the training data file: ARC accuracy would be measured on trained "
                 "questions; pass a held-out ARC split as --arc-path"
             )
-        for name in ("caa_alphas", "iti_alphas"):
-            self._check_alphas(name)
+        for method, name in (("caa", "caa_alphas"), ("iti", "iti_alphas")):
+            if method in self.methods:  # the coefficients of a method not run are not read
+                self._check_alphas(name)
         if self.warmup_steps >= self.steps:
             raise ConfigError(
                 f"warmup_steps ({self.warmup_steps}) must be below steps ({self.steps})"

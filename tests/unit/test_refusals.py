@@ -101,6 +101,8 @@ def world(tmp_path_factory) -> dict[str, Path]:
     study_like = root / "study_like"
     study_like.mkdir()
     (study_like / "config.toml").write_text("# sycointerp trust study: resolved\n[model]\n")
+    (study_like / "protocols").mkdir()  # a study that has started: a stage wrote something
+    (study_like / "protocols" / "protocols.json").write_text("{}")
     return {
         "root": root,
         "model": model,
@@ -136,9 +138,9 @@ CASES = [
     (["spt", *M, *SPT, "--methods", "iti", "--iti-alphas=2"], "steers toward sycophancy"),
     (["spt", *M, *SPT, "--methods", "iti", "--iti-alphas=-1,0"], "non-zero"),
     (["spt", *M, *SPT, "--methods", "iti", "--iti-alphas=nan"], "finite"),
-    (["spt", *M, *SPT, "--steer-toward", "--caa-alphas=-1"], "steers away from sycophancy"),
-    (["spt", *M, *SPT, "--steer-toward", "--iti-alphas=-2,3"], "steers away"),
-    (["spt", *M, *SPT, "--caa-alphas="], "needs at least one value"),
+    (["spt", *M, *SPT, "--methods", "caa", "--steer-toward", "--caa-alphas=-1"], "steers away"),
+    (["spt", *M, *SPT, "--methods", "iti", "--steer-toward", "--iti-alphas=-2,3"], "steers away"),
+    (["spt", *M, *SPT, "--methods", "caa", "--caa-alphas="], "needs at least one value"),
     (["spt", *M, *SPT, "--methods", "caa", "--steer-layer", "2"], "steer_layer=2 but"),
     (["spt", *M, *SPT, "--methods", "base,caa", "--steer-layer", "9"], "blocks 0-1"),
     # spt: the model's shape, files, registries, --out
@@ -157,7 +159,7 @@ CASES = [
     (["spt", *M, *SPT, "--heads-file", "{root}/binary.txt"], "heads"),
     (["spt", *M, *SPT, "--out", "{root}/file.txt"], "is a file, not a directory"),
     # jobs of another kind in --out: named, and --overwrite never mixes them
-    (["spt", *M, *SPT, "--out", "{patch}"], "holds a finished patch job, not a SPT run"),
+    (["spt", *M, *SPT, "--out", "{patch}"], "holds a finished patch job, not an SPT run"),
     (["spt", *M, *SPT, "--out", "{patch}", "--overwrite"], "holds a finished patch job"),
     (["spt", *M, *SPT, "--out", "{study_like}"], "holds an unfinished trust study"),
     (["spt", *M, *SPT, "--out", "{study_like}", "--overwrite"], "unfinished trust study"),
@@ -183,6 +185,7 @@ CASES = [
     (["patch", *M, *PATCH, "--metric", "toy"], "metric (--metric) must be one of"),
     (["patch", *M, *PATCH, "--out", "{root}/file.txt"], "is a file, not a directory"),
     (["effect", *M, "--limit", "2", "--out", "{root}/file.txt"], "is a file, not a directory"),
+    (["effect", *M, "--limit", "2", "--out", "{patch}"], "holds a finished patch job"),
 ]
 
 
@@ -397,46 +400,29 @@ def test_a_head_file_of_another_grid_says_what_differs_and_names_the_model(world
     assert "big-model" in line and str(world["model"]) in line
 
 
-def test_a_second_ctrl_c_during_shutdown_is_ignored(capsys):
+def test_a_registered_method_reading_an_option_the_job_lacks_is_refused(world, capsys):
+    from sycointerp.patching.methods import PATCH_METHODS, PatchMethod
+
+    toy = PatchMethod("toy_opts", "toy", lambda *a, **k: None, {"no_such_option": "x"})
+    with PATCH_METHODS.added(toy):
+        argv = ["patch", "--model", str(world["model"]), *PATCH, "--method", "toy_opts"]
+        refused(argv, "reads no_such_option, which the patch job has no option for", capsys)
+
+
+def test_a_second_ctrl_c_during_shutdown_is_ignored(capsys, monkeypatch):
+    """After an interrupt, shutdown ignores Ctrl-C (no ignored-exception trace), while an
+    in-process caller keeps its handler until then."""
+    import atexit
+
+    registered = []
+    monkeypatch.setattr(atexit, "register", lambda *call: registered.append(call))
+
     def body() -> int:
         raise KeyboardInterrupt
 
     before = signal.getsignal(signal.SIGINT)
-    try:
-        assert guarded("sycointerp patch", body) == 130
-        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN  # a second Ctrl-C: no trace
-        err = capsys.readouterr().err
-        assert err.count("\n") == 1 and "rerun the same command to resume" in err
-    finally:
-        signal.signal(signal.SIGINT, before)
-
-
-def test_a_write_error_without_a_file_name_names_the_file(tmp_path):
-    """A full disk reported by a writer that names no file (os.write on a descriptor) still
-    names the file the job was writing."""
-    import errno
-
-    from sycointerp._io import atomic_write
-
-    def full(path: str) -> None:
-        raise OSError(errno.ENOSPC, "No space left on device")
-
-    with pytest.raises(OSError) as caught:
-        atomic_write(tmp_path / "result.json", full)
-    assert caught.value.errno == errno.ENOSPC and caught.value.filename == str(
-        tmp_path / "result.json"
-    )
-    assert list(tmp_path.iterdir()) == []  # no temporary file left
-
-
-def test_an_unwritable_out_holding_a_job_keeps_its_finished_work(world, tmp_path, monkeypatch):
-    """At resume, an unwritable --out is made writable again, not abandoned for another path."""
-    from sycointerp.workflows import output
-
-    target = tmp_path / "patch"
-    shutil.copytree(world["patch"], target)
-    monkeypatch.setattr(output, "writable_directory_problem", lambda out: "Read-only file system")
-    with pytest.raises(output.OutputError, match="make it writable and rerun the same command"):
-        output.check_writable(target)
-    with pytest.raises(output.OutputError, match="choose another path"):
-        output.check_writable(tmp_path / "fresh")
+    assert guarded("sycointerp patch", body) == 130
+    assert signal.getsignal(signal.SIGINT) is before  # unchanged in this process
+    assert registered == [(signal.signal, signal.SIGINT, signal.SIG_IGN)]  # ignored at exit
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "rerun the same command to resume" in err
