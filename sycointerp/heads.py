@@ -368,9 +368,17 @@ class HeadRanking:
     table: pd.DataFrame
 
     def require(
-        self, grid: HeadGrid, kind: HeadKind = "query", *, what: str = "this ranking"
+        self,
+        grid: HeadGrid,
+        kind: HeadKind = "query",
+        *,
+        what: str = "this ranking",
+        model: str = "",
     ) -> "HeadRanking":
         """Refuse a ranking of another head kind or another model shape; returns ``self``.
+
+        ``model`` names the model in a refusal when ``grid`` carries no name (a shape read before
+        loading, whose name is compared only after).
 
         Raises:
             HeadFileError: names the file's kind and grid and the model's.
@@ -391,7 +399,7 @@ class HeadRanking:
             raise HeadFileError(
                 f"{what} {self.path} was made on a model with {self.grid.describe()} "
                 f"({self.grid.model or 'model not recorded'}), but this model has "
-                f"{grid.describe()} ({grid.model or 'model not named'}): "
+                f"{grid.describe()} ({grid.model or model or 'model not named'}): "
                 f"{', '.join(differ)}; rank the heads of this model"
             )
         if self.grid.model and grid.model and self.grid.model != grid.model:

@@ -303,8 +303,10 @@ def expected_size(path: Path) -> int | None:
             size = path.stat().st_size
             with open(path, "rb") as f:
                 n = int.from_bytes(f.read(8), "little")
-                if n > size - 8:  # a Git LFS pointer or a web page under the name: no header
-                    return None
+                if n > size - 8:
+                    # Cut inside its header (a plausible length), or not a safetensors file at
+                    # all (a Git LFS pointer's text read as a length is about 2e18).
+                    return 8 + n if n < 1 << 32 else None
                 header = json.loads(f.read(n))
             ends = [v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"]
             return 8 + n + max(ends, default=0)

@@ -182,9 +182,8 @@ def _check_ranking_file(config: PatchConfig) -> None:
     dims = model_dims(config.model or None)
     if dims is not None:
         # Names are compared after loading, when the model's own name is known.
-        ranking.require(
-            HeadGrid(*dims, config.model or EMBEDDED_MODEL_NAME), "query", what="rank_from"
-        )
+        name = config.model or EMBEDDED_MODEL_NAME
+        ranking.require(HeadGrid(*dims), "query", what="rank_from", model=name)
     if len(ranking.heads) < config.ks[-1]:
         raise ConfigError(
             f"rank_from {config.rank_from} lists {len(ranking.heads)} heads, fewer than max(ks) = "

@@ -633,8 +633,8 @@ def _check_heads_file(config: SPTConfig) -> None:
     ranking = read_heads_csv(config.heads_file)
     dims = model_dims(config.model or None)
     if dims is not None:
-        grid = HeadGrid(*dims, config.model or EMBEDDED_MODEL_NAME)  # names compared after loading
-        ranking.require(grid, "query", what="heads file")
+        name = config.model or EMBEDDED_MODEL_NAME  # names are compared after loading
+        ranking.require(HeadGrid(*dims), "query", what="heads file", model=name)
     if config.top_k:
         ranking.top(config.top_k)
 

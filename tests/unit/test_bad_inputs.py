@@ -168,7 +168,7 @@ CASES = [
     ("patch", ["--model", "{missing}"], "is not a model directory"),
     ("patch", ["--model", "{empty_model}"], "without config.json"),
     ("patch", ["--model", "{root}/model/model.safetensors"], "is not a model directory"),
-    ("patch", [*M, "--out", "{notadir}"], "is not a writable directory"),
+    ("patch", [*M, "--out", "{notadir}"], "is a file, not a directory"),
     ("patch", [*M, "--out", "{notadir}/sub"], "is not a writable directory"),
     ("patch", [*M, "--out", "{nojob}"], "holds no sycointerp job"),
     # ---- spt
@@ -186,7 +186,7 @@ CASES = [
     ("spt", ["--eval-path", "{missing}"], "does not exist"),
     ("spt", ["--kl-text", "{missing}"], "does not exist"),
     ("spt", ["--config", "{bad_toml}"], "is not valid TOML"),
-    ("spt", [*M, "--out", "{notadir}"], "is not a writable directory"),
+    ("spt", [*M, "--out", "{notadir}"], "is a file, not a directory"),
     # ---- effect
     ("effect", ["--batch-size", "0"], "--batch-size must be >= 1"),
     ("effect", ["--limit", "0"], "--limit must be >= 1"),
@@ -194,7 +194,7 @@ CASES = [
     ("effect", ["--questions", "{missing}"], "file not found"),
     ("effect", ["--questions", "{latin1_q}"], "not UTF-8 text"),
     ("effect", ["--questions", "{dup_ids}"], "id 'a' is also used"),
-    ("effect", ["--out", "{notadir}"], "is not a writable directory"),
+    ("effect", ["--out", "{notadir}"], "is a file, not a directory"),
     ("effect", ["--first-answer", "mine"], "invalid choice: 'mine'"),
     # ---- study
     ("study", ["--protocols", "stem,nope"], "protocols must be among"),
@@ -204,7 +204,11 @@ CASES = [
     ("study", ["--steps", "3"], "warmup_steps (3) must be below steps (3)"),
     ("study", ["--arc-path", "{missing}"], "does not exist"),
     ("study", ["--lr", "nan"], "lr (--lr) must be a finite number"),
-    ("study", [*M, "--out", "{notadir}"], "is not a writable directory"),
+    (
+        "study",
+        [*M, "--top-k", "2", "--agreement-k", "2", "--ks", "1,2", "--out", "{notadir}"],
+        "is a file, not a directory",
+    ),
 ]
 
 
@@ -291,7 +295,7 @@ def test_a_corrupt_model_and_an_unusable_cache_are_one_line_exit_2(
     weights.write_bytes(weights.read_bytes()[:1000])  # a truncated download
     assert patch.main(["--model", str(broken), "--out", str(tmp_path / "o1"), "--no-png"]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "could not load the model in" in err, err
+    assert err.count("\n") == 1 and "model.safetensors is truncated" in err, err
     monkeypatch.setenv("SYCOINTERP_CACHE", files["notadir"])  # a file, not a directory
     assert patch.main(["--out", str(tmp_path / "o2"), "--no-png", "--limit", "2"]) == 2
     err = capsys.readouterr().err
