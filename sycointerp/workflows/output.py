@@ -309,16 +309,18 @@ def check_inputs(out: Path, record: dict[str, Any], status: str) -> None:
             f"--out {out} holds an unfinished job without a readable {INPUTS} (started by an older "
             "sycointerp?), so resuming it could mix inputs; pass --overwrite to start it again"
         ) from None
-    if not isinstance(saved, dict):
-        changes = ["inputs.json: not a record"]
-    else:
-        changes = _changes(_resolved(saved), _resolved(record))
+    changes = _summary(saved, record) if isinstance(saved, dict) else "inputs.json: not a record"
     if changes:
         raise OutputError(
-            f"--out {out} holds an unfinished job computed from other inputs "
-            f"({'; '.join(changes[:3])}{'; ...' if len(changes) > 3 else ''}); resuming would mix "
-            "them: restore them, or pass --overwrite to start again"
+            f"--out {out} holds an unfinished job computed from other inputs ({changes}); "
+            "resuming would mix them: restore them, or pass --overwrite to start again"
         )
+
+
+def _summary(saved: dict[str, Any], record: dict[str, Any]) -> str:
+    """The first changes between two input records, paths resolved; ``""`` when none."""
+    changes = _changes(_resolved(saved), _resolved(record))
+    return "; ".join(changes[:3]) + ("; ..." if len(changes) > 3 else "")
 
 
 def _check_finished(out: Path, path: Path, record: dict[str, Any]) -> None:
@@ -339,10 +341,9 @@ def _check_finished(out: Path, path: Path, record: dict[str, Any]) -> None:
             f"{path} is unreadable ({type(err).__name__}), so the finished job's inputs cannot "
             "be checked; pass --overwrite to compute it again"
         ) from None
-    changes = _changes(_resolved(saved), _resolved(record))
+    changes = _summary(saved, record)
     if changes:
         raise OutputError(
-            f"--out {out} holds a finished job computed from other inputs "
-            f"({'; '.join(changes[:3])}{'; ...' if len(changes) > 3 else ''}); its outputs are "
-            "stale: restore the inputs, or pass --overwrite to compute it again"
+            f"--out {out} holds a finished job computed from other inputs ({changes}); its "
+            "outputs are stale: restore the inputs, or pass --overwrite to compute it again"
         )
