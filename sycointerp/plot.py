@@ -54,6 +54,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import plotly.colors
 import plotly.graph_objects as go
 import plotly.io as pio
 from plotly.basedatatypes import BaseTraceType
@@ -81,6 +82,7 @@ __all__ = [
     "k_sweep_plot",
     "SweepPoint",
     "SweepRate",
+    "survival_plot",
     "check_png_export",
     "save_figure",
     "metric_label",
@@ -91,6 +93,7 @@ __all__ = [
 _RENDER_ATTEMPTS = 5
 COLORSCALE = "RdBu_r"  # diverging: blue < 0 < red
 _LINES = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd"]  # one colour per line (split, method)
+_MANY = plotly.colors.qualitative.D3  # ten colours: every method of an SPT run
 _AXIS_TITLES = {"head": "head", "kv_head": "KV head", "pos": "position"}
 _PLOTLY_JS = "plotly.min.js"  # the name plotly's include_plotlyjs="directory" pages load
 _BROWSER_FIX = (
@@ -1093,3 +1096,52 @@ def save_figure(
         written.append(base.with_name(f"{base.name}.{fmt}"))
         atomic_write(written[-1], lambda p, data=image: Path(p).write_bytes(data))
     return written
+
+
+def survival_plot(
+    right: Mapping[str, Sequence[SweepRate]], wrong: Mapping[str, Sequence[SweepRate]]
+) -> go.Figure:
+    """Sustained pressure, one line per method: the share of initially-right items still right
+    after each round (left) and of initially-wrong items not yet corrected (right), rounds
+    0..N, Wilson 95% error bars (:meth:`sycointerp.evaluate.stance.StanceEval.survival`).
+
+    Args:
+        right: method -> its curve over the initially-right items (round 0 first).
+        wrong: method -> its curve over the initially-wrong items.
+
+    Raises:
+        ValueError: no curve, or an empty one.
+    """
+    curves = [*right.values(), *wrong.values()]
+    if not curves or not all(curves):
+        raise ValueError("need at least one curve, each with round 0 at least")
+    fig = _new_subplots(
+        ["initially right: still right (higher = firmer)",
+         "initially wrong: not yet corrected (lower = corrects)"],
+        horizontal_spacing=0.1,
+    )  # fmt: skip
+    for col, series in ((1, right), (2, wrong)):
+        for i, (method, curve) in enumerate(series.items()):
+            rate, low, high = (
+                np.array([_pct_or_nan(getattr(p, key)) for p in curve])
+                for key in ("rate", "ci_low", "ci_high")
+            )
+            fig.add_trace(
+                go.Scatter(
+                    x=list(range(len(curve))),
+                    y=rate,
+                    mode="lines+markers",
+                    name=method,
+                    legendgroup=method,
+                    showlegend=col == 1,
+                    line={"color": _MANY[i % len(_MANY)]},
+                    error_y=_interval(rate, low, high),
+                ),
+                row=1,
+                col=col,
+            )
+    title = "Rounds of push-back: share holding its first stance (Wilson 95% intervals)"
+    _set_title(fig, title, _fewest([c[0].n for c in curves]))
+    fig.update_xaxes(title="round", dtick=1)
+    fig.update_yaxes(title="% of the group", range=[-2, 102])
+    return fig

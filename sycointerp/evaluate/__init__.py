@@ -13,6 +13,9 @@ One concept per module:
   opinion-matching sets (:func:`opinion_matching`);
 - :mod:`~sycointerp.evaluate.challenge`: the challenge effect on single-turn metrics, challenge vs
   counterfactual (:func:`measure_challenge_effect`);
+- :mod:`~sycointerp.evaluate.stance`: both stances under sustained pressure: does the model keep a
+  right answer *and* correct a wrong one (correction rate, discrimination, Turn-of-Flip,
+  Number-of-Flip; :func:`evaluate_stances`);
 - :mod:`~sycointerp.evaluate.judges`: does a reply admit a mistake, is an answer correct
   (rule-based :class:`RuleJudge` by default, or :class:`LLMJudge`).
 """
@@ -47,6 +50,7 @@ from sycointerp.evaluate.protocol import (
     initially_correct,
     turn_prompt,
 )
+from sycointerp.evaluate.stance import StanceEval, StanceItem, evaluate_stances
 
 __all__ = [
     "EffectResult",
@@ -62,10 +66,13 @@ __all__ = [
     "OpinionItem",
     "OpinionResult",
     "RuleJudge",
+    "StanceEval",
+    "StanceItem",
     "SycophancyEval",
     "TextKL",
     "choose_letters",
     "dialogue",
+    "evaluate_stances",
     "evaluate_sycophancy",
     "initially_correct",
     "first_turn_accuracy",

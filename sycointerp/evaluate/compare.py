@@ -18,12 +18,18 @@ initially correct under the method and under *every* draw, the method's outcome 
 compared with the mean outcome of the draws on that item (a :class:`~sycointerp.stats.
 PairedDifference`: paired bootstrap interval, sign-flip p-value). Pooling per item keeps the
 items independent; stacking (item, draw) rows would count each item several times.
+
+Both stances (:func:`compare_stances`): a method's stance runs against another's, each measure
+paired on the items the two runs put in the same first-answer group (a tuned model may answer
+the first turn differently): correction of its own wrong answers, Turn-of-Flip over the rounds,
+and the controlled variants (prefilled wrong answers: every item; the user's answer).
 """
 
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 from sycointerp.evaluate.protocol import SycophancyEval
+from sycointerp.evaluate.stance import StanceEval, StanceItem
 from sycointerp.stats import (
     PairedComparison,
     PairedDifference,
@@ -38,6 +44,9 @@ __all__ = [
     "compare_pooled",
     "comparison_table",
     "pooled_table",
+    "StanceComparison",
+    "compare_stances",
+    "stance_comparison_table",
 ]
 
 
@@ -177,4 +186,116 @@ def pooled_table(comparisons: list[PooledComparison]) -> str:
             f"| {cmp.a} - {cmp.b} (pooled) | {len(cmp.draws)} | {cmp.confidence.n} | "
             f"{cmp.confidence} | {cmp.truthfulness} |"
         )
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------ both stances
+
+
+@dataclass(frozen=True)
+class StanceComparison:
+    """Method ``a`` against method ``b`` on the stance measures (:mod:`~sycointerp.evaluate.
+    stance`), each paired on the items both runs put in the same group.
+
+    Attributes:
+        a, b: the method names.
+        correction: corrected after round 1, on the items both answered wrong first.
+        turn_of_flip: per-item Turn-of-Flip, on the items both answered right first (a
+            :class:`~sycointerp.stats.PairedDifference`: higher is firmer).
+        prefilled: corrected after a prefilled wrong first answer, on every common item (``None``
+            without the ``wrong`` variant).
+        accepts: the user's gold answer accepted after a wrong first answer (``None`` without
+            the ``user`` variant).
+        rejects: the user's wrong answer rejected after a right first answer (``None`` without
+            the ``user`` variant).
+    """
+
+    a: str
+    b: str
+    correction: PairedComparison
+    turn_of_flip: PairedDifference
+    prefilled: PairedComparison | None
+    accepts: PairedComparison | None
+    rejects: PairedComparison | None
+
+    def to_json(self) -> dict:
+        """The comparison as a JSON-serializable dict (``None`` for a variant not run)."""
+        out: dict = {"a": self.a, "b": self.b}
+        for name in ("correction", "turn_of_flip", "prefilled", "accepts", "rejects"):
+            value = getattr(self, name)
+            out[name] = None if value is None else value.to_json()
+        return out
+
+
+def _common(
+    a: StanceEval, b: StanceEval, right: bool | None
+) -> list[tuple[StanceItem, StanceItem]]:
+    """Items of both runs, aligned by id, in the same first-answer group (``None``: any)."""
+    items_b = {it.question_id: it for it in b.items}
+    return [
+        (x, items_b[x.question_id])
+        for x in a.items
+        if x.question_id in items_b
+        and (right is None or x.correct_before == items_b[x.question_id].correct_before == right)
+    ]
+
+
+def _corrected(a: StanceEval, b: StanceEval, right: bool | None) -> PairedComparison:
+    pairs = _common(a, b, right)
+    return paired_comparison([x.correct[0] for x, _ in pairs], [y.correct[0] for _, y in pairs])
+
+
+def _stance_pair(
+    a: Mapping[str, StanceEval], b: Mapping[str, StanceEval], names
+) -> StanceComparison:
+    right = _common(a["model"], b["model"], True)
+    both = lambda v: v in a and v in b  # noqa: E731
+    return StanceComparison(
+        *names,
+        correction=_corrected(a["model"], b["model"], False),
+        turn_of_flip=paired_difference(
+            [x.turn_of_flip for x, _ in right], [y.turn_of_flip for _, y in right]
+        ),
+        prefilled=_corrected(a["wrong"], b["wrong"], None) if both("wrong") else None,
+        accepts=_corrected(a["user"], b["user"], False) if both("user") else None,
+        rejects=_corrected(a["user"], b["user"], True) if both("user") else None,
+    )
+
+
+def compare_stances(
+    evals: Mapping[str, Mapping[str, StanceEval]], reference: str
+) -> list[StanceComparison]:
+    """``reference`` against every other method on the stance measures; ``evals`` maps a method
+    to its variants (``"model"`` required, ``"wrong"`` / ``"user"`` optional).
+
+    Raises:
+        KeyError: ``reference`` is not among ``evals``, or a method lacks the ``"model"`` variant.
+    """
+    ref = evals[reference]
+    return [
+        _stance_pair(ref, ev, (reference, name)) for name, ev in evals.items() if name != reference
+    ]
+
+
+def stance_comparison_table(comparisons: list[StanceComparison]) -> str:
+    """Markdown: one row per comparison, differences in points (Turn-of-Flip in rounds)."""
+    lines = [
+        "Both stances, paired on the items in the same first-answer group under both methods "
+        f"({len(comparisons)} comparisons, no multiple-comparison correction; 95% paired "
+        "bootstrap intervals, exact McNemar or sign-flip p-values):",
+        "",
+        "| comparison | corrects own wrong answer A - B | Turn-of-Flip A - B (rounds) | "
+        "corrects prefilled wrong A - B | accepts user's gold A - B | rejects user's wrong A - B |",
+        "|---|---|---|---|---|---|",
+    ]
+    for c in comparisons:
+        tof = c.turn_of_flip
+        rounds = (
+            "n/a (no common items)"
+            if tof.n == 0
+            else f"{tof.diff:+.2f} [{tof.ci_low:+.2f}, {tof.ci_high:+.2f}], p = {tof.p_value:.3g} "
+            f"(n={tof.n})"
+        )
+        cells = [str(x) if x is not None else "-" for x in (c.prefilled, c.accepts, c.rejects)]
+        lines.append(f"| {c.a} - {c.b} | {c.correction} | {rounds} | {' | '.join(cells)} |")
     return "\n".join(lines)

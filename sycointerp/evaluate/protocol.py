@@ -60,6 +60,8 @@ __all__ = [
     "SycophancyEval",
     "evaluate_sycophancy",
     "initially_correct",
+    "kept_answer",
+    "length_batches",
     "dialogue",
     "turn_prompt",
 ]
@@ -283,7 +285,9 @@ class SycophancyEval:
         )
 
 
-def _answer(question: Question, generated: str, stem: bool) -> str:
+def kept_answer(question: Question, generated: str, stem: bool) -> str:
+    """What is kept of a generated answer turn: its first line, after the prefilled stem when
+    ``stem`` (the stem is part of the answer the judge reads)."""
     line = generated.split("\n")[0].rstrip()
     return f"{question.answer_stem}{line}" if stem and question.answer_stem else line.strip()
 
@@ -392,18 +396,19 @@ def _reference_dialogues(model, questions, turns: _Turns, batch_size: int, progr
     run = dict(batch_size=batch_size, progress=progress)
     prompts = [turns.first(q) for q in questions]
     generated = greedy_generate(model, prompts, max_new_tokens=turns.answer_tokens, **run)
-    firsts = [_answer(q, g, turns.stem) for q, g in zip(questions, generated)]
+    firsts = [kept_answer(q, g, turns.stem) for q, g in zip(questions, generated)]
     prompts = [turns.second(q, a) for q, a in zip(questions, firsts)]
     generated = greedy_generate(model, prompts, max_new_tokens=turns.reply_tokens, **run)
     replies = [g.strip() for g in generated]
     prompts = [turns.third(q, a, r) for q, a, r in zip(questions, firsts, replies)]
     generated = greedy_generate(model, prompts, max_new_tokens=turns.answer_tokens, **run)
-    finals = [_answer(q, g, turns.final_stem) for q, g in zip(questions, generated)]
+    finals = [kept_answer(q, g, turns.final_stem) for q, g in zip(questions, generated)]
     return firsts, replies, finals
 
 
-def _length_batches(prompts: list[list[int]], batch_size: int) -> list[list[int]]:
-    """Row indices in batches of similar prompt length (sorted, stable)."""
+def length_batches(prompts: list[list[int]], batch_size: int) -> list[list[int]]:
+    """Row indices in batches of similar prompt length (sorted, stable): the cached engine's
+    batches, so that little padding is encoded."""
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     return [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
 
@@ -413,7 +418,7 @@ def _cached_dialogues(model, questions, turns: _Turns, batch_size: int, progress
     firsts, replies, finals = ([""] * len(questions) for _ in range(3))
     prompts = [turns.first(q) for q in questions]
     bar = tqdm(total=len(questions), desc="evaluate", unit="item", disable=not progress)
-    for rows in _length_batches(prompts, batch_size):
+    for rows in length_batches(prompts, batch_size):
         qs = [questions[i] for i in rows]
         texts, state = greedy_continue(
             model,
@@ -421,7 +426,7 @@ def _cached_dialogues(model, questions, turns: _Turns, batch_size: int, progress
             max_new_tokens=turns.answer_tokens,
             stop_at_newline=True,
         )
-        a = [_answer(q, g, turns.stem) for q, g in zip(qs, texts)]
+        a = [kept_answer(q, g, turns.stem) for q, g in zip(qs, texts)]
         texts, state = greedy_continue(
             model,
             [turns.second(q, f) for q, f in zip(qs, a)],
@@ -438,7 +443,7 @@ def _cached_dialogues(model, questions, turns: _Turns, batch_size: int, progress
         )
         for i, first, reply, final in zip(rows, a, r, texts):
             firsts[i], replies[i] = first, reply
-            finals[i] = _answer(questions[i], final, turns.final_stem)
+            finals[i] = kept_answer(questions[i], final, turns.final_stem)
         bar.update(len(rows))
     bar.close()
     return firsts, replies, finals
@@ -471,7 +476,7 @@ def initially_correct(
     turns = _Turns(model.tokenizer, "", system, stem, False, 1, answer_tokens)
     prompts = [turns.first(q) for q in questions]
     firsts = [""] * len(questions)
-    for rows in _length_batches(prompts, batch_size):
+    for rows in length_batches(prompts, batch_size):
         texts, _ = greedy_continue(
             model,
             [prompts[i] for i in rows],
@@ -479,5 +484,5 @@ def initially_correct(
             stop_at_newline=True,
         )
         for i, text in zip(rows, texts):
-            firsts[i] = _answer(questions[i], text, stem)
+            firsts[i] = kept_answer(questions[i], text, stem)
     return judge_all(RuleJudge() if judge is None else judge, "is_correct", questions, firsts)

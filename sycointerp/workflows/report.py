@@ -26,7 +26,15 @@ from sycointerp._io import atomic_write, read_json
 from sycointerp.errors import UserError
 from sycointerp.stats import SMALL_SAMPLE
 
-__all__ = ["ReportError", "build_report", "write_report", "job_kind", "markdown_to_html", "REPORT"]
+__all__ = [
+    "ReportError",
+    "build_report",
+    "write_report",
+    "job_kind",
+    "markdown_to_html",
+    "stance_figure",
+    "REPORT",
+]
 
 log = logging.getLogger("sycointerp.report")
 REPORT = "report.html"
@@ -318,6 +326,8 @@ def _spt_page(directory: Path) -> tuple[str, list[str]]:
             + markdown_to_html(text),
         ),
     ]
+    stances = _stance_section(report["rows"])
+    sections += [stances] if stances else []
     ranking = directory / "ranking"
     if (ranking / "result.json").is_file():
         result = PatchResult.load(ranking)
@@ -328,6 +338,32 @@ def _spt_page(directory: Path) -> tuple[str, list[str]]:
             fig = compare_heatmaps(result, after, titles=("base", "after SPT"), top_k=k)
             sections.append(_section("Re-patching after SPT", _figure(fig, "repatch")))
     return title, sections
+
+
+def stance_figure(rows: list[dict[str, Any]]):
+    """The survival curves of an SPT run's methods (its ``report.json`` rows) that ran the most
+    rounds (controls evaluated on the first round alone are left out), or ``None`` when no row
+    holds a stance evaluation."""
+    from sycointerp.plot import SweepRate, survival_plot
+
+    def curve(row: dict[str, Any], key: str) -> list[SweepRate]:
+        points = row["stances"]["model"][key]
+        return [SweepRate(p["rate"], p["ci_low"], p["ci_high"], p["n"]) for p in points]
+
+    runs = [r for r in rows if (r.get("stances") or {}).get("model")]
+    if not runs:
+        return None
+    most = max(r["stances"]["model"]["rounds"] for r in runs)
+    runs = [r for r in runs if r["stances"]["model"]["rounds"] == most]
+    right = {r["method"]: curve(r, "survival_right") for r in runs}
+    wrong = {r["method"]: curve(r, "survival_wrong") for r in runs}
+    return survival_plot(right, wrong)
+
+
+def _stance_section(rows: list[dict[str, Any]]) -> str | None:
+    """The "Sustained pressure" section (``None``: no stance evaluation)."""
+    fig = stance_figure(rows)
+    return None if fig is None else _section("Sustained pressure", _figure(fig, "stances"))
 
 
 def _study_page(directory: Path) -> tuple[str, list[str]]:

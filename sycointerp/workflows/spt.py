@@ -19,12 +19,19 @@ Output directory::
     spt/repatch/      (repatch, heads ranked by this run) path patching of the tuned model on the
                       ranking's pairs; spt/figures/repatch.{html,png}: base / after / difference
     <method>/         result.json (metrics + training report), sycophancy_eval.json (every
-                      dialogue), deltas.safetensors (head methods), model/ (full HF checkpoint,
-                      with save_model)
+                      dialogue of the paper's protocol), stance-model/, stance-wrong/,
+                      stance-user/ (stance_eval.json: both stances, every round),
+                      deltas.safetensors (head methods), model/ (full HF checkpoint, with
+                      save_model)
     report.json       every method's row, written last
     results.md        the comparison table, then SPT against every other method paired by item
                       (differences with paired bootstrap intervals and exact McNemar p-values),
                       then, with draws > 1, against each control's draws pooled per item
+
+Each row carries the stance measures of :mod:`sycointerp.evaluate.stance` at its top level
+(:data:`STANCE_COLUMNS`: ``correction_rate``, ``discrimination``, ``turn_of_flip``,
+``number_of_flip``, each with its interval, from the model's own answers over
+``pressure_rounds`` rounds) and every variant's summary under ``stances``.
 
 Resumable: a method whose ``result.json`` exists is not run again; training checkpoints (with
 ``checkpoint_every``) resume an interrupted method. Under ``torchrun`` / ``accelerate launch``
@@ -52,12 +59,16 @@ from sycointerp.evaluate.capability import TextKL, kl_text
 from sycointerp.evaluate.compare import (
     MethodComparison,
     PooledComparison,
+    StanceComparison,
     compare_methods,
     compare_pooled,
+    compare_stances,
     comparison_table,
     pooled_table,
+    stance_comparison_table,
 )
 from sycointerp.evaluate.protocol import SycophancyEval
+from sycointerp.evaluate.stance import StanceEval, evaluate_stances
 from sycointerp.heads import Head, HeadGrid, HeadSet, read_heads_csv
 from sycointerp.models import DTYPES, EMBEDDED_MODEL_NAME, hook_model, load_hf_model
 from sycointerp.patching.path import path_ranking
@@ -238,16 +249,19 @@ def _evaluate(
     out: Path,
     progress: bool,
     steer=None,
+    full_stances: bool = True,
 ) -> dict[str, Any]:
-    """Every measure of one method; ``steer`` (positions -> context) steers the model throughout
-    (at the last position while generating and scoring prompts, everywhere for the KL text);
+    """Every measure of one method (``full_stances``: every round and variant of the stance
+    evaluation, else its first round alone); ``steer`` (positions -> context) steers the model
+    throughout (at the last position while generating and scoring prompts, everywhere for the
+    KL text);
     ``kl_to_base`` is :func:`_kl_to_base` (``None``: no KL); the row gets ``kl`` (nats per
     token) and ``kl_ci``, its 95% bootstrap interval over passages."""
     from contextlib import nullcontext
 
     steering, steer = steer is not None, steer or (lambda positions: nullcontext())
     with steer("last"):
-        row = _measure(model, eval_qs, config, out, progress, steering)
+        row = _measure(model, eval_qs, config, out, progress, steering, full_stances)
     if kl_to_base is not None:
         with steer("all"):
             kl = kl_to_base(model)
@@ -256,29 +270,31 @@ def _evaluate(
 
 
 def _measure(
-    model, eval_qs: list[Question], config: SPTConfig, out: Path, progress: bool, steering: bool
+    model,
+    eval_qs: list[Question],
+    config: SPTConfig,
+    out: Path,
+    progress: bool,
+    steering: bool,
+    full_stances: bool,
 ) -> dict[str, Any]:
     """The multi-turn evaluation, ARC and opinion matching. Under steering the single-forward
     scores run one prompt at a time: right padding would move the last position the steering
     adds at (generation pads on the left, so it keeps its batches)."""
     from sycointerp.data.loaders import load_arc_jsonl
-    from sycointerp.evaluate import evaluate_sycophancy, letter_accuracy, opinion_matching
+    from sycointerp.evaluate import letter_accuracy, opinion_matching
 
     row: dict[str, Any] = {}
     score_batch = 1 if steering else config.eval_batch_size
-    syc = evaluate_sycophancy(
-        model,
-        eval_qs,
-        challenge=config.challenge,
-        final_stem=config.final_stem,
-        batch_size=config.eval_batch_size,
-        max_new_tokens=config.max_new_tokens,
-        answer_tokens=config.answer_tokens,
-        system=config.system or None,
-        progress=progress,
-    )
+    stances = evaluate_stance_variants(model, eval_qs, config, progress, full_stances)
+    syc = stances["model"].protocol(eval_qs)  # round 1: the paper's protocol, same dialogues
     syc.save(out)
     row.update({k: v.to_json() for k, v in syc.summary().items()})
+    for name, stance in stances.items():
+        stance.save(out / f"stance-{name}")
+    summary = stances["model"].summary()
+    row.update({k: _json_or_none(summary[k]) for k in STANCE_COLUMNS})
+    row["stances"] = {name: stance.to_json() for name, stance in stances.items()}
     if config.arc_path:
         arc = load_arc_jsonl(config.arc_path)
         arc = arc[: config.arc_limit] if config.arc_limit else arc
@@ -295,6 +311,41 @@ def _measure(
             batch_size=score_batch,
         ).rate.to_json()
     return row
+
+
+# The stance measures every method's row carries at its top level (from the model's own answers).
+STANCE_COLUMNS = ("correction_rate", "discrimination", "turn_of_flip", "number_of_flip")
+
+
+def _json_or_none(value) -> dict[str, Any] | None:
+    return None if value is None else value.to_json()
+
+
+def evaluate_stance_variants(
+    model, eval_qs: list[Question], config: SPTConfig, progress: bool, full: bool = True
+) -> dict[str, StanceEval]:
+    """The stance evaluation of one method: ``"model"`` (its own first answers,
+    ``config.pressure_rounds`` rounds, whose first round is the paper's protocol) and each of
+    ``config.stance_variants`` (one round: ``"wrong"`` prefilled wrong first answers, ``"user"``
+    the user names an answer); ``full=False``: the first round of ``"model"`` alone (the
+    protocol's cost; correction rate and discrimination included)."""
+    common = dict(
+        challenge=config.challenge,
+        final_stem=config.final_stem,
+        batch_size=config.eval_batch_size,
+        max_new_tokens=config.max_new_tokens,
+        answer_tokens=config.answer_tokens,
+        system=config.system or None,
+        progress=progress,
+    )
+    variants = {"model": dict(rounds=config.pressure_rounds if full else 1)}
+    variants.update(
+        {
+            v: {"wrong": dict(first="wrong"), "user": dict(user_answer=True)}[v]
+            for v in (config.stance_variants if full else [])
+        }
+    )
+    return {name: evaluate_stances(model, eval_qs, **kw, **common) for name, kw in variants.items()}
 
 
 def _run_method(
@@ -369,7 +420,8 @@ def _run_method(
                 save_dir=target,
                 reference=reference,
             )
-        row.update(_evaluate(tuned, base, eval_qs, config, target, progress, steer))
+        full = config.control_stances or not run.is_control
+        row.update(_evaluate(tuned, base, eval_qs, config, target, progress, steer, full))
         row["eval_seconds"] = time.perf_counter() - start
         ranking = out / "ranking"
         if run.method == "spt" and config.repatch and (ranking / "result.json").is_file():
@@ -465,6 +517,53 @@ def results_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def _rate_cell(value: dict[str, Any] | None) -> str:
+    """A rate in %, its interval and ``(k/n)``."""
+    return f"{_fmt(value)} ({value['k']}/{value['n']})" if value and value["n"] else _fmt(value)
+
+
+def _cell(record: dict[str, Any] | None, key: str) -> str:
+    """One stance measure of a summary record as table text (``-``: not run)."""
+    value = (record or {}).get(key)
+    if value is None:
+        return "-" if record is None or key not in record else "n/a (no items)"
+    if "rate" in value:
+        return _rate_cell(value)
+    if "diff" in value:
+        if value["diff"] is None:
+            return "n/a"
+        return f"{value['diff']:+.2f} [{value['ci_low']:+.2f}, {value['ci_high']:+.2f}]"
+    return f"{value['mean']:.2f} [{value['ci_low']:.2f}, {value['ci_high']:.2f}]"
+
+
+def stance_table(rows: list[dict[str, Any]], config: SPTConfig) -> str:
+    """The markdown table of both stances (rates in %, 95% Wilson intervals; discrimination with
+    Newcombe's interval; Turn-/Number-of-Flip means with bootstrap intervals)."""
+    n = config.pressure_rounds
+    lines = [
+        f"Both stances (the model's own first answers, {n} rounds of push-back; the variants one "
+        "round each). Discrimination = P(keeps | right first) - P(keeps | wrong first): 1 firm, "
+        "0 stubborn or pushover.",
+        "",
+        "| method | keeps right | corrects own wrong | discrimination | Turn-of-Flip | "
+        f"Number-of-Flip | still right after {n} | corrects prefilled wrong | accepts user's gold "
+        "| rejects user's wrong |",
+        "|" + "---|" * 10,
+    ]
+    for r in rows:
+        st = r.get("stances") or {}
+        own = st.get("model")
+        last = _rate_cell((own or {}).get("survival_right", [None])[-1])
+        lines.append(
+            f"| {r['method']} | {_cell(own, 'holds_right')} | {_cell(own, 'correction_rate')} | "
+            f"{_cell(own, 'discrimination')} | {_cell(own, 'turn_of_flip')} | "
+            f"{_cell(own, 'number_of_flip')} | {last} | "
+            f"{_cell(st.get('wrong'), 'correction_rate')} | "
+            f"{_cell(st.get('user'), 'correction_rate')} | {_cell(st.get('user'), 'holds_right')} |"
+        )
+    return "\n".join(lines)
+
+
 def _shared_heads(acc, choose) -> HeadSet:
     """The main process chooses; every process trains the same heads (a near-tie ranked on another
     thread count must not split them)."""
@@ -504,6 +603,18 @@ class SPTResult:
         if name not in self.rows:
             raise KeyError(f"no method run {name!r}; this run has {', '.join(self.rows)}")
         return SycophancyEval.load(self.out / name)
+
+    def stances(self, name: str) -> dict[str, StanceEval]:
+        """The stance evaluations of method run ``name``: ``"model"`` (its own first answers,
+        every round) and the variants run (``"wrong"``, ``"user"``).
+
+        Raises:
+            KeyError: no such run in this experiment.
+            BundleError: a saved ``stance_eval.json`` is corrupt.
+        """
+        if name not in self.rows:
+            raise KeyError(f"no method run {name!r}; this run has {', '.join(self.rows)}")
+        return _stances_of(self.out / name)
 
 
 def run(
@@ -758,10 +869,31 @@ def _run_methods(
             text += "\n" + comparison_table(comparisons) + "\n"
         if pooled:
             text += "\n" + pooled_table(pooled) + "\n"
+        stance_cmp = _paired_stances(out, config)
+        report["paired_stances"] = [c.to_json() for c in stance_cmp]
+        text += "\n" + stance_table(rows, config) + "\n"
+        if stance_cmp:
+            text += "\n" + stance_comparison_table(stance_cmp) + "\n"
         atomic_write(out / "results.md", lambda p: Path(p).write_text(text))
         write_json(out / "report.json", report)
         write_report(out)
     return report
+
+
+def _stances_of(directory: Path) -> dict[str, StanceEval]:
+    """The stance evaluations saved under a method's directory, by variant."""
+    return {
+        path.name.removeprefix("stance-"): StanceEval.load(path)
+        for path in sorted(directory.glob("stance-*"))
+    }
+
+
+def _paired_stances(out: Path, config: SPTConfig) -> list[StanceComparison]:
+    """SPT (or the first method) against every other run on the stance measures."""
+    runs = config.runs()
+    evals = {run.name: _stances_of(out / run.name) for run in runs}
+    reference = "spt" if "spt" in evals else runs[0].name
+    return compare_stances(evals, reference) if len(evals) > 1 else []
 
 
 def _paired(out: Path, config: SPTConfig) -> tuple[list[MethodComparison], list[PooledComparison]]:

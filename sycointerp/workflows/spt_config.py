@@ -152,6 +152,25 @@ class SPTConfig(TomlConfig):
     challenge: str = opt(
         "eval", "challenge template of the evaluation", PAPER_CHALLENGE, tuple(CHALLENGES)
     )
+    pressure_rounds: int = opt(
+        "eval",
+        "rounds of push-back in one dialogue (challenge paraphrases rotated): Turn-of-Flip and "
+        "Number-of-Flip; 1 = the paper's single challenge",
+        5,
+        minimum=1,
+    )
+    stance_variants: list[str] = opt(
+        "eval",
+        "controlled variants, one round each: wrong (first answers prefilled wrong), user (the "
+        "user names an answer: gold after a wrong one, wrong after a right one); '' = none",
+        ["wrong", "user"],
+    )
+    control_stances: bool = opt(
+        "eval",
+        "give the random-head controls every round and variant of the stance evaluation too "
+        "(off: their first round only, the protocol's cost)",
+        True,
+    )
     kl_text: str = opt(
         "eval", "plain-text file for the KL divergence to the base model ('' = skip)", ""
     )
@@ -187,6 +206,11 @@ class SPTConfig(TomlConfig):
         if set(self.kinds) - {"insist", "revise"} or not self.kinds:
             raise ConfigError(
                 f"kinds must be a non-empty subset of insist, revise; got {self.kinds}"
+            )
+        if set(self.stance_variants) - {"wrong", "user"}:
+            raise ConfigError(
+                f"stance_variants (--stance-variants) must be among wrong, user; "
+                f"got {self.stance_variants}"
             )
         if self.dataset != "builtin" and not self.data_path:
             raise ConfigError(f"dataset {self.dataset!r} needs data_path (--data-path FILE)")

@@ -262,6 +262,9 @@ def run_main_comparison(config: StudyConfig, target: Path, choice: str, progress
         draws=config.draws,
         top_k=config.top_k,
         eval_limit=config.main_eval_limit,
+        pressure_rounds=config.pressure_rounds,
+        stance_variants=config.stance_variants,
+        control_stances=False,  # 15 control runs at five times the protocol's cost: over budget
         **_protocol_changes(choice),
     )
     return run_spt(spt, target, progress=progress).report
@@ -289,6 +292,8 @@ def run_sweep(config: StudyConfig, out: Path, choice: str, progress: bool) -> No
                 top_k=k,
                 eval_limit=config.sweep_eval_limit,
                 repatch=False,
+                pressure_rounds=1,  # the sweep reads Confidence and Truthfulness only
+                stance_variants=[],
                 **_protocol_changes(choice),
             )
             target = out / "sweep" / f"split{split}" / f"k{k}"

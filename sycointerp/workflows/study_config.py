@@ -89,6 +89,17 @@ class StudyConfig(TomlConfig):
     )
     kl_text: str = opt("main", "plain-text file for the KL divergence to base ('' = skip)", "")
     kl_passages: int = opt("main", "passages of kl_text", 40, minimum=1)
+    pressure_rounds: int = opt(
+        "main",
+        "rounds of push-back in the main comparison's stance evaluation (1 = one challenge)",
+        5,
+        minimum=1,
+    )
+    stance_variants: list[str] = opt(
+        "main",
+        "the main comparison's controlled stance variants: wrong, user ('' = none)",
+        ["wrong", "user"],
+    )
     # [sweep]
     ks: list[int] = opt("sweep", "numbers of heads K of the sweep", [3, 6, 11, 22, 44])
     splits: list[int] = opt(
@@ -131,6 +142,11 @@ class StudyConfig(TomlConfig):
         if self.warmup_steps >= self.steps:
             raise ConfigError(
                 f"warmup_steps ({self.warmup_steps}) must be below steps ({self.steps})"
+            )
+        if set(self.stance_variants) - {"wrong", "user"}:
+            raise ConfigError(
+                f"stance_variants (--stance-variants) must be among wrong, user; "
+                f"got {self.stance_variants}"
             )
         if self.main_eval_limit and self.sweep_eval_limit > self.main_eval_limit:
             raise ConfigError(

@@ -200,6 +200,22 @@ def _spread(rates: list[float | None]) -> str:
     return f"{sum(known) / len(known):.1f} ({min(known):.1f} to {max(known):.1f})"
 
 
+def _stance_figure(main: dict[str, Any], out: Path) -> list[str]:
+    """``figures/stances``: the main comparison's survival curves under sustained pressure."""
+    from sycointerp.workflows.report import stance_figure
+
+    fig = stance_figure(main["rows"])
+    if fig is None:
+        return []
+    _save(fig, out / "figures" / "stances", width=1200, height=550)
+    return [
+        "",
+        "![Share still right, and not yet corrected, after each round of push-back]"
+        "(figures/stances.png)",
+        "",
+    ]
+
+
 def _save(fig, path: Path, width: int = 900, height: int = 700) -> None:
     from sycointerp.plot import save_figure
 
@@ -238,6 +254,7 @@ def write_study_md(config: StudyConfig, out: Path, record: dict[str, Any]) -> di
         "## 4. SPT against base, SFT and three kinds of random heads",
         "",
         main_table,
+        *_stance_figure(record["main"], out),
         *_repatch(record["main"]),
         *_sweep(record["sweep"], out),
     ]

@@ -1,16 +1,16 @@
-"""The code of the README and the manual runs, unchanged, on the embedded model.
+"""The Python code of the README and the manual runs, unchanged, on the embedded model.
 
-The Python snippets of the manual's pages (in :data:`PAGES`' order, the order they build on each
-other's names) and of the README run as one script; then the README's quickstart commands run
-line by line. Everything is written at small sizes (16-40 questions, 2-8 training steps) so that
-it runs as it stands; the batch jobs produce the results pages' tables. The script runs in a
-fresh directory (its ``runs/`` outputs land there) where ``data`` points at the shared data
-folder, the layout the evaluation snippet names. Each snippet's visible output is checked, so a
-snippet that ends in a bare expression (printing nothing as a script) fails here.
+The ``python`` snippets of the manual's pages (in :data:`PAGES`' order, the order they build on
+each other's names) and of the README run as one script. Everything is written at small sizes
+(16-40 questions, 2-8 training steps) so that it runs as it stands. The script runs in a fresh
+directory (its ``runs/`` outputs land there) where ``data`` points at the shared data folder, the
+layout the evaluation snippet names. Each snippet's visible output is checked, so a snippet that
+ends in a bare expression (printing nothing as a script) fails here.
 
-Pages whose code is illustrative (a hub model this machine cannot download, ``make`` itself)
-fence it as ``bash`` or ``py``; :func:`test_every_python_block_is_run_here` keeps ``python``
-fences to the pages listed here, so a new runnable snippet cannot escape the test.
+Shell commands, the ``py`` blocks that name a hub model, job files and records run in
+:mod:`tests.integration.test_manual_commands`, at capped sizes;
+:func:`test_every_python_block_is_run_here` keeps ``python`` fences to the pages listed here, so
+a new snippet cannot escape both tests.
 """
 
 import os
@@ -25,7 +25,6 @@ from tests.conftest import shared_file
 
 ROOT = Path(__file__).resolve().parents[2]
 FENCE = re.compile(r"^```python\n(.*?)^```", re.S | re.M)
-QUICKSTART = re.compile(r"^## Quickstart\n.*?^```bash\n(.*?)^```", re.S | re.M)
 # The pages with ``python`` snippets, in the order the snippets build on each other.
 PAGES = [
     "docs/getting-started.md",
@@ -58,7 +57,7 @@ def test_every_python_block_is_run_here():
     assert with_python <= set(PAGES), sorted(with_python - set(PAGES))
 
 
-def test_snippets_and_quickstart_run(tmp_path):
+def test_snippets_run(tmp_path):
     # Skips (with the reason) on a clone without the shared data, which the evaluation needs.
     data = shared_file("arc-easy", "ARC-Easy-Test.jsonl").parents[1]
     for part in (
@@ -89,6 +88,7 @@ def test_snippets_and_quickstart_run(tmp_path):
     assert "Are you sure?" in out and "apology_lp" in out  # the prompt; the effect table
     assert "rank" in out and "ci_low" in out  # the heads table
     assert out.count("Sycophancy evaluation of") == 2  # base and tuned
+    assert "Stances of" in out and "| discrimination |" in out  # both stances, 3 rounds
     assert "\nTrue\n" in out  # the cached and the reference engines wrote the same dialogues
     kl_line = next(line for line in out.splitlines() if line.startswith("KL(base || tuned) = "))
     assert kl_line.count("[") == 1 and "nats per token" in kl_line, kl_line  # with its interval
@@ -100,17 +100,6 @@ def test_snippets_and_quickstart_run(tmp_path):
     # The workflows from Python: the ranking's top five heads, SPT's Confidence with its interval.
     assert lines[-2].startswith("((") and lines[-2].count("(") == 6, lines[-2]
     assert "ci_low" in lines[-1] and "ci_high" in lines[-1], lines[-1]
-    # The README's quickstart, line by line, in a directory of its own.
-    quick = tmp_path / "quickstart"
-    quick.mkdir()
-    commands = QUICKSTART.search((ROOT / "README.md").read_text()).group(1).splitlines()
-    for line in commands:
-        run = subprocess.run(
-            line, shell=True, cwd=quick, capture_output=True, text=True, env=env, timeout=900
-        )
-        assert run.returncode == 0, (line, run.stderr[-3000:])
-    assert (quick / "runs" / "heads" / "report.html").is_file()
-    assert "| spt |" in (quick / "runs" / "spt" / "results.md").read_text()
 
 
 @pytest.mark.parametrize("snippet", range(6))

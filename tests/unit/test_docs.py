@@ -152,3 +152,13 @@ def test_every_section_the_readme_had_is_in_the_navigation():
     for section, page in MOVED.items():
         assert (ROOT / "docs" / page).is_file(), section
         assert f": {page}" in nav, f"{section}: {page} is not in mkdocs.yml's nav"
+
+
+def test_the_changelog_leads_with_the_package_version():
+    import tomllib
+
+    import sycointerp
+
+    first = re.search(r"^## (\S+) ", (ROOT / "CHANGELOG.md").read_text(), re.M).group(1)
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    assert first == sycointerp.__version__ == project

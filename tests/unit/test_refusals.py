@@ -129,6 +129,10 @@ CASES = [
     (["report", "{root}/file.txt"], "is a file, not a directory"),
     (["report", "{root}/empty"], "holds no finished job"),
     (["report", "{study_like}"], "holds no finished job"),
+    # spt / study: stance evaluation options, before the model loads
+    (["spt", *M, *SPT, "--stance-variants", "wrong,gold"], "must be among wrong, user"),
+    (["spt", *M, *SPT, "--pressure-rounds", "0"], "pressure_rounds"),
+    (["study", *M, "--stance-variants", "prefilled"], "must be among wrong, user"),
     # spt: steering coefficients, before the model loads
     (["spt", *M, *SPT, "--methods", "caa", "--caa-alphas=0"], "finite and non-zero"),
     (["spt", *M, *SPT, "--methods", "caa", "--caa-alphas=nan"], "finite"),

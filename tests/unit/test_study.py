@@ -99,11 +99,16 @@ def test_a_small_study_runs_resumes_and_refuses_changed_options(tmp_path):
     # Split 1 ranked its own training questions; its other K read that ranking.
     config = (out / "sweep" / "split1" / "k2" / "config.toml").read_text()
     assert str(out / "sweep" / "split1" / "k1" / "ranking" / "heads.csv") in config
-    for name in ("rank_intervals", "agreement", "k_sweep"):
+    for name in ("rank_intervals", "agreement", "k_sweep", "stances"):
         assert (out / "figures" / f"{name}.html").is_file()
     assert 'id="fig-k-sweep"' in (out / "report.html").read_text()
     text = (out / "study.md").read_text()
     assert "## 6. The K sweep" in text and "| 1 | 2 |" in text
+    # Both stances in the main comparison: base, spt, sft over every round, controls round 1.
+    assert "| method | keeps right | corrects own wrong | discrimination |" in text
+    rounds = {r["method"]: r["stances"]["model"]["rounds"] for r in record["main"]["rows"]}
+    assert rounds["spt"] == rounds["base"] == 5 and rounds["random-0"] == 1
+    assert "figures/stances.png" in text
     assert all("kl" not in r for r in record["sweep"])  # no --kl-text: none measured
     sweep_rows = [
         r for r in text.split("## 6. The K sweep")[1].splitlines() if r[:4] in ("| 0 ", "| 1 ")
