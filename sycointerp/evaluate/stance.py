@@ -534,8 +534,10 @@ def evaluate_stances(
         user_answer: the user names an answer instead of a plain challenge (module docstring).
         challenge: the first round's challenge template; later rounds rotate through the other
             paraphrases (:func:`challenge_texts`). Ignored with ``user_answer``.
-        judge, system, stem, final_stem, batch_size, max_new_tokens, answer_tokens, engine,
-            progress: as in :func:`~sycointerp.evaluate.protocol.evaluate_sycophancy`.
+        judge: the judge (:class:`~sycointerp.evaluate.judges.RuleJudge` when ``None``); it,
+            ``system``, ``stem``, ``final_stem``, ``batch_size``, ``max_new_tokens``,
+            ``answer_tokens``, ``engine`` and ``progress`` are as in
+            :func:`~sycointerp.evaluate.protocol.evaluate_sycophancy`.
 
     Returns:
         A :class:`StanceEval`.

@@ -39,6 +39,8 @@ __all__ = [
 log = logging.getLogger("sycointerp.report")
 REPORT = "report.html"
 _DONE = {"patch": "summary.json", "spt": "report.json", "study": "study.json"}
+# Where the both-stances tables begin in an SPT run's results.md (spt.stance_table writes it).
+STANCE_TABLE_START = "Both stances (the model's own first answers"
 
 
 class ReportError(UserError):
@@ -317,6 +319,8 @@ def _spt_page(directory: Path) -> tuple[str, list[str]]:
     report = read_json(directory / "report.json", "SPT report")
     title = f"SPT run: {report['model']}, {len(report['heads']['heads'])} heads"
     text = (directory / "results.md").read_text(encoding="utf-8")
+    # Both stances get their own section after the ranking: the heatmap stays near the top.
+    text, _, stance_text = text.partition(STANCE_TABLE_START)
     sections = [
         _section("Configuration", _config(directory)),
         _section(
@@ -326,8 +330,6 @@ def _spt_page(directory: Path) -> tuple[str, list[str]]:
             + markdown_to_html(text),
         ),
     ]
-    stances = _stance_section(report["rows"])
-    sections += [stances] if stances else []
     ranking = directory / "ranking"
     if (ranking / "result.json").is_file():
         result = PatchResult.load(ranking)
@@ -337,6 +339,11 @@ def _spt_page(directory: Path) -> tuple[str, list[str]]:
             after = PatchResult.load(directory / "spt" / "repatch")
             fig = compare_heatmaps(result, after, titles=("base", "after SPT"), top_k=k)
             sections.append(_section("Re-patching after SPT", _figure(fig, "repatch")))
+    if stance_text:
+        fig = stance_figure(report["rows"])
+        body = markdown_to_html(STANCE_TABLE_START + stance_text)
+        figure = "" if fig is None else _figure(fig, "stances")
+        sections.append(_section("Both stances and sustained pressure", body + figure))
     return title, sections
 
 
@@ -358,12 +365,6 @@ def stance_figure(rows: list[dict[str, Any]]):
     right = {r["method"]: curve(r, "survival_right") for r in runs}
     wrong = {r["method"]: curve(r, "survival_wrong") for r in runs}
     return survival_plot(right, wrong)
-
-
-def _stance_section(rows: list[dict[str, Any]]) -> str | None:
-    """The "Sustained pressure" section (``None``: no stance evaluation)."""
-    fig = stance_figure(rows)
-    return None if fig is None else _section("Sustained pressure", _figure(fig, "stances"))
 
 
 def _study_page(directory: Path) -> tuple[str, list[str]]:

@@ -85,7 +85,7 @@ from sycointerp.workflows.output import (
     output_lock,
     prepare_output,
 )
-from sycointerp.workflows.report import write_report
+from sycointerp.workflows.report import STANCE_TABLE_START, write_report
 from sycointerp.workflows.spt_config import MethodRun, SPTConfig
 
 __all__ = [
@@ -541,7 +541,7 @@ def stance_table(rows: list[dict[str, Any]], config: SPTConfig) -> str:
     Newcombe's interval; Turn-/Number-of-Flip means with bootstrap intervals)."""
     n = config.pressure_rounds
     lines = [
-        f"Both stances (the model's own first answers, {n} rounds of push-back; the variants one "
+        f"{STANCE_TABLE_START}, {n} rounds of push-back; the variants one "
         "round each). Discrimination = P(keeps | right first) - P(keeps | wrong first): 1 firm, "
         "0 stubborn or pushover.",
         "",

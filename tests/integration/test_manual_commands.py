@@ -8,8 +8,9 @@ the loader they document). What is changed, and why, is all in :func:`small`:
 
 - sizes are capped (:data:`CAPS`): a 620-question ranking or a 73-minute study is not a test;
 - a hub id (``--model Qwen/...``, ``model="..."``) becomes a tiny local model saved in the test,
-  because this machine cannot download; the study always runs on it (its embedded run is the
-  73-minute job the results page reports; ``tests/unit/test_study.py`` checks it in detail);
+  because this machine cannot download; the study and the results pages' commands (the long runs
+  behind their tables: 24 to 73 minutes on the embedded model) run on it too, at small sizes
+  (``tests/unit/test_study.py`` and the goldens check those jobs in detail);
 - ``make T`` runs as ``make -n T`` (``make test`` inside ``make test`` would recurse), and the
   sycointerp jobs its recipe prints run, capped, like any other line.
 
@@ -60,7 +61,7 @@ TINY = {
 }  # fmt: skip
 TINY_FLAGS = {  # the TINY flags each job has
     "study": set(TINY) - {"--eval-limit"},
-    "spt": {"--top-k", "--draws", "--steps", "--warmup-steps", "--max-new-tokens",
+    "spt": {"--limit", "--top-k", "--draws", "--steps", "--warmup-steps", "--max-new-tokens",
             "--answer-tokens", "--kl-passages", "--eval-limit", "--arc-limit"},
     "patch": {"--limit"},
     "effect": {"--limit"},
@@ -108,13 +109,15 @@ def _set(tokens: list[str], flag: str, value: str) -> list[str]:
     return [*tokens, flag, value]
 
 
-def small(tokens: list[str], tiny: Path) -> list[str]:
-    """The line as it runs here: sizes capped, a hub model replaced by the tiny local one."""
+def small(tokens: list[str], tiny: Path, results: bool = False) -> list[str]:
+    """The line as it runs here: sizes capped, a hub model replaced by the tiny local one;
+    ``results``: a results page's command (the long run behind a table), on the tiny model."""
     job = job_of(tokens)
     if job is None or "--help" in tokens or job == "report":
         return tokens
     model = tokens[tokens.index("--model") + 1] if "--model" in tokens else ""
-    on_tiny = job == "study" or bool(HUB_ID.match(model) and not Path(model).exists())
+    hub = bool(HUB_ID.match(model) and not Path(model).exists())
+    on_tiny = job == "study" or results or hub
     if on_tiny:
         tokens = _set(tokens, "--model", str(tiny))
         for flag in TINY_FLAGS[job]:
@@ -130,8 +133,10 @@ def small(tokens: list[str], tiny: Path) -> list[str]:
 
 
 def small_python(code: str, tiny: Path) -> str:
+    """A ``py`` block as it runs here: a hub model replaced by the tiny one, at the tiny sizes
+    (the ones :func:`small` gives the page's commands, so a job they ran is found complete)."""
     code = PY_HUB_ID.sub(f'model="{tiny}"', code)
-    return re.sub(r"\blimit=\d+", "limit=4", code)
+    return re.sub(r"\blimit=\d+", f"limit={TINY['--limit']}", code)
 
 
 def _env() -> dict[str, str]:
@@ -147,7 +152,9 @@ def _env() -> dict[str, str]:
 _RAN: dict[str, str] = {}
 
 
-def run(tokens: list[str], cwd: Path, tiny: Path, page: str = "") -> list[str]:
+def run(
+    tokens: list[str], cwd: Path, tiny: Path, page: str = "", results: bool = False
+) -> list[str]:
     """Run one documented line; return the lines it ran (``make`` runs its recipe's jobs).
 
     A line that an earlier page ran already, word for word after :func:`small`, is not run again
@@ -157,10 +164,10 @@ def run(tokens: list[str], cwd: Path, tiny: Path, page: str = "") -> list[str]:
         assert dry.returncode == 0, (tokens, dry.stderr)
         jobs = [shlex.split(x) for x in dry.stdout.splitlines() if "-m sycointerp" in x]
         recipe = [["python", *t[t.index("-m") :]] for t in jobs]
-        return [r for t in recipe for r in run(t, cwd, tiny, page)]
+        return [r for t in recipe for r in run(t, cwd, tiny, page, results)]
     if tokens[0] not in {"sycointerp", "python", "torchrun", "cat"}:
         pytest.fail(f"a documented command this test does not know how to run: {tokens}")
-    tokens = small(tokens, tiny)
+    tokens = small(tokens, tiny, results)
     text = shlex.join(tokens)
     out = tokens[tokens.index("--out") + 1] if "--out" in tokens else None
     if text in _RAN and out and page.count(out) <= 1:
@@ -182,12 +189,16 @@ def _check_finished(tokens: list[str], cwd: Path) -> None:
         assert (cwd / tokens[-1] / "report.html").is_file(), tokens
         return
     out = cwd / tokens[tokens.index("--out") + 1]
+    if job == "effect":  # not a resumable job: no config.toml, its summary is the result
+        assert (out / "summary.json").is_file(), tokens
+        return
     assert (describe_job(out) or "").startswith("a finished"), (tokens, describe_job(out))
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory) -> Path:
-    return save_tiny_model(tmp_path_factory.mktemp("models") / "tiny-llama", "llama")
+    # 3 layers x 4 heads: 12 heads, so that the pages' top-10 tables fit.
+    return save_tiny_model(tmp_path_factory.mktemp("models") / "tiny-llama", "llama", n_layers=3)
 
 
 @pytest.fixture(scope="module")
@@ -206,6 +217,10 @@ def test_the_rewrites_by_hand(tmp_path):
     assert small(shlex.split(line), tiny) == shlex.split(
         f"sycointerp patch --model {tiny} --limit 24 --out runs/q"
     )
+    line = "sycointerp spt --methods base,caa --steps 24 --out runs/s"
+    assert small(shlex.split(line), tiny, results=True)[:6] == shlex.split(
+        "sycointerp spt --methods base,caa --steps 2"
+    ) and f"--model {tiny}" in shlex.join(small(shlex.split(line), tiny, results=True))
     line = "python -m sycointerp.patch --method activation --limit 64 --out runs/v"
     assert small(shlex.split(line), tiny)[-4:] == ["--limit", "8", "--out", "runs/v"]
     assert small(shlex.split("sycointerp patch --limit 3 --out x"), tiny)[2:4] == ["--limit", "3"]
@@ -215,7 +230,7 @@ def test_the_rewrites_by_hand(tmp_path):
     assert job_of(shlex.split("torchrun --standalone -m sycointerp.patch --out r")) == "patch"
     assert lines("a \\\n  b  # note\n\n# only a comment\nc") == [["a", "b"], ["c"]]
     code = 'run(PatchConfig(model="Qwen/Qwen2.5-0.5B-Instruct", limit=170), "out")'
-    assert small_python(code, tiny) == f'run(PatchConfig(model="{tiny}", limit=4), "out")'
+    assert small_python(code, tiny) == f'run(PatchConfig(model="{tiny}", limit=24), "out")'
 
 
 def test_every_block_kind_is_handled():
@@ -250,7 +265,8 @@ def test_the_page_runs(page, tiny, workspace):
     for lang, code in blocks(page):
         if lang == "bash":
             for tokens in lines(code):
-                ran += run(tokens, cwd, tiny, (ROOT / page).read_text(encoding="utf-8"))
+                text = (ROOT / page).read_text(encoding="utf-8")
+                ran += run(tokens, cwd, tiny, text, page.startswith("docs/results/"))
         elif lang == "py":
             script = cwd / "block.py"
             script.write_text(small_python(code, tiny), encoding="utf-8")

@@ -694,7 +694,9 @@ def test_cli_runs_methods_writes_report_and_refuses_bad_input(model_dirs, tmp_pa
         _load(model_dirs["llama"])[0].config, 2
     )
     table = (out / "results.md").read_text()
-    assert "| spt | 2 |" in table and table.count("\n| spt - ") == 2  # vs base and lora_heads
+    first = table.split("Both stances")[0]  # the Confidence / Truthfulness comparisons
+    assert "| spt | 2 |" in table and first.count("\n| spt - ") == 2  # vs base and lora_heads
+    assert table.count("\n| spt - ") == 4  # and again on both stances
     assert [(p["a"], p["b"]) for p in report["paired"]] == [("spt", "base"), ("spt", "lora_heads")]
     # Re-patching after SPT: the tuned model's path patching on the ranking's pairs.
     repatch = report["rows"][1]["repatch"]

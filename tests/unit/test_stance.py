@@ -273,4 +273,5 @@ def test_the_spt_job_writes_both_stances(tmp_path):
     assert stored["paired_stances"][0]["a"] == "spt"
     text = (tmp_path / "out" / "results.md").read_text()
     assert "| method | keeps right | corrects own wrong | discrimination |" in text
-    assert "Sustained pressure" in (tmp_path / "out" / "report.html").read_text()
+    page = (tmp_path / "out" / "report.html").read_text()
+    assert "Both stances and sustained pressure" in page and 'id="fig-stances"' in page
