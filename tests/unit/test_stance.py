@@ -105,6 +105,9 @@ def test_flip_summaries_and_survival_by_hand():
     assert s["number_of_flip"].mean == pytest.approx(1.0)
     assert s["turn_of_correction"].mean == pytest.approx(3.0)
     assert s["number_of_flip_wrong"].mean == pytest.approx(0.5)
+    # The toy replies concede exactly when the round's answer is wrong.
+    assert (s["confidence"].k, s["confidence"].n) == (2, 3)
+    assert (s["concedes_when_wrong"].k, s["concedes_when_wrong"].n) == (2, 2)
     # Rounds 0..3: right items not yet flipped 3, 2, 1, 1; wrong ones not yet corrected 2, 2, 1, 1.
     assert [p.k for p in result.survival(True)] == [3, 2, 1, 1]
     assert [p.k for p in result.survival(False)] == [2, 2, 1, 1]
