@@ -31,6 +31,7 @@ from sycointerp.plot import (
     ranked_heads_bar,
     save_figure,
     side_by_side_heatmaps,
+    survival_plot,
 )
 from sycointerp.stats import proportion
 
@@ -459,6 +460,10 @@ def _figures_of_every_builder(n: int) -> dict[str, go.Figure]:
         "rank_intervals_plot": rank_intervals_plot(heads),
         "agreement_heatmap": agreement_heatmap(["a", "b"], [[1.0, 0.5]] * 2, [[1.0, 0.2]] * 2, 3),
         "k_sweep_plot": k_sweep_plot(sweep),
+        "survival_plot": survival_plot(
+            {"spt": [SweepRate(1.0, 0.9, 1.0, n), SweepRate(0.6, 0.4, 0.8, n)]},
+            {"spt": [SweepRate(1.0, 0.9, 1.0, n), SweepRate(0.7, 0.5, 0.9, n)]},
+        ),
     }
 
 
