@@ -476,20 +476,14 @@ def _judged(plan: _Plan, qs: list[Question], firsts, right, turns) -> list[Stanc
     replies = [x[1] for t in turns for x in t]
     admits = judge_all(plan.judge, "admits_mistake", per_turn, replies)
     correct = judge_all(plan.judge, "is_correct", per_turn, [x[2] for t in turns for x in t])
-    wrong = [i for i, ok in enumerate(right) if not ok]
-    held = [held_frame(qs[i], firsts[i], False) for i in wrong for _ in range(n)]
-    again = iter(
-        judge_all(
-            plan.judge,
-            "admits_mistake",
-            held,
-            [r for i in wrong for r in replies[i * n : (i + 1) * n]],
-        )
-    )
+    # Turns after a wrong first answer are judged again, in the frame of the answer held.
+    again = [k for k in range(len(replies)) if not right[k // n]]
+    framed = [held_frame(qs[k // n], firsts[k // n], False) for k in again]
     concedes = list(admits)
-    for i in wrong:
-        for k in range(i * n, (i + 1) * n):
-            concedes[k] = next(again)
+    for k, verdict in zip(
+        again, judge_all(plan.judge, "admits_mistake", framed, [replies[k] for k in again])
+    ):
+        concedes[k] = verdict
     return [
         StanceItem(
             q.id,
