@@ -48,7 +48,7 @@ from sycointerp.errors import UserError
 from sycointerp.spt.data import TrainExample, collate
 from sycointerp.spt.tunable import Tunable, frozen
 
-__all__ = ["CheckpointError", "TrainConfig", "TrainReport", "TrainingError", "train"]
+__all__ = ["CheckpointError", "TrainConfig", "TrainReport", "TrainingError", "loss_sum", "train"]
 
 
 class TrainingError(RuntimeError):
@@ -134,7 +134,7 @@ def _batch_indices(n: int, step: int, global_batch: int, seed: int) -> list[int]
     return out
 
 
-def _loss_sum(
+def loss_sum(
     model: torch.nn.Module, examples: Sequence[TrainExample], pad_id: int, device
 ) -> torch.Tensor:
     """Summed next-token cross-entropy over the label tokens of ``examples``.
@@ -330,7 +330,7 @@ def train(
                 for a in range(config.grad_accum):
                     lo = (a * world + rank) * micro
                     mine = [examples[i] for i in batch[lo : lo + micro]]
-                    loss = _loss_sum(model, mine, pad_id, device) / n_tokens
+                    loss = loss_sum(model, mine, pad_id, device) / n_tokens
                     loss.backward()
                     total = total + loss.detach()
                 if world > 1:

@@ -52,7 +52,14 @@ from typing import Any
 import torch
 
 from sycointerp._config import ConfigError
-from sycointerp._io import atomic_write, fsync_tree, read_json, write_json, write_tensors
+from sycointerp._io import (
+    BundleError,
+    atomic_write,
+    fsync_tree,
+    read_json,
+    write_json,
+    write_tensors,
+)
 from sycointerp.data.questions import DataError, Question, load_questions_jsonl
 from sycointerp.errors import UserError
 from sycointerp.evaluate.capability import TextKL, kl_text
@@ -143,16 +150,20 @@ def choose_heads(
     ranking_dir: Path | None = None,
     progress: bool = False,
 ) -> HeadSet:
-    """The heads to tune: the top K of ``heads_file``, else of path patching on the training
-    questions.
+    """The heads to tune: the top K of ``heads_file``, else of the ranking of the registered
+    selection recipe ``config.selection`` on the training questions
+    (:mod:`sycointerp.spt.selection`; by default path patching on the paper's wording).
 
-    The path-patching ranking is saved to (and, on a rerun, read back from) ``ranking_dir``;
-    ``progress`` shows its bar (patched cells, with the rate and the time left).
+    The ranking is saved to (and, on a rerun, read back from) ``ranking_dir``; ``progress``
+    shows the path-patching bar (patched cells, with the rate and the time left).
 
     Raises:
         HeadFileError: a heads file of another model's grid, of KV heads, or shorter than K.
         DataError: K larger than the model's heads.
     """
+    from sycointerp.patching import PatchResult
+    from sycointerp.spt.selection import SelectionInputs, select_heads, top_heads
+
     hf, tok, name = _load(config)
     grid = HeadGrid.from_config(hf.config, name)
     k = config.top_k or max(1, round(0.04 * grid.total()))
@@ -160,35 +171,28 @@ def choose_heads(
         return HeadSet.from_csv(config.heads_file, k, grid)
     if k > grid.total():
         raise DataError(f"top_k={k} but the model has {grid.total()} heads; lower --top-k")
-    from sycointerp.patching import PatchResult
-
     if ranking_dir is not None and (ranking_dir / "result.json").is_file():
-        return HeadSet.top_k(PatchResult.load(ranking_dir), k)
-    model = hook_model(hf, tok, name)
-    pairs, metric = ranking_pairs(config, train_qs, model)
-    log.info("ranking heads by path patching on %d training pairs", len(pairs))
-    start = time.perf_counter()
-    result = path_ranking(model, pairs, metric, ranking_dir, batch_size=64, progress=progress)
-    log.info(
-        "path patching: %d cells (%d heads x %d pairs) in %.1f s",
-        result.values.numel(),
-        grid.total(),
-        len(pairs),
-        time.perf_counter() - start,
+        return top_heads(config.selection, PatchResult.load(ranking_dir), k)
+    inputs = SelectionInputs(
+        hf, tok, lambda: hook_model(hf, tok, name), tuple(train_qs), config.__dict__, progress
     )
-    return HeadSet.top_k(result, k)
+    log.info("ranking heads (%s) on %d training questions", config.selection, len(train_qs))
+    start = time.perf_counter()
+    heads, result = select_heads(config.selection, inputs, k)
+    log.info("ranking: %d values in %.1f s", result.values.numel(), time.perf_counter() - start)
+    if ranking_dir is not None:
+        result.save(ranking_dir)
+    return heads
 
 
 def ranking_pairs(config: SPTConfig, train_qs: list[Question], model):
-    """The pairs and the metric that rank heads for SPT: the registered ``rank_metric``
-    (:data:`sycointerp.metrics.METRICS`) on pairs of the training questions ending where it
-    reads (the reply, or the answer stem)."""
-    from sycointerp.data.pairs import build_pairs
-    from sycointerp.metrics import METRICS
+    """The pairs and the metric of the ``path`` recipe: the registered ``rank_metric``
+    (:data:`sycointerp.metrics.METRICS`) on pairs of the training questions under the paper's
+    wording, ending where the metric reads (the reply, or the answer stem)."""
+    from sycointerp.data.templates import PAPER_CHALLENGE
+    from sycointerp.spt.selection import metric_pairs
 
-    entry, tok = METRICS[config.rank_metric], model.tokenizer
-    pairs = build_pairs(train_qs, tok, position=entry.position, system=config.system or None)
-    return pairs, entry.build(tok, pairs)
+    return metric_pairs(model, train_qs, config.rank_metric, [PAPER_CHALLENGE], config.system)
 
 
 def _load(config: SPTConfig):
@@ -424,16 +428,24 @@ def _run_method(
         row.update(_evaluate(tuned, base, eval_qs, config, target, progress, steer, full))
         row["eval_seconds"] = time.perf_counter() - start
         ranking = out / "ranking"
-        if run.method == "spt" and config.repatch and (ranking / "result.json").is_file():
+        if run.method == "spt" and _repatches(config) and (ranking / "result.json").is_file():
             row["repatch"] = _repatch(tuned, ranking, heads, train_qs, config, target)
         write_json(target / "result.json", row)
     acc.wait_for_everyone()
     return row
 
 
+def _repatches(config: SPTConfig) -> bool:
+    """Whether the tuned model is re-patched: asked, and the ranking is the paper's path
+    patching (a recipe that can be re-measured on the same pairs)."""
+    from sycointerp.spt.selection import SELECTION_RECIPES
+
+    return config.repatch and SELECTION_RECIPES[config.selection].repatch
+
+
 def _full_ranking(ranking: Path, config: SPTConfig, model) -> list[Head] | None:
-    """The run's path-patching ranking of every query head (its own, or a heads file that lists
-    them all), or ``None``."""
+    """The run's ranking of every query head (its own, by its selection recipe, or a heads file
+    that lists them all), or ``None``."""
     from sycointerp.patching import PatchResult
 
     if (ranking / "result.json").is_file():
@@ -592,6 +604,19 @@ class SPTResult:
     def rows(self) -> dict[str, dict[str, Any]]:
         """Each method run's row (``result.json``), by its name (``spt``, ``random_layer-1``)."""
         return {row["method"]: row for row in self.report["rows"]}
+
+    @property
+    def heads(self) -> HeadSet:
+        """The tuned head set (``heads.json``), its ``source`` naming how it was chosen.
+
+        Raises:
+            BundleError: ``heads.json`` is missing, unreadable or not a head set.
+        """
+        record = read_json(self.out / "heads.json", "SPT run")
+        try:
+            return HeadSet.from_json(record)
+        except (KeyError, TypeError, ValueError) as err:
+            raise BundleError(f"{self.out / 'heads.json'} is not a head set ({err})") from None
 
     def evaluation(self, name: str) -> SycophancyEval:
         """The multi-turn evaluation of method run ``name``, every dialogue included.

@@ -22,6 +22,13 @@ def _metrics() -> tuple[str, ...]:
     return METRICS.names()
 
 
+def _recipes() -> tuple[str, ...]:
+    """The head-selection recipes (:data:`sycointerp.spt.selection.SELECTION_RECIPES`)."""
+    from sycointerp.spt.selection import SELECTION_RECIPES
+
+    return SELECTION_RECIPES.names()
+
+
 def _registered() -> tuple[str, ...]:
     """The SPT methods of the registry (:data:`sycointerp.spt.methods.SPT_METHODS`), asked when a
     configuration is validated (importing it loads torch, which ``--help`` must not)."""
@@ -72,12 +79,28 @@ class SPTConfig(TomlConfig):
     top_k: int = opt(
         "heads", "number of heads to tune (0 = 4% of all heads, as in the paper)", 0, minimum=0
     )
+    selection: str = opt(
+        "heads",
+        "how the heads are ranked when no heads_file is given: a registered recipe "
+        "(sycointerp.spt.selection.SELECTION_RECIPES: path = path patching with rank_metric on "
+        "the paper's wording; pooled_wordings = on all 12 challenge wordings; loss_gradient = "
+        "the SPT loss's gradient per head; probe = held-out probe accuracy)",
+        "path",
+        _recipes,
+    )
     rank_metric: str = opt(
         "heads",
-        "the registered metric that ranks the heads by path patching when no heads_file is given "
-        "(sycointerp.metrics.METRICS: apology_logit_diff, apology, flip, ...)",
+        "the registered metric that ranks the heads by path patching (selection path or "
+        "pooled_wordings; sycointerp.metrics.METRICS: apology_logit_diff, apology, flip, ...)",
         "apology_logit_diff",
         _metrics,
+    )
+    pairs_per_wording: int = opt(
+        "heads",
+        "selection pooled_wordings: training questions paired with each of the 12 wordings "
+        "(0 = all; the cost is 12 x this many pairs)",
+        0,
+        minimum=0,
     )
     draws: int = opt(
         "heads",
@@ -183,7 +206,8 @@ class SPTConfig(TomlConfig):
     repatch: bool = opt(
         "eval",
         "re-run path patching on the SPT-tuned model over the ranking's training pairs and "
-        "write the before / after comparison (spt only, heads ranked by this run)",
+        "write the before / after comparison (spt only, heads ranked by this run with selection "
+        "path)",
         True,
     )
     # [run]

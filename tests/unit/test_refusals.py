@@ -132,6 +132,8 @@ CASES = [
     # spt / study: stance evaluation options, before the model loads
     (["spt", *M, *SPT, "--stance-variants", "wrong,gold"], "must be among wrong, user"),
     (["spt", *M, *SPT, "--pressure-rounds", "0"], "pressure_rounds"),
+    (["spt", *M, *SPT, "--selection", "gradient"], "loss_gradient"),
+    (["spt", *M, *SPT, "--pairs-per-wording", "-1"], "pairs_per_wording"),
     (["study", *M, "--stance-variants", "prefilled"], "must be among wrong, user"),
     # spt: steering coefficients, before the model loads
     (["spt", *M, *SPT, "--methods", "caa", "--caa-alphas=0"], "finite and non-zero"),

@@ -34,8 +34,8 @@ from sycointerp.spt.train import (
     CheckpointError,
     TrainConfig,
     TrainingError,
-    _loss_sum,
     _takes_logits_to_keep,
+    loss_sum,
     train,
 )
 from sycointerp.spt.tunable import FullWeights, HeadDeltas, PeftLoRA
@@ -332,7 +332,7 @@ def test_loss_on_the_kept_positions_equals_the_all_position_loss(
     subject = _NoKeepArgument(model) if wrapped else model
     assert _takes_logits_to_keep(subject) is not wrapped
     want, want_grads = grads(plain)
-    got, got_grads = grads(lambda: _loss_sum(subject, batch, tok.pad_token_id, "cpu"))
+    got, got_grads = grads(lambda: loss_sum(subject, batch, tok.pad_token_id, "cpu"))
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
     for name, g in want_grads.items():
         torch.testing.assert_close(got_grads[name], g, rtol=1e-5, atol=1e-6, msg=name)
