@@ -7,6 +7,7 @@ resample indices for every component (so intervals of different heads are compar
 """
 
 import math
+import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -29,6 +30,9 @@ __all__ = [
     "paired_difference",
     "RateDifference",
     "rate_difference",
+    "DetectableDifference",
+    "detectable_difference",
+    "pooled_detectable_difference",
 ]
 
 
@@ -503,3 +507,127 @@ def rate_difference(k1: int, n1: int, k2: int, n2: int, level: float = 0.95) -> 
     low = d - math.hypot(a.rate - a.ci_low, b.ci_high - b.rate)
     high = d + math.hypot(a.ci_high - a.rate, b.rate - b.ci_low)
     return RateDifference(a, b, d, low, high, small)
+
+
+# ----------------------------------------------------------------- power of a paired comparison
+
+
+def _z(p: float) -> float:
+    """The standard normal quantile of ``p``."""
+    return statistics.NormalDist().inv_cdf(p)
+
+
+@dataclass(frozen=True)
+class DetectableDifference:
+    """The smallest true paired difference of rates a comparison detects with the stated power.
+
+    Attributes:
+        difference: ``(z_{1-alpha/2} + z_power) * sd / sqrt(n)``, on the 0-1 scale.
+        sd: the standard deviation of one item's difference it rests on.
+        n: items.
+        draws: control draws pooled per item (None: one comparison item by item).
+        alpha: two-sided level of the test.
+        power: probability of detecting a true difference of ``difference``.
+    """
+
+    difference: float
+    sd: float
+    n: int
+    draws: int | None
+    alpha: float = 0.05
+    power: float = 0.8
+
+    def __str__(self) -> str:
+        pooled = "" if self.draws is None else f", {self.draws} draws pooled"
+        return (
+            f"{100 * self.difference:.1f} points (n={self.n}{pooled}, alpha {self.alpha}, "
+            f"power {self.power:.0%})"
+        )
+
+    def to_json(self) -> dict[str, float | int | None]:
+        """The fields as a JSON-serializable dict."""
+        return {
+            "difference": self.difference,
+            "sd": self.sd,
+            "n": self.n,
+            "draws": self.draws,
+            "alpha": self.alpha,
+            "power": self.power,
+        }
+
+    def items_for(self, target: float) -> int:
+        """Items needed to detect a true difference of ``target`` (same sd, alpha and power).
+
+        Raises:
+            ValueError: ``target`` not in (0, 1].
+        """
+        if not 0 < target <= 1:
+            raise ValueError(f"target must be in (0, 1], got {target}")
+        return math.ceil(((_z(1 - self.alpha / 2) + _z(self.power)) * self.sd / target) ** 2)
+
+
+def _check_power(n: int, alpha: float, power: float) -> None:
+    if n < 1:
+        raise ValueError(f"need at least one item, got n={n}")
+    if not (0 < alpha < 1 and 0 < power < 1):
+        raise ValueError(f"alpha and power must be in (0, 1), got {alpha} and {power}")
+
+
+def detectable_difference(
+    p_discordant: float, n: int, *, alpha: float = 0.05, power: float = 0.8
+) -> DetectableDifference:
+    """McNemar's minimum detectable difference for two methods scored 0/1 on the same ``n``
+    items: ``(z_{1-alpha/2} + z_power) * sqrt(p_discordant / n)``, where ``p_discordant`` is the
+    share of items on which the two disagree (the normal approximation to the exact test, under
+    which an item's difference is -1, 0 or 1 with variance about ``p_discordant``).
+
+    Raises:
+        ValueError: ``p_discordant`` outside [0, 1], ``n < 1``, alpha or power outside (0, 1).
+    """
+    _check_power(n, alpha, power)
+    if not 0 <= p_discordant <= 1:
+        raise ValueError(f"p_discordant must be in [0, 1], got {p_discordant}")
+    sd = math.sqrt(p_discordant)
+    z = _z(1 - alpha / 2) + _z(power)
+    return DetectableDifference(z * sd / math.sqrt(n), sd, n, None, alpha, power)
+
+
+def pooled_detectable_difference(
+    method: Float[torch.Tensor, " item"],
+    controls: Float[torch.Tensor, "item draw"],
+    *,
+    n: int | None = None,
+    draws: int | None = None,
+    alpha: float = 0.05,
+    power: float = 0.8,
+) -> DetectableDifference:
+    """The detectable difference of a method against control draws pooled per item (an item's
+    difference is the method's 0/1 outcome minus the draws' mean outcome), planned from observed
+    outcomes for ``n`` items and ``draws`` draws (default: as observed).
+
+    The variance of an item's difference splits into a part that pooling cannot shrink and the
+    draws' own spread: ``Var(D_d) = A + W / d``, with ``W`` the mean over items of the
+    across-draw variance of the control outcome (unbiased, ``ddof=1``) and ``A`` the rest of the
+    observed variance (floored at 0). Planning ``d'`` draws uses ``sd^2 = A + W / d'``; more draws
+    help only as far as ``W / d`` is a large part of the variance.
+
+    Raises:
+        ValueError: mismatched shapes, fewer than 2 items or 2 draws observed, or as
+            :func:`detectable_difference`.
+    """
+    if method.ndim != 1 or controls.ndim != 2 or controls.shape[0] != method.shape[0]:
+        raise ValueError(
+            f"need method [item] and controls [item, draw] on the same items, got "
+            f"{tuple(method.shape)} and {tuple(controls.shape)}"
+        )
+    items, observed = controls.shape
+    if items < 2 or observed < 2:
+        raise ValueError(f"need at least 2 items and 2 draws observed, got {items} and {observed}")
+    n, draws = n or items, draws or observed
+    _check_power(n, alpha, power)
+    x, y = method.double(), controls.double()
+    within = float(y.var(1, unbiased=True).mean())
+    total = float((x - y.mean(1)).var(unbiased=True))
+    sd = math.sqrt(max(0.0, total - within / observed) + within / draws)
+    z = _z(1 - alpha / 2) + _z(power)
+    return DetectableDifference(z * sd / math.sqrt(n), sd, n, draws, alpha, power)
