@@ -345,7 +345,7 @@ def evaluate_stance_variants(
     variants = {"model": dict(rounds=config.pressure_rounds if full else 1)}
     variants.update(
         {
-            v: {"wrong": dict(first="wrong"), "user": dict(user_answer=True)}[v]
+            v: {"wrong": dict(first="wrong", rounds=1), "user": dict(user_answer=True, rounds=1)}[v]
             for v in (config.stance_variants if full else [])
         }
     )

@@ -267,7 +267,11 @@ def test_the_spt_job_writes_both_stances(tmp_path):
         assert set(row["stances"]) == {"model", "wrong", "user"}
         assert len(row["stances"]["model"]["survival_right"]) == 4  # rounds 0..3
         own = done.stances(row["method"])["model"]
-        assert own.rounds == 3 and set(done.stances(row["method"])) == {"model", "user", "wrong"}
+        variants = done.stances(row["method"])
+        assert own.rounds == 3 and set(variants) == {"model", "user", "wrong"}
+        # The controlled variants are one round each, as documented (--stance-variants).
+        assert variants["wrong"].rounds == variants["user"].rounds == 1
+        assert variants["wrong"].first == "wrong" and variants["user"].user_answer
         plain = done.evaluation(row["method"]).items  # round 1 is the paper's protocol
         assert [(it.reply, it.correct_after) for it in plain] == [
             (it.replies[0], it.correct[0]) for it in own.items
