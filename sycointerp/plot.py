@@ -83,6 +83,8 @@ __all__ = [
     "SweepPoint",
     "SweepRate",
     "survival_plot",
+    "RecipeDifference",
+    "selection_plot",
     "check_png_export",
     "save_figure",
     "metric_label",
@@ -1145,3 +1147,94 @@ def survival_plot(
     fig.update_xaxes(title="round", dtick=1)
     fig.update_yaxes(title="% of the group", range=[-2, 102])
     return fig
+
+
+@dataclass(frozen=True)
+class RecipeDifference:
+    """One head-selection recipe's SPT minus a random-head control, pooled per item, as
+    :func:`selection_plot` draws it.
+
+    Attributes:
+        recipe: the recipe's name (one row of the figure).
+        control: the control it is set against (one colour per control).
+        measure: ``"confidence"`` or ``"truthfulness"`` (one panel each).
+        diff, ci_low, ci_high: the difference and its 95% interval, on the 0-1 scale (``None``:
+            no common items).
+        n: items behind it.
+    """
+
+    recipe: str
+    control: str
+    measure: str
+    diff: float | None
+    ci_low: float | None = None
+    ci_high: float | None = None
+    n: int | None = None
+
+
+def selection_plot(
+    differences: Sequence[RecipeDifference], detectable: Mapping[str, float | None] | None = None
+) -> go.Figure:
+    """Each recipe's SPT minus each control (points, 95% paired intervals as error bars), one
+    panel per measure; ``detectable``: measure -> the smallest difference the comparison detects
+    with 80% power, drawn as a grey band around 0 (a difference inside it could be missed).
+
+    Raises:
+        ValueError: no differences.
+    """
+    if not differences:
+        raise ValueError("selection_plot needs at least one recipe's difference")
+    fig = _new_subplots(("Confidence", "Truthfulness"), shared_yaxes=True)
+    recipes = list(dict.fromkeys(d.recipe for d in differences))
+    controls = list(dict.fromkeys(d.control for d in differences))
+    for col, measure in enumerate(SWEEP_MEASURES, start=1):
+        for i, control in enumerate(controls):
+            part = [d for d in differences if d.measure == measure and d.control == control]
+            # Each control's points a little apart on the recipe's row, so that none hides another.
+            rows = [len(recipes) - 1 - recipes.index(d.recipe) for d in part]
+            shift = 0.15 * (i - (len(controls) - 1) / 2)
+            trace = _recipe_points(part, [r - shift for r in rows], control, _LINES[i % 4], col)
+            fig.add_trace(trace, 1, col)
+        # Shapes after the traces: plotly leaves out shapes of a subplot that has no trace yet.
+        band = (detectable or {}).get(measure)
+        if band:
+            fig.add_vrect(
+                x0=-100 * band, x1=100 * band, fillcolor="#bbbbbb", opacity=0.3, line_width=0,
+                layer="below", row=1, col=col,
+            )  # fmt: skip
+        fig.add_vline(x=0, line={"color": "#555555", "width": 1}, row=1, col=col)
+    fig.update_yaxes(
+        tickvals=list(range(len(recipes))), ticktext=recipes[::-1], range=[-0.6, len(recipes) - 0.4]
+    )
+    fig.update_xaxes(title="SPT minus random heads (points, pooled per item)")
+    title = "Head-selection recipes against random heads"
+    if detectable:
+        title += " (grey: differences the comparison could miss, 80% power)"
+    _set_title(fig, title, _fewest([d.n for d in differences]))
+    return fig
+
+
+def _recipe_points(
+    part: Sequence[RecipeDifference], rows: Sequence[float], control: str, colour: str, col: int
+) -> go.Scatter:
+    """One control's points across the recipes (at ``rows`` on the y axis), with horizontal
+    error bars."""
+    pct = lambda v: np.nan if v is None else 100 * v  # noqa: E731
+    x = np.array([pct(d.diff) for d in part])
+    return go.Scatter(
+        x=x,
+        y=list(rows),
+        customdata=[d.recipe for d in part],
+        mode="markers",
+        name=control,
+        legendgroup=control,
+        showlegend=col == 1,
+        marker={"color": colour, "size": 10},
+        error_x={
+            "type": "data",
+            "symmetric": False,
+            "array": np.array([pct(d.ci_high) for d in part]) - x,
+            "arrayminus": x - np.array([pct(d.ci_low) for d in part]),
+        },
+        hovertemplate="%{customdata}: %{x:+.1f} points<extra>" + html.escape(control) + "</extra>",
+    )

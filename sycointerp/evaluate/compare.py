@@ -42,6 +42,7 @@ __all__ = [
     "PooledComparison",
     "compare_methods",
     "compare_pooled",
+    "pooled_outcomes",
     "comparison_table",
     "pooled_table",
     "StanceComparison",
@@ -146,29 +147,48 @@ def compare_pooled(
         KeyError: ``reference`` or a draw is not among ``evals``.
         ValueError: an empty group.
     """
-    ref = {it.question_id: it for it in evals[reference].items}
     out = []
     for name, members in groups.items():
         if not members:
             raise ValueError(f"control group {name!r} has no draws")
-        draws = [{it.question_id: it for it in evals[m].items} for m in members]
-        common = [
-            q
-            for q, it in ref.items()
-            if it.correct_before and all(q in d and d[q].correct_before for d in draws)
-        ]
-        confidence = _pooled_outcome(ref, draws, common, lambda it: not it.admits)
-        truth = _pooled_outcome(ref, draws, common, lambda it: it.correct_after)
+        outcomes = pooled_outcomes(evals, reference, members)
+        confidence, truth = (
+            paired_difference(x, [sum(row) / len(row) for row in ys])
+            for x, ys in (outcomes["confidence"], outcomes["truthfulness"])
+        )
         out.append(PooledComparison(reference, name, tuple(members), confidence, truth))
     return out
 
 
-def _pooled_outcome(ref, draws, common: list[str], outcome) -> PairedDifference:
-    """The reference's 0/1 ``outcome`` against its mean over the draws, item by item."""
-    return paired_difference(
-        [float(outcome(ref[q])) for q in common],
-        [sum(float(outcome(d[q])) for d in draws) / len(draws) for q in common],
-    )
+def pooled_outcomes(
+    evals: Mapping[str, SycophancyEval], reference: str, members: list[str]
+) -> dict[str, tuple[list[float], list[list[float]]]]:
+    """Per item, ``reference``'s 0/1 outcome and each draw's, for ``"confidence"`` and
+    ``"truthfulness"``, on the items initially correct under the reference and every draw (in
+    the reference's order): what :func:`compare_pooled` compares and what a power computation
+    (:func:`~sycointerp.stats.pooled_detectable_difference`) reads.
+
+    Raises:
+        KeyError: ``reference`` or a draw is not among ``evals``.
+        ValueError: no draws.
+    """
+    if not members:
+        raise ValueError("a control group needs at least one draw")
+    ref = {it.question_id: it for it in evals[reference].items}
+    draws = [{it.question_id: it for it in evals[m].items} for m in members]
+    common = [
+        q
+        for q, it in ref.items()
+        if it.correct_before and all(q in d and d[q].correct_before for d in draws)
+    ]
+    rules = {"confidence": lambda it: not it.admits, "truthfulness": lambda it: it.correct_after}
+    return {
+        metric: (
+            [float(rule(ref[q])) for q in common],
+            [[float(rule(d[q])) for d in draws] for q in common],
+        )
+        for metric, rule in rules.items()
+    }
 
 
 def pooled_table(comparisons: list[PooledComparison]) -> str:

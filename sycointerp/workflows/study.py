@@ -20,12 +20,20 @@ runs inside resume per method):
 4. ``sweep/split<s>/k<K>/``: SPT on the top K against layer-matched random heads for each K and
    split (the main split's point at the main K is read from ``main/``), evaluated on the first
    ``sweep_eval_limit`` held-out questions.
-5. ``study.json``, ``study.md`` and ``figures/`` (rank intervals, agreement, the K sweep).
+5. ``selection/<recipe>/`` (only with ``selection_recipes``): for each head-selection recipe
+   (:mod:`sycointerp.spt.selection`) other than the paper's, SPT on its top K against random
+   heads matched to its own layer histogram (``selection_draws``), on the main comparison's
+   items; every recipe (the paper's read from ``main/``) is compared with its own layer-matched
+   draws and the main comparison's uniform draws, pooled per item, and with the paper's recipe
+   paired, beside the differences the comparison could detect (80% power, planned from the
+   main comparison's own variances).
+6. ``study.json``, ``study.md`` and ``figures/`` (rank intervals, agreement, the K sweep, the
+   selection recipes).
 
 Output directory::
 
     config.toml, inputs.json   the resolved configuration; SHA-256 of the model and input files
-    protocols/  agreement/  main/  sweep/  figures/
+    protocols/  agreement/  main/  sweep/  selection/  figures/
     study.json  study.md       every number above with its interval, written last
 """
 
@@ -36,6 +44,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import torch
 
 from sycointerp._io import read_json, write_json
 from sycointerp.data.questions import Question
@@ -60,6 +70,7 @@ OUTPUT_NAMES = (
     "agreement",
     "main",
     "sweep",
+    "selection",
     "figures",
     "study.json",
     "study.md",
@@ -359,6 +370,96 @@ def sweep_points(config: StudyConfig, out: Path) -> list[dict[str, Any]]:
     return rows
 
 
+# --------------------------------------------------------------------------- 5. selection
+
+
+def run_selection(config: StudyConfig, out: Path, choice: str, progress: bool) -> None:
+    """Stage 5 (module docstring): one SPT job per selection recipe, SPT on its top K against
+    random heads matched to its own layer histogram, on the main comparison's items."""
+    draws = config.selection_draws or config.draws
+    for name, recipe, metric in config.selection_specs():
+        changes: dict[str, Any] = dict(
+            methods=["spt", "random_layer"],
+            draws=draws,
+            top_k=config.top_k,
+            eval_limit=config.main_eval_limit,
+            selection=recipe,
+            rank_metric=metric,
+            pairs_per_wording=config.pairs_per_wording,
+            repatch=False,
+            pressure_rounds=1,  # round 1 gives the correction rate and discrimination too
+            stance_variants=[],
+            **_protocol_changes(choice),
+        )
+        run_spt(_spt_config(config, **changes), out / "selection" / name, progress=progress)
+
+
+def _evals(where: Path, names: list[str], prefix: str = "") -> dict[str, SycophancyEval]:
+    return {prefix + n: SycophancyEval.load(where / n) for n in names}
+
+
+def selection_power(config: StudyConfig, out: Path) -> dict[str, Any]:
+    """The smallest differences the selection comparison can detect (80% power, alpha 0.05),
+    from the main comparison's SPT against its layer-matched draws pooled per item, planned for
+    the selection stage's draws; and the items a 10-point difference would need."""
+    from sycointerp.evaluate.compare import pooled_outcomes
+    from sycointerp.stats import pooled_detectable_difference
+
+    observed = _draw_names("random_layer", config.draws)
+    evals = _evals(out / "main", ["spt", *observed])
+    planned = config.selection_draws or config.draws
+    power: dict[str, Any] = {}
+    for metric, (x, ys) in pooled_outcomes(evals, "spt", observed).items():
+        if len(x) < 2 or len(observed) < 2:
+            power[metric] = None  # too few items or draws to estimate the variances
+            continue
+        found = pooled_detectable_difference(torch.tensor(x), torch.tensor(ys), draws=planned)
+        power[metric] = {**found.to_json(), "items_for_10_points": found.items_for(0.10)}
+    return power
+
+
+def _recipe_row(
+    name: str, where: Path, layer_draws: list[str], uniform: dict[str, SycophancyEval], paper
+) -> dict[str, Any]:
+    """One recipe's SPT against its layer-matched draws and the shared uniform ones (pooled per
+    item), and against the paper's recipe's SPT (paired)."""
+    evals = {**_evals(where, ["spt", *layer_draws]), **uniform}
+    layer, shared = compare_pooled(
+        evals, "spt", {"random_layer": layer_draws, "random": list(uniform)}
+    )
+    report = {r["method"]: r for r in read_json(where / "report.json", "SPT report")["rows"]}
+    heads = read_json(where / "heads.json", "tuned head set")
+    row: dict[str, Any] = {"name": name, "from": where.name, "heads": heads["heads"]}
+    row["source"] = heads["source"]
+    summary = evals["spt"].summary()
+    for metric in ("confidence", "truthfulness"):
+        row[metric] = summary[metric].to_json()
+    for key in ("correction_rate", "discrimination"):
+        row[key] = report["spt"].get(key)
+    row["vs_layer_matched"], row["vs_uniform"] = layer.to_json(), shared.to_json()
+    if paper is not None:
+        (versus,) = compare_methods({"spt": evals["spt"], "paper": paper}, "spt")
+        row["vs_paper"] = versus.to_json()
+    return row
+
+
+def selection_rows(config: StudyConfig, out: Path) -> dict[str, Any]:
+    """``study.json``'s ``selection``: the power, then one row per recipe, the paper's first
+    (read from the main comparison)."""
+    draws = config.selection_draws or config.draws
+    uniform = _evals(out / "main", _draw_names("random", config.draws), "uniform:")
+    main_draws = _draw_names("random_layer", config.draws)[:draws]
+    rows = [_recipe_row("paper", out / "main", main_draws, uniform, None)]
+    paper = SycophancyEval.load(out / "main" / "spt")
+    for name, _, _ in config.selection_specs():
+        where = out / "selection" / name
+        rows.append(_recipe_row(name, where, _draw_names("random_layer", draws), uniform, paper))
+    top = {tuple(h) for h in rows[0]["heads"]}
+    for row in rows:
+        row["overlap_with_paper"] = len(top & {tuple(h) for h in row["heads"]}) / len(top)
+    return {"power": selection_power(config, out), "draws": draws, "recipes": rows}
+
+
 # --------------------------------------------------------------------------- the study
 
 
@@ -474,6 +575,9 @@ def run(
                 main = run_main_comparison(config, out / "main", choice, progress)
             with clock("sweep"):
                 run_sweep(config, out, choice, progress)
+            if config.selection_recipes:
+                with clock("selection"):
+                    run_selection(config, out, choice, progress)
         record = {
             "seconds": clock.seconds,
             "protocols": protocols,
@@ -481,6 +585,8 @@ def run(
             "main": {k: main[k] for k in ("heads", "rows", "paired", "pooled") if k in main},
             "sweep": sweep_points(config, out),
         }
+        if config.selection_recipes:
+            record["selection"] = selection_rows(config, out)
         record["stability"] = write_study_md(config, out, record)
         write_json(out / "study.json", record)
         write_report(out)

@@ -14,7 +14,9 @@ from typing import ClassVar
 
 from sycointerp._config import ConfigError, TomlConfig, opt
 
-__all__ = ["StudyConfig", "PROTOCOLS"]
+__all__ = ["StudyConfig", "PROTOCOLS", "PAPER_METRIC"]
+
+PAPER_METRIC = "apology_logit_diff"  # the main comparison ranks heads with it (the paper's)
 
 # Protocol variants the settings search compares on the base model: (final answer prefilled with
 # the answer stem?, challenge template). "stem" is this project's earlier protocol, "free" the
@@ -38,6 +40,7 @@ class StudyConfig(TomlConfig):
         "agreement",
         "main",
         "sweep",
+        "selection",
         "train",
         "eval",
     )
@@ -109,6 +112,26 @@ class StudyConfig(TomlConfig):
     sweep_eval_limit: int = opt(
         "sweep", "held-out questions per sweep point (a prefix of the main ones)", 60, minimum=1
     )
+    # [selection]
+    selection_recipes: list[str] = opt(
+        "selection",
+        "head-selection recipes set against the paper's (the main comparison's path patching "
+        "with the apology metric), each against random heads matched to its own layer histogram "
+        "and the main comparison's uniform ones: recipe[:metric] of "
+        "sycointerp.spt.selection.SELECTION_RECIPES, e.g. pooled_wordings,path:flip,"
+        "loss_gradient,probe ('' = skip the stage, the default: about 12 min per recipe on a "
+        "2-core CPU)",
+        [],
+    )
+    selection_draws: int = opt(
+        "selection", "layer-matched random draws per recipe (0 = --draws)", 0, minimum=0
+    )
+    pairs_per_wording: int = opt(
+        "selection",
+        "pooled_wordings: training questions paired with each of the 12 wordings (0 = all)",
+        16,
+        minimum=0,
+    )
     # [train]
     steps: int = opt("train", "optimizer steps per tuned model", 24, minimum=1)
     lr: float = opt("train", "peak learning rate", 1e-4, minimum=0)
@@ -153,6 +176,41 @@ class StudyConfig(TomlConfig):
                 f"sweep_eval_limit ({self.sweep_eval_limit}) must not exceed main_eval_limit "
                 f"({self.main_eval_limit}): the sweep's questions are a prefix of the main ones"
             )
+
+        self.selection_specs()  # refuses unknown recipes and metrics before anything runs
+
+    def selection_specs(self) -> list[tuple[str, str, str]]:
+        """``(name, recipe, rank_metric)`` of each ``selection_recipes`` entry, ``name`` its
+        output folder (``path:flip`` -> ``path-flip``); a recipe that reads no metric keeps the
+        paper's (unused).
+
+        Raises:
+            ConfigError: an unknown recipe or metric, a metric given to a recipe that reads none,
+                the main comparison's own recipe, or a repeated entry.
+        """
+        from sycointerp.metrics import METRICS
+        from sycointerp.spt.selection import SELECTION_RECIPES
+
+        flag, specs = "selection_recipes (--selection-recipes)", []
+        for entry in self.selection_recipes:
+            recipe, _, metric = entry.partition(":")
+            if recipe not in SELECTION_RECIPES or (metric and metric not in METRICS):
+                raise ConfigError(
+                    f"{flag} has {entry!r}: use recipe[:metric] with a recipe among "
+                    f"{', '.join(SELECTION_RECIPES)} and a metric among {', '.join(METRICS)}"
+                )
+            if metric and not SELECTION_RECIPES[recipe].uses_metric:
+                raise ConfigError(f"{flag} has {entry!r}, but {recipe} reads no metric")
+            metric = metric or PAPER_METRIC
+            if (recipe, metric) == ("path", PAPER_METRIC):
+                raise ConfigError(
+                    f"{flag} has {entry!r}: that is the main comparison's recipe, compared "
+                    "already; name the others"
+                )
+            specs.append((entry.replace(":", "-"), recipe, metric))
+        if len({s[0] for s in specs}) != len(specs):
+            raise ConfigError(f"{flag} repeats an entry: {self.selection_recipes}")
+        return specs
 
     def check_files(self) -> None:
         """Every file the study reads exists.

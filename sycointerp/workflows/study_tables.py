@@ -160,7 +160,7 @@ def _repatch(main: dict[str, Any]) -> list[str]:
 
 def _sweep(rows: list[dict[str, Any]], out: Path) -> list[str]:
     from sycointerp.plot import k_sweep_plot
-    from sycointerp.workflows.sweep_figure import sweep_figure_points
+    from sycointerp.workflows.figure_records import sweep_figure_points
 
     _save(
         k_sweep_plot(sweep_figure_points(rows)), out / "figures" / "k_sweep", width=1300, height=550
@@ -190,6 +190,74 @@ def _sweep(rows: list[dict[str, Any]], out: Path) -> list[str]:
         for s, b in bases.items()
     ]
     return lines + [""]
+
+
+def _selection(selection: dict[str, Any] | None, out: Path) -> list[str]:
+    """Section 7: every recipe against its matched controls, with the detectable difference."""
+    if not selection:
+        return []
+    from sycointerp.plot import selection_plot
+    from sycointerp.workflows.figure_records import selection_detectable, selection_differences
+
+    detectable = selection_detectable(selection)
+    fig = selection_plot(selection_differences(selection), detectable)
+    _save(fig, out / "figures" / "selection", width=1300, height=550)
+    lines = [
+        "## 7. Which heads to tune: selection recipes against matched random heads",
+        "",
+        *_power(selection),
+        "Each recipe's SPT on its top K, on the main comparison's items, minus random heads "
+        f"pooled per item ({selection['draws']} layer-matched draws of the recipe's own layer "
+        "histogram; the main comparison's uniform draws, shared); paired against the paper's "
+        "recipe (McNemar). Correction and discrimination: round 1 of the both-stances "
+        "evaluation.",
+        "",
+        "| recipe | overlap with paper's top K | Confidence | Truthfulness | corrects own wrong "
+        "| discrimination | Confidence - layer-matched | Confidence - uniform | "
+        "Truthfulness - layer-matched | Truthfulness - uniform | Truthfulness - paper's |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in selection["recipes"]:
+        layer, uniform = r["vs_layer_matched"], r["vs_uniform"]
+        versus = (r.get("vs_paper") or {}).get("truthfulness")
+        lines.append(
+            f"| {r['name']} | {r['overlap_with_paper']:.2f} | {_pct(r['confidence'])} | "
+            f"{_pct(r['truthfulness'])} | {_pct(r.get('correction_rate'))} | "
+            f"{_score(r.get('discrimination'))} | {_diff(layer['confidence'])} | "
+            f"{_diff(uniform['confidence'])} | {_diff(layer['truthfulness'])} | "
+            f"{_diff(uniform['truthfulness'])} | {_diff(versus) if versus else '-'} |"
+        )
+    return lines + ["", "![selection recipes against random heads](figures/selection.png)", ""]
+
+
+def _power(selection: dict[str, Any]) -> list[str]:
+    """The detectable differences, or why there are none."""
+    parts = []
+    for measure, found in (selection.get("power") or {}).items():
+        if found is None:
+            parts.append(f"{measure}: not estimable (fewer than 2 items or draws)")
+            continue
+        parts.append(
+            f"{measure} {100 * found['difference']:.1f} points (a 10-point difference would "
+            f"need {found['items_for_10_points']} items)"
+        )
+    if not parts:
+        return []
+    return [
+        "Detectable with 80% power at alpha 0.05 (planned from the main comparison's SPT "
+        "against its layer-matched draws pooled per item, on its items, for this stage's draws): "
+        + "; ".join(parts)
+        + ". A difference smaller than these could be missed: a null below it is not evidence "
+        "of no effect.",
+        "",
+    ]
+
+
+def _score(d: dict[str, Any] | None) -> str:
+    """A rate difference (discrimination) in points with its interval."""
+    if not d or d.get("diff") is None:
+        return "n/a"
+    return f"{100 * d['diff']:+.1f} [{100 * d['ci_low']:+.1f}, {100 * d['ci_high']:+.1f}]"
 
 
 def _spread(rates: list[float | None]) -> str:
@@ -257,6 +325,7 @@ def write_study_md(config: StudyConfig, out: Path, record: dict[str, Any]) -> di
         *_stance_figure(record["main"], out),
         *_repatch(record["main"]),
         *_sweep(record["sweep"], out),
+        *_selection(record.get("selection"), out),
     ]
     text = "\n".join(lines)
     atomic_write(out / "study.md", lambda p: Path(p).write_text(text, encoding="utf-8"))

@@ -58,11 +58,13 @@ TINY = {
     "--main-eval-limit": "4", "--ks": "1,2", "--splits": "0", "--sweep-draws": "1",
     "--sweep-eval-limit": "4", "--steps": "2", "--warmup-steps": "1", "--max-new-tokens": "3",
     "--answer-tokens": "3", "--kl-passages": "2", "--arc-limit": "4", "--eval-limit": "4",
+    "--selection-draws": "1", "--pairs-per-wording": "1",
 }  # fmt: skip
 TINY_FLAGS = {  # the TINY flags each job has
     "study": set(TINY) - {"--eval-limit"},
     "spt": {"--limit", "--top-k", "--draws", "--steps", "--warmup-steps", "--max-new-tokens",
-            "--answer-tokens", "--kl-passages", "--eval-limit", "--arc-limit"},
+            "--answer-tokens", "--kl-passages", "--eval-limit", "--arc-limit",
+            "--pairs-per-wording"},
     "patch": {"--limit"},
     "effect": {"--limit"},
 }  # fmt: skip

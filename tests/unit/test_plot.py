@@ -2,6 +2,7 @@
 few-examples warning, refusals, real PNG export and HTML sharing one plotly.js."""
 
 import inspect
+import math
 import struct
 
 import numpy as np
@@ -16,6 +17,7 @@ from sycointerp.patching.knockout import KnockoutCurve
 from sycointerp.patching.results import PatchResult
 from sycointerp.plot import (
     TEMPLATE,
+    RecipeDifference,
     SweepPoint,
     SweepRate,
     agreement_heatmap,
@@ -30,6 +32,7 @@ from sycointerp.plot import (
     rank_intervals_plot,
     ranked_heads_bar,
     save_figure,
+    selection_plot,
     side_by_side_heatmaps,
     survival_plot,
 )
@@ -464,7 +467,35 @@ def _figures_of_every_builder(n: int) -> dict[str, go.Figure]:
             {"spt": [SweepRate(1.0, 0.9, 1.0, n), SweepRate(0.6, 0.4, 0.8, n)]},
             {"spt": [SweepRate(1.0, 0.9, 1.0, n), SweepRate(0.7, 0.5, 0.9, n)]},
         ),
+        "selection_plot": selection_plot(
+            [RecipeDifference("paper", "layer", m, 0.05, -0.05, 0.15, n) for m in _MEASURES]
+        ),
     }
+
+
+_MEASURES = ("confidence", "truthfulness")
+
+
+def test_selection_plot_draws_each_difference_with_its_interval_and_the_detectable_band():
+    diffs = [
+        RecipeDifference("paper", "layer-matched", "confidence", 0.05, -0.02, 0.12, 60),
+        RecipeDifference("probe", "layer-matched", "confidence", -0.10, -0.20, 0.01, 60),
+        RecipeDifference("paper", "uniform", "confidence", None, None, None, 0),
+    ] + [RecipeDifference("paper", "layer-matched", "truthfulness", 0.2, 0.1, 0.3, 60)]
+    fig = selection_plot(diffs, {"confidence": 0.12, "truthfulness": None})
+    layer = [t for t in fig.data if t.name == "layer-matched"]
+    assert list(layer[0].x) == pytest.approx([5.0, -10.0])
+    assert list(layer[0].customdata) == ["paper", "probe"]
+    assert layer[0].y[0] > layer[0].y[1]  # the first recipe on top, each control a little apart
+    assert list(layer[0].error_x.array) == pytest.approx([7.0, 11.0])  # high - diff, in points
+    assert list(layer[0].error_x.arrayminus) == pytest.approx([7.0, 10.0])
+    uniform = [t for t in fig.data if t.name == "uniform"]
+    assert math.isnan(uniform[0].x[0])  # no common items: a gap, not a point at 0
+    bands = [s for s in fig.layout.shapes if s.type == "rect"]
+    assert len(bands) == 1 and (bands[0].x0, bands[0].x1) == pytest.approx((-12.0, 12.0))
+    assert "could miss" in fig.layout.title.text
+    with pytest.raises(ValueError, match="at least one"):
+        selection_plot([])
 
 
 def test_every_public_figure_builder_draws_in_the_one_template():

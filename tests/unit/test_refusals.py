@@ -135,6 +135,10 @@ CASES = [
     (["spt", *M, *SPT, "--selection", "gradient"], "loss_gradient"),
     (["spt", *M, *SPT, "--pairs-per-wording", "-1"], "pairs_per_wording"),
     (["study", *M, "--stance-variants", "prefilled"], "must be among wrong, user"),
+    (["study", *M, "--selection-recipes", "gradient"], "recipe[:metric]"),
+    (["study", *M, "--selection-recipes", "probe:flip"], "reads no metric"),
+    (["study", *M, "--selection-recipes", "path"], "main comparison's recipe"),
+    (["study", *M, "--selection-recipes", "path:flip,path:flip"], "repeats"),
     # spt: steering coefficients, before the model loads
     (["spt", *M, *SPT, "--methods", "caa", "--caa-alphas=0"], "finite and non-zero"),
     (["spt", *M, *SPT, "--methods", "caa", "--caa-alphas=nan"], "finite"),

@@ -52,7 +52,8 @@ SMALL = [
     "--agreement-pairs", "3", "--agreement-k", "2", "--top-k", "2", "--draws", "2",
     "--main-eval-limit", "6", "--ks", "1,2", "--splits", "0,1", "--sweep-draws", "2",
     "--sweep-eval-limit", "4", "--steps", "2", "--warmup-steps", "1", "--max-new-tokens", "3",
-    "--answer-tokens", "3", "-q",
+    "--answer-tokens", "3", "--selection-recipes", "path:flip,loss_gradient,pooled_wordings,probe",
+    "--pairs-per-wording", "1", "-q",
 ]  # fmt: skip
 
 
@@ -114,7 +115,8 @@ def test_a_small_study_runs_resumes_and_refuses_changed_options(tmp_path):
         r for r in text.split("## 6. The K sweep")[1].splitlines() if r[:4] in ("| 0 ", "| 1 ")
     ]
     assert len(sweep_rows) == 4 and all(r.endswith("| - |") for r in sweep_rows)  # KL cells
-    assert list(record["seconds"]) == ["protocols", "agreement", "main", "sweep"]
+    assert list(record["seconds"]) == ["protocols", "agreement", "main", "sweep", "selection"]
+    _check_selection(record["selection"], out, text)
     assert all(s > 0 for s in record["seconds"].values()) and "Time (wall clock" in text
     held = record["protocols"]["held_out"]  # 24 questions, half held out by --eval-fraction 0.5
     assert held["n"] == 12 and 0 <= held["correct"]["k"] <= 12
@@ -146,3 +148,28 @@ def test_ranking_agreement_by_hand():
     assert ranking_agreement(a, b, k=1)[0] == 0.0
     with pytest.raises(ValueError, match="same cells"):
         ranking_agreement(a, [(0, 0), (0, 1), (2, 0)], k=1)
+
+
+def _check_selection(selection: dict, out: Path, text: str) -> None:
+    """The selection stage of the small study: every recipe against its matched controls."""
+    names = [r["name"] for r in selection["recipes"]]
+    assert names == ["paper", "path-flip", "loss_gradient", "pooled_wordings", "probe"]
+    assert selection["draws"] == 2
+    main = json.loads((out / "main" / "heads.json").read_text())
+    assert selection["recipes"][0]["heads"] == main["heads"]
+    assert selection["recipes"][0]["overlap_with_paper"] == 1.0
+    for row in selection["recipes"][1:]:
+        where = out / "selection" / row["name"]
+        config = (where / "config.toml").read_text()
+        assert 'methods = [\n    "spt",\n    "random_layer",\n]' in config
+        assert row["source"].startswith("top-2 of ")
+        # The shared uniform draws are the main comparison's: the same items, pooled per item.
+        assert row["vs_uniform"]["confidence"]["n"] <= 6 and "vs_paper" in row
+    ranking = json.loads((out / "selection" / "path-flip" / "ranking" / "result.json").read_text())
+    assert ranking["metric"] == "flip"
+    for measure in ("confidence", "truthfulness"):
+        found = selection["power"][measure]
+        assert found is None or (found["draws"] == 2 and found["difference"] >= 0)
+    assert "## 7. Which heads to tune" in text and "| loss_gradient |" in text
+    assert (out / "figures" / "selection.html").is_file()
+    assert 'id="fig-selection"' in (out / "report.html").read_text()
