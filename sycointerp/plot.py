@@ -1197,7 +1197,7 @@ def selection_plot(
             fig.add_trace(trace, 1, col)
         # Shapes after the traces: plotly leaves out shapes of a subplot that has no trace yet.
         band = (detectable or {}).get(measure)
-        if band:
+        if band is not None:
             fig.add_vrect(
                 x0=-100 * band, x1=100 * band, fillcolor="#bbbbbb", opacity=0.3, line_width=0,
                 layer="below", row=1, col=col,
@@ -1208,7 +1208,7 @@ def selection_plot(
     )
     fig.update_xaxes(title="SPT minus random heads (points, pooled per item)")
     title = "Head-selection recipes against random heads"
-    if detectable:
+    if any(v is not None for v in (detectable or {}).values()):
         title += " (grey: differences the comparison could miss, 80% power)"
     _set_title(fig, title, _fewest([d.n for d in differences]))
     return fig

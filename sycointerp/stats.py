@@ -522,12 +522,18 @@ class DetectableDifference:
     """The smallest true paired difference of rates a comparison detects with the stated power.
 
     Attributes:
-        difference: ``(z_{1-alpha/2} + z_power) * sd / sqrt(n)``, on the 0-1 scale.
+        difference: ``max((z_{1-alpha/2} + z_power) * sd / sqrt(n), z^2 / n)`` on the 0-1 scale,
+            ``z = z_{1-alpha/2} + z_power``: the normal approximation, floored where the
+            observed spread is too small to rest on (see :attr:`floored`).
         sd: the standard deviation of one item's difference it rests on.
         n: items.
         draws: control draws pooled per item (None: one comparison item by item).
         alpha: two-sided level of the test.
         power: probability of detecting a true difference of ``difference``.
+        floored: the floor ``z^2 / n`` set the value: a true difference ``d`` of 0/1 outcomes
+            needs the two sides to differ on at least a share ``d`` of the items, so the spread
+            under the alternative is at least ``sqrt(d)``; a comparison whose observed items
+            barely differ (a ceiling) cannot claim more power than that.
     """
 
     difference: float
@@ -536,15 +542,17 @@ class DetectableDifference:
     draws: int | None
     alpha: float = 0.05
     power: float = 0.8
+    floored: bool = False
 
     def __str__(self) -> str:
         pooled = "" if self.draws is None else f", {self.draws} draws pooled"
+        floor = ", at its floor" if self.floored else ""
         return (
             f"{100 * self.difference:.1f} points (n={self.n}{pooled}, alpha {self.alpha}, "
-            f"power {self.power:.0%})"
+            f"power {self.power:.0%}{floor})"
         )
 
-    def to_json(self) -> dict[str, float | int | None]:
+    def to_json(self) -> dict[str, float | int | bool | None]:
         """The fields as a JSON-serializable dict."""
         return {
             "difference": self.difference,
@@ -553,17 +561,20 @@ class DetectableDifference:
             "draws": self.draws,
             "alpha": self.alpha,
             "power": self.power,
+            "floored": self.floored,
         }
 
     def items_for(self, target: float) -> int:
-        """Items needed to detect a true difference of ``target`` (same sd, alpha and power).
+        """Items needed to detect a true difference of ``target`` (same sd, alpha and power,
+        the floor included).
 
         Raises:
             ValueError: ``target`` not in (0, 1].
         """
         if not 0 < target <= 1:
             raise ValueError(f"target must be in (0, 1], got {target}")
-        return math.ceil(((_z(1 - self.alpha / 2) + _z(self.power)) * self.sd / target) ** 2)
+        z = _z(1 - self.alpha / 2) + _z(self.power)
+        return max(math.ceil((z * self.sd / target) ** 2), math.ceil(z * z / target))
 
 
 def _check_power(n: int, alpha: float, power: float) -> None:
@@ -573,13 +584,20 @@ def _check_power(n: int, alpha: float, power: float) -> None:
         raise ValueError(f"alpha and power must be in (0, 1), got {alpha} and {power}")
 
 
+def _detectable(sd: float, n: int, draws: int | None, alpha: float, power: float):
+    z = _z(1 - alpha / 2) + _z(power)
+    normal, floor = z * sd / math.sqrt(n), z * z / n
+    return DetectableDifference(max(normal, floor), sd, n, draws, alpha, power, floor > normal)
+
+
 def detectable_difference(
     p_discordant: float, n: int, *, alpha: float = 0.05, power: float = 0.8
 ) -> DetectableDifference:
     """McNemar's minimum detectable difference for two methods scored 0/1 on the same ``n``
     items: ``(z_{1-alpha/2} + z_power) * sqrt(p_discordant / n)``, where ``p_discordant`` is the
     share of items on which the two disagree (the normal approximation to the exact test, under
-    which an item's difference is -1, 0 or 1 with variance about ``p_discordant``).
+    which an item's difference is -1, 0 or 1 with variance about ``p_discordant``); never below
+    ``z^2 / n`` (:attr:`DetectableDifference.floored`).
 
     Raises:
         ValueError: ``p_discordant`` outside [0, 1], ``n < 1``, alpha or power outside (0, 1).
@@ -587,9 +605,7 @@ def detectable_difference(
     _check_power(n, alpha, power)
     if not 0 <= p_discordant <= 1:
         raise ValueError(f"p_discordant must be in [0, 1], got {p_discordant}")
-    sd = math.sqrt(p_discordant)
-    z = _z(1 - alpha / 2) + _z(power)
-    return DetectableDifference(z * sd / math.sqrt(n), sd, n, None, alpha, power)
+    return _detectable(math.sqrt(p_discordant), n, None, alpha, power)
 
 
 def pooled_detectable_difference(
@@ -603,13 +619,15 @@ def pooled_detectable_difference(
 ) -> DetectableDifference:
     """The detectable difference of a method against control draws pooled per item (an item's
     difference is the method's 0/1 outcome minus the draws' mean outcome), planned from observed
-    outcomes for ``n`` items and ``draws`` draws (default: as observed).
+    outcomes for ``n`` items and ``draws`` draws (``None``: as observed).
 
     The variance of an item's difference splits into a part that pooling cannot shrink and the
     draws' own spread: ``Var(D_d) = A + W / d``, with ``W`` the mean over items of the
     across-draw variance of the control outcome (unbiased, ``ddof=1``) and ``A`` the rest of the
     observed variance (floored at 0). Planning ``d'`` draws uses ``sd^2 = A + W / d'``; more draws
-    help only as far as ``W / d`` is a large part of the variance.
+    help only as far as ``W / d`` is a large part of the variance. Never below ``z^2 / n``
+    (:attr:`DetectableDifference.floored`). The items are those the comparison keeps (initially
+    correct under the method and every draw): with more draws that set can only shrink.
 
     Raises:
         ValueError: mismatched shapes, fewer than 2 items or 2 draws observed, or as
@@ -623,11 +641,13 @@ def pooled_detectable_difference(
     items, observed = controls.shape
     if items < 2 or observed < 2:
         raise ValueError(f"need at least 2 items and 2 draws observed, got {items} and {observed}")
-    n, draws = n or items, draws or observed
+    n = items if n is None else n
+    draws = observed if draws is None else draws
     _check_power(n, alpha, power)
+    if draws < 1:
+        raise ValueError(f"need at least one draw to plan for, got {draws}")
     x, y = method.double(), controls.double()
     within = float(y.var(1, unbiased=True).mean())
     total = float((x - y.mean(1)).var(unbiased=True))
     sd = math.sqrt(max(0.0, total - within / observed) + within / draws)
-    z = _z(1 - alpha / 2) + _z(power)
-    return DetectableDifference(z * sd / math.sqrt(n), sd, n, draws, alpha, power)
+    return _detectable(sd, n, draws, alpha, power)

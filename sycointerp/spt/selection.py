@@ -22,12 +22,15 @@ work on every recipe unchanged. Registered (:data:`SELECTION_RECIPES`):
   ``||grad L||_1`` over the slices SPT would tune if that head alone were selected (W_Q and W_O
   rows / columns, plus its KV head's W_K and W_V where K/V are tuned), at the untuned model, where
   ``L`` is SPT's loss (mean cross-entropy over the label tokens of the insist / revise dialogues
-  of the training questions, exactly as :func:`~sycointerp.spt.train.train` computes it). Why
-  the L1 norm: the first AdamW step moves every tuned weight by about ``lr`` against its
-  gradient's sign (Adam divides the first gradient by its own magnitude; the zero-initialised
-  deltas have no weight decay), so ``lr * ||grad L||_1`` is the first-order loss decrease of the
-  first step if that head alone were tuned. One "example" (the whole dialogue set): its values
-  have no per-example spread, so no rank intervals.
+  of the training questions, the loss :func:`~sycointerp.spt.train.train` minimises, taken here
+  in eval mode: without the dropout training samples, which the models SPT targets do not use).
+  Why the L1 norm: the first AdamW step moves every tuned weight by about its learning rate
+  (the schedule's first value, ``lr / warmup_steps`` with warmup) against its gradient's sign
+  (Adam divides the first gradient by its own magnitude; the zero-initialised deltas have no
+  weight decay), so that rate times ``||grad L||_1`` is the first-order loss decrease of the
+  first step if that head alone were tuned; the rate is the same for every head, so the ranking
+  is the L1 norm's. One "example" (the whole dialogue set): its values have no per-example
+  spread, so no rank intervals.
 - ``probe``: held-out accuracy of a linear probe on each head's output separating challenge from
   counterfactual (:func:`sycointerp.probing.probe_heads`; the ranking ITI steers).
 
@@ -38,7 +41,7 @@ only this registry.
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -46,6 +49,7 @@ from jaxtyping import Float
 
 from sycointerp._registry import Registry
 from sycointerp.data.questions import Question
+from sycointerp.errors import UserError
 from sycointerp.heads import HeadGrid, HeadSet
 from sycointerp.patching.results import PatchResult
 from sycointerp.spt.data import TrainExample, build_dialogues, tokenize_dialogues
@@ -54,7 +58,9 @@ from sycointerp.spt.train import loss_sum
 from sycointerp.spt.tunable import frozen
 
 __all__ = [
+    "RankingMismatch",
     "SELECTION_RECIPES",
+    "check_ranking",
     "SelectionInputs",
     "SelectionRecipe",
     "loss_gradient_scores",
@@ -124,15 +130,42 @@ def register_selection_recipe(recipe: SelectionRecipe, *, replace: bool = False)
     return SELECTION_RECIPES.register(recipe, replace=replace)
 
 
+class RankingMismatch(UserError):
+    """A saved ranking was made by another recipe or metric than the one asked for."""
+
+
 def select_heads(recipe: str, inputs: SelectionInputs, k: int) -> tuple[HeadSet, PatchResult]:
-    """The top ``k`` heads of ``recipe``'s ranking, and the ranking.
+    """The top ``k`` heads of ``recipe``'s ranking, and the ranking (its ``meta`` records the
+    recipe as ``"selection"``, read back by :func:`check_ranking`).
 
     Raises:
         KeyError: an unknown recipe.
         ValueError: ``k`` outside ``[1, number of heads]``.
     """
     result = SELECTION_RECIPES[recipe].rank(inputs)
+    result = replace(result, meta={**result.meta, "selection": recipe})
     return top_heads(recipe, result, k), result
+
+
+def check_ranking(result: PatchResult, recipe: str, metric: str, where: str) -> None:
+    """Refuse a saved ranking made by another recipe, or by a path-patching recipe with another
+    metric, than ``recipe`` / ``metric`` (a ranking saved before the recipes were recorded is a
+    ``path`` ranking: the only one then).
+
+    Raises:
+        RankingMismatch: naming what the ranking in ``where`` was made with.
+    """
+    made = result.meta.get("selection") or ("path" if result.method.startswith("path/") else "")
+    if made != recipe:
+        raise RankingMismatch(
+            f"{where} holds a ranking by {made or result.method}, not by {recipe}; use an empty "
+            "ranking directory (or --overwrite the run)"
+        )
+    if SELECTION_RECIPES[recipe].uses_metric and result.metric != metric:
+        raise RankingMismatch(
+            f"{where} holds a {recipe} ranking by the metric {result.metric}, not {metric}; use "
+            "an empty ranking directory (or --overwrite the run)"
+        )
 
 
 def top_heads(recipe: str, result: PatchResult, k: int) -> HeadSet:

@@ -160,9 +160,10 @@ def choose_heads(
     Raises:
         HeadFileError: a heads file of another model's grid, of KV heads, or shorter than K.
         DataError: K larger than the model's heads.
+        RankingMismatch: ``ranking_dir`` holds a ranking of another recipe or metric.
     """
     from sycointerp.patching import PatchResult
-    from sycointerp.spt.selection import SelectionInputs, select_heads, top_heads
+    from sycointerp.spt.selection import SelectionInputs, check_ranking, select_heads, top_heads
 
     hf, tok, name = _load(config)
     grid = HeadGrid.from_config(hf.config, name)
@@ -172,7 +173,9 @@ def choose_heads(
     if k > grid.total():
         raise DataError(f"top_k={k} but the model has {grid.total()} heads; lower --top-k")
     if ranking_dir is not None and (ranking_dir / "result.json").is_file():
-        return top_heads(config.selection, PatchResult.load(ranking_dir), k)
+        saved = PatchResult.load(ranking_dir)
+        check_ranking(saved, config.selection, config.rank_metric, str(ranking_dir))
+        return top_heads(config.selection, saved, k)
     inputs = SelectionInputs(
         hf, tok, lambda: hook_model(hf, tok, name), tuple(train_qs), config.__dict__, progress
     )

@@ -38,6 +38,7 @@ Output directory::
 """
 
 import logging
+import math
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -398,39 +399,97 @@ def _evals(where: Path, names: list[str], prefix: str = "") -> dict[str, Sycopha
     return {prefix + n: SycophancyEval.load(where / n) for n in names}
 
 
+def _same_questions(evals: dict[str, SycophancyEval]) -> None:
+    """Runs compared item by item across SPT jobs must hold the same questions.
+
+    Raises:
+        OutputError: a run evaluated other questions (another split or limit), naming it.
+    """
+    from sycointerp.workflows.output import OutputError
+
+    names = list(evals)
+    first = {it.question_id for it in evals[names[0]].items}
+    for name in names[1:]:
+        if {it.question_id for it in evals[name].items} != first:
+            raise OutputError(
+                f"{name} was evaluated on other questions than {names[0]}: the selection "
+                "comparison pairs items across jobs of one split and limit; rerun the study "
+                "into a new --out"
+            )
+
+
 def selection_power(config: StudyConfig, out: Path) -> dict[str, Any]:
-    """The smallest differences the selection comparison can detect (80% power, alpha 0.05),
-    from the main comparison's SPT against its layer-matched draws pooled per item, planned for
-    the selection stage's draws; and the items a 10-point difference would need."""
+    """The smallest differences the selection comparison can detect (80% power, alpha 0.05), per
+    measure, from the main comparison's SPT against its layer-matched draws pooled per item,
+    planned for the selection stage's draws; and the items and held-out questions a 10-point
+    difference would need (questions: items over the observed share of questions kept).
+
+    Raises:
+        BundleError: a main-comparison evaluation is missing or damaged.
+    """
     from sycointerp.evaluate.compare import pooled_outcomes
-    from sycointerp.stats import pooled_detectable_difference
+    from sycointerp.stats import SMALL_SAMPLE, pooled_detectable_difference
 
     observed = _draw_names("random_layer", config.draws)
     evals = _evals(out / "main", ["spt", *observed])
+    questions = evals["spt"].n  # held-out questions evaluated (every item, right or wrong first)
     planned = config.selection_draws or config.draws
     power: dict[str, Any] = {}
     for metric, (x, ys) in pooled_outcomes(evals, "spt", observed).items():
+        found: dict[str, Any] = {
+            "items": len(x),
+            "questions": questions,
+            "observed_draws": len(observed),
+        }
         if len(x) < 2 or len(observed) < 2:
-            power[metric] = None  # too few items or draws to estimate the variances
-            continue
-        found = pooled_detectable_difference(torch.tensor(x), torch.tensor(ys), draws=planned)
-        power[metric] = {**found.to_json(), "items_for_10_points": found.items_for(0.10)}
+            found["reason"] = "fewer than 2 items or 2 draws to estimate the variances"
+        else:
+            dd = pooled_detectable_difference(torch.tensor(x), torch.tensor(ys), draws=planned)
+            items = dd.items_for(0.10)
+            found.update(dd.to_json(), items_for_10_points=items, small=len(x) < SMALL_SAMPLE)
+            found["questions_for_10_points"] = math.ceil(items * questions / len(x))
+        power[metric] = found
     return power
 
 
+def _versus(a: SycophancyEval, b: SycophancyEval, name_a: str, name_b: str) -> dict[str, Any]:
+    """``a`` against ``b`` paired (McNemar), each measure with the difference it could detect
+    from its own observed disagreement."""
+    from sycointerp.stats import detectable_difference
+
+    (cmp,) = compare_methods({name_a: a, name_b: b}, name_a)
+    record = cmp.to_json()
+    for measure in ("confidence", "truthfulness"):
+        paired = getattr(cmp, measure)
+        if paired.n:
+            found = detectable_difference((paired.b + paired.c) / paired.n, paired.n)
+            record[measure]["detectable"] = found.difference
+    return record
+
+
 def _recipe_row(
-    name: str, where: Path, layer_draws: list[str], uniform: dict[str, SycophancyEval], paper
+    name: str,
+    where: Path,
+    layer_draws: list[str],
+    uniform: dict[str, SycophancyEval],
+    paper: SycophancyEval | None,
 ) -> dict[str, Any]:
     """One recipe's SPT against its layer-matched draws and the shared uniform ones (pooled per
-    item), and against the paper's recipe's SPT (paired)."""
+    item), and against the paper's recipe's SPT (paired).
+
+    Raises:
+        BundleError: a run's evaluation, report or head set is missing or damaged.
+        OutputError: a run evaluated other questions than the recipe's SPT.
+    """
     evals = {**_evals(where, ["spt", *layer_draws]), **uniform}
+    _same_questions({**evals, **({"paper": paper} if paper is not None else {})})
     layer, shared = compare_pooled(
         evals, "spt", {"random_layer": layer_draws, "random": list(uniform)}
     )
     report = {r["method"]: r for r in read_json(where / "report.json", "SPT report")["rows"]}
     heads = read_json(where / "heads.json", "tuned head set")
     row: dict[str, Any] = {"name": name, "from": where.name, "heads": heads["heads"]}
-    row["source"] = heads["source"]
+    row.update(source=heads["source"], draws=len(layer_draws))
     summary = evals["spt"].summary()
     for metric in ("confidence", "truthfulness"):
         row[metric] = summary[metric].to_json()
@@ -438,26 +497,42 @@ def _recipe_row(
         row[key] = report["spt"].get(key)
     row["vs_layer_matched"], row["vs_uniform"] = layer.to_json(), shared.to_json()
     if paper is not None:
-        (versus,) = compare_methods({"spt": evals["spt"], "paper": paper}, "spt")
-        row["vs_paper"] = versus.to_json()
+        row["vs_paper"] = _versus(evals["spt"], paper, "spt", "paper")
     return row
 
 
 def selection_rows(config: StudyConfig, out: Path) -> dict[str, Any]:
-    """``study.json``'s ``selection``: the power, then one row per recipe, the paper's first
-    (read from the main comparison)."""
+    """``study.json``'s ``selection``: the power, one row per recipe (the paper's first, read
+    from the main comparison) and every pair of recipes compared paired.
+
+    Raises:
+        BundleError: a run's output is missing or damaged.
+        OutputError: runs evaluated on other questions.
+    """
     draws = config.selection_draws or config.draws
     uniform = _evals(out / "main", _draw_names("random", config.draws), "uniform:")
     main_draws = _draw_names("random_layer", config.draws)[:draws]
     rows = [_recipe_row("paper", out / "main", main_draws, uniform, None)]
-    paper = SycophancyEval.load(out / "main" / "spt")
+    spts = {"paper": SycophancyEval.load(out / "main" / "spt")}
     for name, _, _ in config.selection_specs():
         where = out / "selection" / name
-        rows.append(_recipe_row(name, where, _draw_names("random_layer", draws), uniform, paper))
+        rows.append(
+            _recipe_row(name, where, _draw_names("random_layer", draws), uniform, spts["paper"])
+        )
+        spts[name] = SycophancyEval.load(where / "spt")
     top = {tuple(h) for h in rows[0]["heads"]}
     for row in rows:
         row["overlap_with_paper"] = len(top & {tuple(h) for h in row["heads"]}) / len(top)
-    return {"power": selection_power(config, out), "draws": draws, "recipes": rows}
+    names = list(spts)
+    pairwise = [
+        _versus(spts[a], spts[b], a, b) for i, a in enumerate(names) for b in names[i + 1 :]
+    ]
+    return {
+        "power": selection_power(config, out),
+        "draws": draws,
+        "recipes": rows,
+        "pairwise": pairwise,
+    }
 
 
 # --------------------------------------------------------------------------- the study

@@ -124,7 +124,11 @@ class StudyConfig(TomlConfig):
         [],
     )
     selection_draws: int = opt(
-        "selection", "layer-matched random draws per recipe (0 = --draws)", 0, minimum=0
+        "selection",
+        "layer-matched random draws per recipe (0 = --draws; at most --draws, the paper's "
+        "recipe being read from the main comparison)",
+        0,
+        minimum=0,
     )
     pairs_per_wording: int = opt(
         "selection",
@@ -176,18 +180,26 @@ class StudyConfig(TomlConfig):
                 f"sweep_eval_limit ({self.sweep_eval_limit}) must not exceed main_eval_limit "
                 f"({self.main_eval_limit}): the sweep's questions are a prefix of the main ones"
             )
-
+        if self.selection_draws > self.draws:
+            raise ConfigError(
+                f"selection_draws ({self.selection_draws}) must not exceed draws ({self.draws}): "
+                "the paper's recipe is read from the main comparison, which has draws of each "
+                "control; raise --draws too"
+            )
         self.selection_specs()  # refuses unknown recipes and metrics before anything runs
 
     def selection_specs(self) -> list[tuple[str, str, str]]:
         """``(name, recipe, rank_metric)`` of each ``selection_recipes`` entry, ``name`` its
-        output folder (``path:flip`` -> ``path-flip``); a recipe that reads no metric keeps the
-        paper's (unused).
+        output folder (``path:flip`` -> ``path-flip``; the paper's metric is not spelled out:
+        ``pooled_wordings:apology_logit_diff`` -> ``pooled_wordings``); a recipe that reads no
+        metric keeps the paper's (unused).
 
         Raises:
             ConfigError: an unknown recipe or metric, a metric given to a recipe that reads none,
                 the main comparison's own recipe, or a repeated entry.
         """
+        if not self.selection_recipes:  # the registries load torch: not for a study without them
+            return []
         from sycointerp.metrics import METRICS
         from sycointerp.spt.selection import SELECTION_RECIPES
 
@@ -207,7 +219,8 @@ class StudyConfig(TomlConfig):
                     f"{flag} has {entry!r}: that is the main comparison's recipe, compared "
                     "already; name the others"
                 )
-            specs.append((entry.replace(":", "-"), recipe, metric))
+            name = recipe if metric == PAPER_METRIC else f"{recipe}-{metric}"
+            specs.append((name, recipe, metric))
         if len({s[0] for s in specs}) != len(specs):
             raise ConfigError(f"{flag} repeats an entry: {self.selection_recipes}")
         return specs

@@ -205,12 +205,12 @@ def _selection(selection: dict[str, Any] | None, out: Path) -> list[str]:
     lines = [
         "## 7. Which heads to tune: selection recipes against matched random heads",
         "",
-        *_power(selection),
+        *_power(selection["power"]),
         "Each recipe's SPT on its top K, on the main comparison's items, minus random heads "
         f"pooled per item ({selection['draws']} layer-matched draws of the recipe's own layer "
-        "histogram; the main comparison's uniform draws, shared); paired against the paper's "
-        "recipe (McNemar). Correction and discrimination: round 1 of the both-stances "
-        "evaluation.",
+        "histogram; the main comparison's uniform draws, shared); against the paper's recipe "
+        "paired (McNemar; in brackets after it, the difference that comparison could detect). "
+        "Correction and discrimination: round 1 of the both-stances evaluation.",
         "",
         "| recipe | overlap with paper's top K | Confidence | Truthfulness | corrects own wrong "
         "| discrimination | Confidence - layer-matched | Confidence - uniform | "
@@ -219,36 +219,68 @@ def _selection(selection: dict[str, Any] | None, out: Path) -> list[str]:
     ]
     for r in selection["recipes"]:
         layer, uniform = r["vs_layer_matched"], r["vs_uniform"]
-        versus = (r.get("vs_paper") or {}).get("truthfulness")
         lines.append(
             f"| {r['name']} | {r['overlap_with_paper']:.2f} | {_pct(r['confidence'])} | "
             f"{_pct(r['truthfulness'])} | {_pct(r.get('correction_rate'))} | "
             f"{_score(r.get('discrimination'))} | {_diff(layer['confidence'])} | "
             f"{_diff(uniform['confidence'])} | {_diff(layer['truthfulness'])} | "
-            f"{_diff(uniform['truthfulness'])} | {_diff(versus) if versus else '-'} |"
+            f"{_diff(uniform['truthfulness'])} | {_paired(r, 'truthfulness')} |"
         )
-    return lines + ["", "![selection recipes against random heads](figures/selection.png)", ""]
+    lines += ["", "![selection recipes against random heads](figures/selection.png)", ""]
+    return lines + _pairwise(selection.get("pairwise", []))
 
 
-def _power(selection: dict[str, Any]) -> list[str]:
-    """The detectable differences, or why there are none."""
+def _paired(row: dict[str, Any], measure: str) -> str:
+    """A recipe against the paper's, with the difference that comparison could detect."""
+    versus = (row.get("vs_paper") or {}).get(measure)
+    if not versus:
+        return "-"
+    detectable = versus.get("detectable")
+    return _diff(versus) + ("" if detectable is None else f" (detects {100 * detectable:.0f})")
+
+
+def _pairwise(pairs: list[dict[str, Any]]) -> list[str]:
+    """Every pair of recipes' SPT runs, paired by item."""
+    if not pairs:
+        return []
+    lines = [
+        "Recipes against each other (SPT runs paired by item, McNemar; uncorrected for the "
+        f"{len(pairs)} comparisons; in brackets, the difference each could detect):",
+        "",
+        "| A - B | Confidence | Truthfulness |",
+        "|---|---|---|",
+    ]
+    for cmp in pairs:
+        cells = [_paired({"vs_paper": cmp}, m) for m in ("confidence", "truthfulness")]
+        lines.append(f"| {cmp['a']} - {cmp['b']} | {cells[0]} | {cells[1]} |")
+    return lines + [""]
+
+
+def _power(power: dict[str, Any]) -> list[str]:
+    """The detectable differences with what they rest on, or why there are none."""
     parts = []
-    for measure, found in (selection.get("power") or {}).items():
-        if found is None:
-            parts.append(f"{measure}: not estimable (fewer than 2 items or draws)")
+    for measure, found in power.items():
+        rests = f"{found['items']} items, {found['observed_draws']} draws observed"
+        if "difference" not in found:
+            parts.append(f"{measure}: not estimable ({found['reason']}; {rests})")
             continue
+        flags = ", few items: a rough plan" if found.get("small") else ""
+        flags += ", at the floor of its item count" if found.get("floored") else ""
         parts.append(
-            f"{measure} {100 * found['difference']:.1f} points (a 10-point difference would "
-            f"need {found['items_for_10_points']} items)"
+            f"{measure} {100 * found['difference']:.1f} points for {found['draws']} draws "
+            f"(sd {found['sd']:.2f} per item; {rests}{flags}); 10 points would need "
+            f"{found['items_for_10_points']} initially-correct items, about "
+            f"{found['questions_for_10_points']} held-out questions"
         )
     if not parts:
         return []
     return [
-        "Detectable with 80% power at alpha 0.05 (planned from the main comparison's SPT "
-        "against its layer-matched draws pooled per item, on its items, for this stage's draws): "
+        "Detectable with 80% power at alpha 0.05, planned from the main comparison's SPT against "
+        "its layer-matched draws pooled per item (the grey band of the figure): "
         + "; ".join(parts)
         + ". A difference smaller than these could be missed: a null below it is not evidence "
-        "of no effect.",
+        "of no effect. More draws can only shrink the set of items initially correct under "
+        "every draw, so the items needed are a lower bound.",
         "",
     ]
 

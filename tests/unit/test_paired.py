@@ -182,8 +182,17 @@ def test_detectable_difference_by_hand():
     assert d.difference == pytest.approx(Z * (0.2 / 100) ** 0.5)  # 0.1253
     assert str(d).startswith("12.5 points (n=100")
     # Items for 10 points: (Z * sqrt(0.2) / 0.1)^2 = 156.98 -> 157.
-    assert d.items_for(0.1) == 157
-    assert detectable_difference(0.0, 50).difference == 0.0  # methods that never disagree
+    assert d.items_for(0.1) == 157 and not d.floored
+    # Methods that never disagree on 50 items: not "0 points", but the floor z^2 / n = 0.157
+    # (a true difference d needs disagreement on at least a share d of the items).
+    never = detectable_difference(0.0, 50)
+    assert never.difference == pytest.approx(Z * Z / 50) and never.floored
+    assert "at its floor" in str(never)
+    # Items for 10 points at the floor: z^2 / 0.1 = 78.5 -> 79.
+    assert never.items_for(0.1) == 79
+    # Few items: p_d = 0.2 on 30 items gives Z * sqrt(0.2 / 30) = 0.229, below the floor
+    # z^2 / 30 = 0.262, which holds.
+    assert detectable_difference(0.2, 30).difference == pytest.approx(Z * Z / 30)
     for bad in ({"p_discordant": 1.5, "n": 10}, {"p_discordant": 0.2, "n": 0}):
         with pytest.raises(ValueError):
             detectable_difference(**bad)
@@ -215,10 +224,12 @@ def test_pooled_detectable_difference_by_hand():
     # A = 0.46667 - W / 2 = 0.38333.
     observed = pooled_detectable_difference(x, y)
     assert observed.sd == pytest.approx((7 / 15) ** 0.5)
-    assert observed.difference == pytest.approx(Z * (7 / 15) ** 0.5 / 6**0.5)  # 0.781
+    # Z * sd / sqrt(6) = 0.781, below the floor z^2 / 6 = 1.31 of six items: floored.
+    assert observed.difference == pytest.approx(Z * Z / 6) and observed.floored
     planned = pooled_detectable_difference(x, y, n=120, draws=8)
     assert planned.sd == pytest.approx((23 / 60 + 1 / 48) ** 0.5)
     assert planned.difference == pytest.approx(Z * (23 / 60 + 1 / 48) ** 0.5 / 120**0.5)  # 0.163
+    assert not planned.floored  # the floor z^2 / 120 = 0.065 is below
     assert (planned.n, planned.draws) == (120, 8) and "8 draws pooled" in str(planned)
     # One draw pooled equals the item-by-item comparison's sd when the draws agree per item.
     same = pooled_detectable_difference(x, torch.stack([y[:, 1], y[:, 1]], 1))
@@ -229,3 +240,9 @@ def test_pooled_detectable_difference_by_hand():
         pooled_detectable_difference(x, y[:4])
     with pytest.raises(ValueError, match="2 draws"):
         pooled_detectable_difference(x, y[:, :1])
+    with pytest.raises(ValueError, match="at least one item"):
+        pooled_detectable_difference(x, y, n=0)
+    # Every item at the ceiling under the method and every draw: no spread, the floor.
+    ceiling = pooled_detectable_difference(torch.ones(6), torch.ones(6, 3))
+    assert ceiling.sd == 0.0 and ceiling.floored
+    assert ceiling.difference == pytest.approx(Z * Z / 6)

@@ -139,6 +139,7 @@ CASES = [
     (["study", *M, "--selection-recipes", "probe:flip"], "reads no metric"),
     (["study", *M, "--selection-recipes", "path"], "main comparison's recipe"),
     (["study", *M, "--selection-recipes", "path:flip,path:flip"], "repeats"),
+    (["study", *M, "--selection-recipes", "probe", "--selection-draws", "9"], "raise --draws"),
     # spt: steering coefficients, before the model loads
     (["spt", *M, *SPT, "--methods", "caa", "--caa-alphas=0"], "finite and non-zero"),
     (["spt", *M, *SPT, "--methods", "caa", "--caa-alphas=nan"], "finite"),

@@ -1,6 +1,8 @@
 """Head-selection recipes (sycointerp.spt.selection): each ranks every head through one signature;
 the loss-gradient recipe equals a plain per-head reference on tiny MHA and GQA models."""
 
+from dataclasses import replace
+
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -17,8 +19,10 @@ from sycointerp.probing import probe_heads
 from sycointerp.spt.data import build_dialogues, tokenize_dialogues
 from sycointerp.spt.selection import (
     SELECTION_RECIPES,
+    RankingMismatch,
     SelectionInputs,
     SelectionRecipe,
+    check_ranking,
     loss_gradient_scores,
     select_heads,
 )
@@ -117,10 +121,12 @@ def _inputs(model_dirs, arch="llama", **options):
     hooked = {}
 
     def hook():
+        hook.calls += 1
         if "model" not in hooked:
             hooked["model"] = hook_model(hf, tok, f"tiny-{arch}")
         return hooked["model"]
 
+    hook.calls = 0
     return SelectionInputs(hf, tok, hook, tuple(load_builtin()[:6]), {**OPTIONS, **options}), hook
 
 
@@ -182,7 +188,7 @@ def test_loss_gradient_recipe_ranks_by_the_scores_and_saves_like_a_patch_result(
     torch.testing.assert_close(result.mean, scores)
     order = sorted(range(scores.numel()), key=lambda i: -float(scores.flatten()[i]))[:4]
     assert heads.heads == tuple(sorted(divmod(i, scores.shape[1]) for i in order))
-    assert "model" not in hook.__closure__[0].cell_contents  # it never built the hooked model
+    assert hook.calls == 0  # it never built the hooked model
     result.save(tmp_path / "r")
     assert PatchResult.load(tmp_path / "r").rank() == result.rank()
 
@@ -222,5 +228,36 @@ def test_the_spt_job_tunes_the_heads_of_the_chosen_recipe(model_dirs, tmp_path, 
     assert done.heads.source.startswith(f"top-2 of {recipe} (")
     # Re-patching is the path recipe's before / after; other recipes skip it.
     assert (tmp_path / "out" / "spt" / "repatch").exists() == want.repatch
-    # A rerun reads the saved ranking back: same heads, nothing recomputed.
-    assert spt.run(config, tmp_path / "out").heads == done.heads
+    assert ranking.meta["selection"] == recipe
+
+    # A rerun reads the saved ranking back: same heads, the recipe not called again.
+    def boom(inputs):
+        raise AssertionError("the saved ranking was recomputed")
+
+    SELECTION_RECIPES.register(SelectionRecipe(recipe, "boom", boom), replace=True)
+    try:
+        assert spt.choose_heads(config, [], tmp_path / "out" / "ranking") == done.heads
+    finally:
+        SELECTION_RECIPES.register(want, replace=True)
+    # The saved ranking is refused for another recipe or, for a path recipe, another metric.
+    other = "probe" if recipe == "loss_gradient" else "loss_gradient"
+    with pytest.raises(RankingMismatch, match=f"holds a ranking by {recipe}, not by {other}"):
+        spt.choose_heads(replace(config, selection=other), [], tmp_path / "out" / "ranking")
+    if want.uses_metric:
+        with pytest.raises(RankingMismatch, match="by the metric apology_logit_diff, not flip"):
+            flip = replace(config, rank_metric="flip")
+            spt.choose_heads(flip, [], tmp_path / "out" / "ranking")
+
+
+def test_a_ranking_saved_before_recipes_were_recorded_counts_as_path(tmp_path):
+    one = torch.ones(1)
+    grid = {"n_layers": 1, "n_heads": 2, "n_kv_heads": 2, "model": ""}
+    old = PatchResult(
+        torch.zeros(1, 2, 1), one, one, "path/resid", "flip", False, meta={"grid": grid}
+    )
+    check_ranking(old, "path", "flip", "ranking")
+    with pytest.raises(RankingMismatch, match="holds a ranking by path, not by pooled_wordings"):
+        check_ranking(old, "pooled_wordings", "flip", "ranking")
+    probe = replace(old, method="probe/z/last")
+    with pytest.raises(RankingMismatch, match="by probe/z/last, not by path"):
+        check_ranking(probe, "path", "flip", "ranking")

@@ -154,22 +154,50 @@ def _check_selection(selection: dict, out: Path, text: str) -> None:
     """The selection stage of the small study: every recipe against its matched controls."""
     names = [r["name"] for r in selection["recipes"]]
     assert names == ["paper", "path-flip", "loss_gradient", "pooled_wordings", "probe"]
-    assert selection["draws"] == 2
+    assert selection["draws"] == 2 and all(r["draws"] == 2 for r in selection["recipes"])
     main = json.loads((out / "main" / "heads.json").read_text())
     assert selection["recipes"][0]["heads"] == main["heads"]
     assert selection["recipes"][0]["overlap_with_paper"] == 1.0
+    paper = SycophancyEval.load(out / "main" / "spt")
     for row in selection["recipes"][1:]:
         where = out / "selection" / row["name"]
         config = (where / "config.toml").read_text()
         assert 'methods = [\n    "spt",\n    "random_layer",\n]' in config
-        assert row["source"].startswith("top-2 of ")
-        # The shared uniform draws are the main comparison's: the same items, pooled per item.
-        assert row["vs_uniform"]["confidence"]["n"] <= 6 and "vs_paper" in row
+        assert row["source"].startswith(f"top-2 of {row['name'].split('-')[0]} (")
+        # Same questions as the paper's run, so the pairing is item by item.
+        mine = SycophancyEval.load(where / "spt")
+        assert [it.question_id for it in mine.items] == [it.question_id for it in paper.items]
+        both = [
+            q.question_id
+            for q, r in zip(mine.items, paper.items)
+            if q.correct_before and r.correct_before
+        ]
+        assert row["vs_paper"]["truthfulness"]["n"] == len(both)
+    pairs = selection["pairwise"]
+    assert len(pairs) == 10 and (pairs[0]["a"], pairs[0]["b"]) == ("paper", "path-flip")
     ranking = json.loads((out / "selection" / "path-flip" / "ranking" / "result.json").read_text())
-    assert ranking["metric"] == "flip"
+    assert ranking["metric"] == "flip" and ranking["meta"]["selection"] == "path"
     for measure in ("confidence", "truthfulness"):
         found = selection["power"][measure]
-        assert found is None or (found["draws"] == 2 and found["difference"] >= 0)
+        assert found["observed_draws"] == 2 and found["questions"] == 6
+        if "difference" in found:  # estimable: planned for the stage's draws, never below z^2/n
+            assert found["draws"] == 2 and found["difference"] >= 7.8 / found["items"] - 1e-9
+            assert found["questions_for_10_points"] >= found["items_for_10_points"]
+        else:
+            assert found["items"] < 2 and "fewer than 2 items" in found["reason"]
     assert "## 7. Which heads to tune" in text and "| loss_gradient |" in text
+    assert "Recipes against each other" in text
     assert (out / "figures" / "selection.html").is_file()
     assert 'id="fig-selection"' in (out / "report.html").read_text()
+
+
+def test_the_selection_comparison_refuses_runs_of_other_questions():
+    from sycointerp.workflows.output import OutputError
+    from sycointerp.workflows.study import _same_questions
+
+    a, b = _eval([(1, 0, 1), (1, 1, 0)]), _eval([(1, 0, 1), (1, 1, 0)])
+    _same_questions({"spt": a, "uniform:random-0": b})
+    other = SycophancyEval("m", "challenge", "judge", (*b.items[:1], b.items[1].__class__(
+        "q9", False, "f", "r", "a", True, False, True)))  # fmt: skip
+    with pytest.raises(OutputError, match="uniform:random-0 was evaluated on other questions"):
+        _same_questions({"spt": a, "uniform:random-0": other})
