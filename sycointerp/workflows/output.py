@@ -36,6 +36,7 @@ __all__ = [
     "check_writable",
     "output_lock",
     "prepare_output",
+    "save_figure_files",
 ]
 
 
@@ -347,3 +348,17 @@ def _check_finished(out: Path, path: Path, record: dict[str, Any]) -> None:
             f"--out {out} holds a finished job computed from other inputs ({changes}); its "
             "outputs are stale: restore the inputs, or pass --overwrite to compute it again"
         )
+
+
+# --------------------------------------------------------------------------- figures
+
+
+def save_figure_files(fig, path: Path, width: int = 900, height: int = 700) -> None:
+    """A job's figure as ``path``.html and, where a Chromium exports it, ``path``.png: a missing
+    browser costs the PNG, never the job's results."""
+    from sycointerp.plot import save_figure
+
+    try:
+        save_figure(fig, path, width=width, height=height)
+    except RuntimeError:  # no Chromium for the PNG: the HTML alone
+        save_figure(fig, path, png=False)

@@ -25,6 +25,7 @@ from safetensors import SafetensorError
 from sycointerp._io import atomic_write, read_json
 from sycointerp.errors import UserError
 from sycointerp.stats import SMALL_SAMPLE
+from sycointerp.workflows.output import save_figure_files
 
 __all__ = [
     "ReportError",
@@ -343,6 +344,11 @@ def _spt_page(directory: Path) -> tuple[str, list[str]]:
         fig = stance_figure(report["rows"])
         body = markdown_to_html(STANCE_TABLE_START + stance_text)
         figure = "" if fig is None else _figure(fig, "stances")
+        rounds = [
+            (r.get("stances") or {}).get("model", {}).get("rounds", 1) for r in report["rows"]
+        ]
+        if fig is not None and max(rounds) > 1:  # sustained pressure: also figures/stances.*
+            save_figure_files(fig, directory / "figures" / "stances", width=1200, height=550)
         sections.append(_section("Both stances and sustained pressure", body + figure))
     return title, sections
 

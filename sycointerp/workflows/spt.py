@@ -24,6 +24,8 @@ Output directory::
                       deltas.safetensors (head methods), model/ (full HF checkpoint, with
                       save_model)
     report.json       every method's row, written last
+    figures/          stances.{html,png}: the survival curves under sustained pressure (with the
+                      report page)
     results.md        the comparison table, then SPT against every other method paired by item
                       (differences with paired bootstrap intervals and exact McNemar p-values),
                       then, with draws > 1, against each control's draws pooled per item
@@ -91,6 +93,7 @@ from sycointerp.workflows.output import (
     check_inputs,
     output_lock,
     prepare_output,
+    save_figure_files,
 )
 from sycointerp.workflows.report import STANCE_TABLE_START, write_report
 from sycointerp.workflows.spt_config import MethodRun, SPTConfig
@@ -114,6 +117,7 @@ OUTPUT_NAMES = (
     "ranking",
     "report.json",
     "results.md",
+    "figures",
 )
 
 
@@ -473,16 +477,13 @@ def _repatch(
     difference) and returns each selected head's effect before and after, with a paired
     bootstrap interval of the change (same pairs, so the per-pair differences are resampled)."""
     from sycointerp.patching import PatchResult
-    from sycointerp.plot import compare_heatmaps, save_figure
+    from sycointerp.plot import compare_heatmaps
 
     before = PatchResult.load(ranking)
     pairs, metric = ranking_pairs(config, train_qs, tuned)
     after = path_ranking(tuned, pairs, metric, target / "repatch", batch_size=64)
     figure = compare_heatmaps(before, after, titles=("base", "after SPT"), top_k=len(heads))
-    try:
-        save_figure(figure, target / "figures" / "repatch")
-    except RuntimeError:  # no Chromium for the PNG: the HTML alone
-        save_figure(figure, target / "figures" / "repatch", png=False)
+    save_figure_files(figure, target / "figures" / "repatch")
     rows = []
     for layer, head in heads.heads:
         change = summarize(after.values[layer, head] - before.values[layer, head])

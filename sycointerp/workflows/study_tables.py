@@ -11,6 +11,7 @@ from typing import Any
 
 from sycointerp._io import atomic_write
 from sycointerp.evaluate.capability import kl_text
+from sycointerp.workflows.output import save_figure_files
 from sycointerp.workflows.study_config import StudyConfig
 
 __all__ = ["write_study_md"]
@@ -71,7 +72,7 @@ def _stability(out: Path, config: StudyConfig) -> tuple[list[str], dict[str, Any
     result = PatchResult.load(out / "main" / "ranking")
     table = result.heads_table().head(10)
     half = result.split_half(k=min(10, result.values[..., 0].numel()))
-    _save(rank_intervals_plot(result, k=20), out / "figures" / "rank_intervals")
+    save_figure_files(rank_intervals_plot(result, k=20), out / "figures" / "rank_intervals")
     lines = [
         "## 2. Stability of the main ranking",
         "",
@@ -107,7 +108,7 @@ def _agreement(record: dict[str, Any], out: Path) -> list[str]:
 
     names = [n.split(":", 1)[1] for n in record["names"]]
     fig = agreement_heatmap(names, record["overlap"], record["spearman"], record["k"])
-    _save(fig, out / "figures" / "agreement", width=1400, height=650)
+    save_figure_files(fig, out / "figures" / "agreement", width=1400, height=650)
     para = record["paraphrases"]
     lines = [
         "## 3. Agreement across challenge paraphrases and metrics",
@@ -162,7 +163,7 @@ def _sweep(rows: list[dict[str, Any]], out: Path) -> list[str]:
     from sycointerp.plot import k_sweep_plot
     from sycointerp.workflows.figure_records import sweep_figure_points
 
-    _save(
+    save_figure_files(
         k_sweep_plot(sweep_figure_points(rows)), out / "figures" / "k_sweep", width=1300, height=550
     )
     lines = [
@@ -201,7 +202,7 @@ def _selection(selection: dict[str, Any] | None, out: Path) -> list[str]:
 
     detectable = selection_detectable(selection)
     fig = selection_plot(selection_differences(selection), detectable)
-    _save(fig, out / "figures" / "selection", width=1300, height=550)
+    save_figure_files(fig, out / "figures" / "selection", width=1300, height=550)
     lines = [
         "## 7. Which heads to tune: selection recipes against matched random heads",
         "",
@@ -307,22 +308,13 @@ def _stance_figure(main: dict[str, Any], out: Path) -> list[str]:
     fig = stance_figure(main["rows"])
     if fig is None:
         return []
-    _save(fig, out / "figures" / "stances", width=1200, height=550)
+    save_figure_files(fig, out / "figures" / "stances", width=1200, height=550)
     return [
         "",
         "![Share still right, and not yet corrected, after each round of push-back]"
         "(figures/stances.png)",
         "",
     ]
-
-
-def _save(fig, path: Path, width: int = 900, height: int = 700) -> None:
-    from sycointerp.plot import save_figure
-
-    try:
-        save_figure(fig, path, width=width, height=height)
-    except RuntimeError:  # no Chromium for the PNG: the HTML alone
-        save_figure(fig, path, png=False)
 
 
 def _timings(seconds: dict[str, float]) -> list[str]:

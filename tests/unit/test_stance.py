@@ -282,3 +282,4 @@ def test_the_spt_job_writes_both_stances(tmp_path):
     assert "| method | keeps right | corrects own wrong | discrimination |" in text
     page = (tmp_path / "out" / "report.html").read_text()
     assert "Both stances and sustained pressure" in page and 'id="fig-stances"' in page
+    assert (tmp_path / "out" / "figures" / "stances.html").is_file()  # 3 rounds: the files too
