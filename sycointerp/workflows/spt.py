@@ -14,10 +14,12 @@ Output directory::
     config.toml       the resolved configuration
     inputs.json       SHA-256 of the model's and the input files (resume on others: refused)
     heads.json        the tuned head set (and how it was chosen)
-    ranking/          the path-patching ranking on the training questions (heads.csv, values), when
-                      no heads_file is given; reused by a rerun
-    spt/repatch/      (repatch, heads ranked by this run) path patching of the tuned model on the
-                      ranking's pairs; spt/figures/repatch.{html,png}: base / after / difference
+    ranking/          the selection recipe's ranking on the training questions (values; by default
+                      path patching), when no heads_file is given; reused by a rerun of the same
+                      recipe and metric (another is refused)
+    spt/repatch/      (repatch, heads ranked by this run with the path recipe) path patching of the
+                      tuned model on the ranking's pairs; spt/figures/repatch.{html,png}: base /
+                      after / difference
     <method>/         result.json (metrics + training report), sycophancy_eval.json (every
                       dialogue of the paper's protocol), stance-model/, stance-wrong/,
                       stance-user/ (stance_eval.json: both stances, every round),
