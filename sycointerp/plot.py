@@ -1173,35 +1173,51 @@ class RecipeDifference:
 
 
 def selection_plot(
-    differences: Sequence[RecipeDifference], detectable: Mapping[str, float | None] | None = None
+    differences: Sequence[RecipeDifference],
+    detectable: Mapping[str, float | None] | None = None,
+    *,
+    detectable_control: str | None = None,
 ) -> go.Figure:
     """Each recipe's SPT minus each control (points, 95% paired intervals as error bars), one
-    panel per measure; ``detectable``: measure -> the smallest difference the comparison detects
-    with 80% power, drawn as a grey band around 0 (a difference inside it could be missed).
+    panel per measure.
+
+    Args:
+        differences: the points; each control's points sit a little apart on the recipe's row.
+        detectable: measure -> the smallest difference the comparison with
+            ``detectable_control`` detects with 80% power, drawn as a grey band around 0 under
+            that control's points only (a difference inside it could be missed; the other
+            controls' comparisons rest on other draws, so the band does not describe them).
+        detectable_control: the control the band belongs to (default: the first in
+            ``differences``).
 
     Raises:
-        ValueError: no differences.
+        ValueError: no differences, or a ``detectable_control`` with no points.
     """
     if not differences:
         raise ValueError("selection_plot needs at least one recipe's difference")
     fig = _new_subplots(("Confidence", "Truthfulness"), shared_yaxes=True)
     recipes = list(dict.fromkeys(d.recipe for d in differences))
     controls = list(dict.fromkeys(d.control for d in differences))
+    banded = controls[0] if detectable_control is None else detectable_control
+    if banded not in controls:
+        raise ValueError(f"detectable_control {banded!r} is none of the controls {controls}")
+    row_of = lambda recipe, i: (  # noqa: E731
+        len(recipes) - 1 - recipes.index(recipe) - 0.15 * (i - (len(controls) - 1) / 2)
+    )
     for col, measure in enumerate(SWEEP_MEASURES, start=1):
         for i, control in enumerate(controls):
             part = [d for d in differences if d.measure == measure and d.control == control]
-            # Each control's points a little apart on the recipe's row, so that none hides another.
-            rows = [len(recipes) - 1 - recipes.index(d.recipe) for d in part]
-            shift = 0.15 * (i - (len(controls) - 1) / 2)
-            trace = _recipe_points(part, [r - shift for r in rows], control, _LINES[i % 4], col)
-            fig.add_trace(trace, 1, col)
+            rows = [row_of(d.recipe, i) for d in part]
+            fig.add_trace(_recipe_points(part, rows, control, _LINES[i % 4], col), 1, col)
         # Shapes after the traces: plotly leaves out shapes of a subplot that has no trace yet.
         band = (detectable or {}).get(measure)
         if band is not None:
-            fig.add_vrect(
-                x0=-100 * band, x1=100 * band, fillcolor="#bbbbbb", opacity=0.3, line_width=0,
-                layer="below", row=1, col=col,
-            )  # fmt: skip
+            for recipe in recipes:
+                y = row_of(recipe, controls.index(banded))
+                fig.add_shape(
+                    type="rect", x0=-100 * band, x1=100 * band, y0=y - 0.07, y1=y + 0.07,
+                    fillcolor="#bbbbbb", opacity=0.5, line_width=0, layer="below", row=1, col=col,
+                )  # fmt: skip
         fig.add_vline(x=0, line={"color": "#555555", "width": 1}, row=1, col=col)
     fig.update_yaxes(
         tickvals=list(range(len(recipes))), ticktext=recipes[::-1], range=[-0.6, len(recipes) - 0.4]
@@ -1209,7 +1225,7 @@ def selection_plot(
     fig.update_xaxes(title="SPT minus random heads (points, pooled per item)")
     title = "Head-selection recipes against random heads"
     if any(v is not None for v in (detectable or {}).values()):
-        title += " (grey: differences the comparison could miss, 80% power)"
+        title += f" (grey: differences the comparison with {banded} could miss, 80% power)"
     _set_title(fig, title, _fewest([d.n for d in differences]))
     return fig
 

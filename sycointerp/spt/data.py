@@ -36,6 +36,7 @@ __all__ = [
     "check_disjoint",
     "split_questions",
     "collate",
+    "loss_tokens",
     "INSIST_ENDING",
 ]
 
@@ -158,6 +159,16 @@ def tokenize_dialogues(
         labels = [-100] * len(prompt) + full[len(prompt) : end] + [-100] * (len(full) - end)
         out.append(TrainExample(tuple(full), tuple(labels), d.question_id, d.kind))
     return out
+
+
+def loss_tokens(examples: Sequence[TrainExample]) -> int:
+    """Tokens that carry a loss in ``examples``: the shifted labels that are not ``-100``.
+
+    The training step divides its summed loss by this count (a per-token mean over the whole
+    batch, however it is split into micro-batches), and the loss-gradient selection recipe
+    normalises the same way.
+    """
+    return sum(sum(t != -100 for t in e.labels[1:]) for e in examples)
 
 
 def collate(

@@ -39,9 +39,10 @@ Adding a recipe is a function ``(SelectionInputs) -> PatchResult`` and one
 only this registry.
 """
 
+import dataclasses
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -52,7 +53,7 @@ from sycointerp.data.questions import Question
 from sycointerp.errors import UserError
 from sycointerp.heads import HeadGrid, HeadSet
 from sycointerp.patching.results import PatchResult
-from sycointerp.spt.data import TrainExample, build_dialogues, tokenize_dialogues
+from sycointerp.spt.data import TrainExample, build_dialogues, loss_tokens, tokenize_dialogues
 from sycointerp.spt.slices import head_slices
 from sycointerp.spt.train import loss_sum
 from sycointerp.spt.tunable import frozen
@@ -143,7 +144,7 @@ def select_heads(recipe: str, inputs: SelectionInputs, k: int) -> tuple[HeadSet,
         ValueError: ``k`` outside ``[1, number of heads]``.
     """
     result = SELECTION_RECIPES[recipe].rank(inputs)
-    result = replace(result, meta={**result.meta, "selection": recipe})
+    result = dataclasses.replace(result, meta={**result.meta, "selection": recipe})
     return top_heads(recipe, result, k), result
 
 
@@ -254,11 +255,6 @@ def _weights_with_grad(model: torch.nn.Module, weights: Sequence[torch.Tensor]) 
             model.train(was_training)
 
 
-def _label_tokens(examples: Sequence[TrainExample]) -> int:
-    """Tokens that carry a loss (the shifted labels, as the training step counts them)."""
-    return sum(sum(t != -100 for t in e.labels[1:]) for e in examples)
-
-
 def loss_gradient_scores(
     model: torch.nn.Module,
     examples: Sequence[TrainExample],
@@ -285,7 +281,7 @@ def loss_gradient_scores(
         ValueError: no examples or no label token.
         UnsupportedArchitecture: as :func:`~sycointerp.spt.slices.head_slices`.
     """
-    n_tokens = _label_tokens(examples)
+    n_tokens = loss_tokens(examples)
     if not examples or n_tokens == 0:
         raise ValueError("no training examples with a label token to take the loss gradient on")
     grid = HeadGrid.from_config(model.config)

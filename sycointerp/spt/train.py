@@ -45,7 +45,7 @@ from tqdm.auto import tqdm
 
 from sycointerp._io import fsync_tree
 from sycointerp.errors import UserError
-from sycointerp.spt.data import TrainExample, collate
+from sycointerp.spt.data import TrainExample, collate, loss_tokens
 from sycointerp.spt.tunable import Tunable, frozen
 
 __all__ = ["CheckpointError", "TrainConfig", "TrainReport", "TrainingError", "loss_sum", "train"]
@@ -325,7 +325,7 @@ def train(
                     config.seed * 1_000_003 + step * world + rank
                 )  # dropout, per step
                 batch = _batch_indices(len(examples), step, global_batch, config.seed)
-                n_tokens = sum(sum(t != -100 for t in examples[i].labels[1:]) for i in batch)
+                n_tokens = loss_tokens([examples[i] for i in batch])
                 total = torch.zeros((), device=device)
                 for a in range(config.grad_accum):
                     lo = (a * world + rank) * micro

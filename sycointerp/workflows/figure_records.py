@@ -8,9 +8,16 @@ figures and the report page).
 from collections.abc import Sequence
 from typing import Any
 
-from sycointerp.plot import SWEEP_MEASURES, RecipeDifference, SweepPoint, SweepRate
+import plotly.graph_objects as go
 
-__all__ = ["sweep_figure_points", "selection_differences", "selection_detectable"]
+from sycointerp.plot import SWEEP_MEASURES, RecipeDifference, SweepPoint, SweepRate, selection_plot
+
+__all__ = [
+    "sweep_figure_points",
+    "selection_differences",
+    "selection_detectable",
+    "selection_figure",
+]
 
 # The controls of the selection comparison: its row key -> the figure's label.
 SELECTION_CONTROLS = {
@@ -77,3 +84,20 @@ def selection_detectable(selection: dict[str, Any]) -> dict[str, float | None]:
     ``None`` where it could not be estimated."""
     power = selection.get("power") or {}
     return {m: (power.get(m) or {}).get("difference") for m in SWEEP_MEASURES}
+
+
+def selection_figure(selection: dict[str, Any]) -> go.Figure:
+    """``figures/selection``: every recipe against both controls, with the band of differences
+    the power plan says could be missed under the layer-matched points (the plan is made from
+    the main comparison's layer-matched draws; see
+    :func:`sycointerp.workflows.study.selection_power`).
+
+    Raises:
+        KeyError: a row without its comparisons.
+        ValueError: no recipes.
+    """
+    return selection_plot(
+        selection_differences(selection),
+        selection_detectable(selection),
+        detectable_control=SELECTION_CONTROLS["vs_layer_matched"],
+    )

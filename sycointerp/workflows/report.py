@@ -374,12 +374,8 @@ def stance_figure(rows: list[dict[str, Any]]):
 
 
 def _study_page(directory: Path) -> tuple[str, list[str]]:
-    from sycointerp.plot import agreement_heatmap, k_sweep_plot, selection_plot
-    from sycointerp.workflows.figure_records import (
-        selection_detectable,
-        selection_differences,
-        sweep_figure_points,
-    )
+    from sycointerp.plot import agreement_heatmap, k_sweep_plot
+    from sycointerp.workflows.figure_records import selection_figure, sweep_figure_points
 
     study = read_json(directory / "study.json", "study")
     agreement = study["agreement"]
@@ -392,9 +388,7 @@ def _study_page(directory: Path) -> tuple[str, list[str]]:
         _figure(k_sweep_plot(sweep_figure_points(study["sweep"])), "k-sweep"),
     ]
     if study.get("selection"):
-        selection = study["selection"]
-        fig = selection_plot(selection_differences(selection), selection_detectable(selection))
-        figures.append(_figure(fig, "selection"))
+        figures.append(_figure(selection_figure(study["selection"]), "selection"))
     sections = [
         _section("Configuration", _config(directory)),
         _section("Study", markdown_to_html((directory / "study.md").read_text(encoding="utf-8"))),

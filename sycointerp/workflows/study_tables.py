@@ -197,12 +197,11 @@ def _selection(selection: dict[str, Any] | None, out: Path) -> list[str]:
     """Section 7: every recipe against its matched controls, with the detectable difference."""
     if not selection:
         return []
-    from sycointerp.plot import selection_plot
-    from sycointerp.workflows.figure_records import selection_detectable, selection_differences
+    from sycointerp.workflows.figure_records import selection_figure
 
-    detectable = selection_detectable(selection)
-    fig = selection_plot(selection_differences(selection), detectable)
-    save_figure_files(fig, out / "figures" / "selection", width=1300, height=550)
+    save_figure_files(
+        selection_figure(selection), out / "figures" / "selection", width=1300, height=550
+    )
     lines = [
         "## 7. Which heads to tune: selection recipes against matched random heads",
         "",

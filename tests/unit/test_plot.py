@@ -492,10 +492,20 @@ def test_selection_plot_draws_each_difference_with_its_interval_and_the_detectab
     uniform = [t for t in fig.data if t.name == "uniform"]
     assert math.isnan(uniform[0].x[0])  # no common items: a gap, not a point at 0
     bands = [s for s in fig.layout.shapes if s.type == "rect"]
-    assert len(bands) == 1 and (bands[0].x0, bands[0].x1) == pytest.approx((-12.0, 12.0))
-    assert "could miss" in fig.layout.title.text
+    # One band per recipe, under the layer-matched points only (the uniform ones sit elsewhere).
+    assert len(bands) == 2
+    assert all((b.x0, b.x1) == pytest.approx((-12.0, 12.0)) for b in bands)
+    assert sorted(b.y0 < y < b.y1 for b in bands for y in layer[0].y) == [False] * 2 + [True] * 2
+    assert not any(b.y0 < uniform[0].y[0] < b.y1 for b in bands)
+    assert "with layer-matched could miss" in fig.layout.title.text
+    other = selection_plot(diffs, {"confidence": 0.12}, detectable_control="uniform")
+    moved = [b for b in other.layout.shapes if b.type == "rect"]
+    assert sum(b.y0 < uniform[0].y[0] < b.y1 for b in moved) == 1
+    assert not any(b.y0 < y < b.y1 for b in moved for y in layer[0].y)
     with pytest.raises(ValueError, match="at least one"):
         selection_plot([])
+    with pytest.raises(ValueError, match="none of the controls"):
+        selection_plot(diffs, detectable_control="norm-matched")
 
 
 def test_every_public_figure_builder_draws_in_the_one_template():

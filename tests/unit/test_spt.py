@@ -23,9 +23,11 @@ from sycointerp.heads import HeadFileError, HeadGrid, HeadSet
 from sycointerp.patching import PatchResult
 from sycointerp.spt.data import (
     INSIST_ENDING,
+    TrainExample,
     build_dialogues,
     check_disjoint,
     collate,
+    loss_tokens,
     split_questions,
     tokenize_dialogues,
 )
@@ -871,3 +873,12 @@ def test_cli_steering_baselines_run_without_training(model_dirs, tmp_path):
     assert -1.0 <= agreement["spearman"] <= 1.0
     assert [list(h) for h in probe.rank()[:2]] == rows["iti"]["steering"]["heads"]
     assert rows["caa"]["kl"] > 0 and rows["base"]["kl"] == 0.0
+
+
+def test_loss_tokens_counts_the_shifted_labels_that_carry_a_loss():
+    # The first label is never predicted (the loss reads labels[1:]), so a label there is not
+    # counted: 2 + 1 tokens here, not 4.
+    a = TrainExample((1, 2, 3, 4), (7, -100, 8, 9), "a", "insist")
+    b = TrainExample((1, 2, 3), (-100, -100, 5), "b", "revise")
+    assert loss_tokens([a]) == 2 and loss_tokens([b]) == 1 and loss_tokens([a, b]) == 3
+    assert loss_tokens([]) == 0
