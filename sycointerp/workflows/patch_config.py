@@ -75,12 +75,26 @@ class PatchConfig(TomlConfig):
     )
     device_map: str = _opt(
         "model",
-        "HuggingFace device_map (e.g. 'auto', 'balanced') to split a large model "
-        "across devices; passed through to from_pretrained and TransformerLens's bridge",
+        "HuggingFace device_map to split a large model across devices or offload layers: a "
+        "strategy ('auto', 'balanced', 'balanced_low_0', 'sequential') or a JSON object of "
+        "module -> GPU index, 'cpu' or 'disk'; patching keeps its fast engine on any placement",
+        "",
+    )
+    offload_folder: str = _opt(
+        "model",
+        "directory for the weights a device_map places on 'disk' (each torchrun rank uses its "
+        "own rank-N subfolder)",
         "",
     )
     n_devices: int = _opt(
         "model", "split the model over this many GPUs (TransformerLens's n_devices)", 1, minimum=1
+    )
+    devices_per_rank: int = _opt(
+        "model",
+        "under torchrun, the local GPUs each rank places its own copy over (rank r takes GPUs "
+        "r*G .. r*G+G-1; a device_map's GPU indices count within the group)",
+        1,
+        minimum=1,
     )
     trust_remote_code: bool = _opt("model", "allow the model repository's own code", False)
     # [data]
@@ -226,8 +240,7 @@ class PatchConfig(TomlConfig):
                 "data_path is set but dataset is 'builtin'; pass --dataset "
                 "jsonl/are_you_sure/truthfulqa/arc"
             )
-        if self.device_map and self.n_devices > 1:
-            raise ConfigError("device_map and n_devices > 1 are alternatives; give one")
+        self._check_placement()
         if self.method == "knockout":
             if not self.ks or any(b <= a for a, b in zip(self.ks, self.ks[1:])) or self.ks[0] < 0:
                 raise ConfigError(f"ks must be non-negative and increasing, got {self.ks}")
@@ -246,6 +259,42 @@ class PatchConfig(TomlConfig):
                 "challenge_text and counterfactual_text are the same text: the pair would measure "
                 "nothing; give a counterfactual that differs from the challenge"
             )
+
+    def _check_placement(self) -> None:
+        """The model placement options, which must agree with each other.
+
+        Raises:
+            ConfigError: a device_map that is not a strategy or a valid JSON map; one that
+                offloads to disk without offload_folder, or offload_folder without one;
+                n_devices together with device_map or devices_per_rank.
+        """
+        from sycointerp.placement import offloads_to_disk, parse_device_map
+
+        try:
+            placement = parse_device_map(self.device_map)
+        except ValueError as err:
+            raise ConfigError(f"{err} (--device-map)") from None
+        if self.n_devices > 1 and (placement is not None or self.devices_per_rank > 1):
+            raise ConfigError(
+                "n_devices splits one copy over GPUs; device_map / devices_per_rank are the "
+                "alternative: give one"
+            )
+        if offloads_to_disk(placement) and not self.offload_folder:
+            raise ConfigError(
+                "the device_map places modules on 'disk': give --offload-folder DIR for their "
+                "weights"
+            )
+        if self.offload_folder and placement is None:
+            raise ConfigError(
+                "--offload-folder is used only with a --device-map that offloads to 'disk'; "
+                "give one or drop --offload-folder"
+            )
+
+    def placement(self) -> str | dict[str, str | int] | None:
+        """The parsed ``device_map`` (``None``: the model on ``device``)."""
+        from sycointerp.placement import parse_device_map
+
+        return parse_device_map(self.device_map)
 
     def option_owners(self, name: str) -> tuple[str, ...]:
         """The methods (registered ones and knockout) that read option ``name``."""

@@ -84,11 +84,13 @@ def chunk_ranges(n: int, size: int) -> list[range]:
 
 @dataclass(frozen=True)
 class Group:
-    """This process's place in the job: ``rank`` of ``world`` (1 without torchrun)."""
+    """This process's place in the job: ``rank`` of ``world`` (1 without torchrun);
+    ``local_rank`` of ``local_world`` on this node."""
 
     rank: int = 0
     world: int = 1
     local_rank: int = 0
+    local_world: int = 1
 
     @property
     def is_main(self) -> bool:
@@ -144,7 +146,12 @@ def process_group(device: str) -> Iterator[Group]:
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     dist.init_process_group(backend)
     try:
-        yield Group(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+        yield Group(
+            dist.get_rank(),
+            dist.get_world_size(),
+            int(os.environ.get("LOCAL_RANK", "0")),
+            int(os.environ.get("LOCAL_WORLD_SIZE", str(dist.get_world_size()))),
+        )
     finally:
         dist.destroy_process_group()
 

@@ -118,3 +118,28 @@ def test_head_patching_attribution_and_knockout_on_smollm2_match_plain_runs(smol
             ],
         )[0, -1]
     assert abs(float(knocked[0]) - float(logits[g] - logits[w])) < 1e-4
+
+
+def test_patching_on_smollm2_offloaded_to_disk_equals_the_unplaced_model(smol, tmp_path):
+    """SmolLM2 with ten layers read from disk at each forward (the tied embedding and unembedding
+    stay together, as accelerate requires): path and last-position head patching keep the
+    resumed-run engine and equal the unplaced model's results to 1e-5."""
+    from sycointerp.models import load_model
+    from sycointerp.patching._resume import supports_resume
+
+    placement = {"model.embed_tokens": "cpu", "model.norm": "cpu", "model.rotary_emb": "cpu"}
+    placement |= {f"model.layers.{i}": "disk" if 10 <= i < 20 else "cpu" for i in range(30)}
+    placed = load_model(
+        device_map={**placement, "lm_head": "cpu"}, offload_folder=tmp_path / "offload"
+    )
+    offloaded = [n for n, p in placed.original_model.named_parameters() if p.is_meta]
+    assert offloaded and all(".layers.1" in n for n in offloaded) and supports_resume(placed)
+    (pair,) = build_pairs(load_builtin()[:1], smol.tokenizer, position="reply")
+    metric = apology_logit_diff_metric(smol.tokenizer)
+    ours = path_patch_heads(placed, [pair], metric, batch_size=64)
+    plain = path_patch_heads(smol, [pair], metric, batch_size=64)
+    torch.testing.assert_close(ours.values, plain.values, atol=1e-5, rtol=0)
+    pairs, flip = _answer_pairs(smol, n=2)
+    ours = patch_heads(placed, pairs, flip, position="last", batch_size=64)
+    plain = patch_heads(smol, pairs, flip, position="last", batch_size=64)
+    torch.testing.assert_close(ours.values, plain.values, atol=1e-5, rtol=0)

@@ -43,6 +43,7 @@ LAYERS = {
         "sycointerp.chat",
         "sycointerp.data",
         "sycointerp.models",
+        "sycointerp.placement",
         "sycointerp.provenance",
         "sycointerp.testing",
     ),

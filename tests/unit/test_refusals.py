@@ -195,6 +195,17 @@ CASES = [
     (["patch", *M, *PATCH, "--method", "toy"], "method (--method) must be one of"),
     (["patch", *M, *PATCH, "--metric", "toy"], "metric (--metric) must be one of"),
     (["patch", *M, *PATCH, "--out", "{root}/file.txt"], "is a file, not a directory"),
+    # patch: model placement, before the model loads
+    (["patch", *M, *PATCH, "--device-map", "everywhere"], "is not a strategy"),
+    (["patch", *M, *PATCH, "--device-map", "{{"], "is not valid JSON"),
+    (["patch", *M, *PATCH, "--device-map", "[0, 1]"], "is not a strategy"),
+    (["patch", *M, *PATCH, "--device-map", "{{}}"], "non-empty object"),
+    (["patch", *M, *PATCH, "--device-map", '{{"model.layers.0": "gpu"}}'], "is not a place"),
+    (["patch", *M, *PATCH, "--device-map", '{{"model.layers.0": -1}}'], "is not a place"),
+    (["patch", *M, *PATCH, "--device-map", '{{"model.layers.0": "disk"}}'], "--offload-folder"),
+    (["patch", *M, *PATCH, "--offload-folder", "{root}/off"], "used only with a --device-map"),
+    (["patch", *M, *PATCH, "--device-map", "auto", "--n-devices", "2"], "give one"),
+    (["patch", *M, *PATCH, "--devices-per-rank", "2"], "CUDA is not available"),
     (["effect", *M, "--limit", "2", "--out", "{root}/file.txt"], "is a file, not a directory"),
     (["effect", *M, "--limit", "2", "--out", "{patch}"], "holds a finished patch job"),
 ]
