@@ -20,12 +20,25 @@ TransformerLens's loops cost the same for every head (one full forward each), so
 ``M`` of those) and their time is scaled to every head (said in the output); agreement is checked
 on those heads. Ours always runs every head.
 
+Timings on this machine vary by 20-40% between runs, so each row alternates the reference and
+ours ``--rounds`` times (default 3: reference, ours, reference, ours, ...) and reports the median
+ratio with its range. Beside each ratio, the FLOP floor: the reference's matmul FLOPs over ours
+(per token ``2 x`` the layer parameters and ``2 x V x d`` for an unembedding; attention scores
+left out): the ratio if both sides ran at the same FLOP rate. A measured ratio above it means the
+reference spends more per FLOP than ours (per-forward hook and Python overhead, small matmuls).
+
+``--placement disk`` places SmolLM2 with layers 10-19 read from disk at every forward (an
+``accelerate`` device map and an offload folder) and runs every row on that placement, adding
+the hooked fallback (full hooked forwards, what patching ran on placed models before the
+engine followed placements) beside ours for last-position patching.
+
 ``--shape llama-1b`` runs the same workload on a random-weight model with the shape of
 Llama-3.2-1B-Instruct (16 layers x 32 heads, 8 KV heads, d_model 2048, MLP 8192, vocabulary
 128,256, tied embeddings; ~1.24B parameters, 4.9 GB in float32) and SmolLM2's chat tokenizer.
 
 Usage: ``python benchmarks/bench_patching.py [--pairs 16] [--tl-layers 30] [--tl-heads M]
-[--shape smollm2|llama-1b] [--batch-size 256] [--skip all ...]``
+[--shape smollm2|llama-1b] [--placement none|disk] [--rounds 3] [--batch-size 256]
+[--skip all ...]``
 """
 
 import argparse
@@ -33,6 +46,8 @@ import ctypes
 import gc
 import os
 import platform
+import statistics
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -47,6 +62,7 @@ from sycointerp.data.batch import PairBatch
 from sycointerp.metrics import flip_metric
 from sycointerp.models import load_model
 from sycointerp.patching import attribution_patch_heads, patch_heads, path_patch_heads
+from sycointerp.patching.activation import patch_head_list
 from sycointerp.stability import spearman
 
 TOL = 1e-4
@@ -160,22 +176,71 @@ def llama_1b_shape():
     return boot_bridge(hf, tokenizer, "random Llama-3.2-1B shape", "hooks", "cpu")
 
 
-def report(name: str, ours, ours_s, ours_mb, tl, tl_s, tl_mb, scale: float) -> dict:
+def disk_placed_smollm2(folder: str):
+    """SmolLM2 with layers 10-19 offloaded to disk (the tied embedding and unembedding together
+    on the CPU, as accelerate requires)."""
+    placement = {"model.embed_tokens": "cpu", "model.norm": "cpu", "model.rotary_emb": "cpu"}
+    placement |= {f"model.layers.{i}": "disk" if 10 <= i < 20 else "cpu" for i in range(30)}
+    return load_model(device_map={**placement, "lm_head": "cpu"}, offload_folder=folder)
+
+
+def flop_floor(model, batch: PairBatch, kind: str) -> float:
+    """The reference's matmul FLOPs over ours for one sweep of every head (see module doc).
+
+    Reference: one full forward of every prompt token per head, full unembedding. Ours: the two
+    unpatched sides' forwards (no unembedding but the metric's tokens), then per head the
+    recomputed positions (the last one; for ``"all"``, every position from the shared prefix on)
+    from the head's layer to the end, unembedding two tokens.
+    """
+    L, H, d = model.cfg.n_layers, model.cfg.n_heads, model.cfg.d_model
+    vocab = model.cfg.d_vocab
+    block = sum(p.numel() for p in model.blocks[0].parameters())
+    tokens = int(batch.ref.numel())
+    reference = L * H * tokens * 2 * (L * block + vocab * d)
+    positions = int((batch.ref_last - batch.shared_prefix + 1).sum()) if kind == "all" else batch.n
+    layers_per_head = sum(L - l for l in range(L)) / L  # heads spread evenly over the layers
+    ours = 2 * tokens * 2 * L * block
+    ours += L * H * positions * 2 * (layers_per_head * block + 2 * d)
+    return reference / ours
+
+
+def alternate(reference: Callable[[], object], ours: Callable[[], object], rounds: int):
+    """``rounds`` alternating measurements (reference first): the last results and, for each
+    side, the list of seconds and the largest peak RSS growth."""
+    times: dict[str, list[float]] = {"reference": [], "ours": []}
+    peaks = {"reference": 0.0, "ours": 0.0}
+    results = {}
+    for _ in range(rounds):
+        for side, fn in (("reference", reference), ("ours", ours)):
+            results[side], seconds, mib = measure(fn)
+            times[side].append(seconds)
+            peaks[side] = max(peaks[side], mib)
+    return results, times, peaks
+
+
+def report(name: str, ours, tl, times, peaks, scale: float, floor: float | None) -> dict:
+    """One row: medians of the alternating rounds, the ratio's median and range, the floor."""
     diff = float((ours - tl).abs().max())
+    ratios = [r * scale / o for r, o in zip(times["reference"], times["ours"])]
     row = {
         "method": name,
-        "ours_s": ours_s,
-        "reference_s": tl_s * scale,
-        "ratio": tl_s * scale / ours_s,
-        "ours_peak_mib": ours_mb,
-        "reference_peak_mib": tl_mb,
+        "ours_s": statistics.median(times["ours"]),
+        "reference_s": statistics.median(times["reference"]) * scale,
+        "ratio": statistics.median(ratios),
+        "ratio_min": min(ratios),
+        "ratio_max": max(ratios),
+        "flop_floor": floor,
+        "ours_peak_mib": peaks["ours"],
+        "reference_peak_mib": peaks["reference"],
         "max_abs_diff": diff,
     }
     status = "OK" if diff <= TOL else "MISMATCH"
+    scaled = f" (scaled x{scale:.1f})" if scale != 1 else ""
     print(
-        f"{name:<28} ours {ours_s:8.1f} s  reference {tl_s * scale:8.1f} s"
-        f"{f' (scaled x{scale:.1f})' if scale != 1 else '':>14}  ratio {row['ratio']:6.1f}x  "
-        f"peak RSS +{ours_mb:6.0f} / +{tl_mb:6.0f} MiB  max|diff| {diff:.1e} {status}",
+        f"{name:<34} ours {row['ours_s']:8.1f} s  reference {row['reference_s']:8.1f} s{scaled:>14}"
+        f"  ratio {row['ratio']:6.1f}x [{min(ratios):.1f}-{max(ratios):.1f}] over {len(ratios)}"
+        f"{f', floor {floor:.0f}x' if floor else ''}  peak RSS +{peaks['ours']:6.0f} / "
+        f"+{peaks['reference']:6.0f} MiB  max|diff| {diff:.1e} {status}",
         flush=True,
     )
     if diff > TOL:
@@ -196,13 +261,21 @@ def main() -> None:
         "--tl-heads", type=int, default=None, help="reference loops run only this many heads"
     )
     parser.add_argument("--shape", choices=["smollm2", "llama-1b"], default="smollm2")
+    parser.add_argument("--placement", choices=["none", "disk"], default="none")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds per row")
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument(
         "--skip", nargs="*", default=[], choices=["all", "last", "path", "attribution"]
     )
     args = parser.parse_args()
+    if args.placement == "disk" and args.shape != "smollm2":
+        parser.error("--placement disk places SmolLM2 (--shape smollm2)")
 
-    model = load_model() if args.shape == "smollm2" else llama_1b_shape()
+    offload = tempfile.TemporaryDirectory(prefix="bench-offload-")
+    if args.placement == "disk":
+        model = disk_placed_smollm2(offload.name)
+    else:
+        model = load_model() if args.shape == "smollm2" else llama_1b_shape()
     L, H = model.cfg.n_layers, model.cfg.n_heads
     tl_layers = args.tl_layers or L
     cells = [(l, h) for l in range(tl_layers) for h in range(H)][: args.tl_heads]
@@ -218,73 +291,64 @@ def main() -> None:
     def metric_mean(logits):
         return metric(logits[rows, batch.ref_last].float(), rows).mean()
 
+    def swept(result) -> torch.Tensor:
+        """Our per-head mean patched metric on the reference's heads."""
+        return (result.mean + result.metric_ref.mean()).flatten()[take]
+
     _, forward_s, _ = measure(lambda: model(batch.ref))
     _, forward_s, _ = measure(lambda: model(batch.ref))
     print(
         f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
         f"torch {torch.__version__}, "
         f"{torch.get_num_threads()} threads; {batch.n} pairs of {batch.ref.shape[1]} tokens; "
-        f"one forward {forward_s:.2f} s; {model.cfg.model_name}; reference loops on "
-        f"{len(cells)}/{L * H} heads",
+        f"one forward {forward_s:.2f} s; {model.cfg.model_name}"
+        f"{' (layers 10-19 on disk)' if args.placement == 'disk' else ''}; reference loops on "
+        f"{len(cells)}/{L * H} heads; {args.rounds} alternating rounds per row",
         flush=True,
     )
     results, exact_all = [], None
 
+    def row(name, reference, ours, floor_kind, ours_values=swept):
+        out, times, peaks = alternate(reference, ours, args.rounds)
+        floor = flop_floor(model, batch, floor_kind) if floor_kind else None
+        values = ours_values(out["ours"])
+        results.append(report(name, values, out["reference"], times, peaks, scale, floor))
+        return out["ours"]
+
     if "all" not in args.skip:
-        tl, tl_s, tl_mb = measure(
-            lambda: tl_head_sweep(model, batch, metric_mean, cells, last_only=False)
-        )
-        ours, s, mb = measure(
-            lambda: patch_heads(model, pairs, metric, position="all", batch_size=args.batch_size)
-        )
-        exact_all = ours
-        results.append(
-            report(
-                "head z, all positions",
-                (ours.mean + ours.metric_ref.mean()).flatten()[take],
-                s,
-                mb,
-                tl,
-                tl_s,
-                tl_mb,
-                scale,
-            )
+        exact_all = row(
+            "head z, all positions",
+            lambda: tl_head_sweep(model, batch, metric_mean, cells, last_only=False),
+            lambda: patch_heads(model, pairs, metric, position="all", batch_size=args.batch_size),
+            "all",
         )
     if "last" not in args.skip:
-        tl, tl_s, tl_mb = measure(
-            lambda: tl_head_sweep(model, batch, metric_mean, cells, last_only=True)
+        row(
+            "head z, last position",
+            lambda: tl_head_sweep(model, batch, metric_mean, cells, last_only=True),
+            lambda: patch_heads(model, pairs, metric, position="last", batch_size=args.batch_size),
+            "last",
         )
-        ours, s, mb = measure(
-            lambda: patch_heads(model, pairs, metric, position="last", batch_size=args.batch_size)
-        )
-        results.append(
-            report(
-                "head z, last position",
-                (ours.mean + ours.metric_ref.mean()).flatten()[take],
-                s,
-                mb,
-                tl,
-                tl_s,
-                tl_mb,
-                scale,
+        if args.placement == "disk":
+            # The hooked fallback on the same heads, scaled like the reference loops.
+            fallback = lambda: patch_head_list(  # noqa: E731
+                model, batch, metric, cells, engine="hooked", batch_size=args.batch_size
+            ).mean(-1)
+            row(
+                "head z, last: hooked fallback",
+                fallback,  # full hooked forwards on the reference's heads, as its side
+                lambda: patch_heads(
+                    model, pairs, metric, position="last", batch_size=args.batch_size
+                ),
+                None,
+                ours_values=lambda r: r.mean.flatten()[take],
             )
-        )
     if "path" not in args.skip:
-        ref, ref_s, ref_mb = measure(lambda: plain_path_loop(model, batch, metric_mean, cells))
-        ours, s, mb = measure(
-            lambda: path_patch_heads(model, pairs, metric, batch_size=args.batch_size)
-        )
-        results.append(
-            report(
-                "path patching -> logits",
-                (ours.mean + ours.metric_ref.mean()).flatten()[take],
-                s,
-                mb,
-                ref,
-                ref_s,
-                ref_mb,
-                scale,
-            )
+        row(
+            "path patching -> logits",
+            lambda: plain_path_loop(model, batch, metric_mean, cells),
+            lambda: path_patch_heads(model, pairs, metric, batch_size=args.batch_size),
+            "last",
         )
     if "attribution" not in args.skip:
         attr, s, mb = measure(
@@ -301,6 +365,7 @@ def main() -> None:
             line += f", Spearman vs exact all-position patching {rho:.3f} over {L * H} heads"
         print(line, flush=True)
     print(pd.DataFrame(results).to_string(index=False, float_format="%.3g"))
+    offload.cleanup()
 
 
 if __name__ == "__main__":
