@@ -25,7 +25,7 @@ result. Reporting never changes what is computed.
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import torch
 from jaxtyping import Float, Int
@@ -35,16 +35,20 @@ from transformer_lens.model_bridge import TransformerBridge
 from sycointerp.data.batch import PairBatch
 from sycointerp.metrics import PatchMetric
 from sycointerp.patching._resume import (
+    ResumeState,
     build_state,
     last_logits,
     require_hooks,
     resume_logits,
+    resume_tokens,
     supports_resume,
     unfold_hook,
 )
 
 __all__ = [
     "RowView",
+    "Source",
+    "CellRun",
     "run_cells",
     "run_metric",
     "observe",
@@ -100,6 +104,8 @@ class RowView:
         base: hook name -> ``[n_ex, ...]`` the unpatched base run's activation at each of the
             chunk's examples' metric position (chunk order: row ``i * n_ex + j`` is example
             ``j``), for the names :func:`run_cells` was asked to observe.
+        source: hook name -> ``[n_ex, ...]`` the :class:`Source` side's activation at each of
+            the chunk's examples' source metric position (same order), for its names.
     """
 
     example: Int[torch.Tensor, " rows"]
@@ -107,6 +113,7 @@ class RowView:
     pos: Int[torch.Tensor, "rows local_pos"]
     n_ex: int
     base: dict[str, torch.Tensor] = field(default_factory=dict)
+    source: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def rows(self, i: int) -> slice:
         """Rows of the ``i``-th cell of the chunk."""
@@ -117,6 +124,36 @@ class RowView:
         positions."""
         rows = self.rows(i)
         return source[self.example[rows, None], self.pos[rows]]
+
+
+@dataclass(frozen=True)
+class Source:
+    """The other side of a pair, run unpatched beside each example chunk's base run: the
+    activations the patches write (``names``, at each example's ``last`` position) and its
+    metric.
+
+    With resumed runs it starts where its prompt first differs from the base's (the challenge
+    text, near the end), reading the earlier positions from the base run's cached keys/values
+    (:func:`~sycointerp.patching._resume.resume_tokens`), instead of a full forward.
+
+    Attributes:
+        ids: ``[example, pos]`` its prompts, row ``e`` paired with the base's row ``e``.
+        last: ``[example]`` its metric positions.
+        names: hook names whose activation at ``last`` the hooks read (``view.source``).
+    """
+
+    ids: Int[torch.Tensor, "example pos"]
+    last: Int[torch.Tensor, " example"]
+    names: tuple[str, ...] = ()
+
+
+class CellRun(NamedTuple):
+    """What :func:`run_cells` measured: ``patched`` ``[cell, example]``, the unpatched ``base``
+    ``[example]`` and, with a :class:`Source`, its unpatched metric ``source`` ``[example]``."""
+
+    patched: Float[torch.Tensor, "cell example"]
+    base: Float[torch.Tensor, " example"]
+    source: Float[torch.Tensor, " example"] | None = None
 
 
 def _chunks(n: int, size: int) -> list[range]:
@@ -267,8 +304,9 @@ def run_cells(
     start: Int[torch.Tensor, " example"] | None = None,
     engine: Engine = "auto",
     base_hooks: Sequence[str] = (),
+    source: Source | None = None,
     advance: Callable[[int], None] = lambda cells: None,
-) -> tuple[Float[torch.Tensor, "cell example"], Float[torch.Tensor, " example"]]:
+) -> CellRun:
     """Metric of every (cell, example), many cells per forward, and of the unpatched runs.
 
     ``hooks_for(cells, view)`` returns hooks for a batch whose rows are ``cells x examples``
@@ -286,11 +324,14 @@ def run_cells(
             runs full hooked forwards (the plain path), ``"auto"`` resumes where supported and
             where the caller declared ``first_layer`` or ``start``.
         base_hooks: hook names whose unpatched activations the hooks read through ``view.base``.
+        source: the pair's other side, run unpatched per example chunk (see :class:`Source`);
+            the hooks read its activations through ``view.source``.
         advance: called after each forward with the (cell, example) values it computed, e.g.
             :func:`cell_progress`'s callback.
 
     Returns:
-        ``(patched, base)``: ``[cell, example]`` patched metrics and ``[example]`` unpatched ones.
+        :class:`CellRun`: ``[cell, example]`` patched metrics, ``[example]`` unpatched ones, and
+        the source's unpatched ones (``None`` without a source).
 
     Raises:
         RuntimeError: training mode, or a hook that never fired.
@@ -311,22 +352,61 @@ def run_cells(
     n = ids.shape[0]
     start = torch.zeros(n, dtype=torch.long) if start is None else start
     out, base = torch.empty(n_cells, n), torch.empty(n)
+    source_metric = None if source is None else torch.empty(n)
     for ex in _chunks(n, batch_size):
         ex_idx = torch.arange(ex.start, ex.stop)
         state, seen, base[ex_idx] = _base_run(
             model, ids[ex_idx], start[ex_idx], last[ex_idx], metric, ex_idx, base_hooks, resume
         )
+        other: dict[str, torch.Tensor] = {}
+        if source is not None:
+            other, source_metric[ex_idx] = _source_run(model, source, ex_idx, state, metric)
         per_chunk = max(1, batch_size // len(ex))
         if state is not None:  # folded attention is quadratic in cells x suffix: keep it small
             per_chunk = min(per_chunk, max(1, _MAX_FOLDED // state.suffix))
         for cells in _chunks(n_cells, per_chunk):
             from_layer = min(map(first_layer, cells)) if first_layer else 0
             values = _run_chunk(
-                model, ids, last, ex_idx, cells, hooks_for, metric, state, from_layer, seen
+                model, ids, last, ex_idx, cells, hooks_for, metric, state, from_layer, (seen, other)
             )
             out[cells.start : cells.stop, ex.start : ex.stop] = values.view(len(cells), len(ex))
             advance(len(cells) * len(ex))
-    return out, base
+    return CellRun(out, base, source_metric)
+
+
+def _source_run(
+    model: TransformerBridge,
+    source: Source,
+    ex_idx: torch.Tensor,
+    state: ResumeState | None,
+    metric: PatchMetric,
+) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """The source side of an example chunk, unpatched: its activations of ``source.names`` at
+    its metric positions and its metric. Resumed from the base run's state where the prompts
+    share a prefix within it, else one :func:`observe`."""
+    ids, last = source.ids[ex_idx], source.last[ex_idx]
+    if state is None or state.ids is None:
+        cached, value = observe(model, ids, last, metric, ex_idx, source.names)
+        rows = torch.arange(len(ex_idx))
+        return {n: x[rows, last] for n, x in cached.items()}, value
+    width = min(ids.shape[1], state.ids.shape[1])
+    same = (ids[:, :width] == state.ids[:, :width]).int().cumprod(1).sum(1)
+    # Recompute at least the last position, and never start past the base state's own start
+    # (its cached keys end there for the shortest rows).
+    start = torch.minimum(torch.minimum(same, last), state.start)
+    local = last - start
+    kept: dict[str, torch.Tensor] = {}
+
+    def keep(name: str):
+        def hook(x: torch.Tensor, hook=None) -> None:
+            kept[name] = x[torch.arange(x.shape[0]), local.to(x.device)].detach().clone()
+
+        return hook
+
+    require_hooks(model, source.names)
+    with torch.inference_mode(), checked_hooks(model, [(n, keep(n)) for n in source.names]):
+        logits = resume_tokens(model, state, ids, start, last, metric.token_ids)
+    return kept, metric(logits.float(), ex_idx)
 
 
 def _base_run(model, ids, start, last, metric, example, names, resume):
@@ -341,9 +421,11 @@ def _base_run(model, ids, start, last, metric, example, names, resume):
 
 
 def _run_chunk(
-    model, ids, last, ex_idx, cells, hooks_for, metric, state, from_layer, seen
+    model, ids, last, ex_idx, cells, hooks_for, metric, state, from_layer, observed
 ) -> torch.Tensor:
-    """One forward for ``cells x ex_idx`` rows: resumed from ``state`` or a full hooked run."""
+    """One forward for ``cells x ex_idx`` rows: resumed from ``state`` or a full hooked run.
+    ``observed``: the base and source activations the hooks read (``view.base``,
+    ``view.source``)."""
     rep = len(cells)
     example = ex_idx.repeat(rep)
     if state is None:
@@ -352,12 +434,16 @@ def _run_chunk(
             last[example],
             torch.arange(ids.shape[1]).expand(len(example), -1),
             len(ex_idx),
-            seen,
+            *observed,
         )
         return run_metric(model, ids[example], view.last, metric, example, hooks_for(cells, view))
     local = torch.arange(len(ex_idx)).repeat(rep)
     view = RowView(
-        example, state.last[local] - state.start[local], state.positions(local), len(ex_idx), seen
+        example,
+        state.last[local] - state.start[local],
+        state.positions(local),
+        len(ex_idx),
+        *observed,
     )
     hooks = [
         (name, unfold_hook(name, fn, rep, state.suffix)) for name, fn in hooks_for(cells, view)

@@ -61,6 +61,7 @@ __all__ = [
     "supports_resume",
     "build_state",
     "resume_logits",
+    "resume_tokens",
     "last_logits",
     "require_hooks",
     "unfold_hook",
@@ -173,6 +174,7 @@ class ResumeState:
             requested vocabulary columns; the others NaN, as :func:`resume_logits`).
         observed: hook name -> ``[example, ...]`` the base run's activation at each ``last``
             position, for the names :func:`build_state` was asked to observe.
+        ids: ``[example, pos]`` the tokens of the base run (what the prefix keys/values are of).
     """
 
     start: Int[torch.Tensor, " example"]
@@ -182,6 +184,7 @@ class ResumeState:
     resid: tuple[torch.Tensor, ...]
     logits: Float[torch.Tensor, "example d_vocab"]
     observed: dict[str, torch.Tensor]
+    ids: Int[torch.Tensor, "example pos"] | None = None
 
     @property
     def prefix(self) -> int:
@@ -258,7 +261,7 @@ def build_state(
     values = tuple(cache.layers[l].values[:, :, :prefix].clone() for l in range(L))
     resid = tuple(captured[l] for l in range(L))
     logits = _unembed(parts.lm_head, _final_at(out, last), token_ids)
-    return ResumeState(start, last, keys, values, resid, logits, at_last)
+    return ResumeState(start, last, keys, values, resid, logits, at_last, ids.cpu())
 
 
 def require_hooks(model: TransformerBridge, names: Sequence[str]) -> None:
@@ -407,6 +410,77 @@ def resume_logits(
         hidden = out[0] if isinstance(out, tuple) else out
     final = parts.norm(hidden[rows, local_last.flatten()])
     return _unembed(parts.lm_head, final, token_ids)
+
+
+def resume_tokens(
+    model: TransformerBridge,
+    state: ResumeState,
+    ids: Int[torch.Tensor, "example pos"],
+    start: Int[torch.Tensor, " example"],
+    last: Int[torch.Tensor, " example"],
+    token_ids: Sequence[int] | None = None,
+) -> Float[torch.Tensor, "example d_vocab"]:
+    """Logits at each ``last`` position of *other* prompts ``ids`` that share their first
+    ``start`` tokens with the state's base run: only positions ``start..last`` run, from the
+    embeddings up, reading the earlier positions' keys/values from the state.
+
+    The counterfactual side of a patching run differs from the base only in the challenge text,
+    near the end, so it costs the suffix instead of a full forward. Hooks fire as in a resumed
+    run with one copy (activations ``[example, suffix, ...]``, local position ``p - start``).
+    Columns outside ``token_ids`` are NaN, as :func:`resume_logits`.
+
+    Raises:
+        ValueError: an unsupported architecture, a state without its tokens, a ``start`` past the
+            state's prefix or its example's ``last``, or prompts that differ from the base run
+            before ``start`` (the cached keys would be another prompt's).
+    """
+    parts = _parts(model)
+    if parts is None:
+        raise _refusal(model)
+    if state.ids is None or len(start) != len(state.start):
+        raise ValueError("resume_tokens needs a state built by build_state for these examples")
+    if (start > last).any() or (start < 0).any() or int(start.max()) > state.prefix:
+        raise ValueError(
+            f"starts {start.tolist()} must lie in [0, last] and within the state's prefix of "
+            f"{state.prefix} positions"
+        )
+    width = int(start.max())
+    before = torch.arange(width) < start[:, None]
+    if width and (ids[:, :width][before] != state.ids[:, :width][before]).any():
+        raise ValueError("the prompts differ from the state's base run before their start")
+    suffix = int((last - start).max()) + 1
+    pos = torch.minimum(start[:, None] + torch.arange(suffix), last[:, None])
+    hidden = _embed(parts, ids[torch.arange(len(ids))[:, None], pos], pos)
+    keys = tuple(k[:, :, :width] for k in state.keys)
+    values = tuple(v[:, :, :width] for v in state.values)
+    derived = ResumeState(
+        start, last, keys, values, (hidden,) * len(parts.layers), state.logits, {}
+    )
+    return resume_logits(model, derived, 1, 0, token_ids)
+
+
+def _embed(parts: _Parts, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """The residual stream entering the first layer for ``tokens`` at absolute ``positions``:
+    the token embedding, plus the learned position embedding where the model has one (GPT-2;
+    rotary models add positions inside attention)."""
+    decoder = parts.decoder
+    embed = getattr(decoder, "embed_tokens", None) or decoder.wte
+    device = _run_device_of(embed)
+    hidden = embed(tokens.to(device))
+    learned = getattr(decoder, "wpe", None)
+    if learned is not None:
+        hidden = hidden + learned(positions.to(device))
+    return hidden
+
+
+def _run_device_of(module: torch.nn.Module) -> torch.device:
+    """Where ``module`` computes: its placement hook's execution device, else its weights'."""
+    hook = getattr(getattr(module, "original_component", module), "_hf_hook", None)
+    device = getattr(hook, "execution_device", None)
+    if device is not None:
+        return torch.device(device)
+    weight = next(module.parameters())
+    return weight.device if not weight.is_meta else torch.device("cpu")
 
 
 def _hooked(module: torch.nn.Module) -> bool:

@@ -59,6 +59,7 @@ from sycointerp.patching._engine import (
     Engine,
     Progress,
     RowView,
+    Source,
     cell_progress,
     observe,
     run_cells,
@@ -211,7 +212,13 @@ def patch_sites(
     batch = PairBatch.from_pairs(pairs, model.tokenizer.pad_token_id or 0)
     base, src = ("ref", "cf") if direction == "denoise" else ("cf", "ref")
     base_ids, base_last = batch.side(base)
-    source, metric_src = _source_cache(model, *batch.side(src), sites, position, metric)
+    # At the last position the source side runs beside each example chunk's base run, resumed
+    # from its shared prefix (run_cells' Source); elsewhere the patches need the source's whole
+    # prompt, cached by one forward first.
+    beside = position == "last" and not sites.unit_first
+    source, metric_src = (
+        ({}, None) if beside else _source_cache(model, *batch.side(src), sites, position, metric)
+    )
     L, U = len(sites.names), sites.n_units
     P = base_ids.shape[1] if position == "each" else 1
 
@@ -220,10 +227,12 @@ def patch_sites(
         for i, cell in enumerate(cells):
             layer, rest = divmod(cell, U * P)
             todo.setdefault(layer, []).append((i, *divmod(rest, P)))
-        return [
-            (sites.names[l], _patch_hook(source[sites.names[l]], view, cells_l, sites, position))
-            for l, cells_l in todo.items()
-        ]
+        hooks = []
+        for l, cells_l in todo.items():
+            name = sites.names[l]
+            values = _checked_units(view.source[name], name, sites) if beside else source[name]
+            hooks.append((name, _patch_hook(values, view, cells_l, sites, position, beside)))
+        return hooks
 
     resume = (
         {}
@@ -239,7 +248,7 @@ def patch_sites(
     )
     method = f"activation/{sites.label}/{position}/{direction}"
     with cell_progress(progress, L * U * P * batch.n, method) as advance:
-        patched, metric_base = run_cells(
+        patched, metric_base, metric_beside = run_cells(
             model,
             base_ids,
             base_last,
@@ -248,9 +257,11 @@ def patch_sites(
             metric,
             batch_size,
             engine=engine,
+            source=Source(*batch.side(src), tuple(sites.names)) if beside else None,
             advance=advance,
             **resume,
         )
+    metric_src = metric_beside if beside else metric_src
     metric_ref, metric_cf = (
         (metric_base, metric_src) if base == "ref" else (metric_src, metric_base)
     )
@@ -326,7 +337,7 @@ def patch_head_list(
 
     start = base_last if position == "last" else batch.shared_prefix
     with cell_progress(progress, len(heads) * batch.n, f"activation/z/{position}") as advance:
-        patched, base_metric = run_cells(
+        patched, base_metric, _ = run_cells(
             model,
             base_ids,
             base_last,
@@ -371,13 +382,24 @@ def _source_cache(
     cached, metric_src = observe(model, ids, last, metric, torch.arange(len(last)), sites.names)
     for name, act in cached.items():
         act = act.transpose(1, 2) if sites.unit_first else act
-        if sites.unit and act.shape[2] != sites.n_units:
-            raise RuntimeError(
-                f"{name} holds {act.shape[2]} heads per position, expected {sites.n_units} "
-                f"{sites.unit}s; patching one {sites.unit} needs unexpanded activations"
-            )
+        _checked_units(act[:, 0], name, sites)
         out[name] = act[torch.arange(len(last)), last] if position == "last" else act
     return out, metric_src
+
+
+def _checked_units(act: torch.Tensor, name: str, sites: Sites) -> torch.Tensor:
+    """``act`` (``[example, (unit,) ...]`` at one position), refused when it holds another
+    number of units than the sites patch.
+
+    Raises:
+        RuntimeError: expanded activations (e.g. KV heads repeated per query head).
+    """
+    if sites.unit and act.shape[1] != sites.n_units:
+        raise RuntimeError(
+            f"{name} holds {act.shape[1]} heads per position, expected {sites.n_units} "
+            f"{sites.unit}s; patching one {sites.unit} needs unexpanded activations"
+        )
+    return act
 
 
 def _patch_hook(
@@ -386,8 +408,11 @@ def _patch_hook(
     todo: list[tuple[int, int, int]],
     sites: Sites,
     position: str,
+    chunk: bool = False,
 ) -> Callable[[torch.Tensor, object], torch.Tensor]:
-    """A hook writing ``source`` into the rows of each ``(chunk cell, unit, pos)`` in ``todo``."""
+    """A hook writing ``source`` into the rows of each ``(chunk cell, unit, pos)`` in ``todo``;
+    ``chunk``: ``source`` holds the chunk's examples only (``view.source``), not every
+    example."""
 
     def hook(act: torch.Tensor, hook=None) -> torch.Tensor:
         act = act.clone()  # activations may alias tensors used elsewhere; never write in place
@@ -396,7 +421,7 @@ def _patch_hook(
         for i, unit, pos in todo:
             if sites.unit_first:
                 _require_from_zero(view, i, sites.label)
-            _write(target, view, i, src, position, (unit,) if sites.unit else (), pos)
+            _write(target, view, i, src, position, (unit,) if sites.unit else (), pos, chunk)
         return act
 
     return hook
@@ -410,16 +435,18 @@ def _write(
     position: str,
     unit: tuple[int, ...],
     pos: int,
+    chunk: bool = False,
 ) -> None:
     """Overwrite cell ``i``'s rows of ``target`` ``[rows, local_pos, (unit,) ...]`` at its
-    positions."""
+    positions (``chunk``: ``source`` is indexed by the chunk's examples, in order)."""
     rows = view.rows(i)
     if position == "all":
         target[(rows, slice(None), *unit)] = view.gather(source, i)[
             (slice(None), slice(None), *unit)
         ]
         return
-    r, ex = torch.arange(rows.start, rows.stop), view.example[rows]
+    r = torch.arange(rows.start, rows.stop)
+    ex = torch.arange(len(r)) if chunk else view.example[rows]
     if position == "last":
         target[(r, view.last[rows], *unit)] = source[(ex, *unit)]
         return

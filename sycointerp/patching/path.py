@@ -29,8 +29,8 @@ from sycointerp.patching._engine import (
     Engine,
     Progress,
     RowView,
+    Source,
     cell_progress,
-    observe,
     run_cells,
     z_name,
 )
@@ -82,28 +82,25 @@ def path_patch_heads(
     )
     require_norm_inputs(model, frozen_names)
     batch = PairBatch.from_pairs(pairs, model.tokenizer.pad_token_id or 0)
-    every = torch.arange(batch.n)
-    # One unpatched run per side: the counterfactual's gives what the patches write and its
-    # metric; the reference's (run_cells' base run) gives the frozen inputs and its metric.
-    z_cf, metric_cf = observe(
-        model, batch.cf, batch.cf_last, metric, every, [z_name(l) for l in range(L)]
-    )
-    z_cf = {n: z[every, batch.cf_last] for n, z in z_cf.items()}
+    # One unpatched run per side and example chunk: the reference's (run_cells' base run) gives
+    # the frozen inputs and its metric; the counterfactual's (the source, resumed from the
+    # reference's shared prefix) gives what the patches write and its metric.
+    source = Source(batch.cf, batch.cf_last, tuple(z_name(l) for l in range(L)))
 
     def hooks_for(cells: range, view: RowView):
         senders = [(i, cell // H, cell % H) for i, cell in enumerate(cells)]
 
-        def at_last(i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        def at_last(i: int) -> tuple[torch.Tensor, torch.Tensor]:
             rows = view.rows(i)
-            return torch.arange(rows.start, rows.stop), view.last[rows], view.example[rows]
+            return torch.arange(rows.start, rows.stop), view.last[rows]
 
         def patch_z(layer: int):
             def hook(z: torch.Tensor, hook=None) -> torch.Tensor:
                 z = z.clone()
                 for i, sl, head in senders:
                     if sl == layer:
-                        rows, last, ex = at_last(i)
-                        z[rows, last, head] = z_cf[z_name(layer)][ex, head]
+                        rows, last = at_last(i)
+                        z[rows, last, head] = view.source[z_name(layer)][:, head]
                 return z
 
             return hook
@@ -115,7 +112,7 @@ def path_patch_heads(
                 x = x.clone()
                 for i, sl, _ in senders:
                     if layer > sl or (not from_layer_after_sender and layer == sl):
-                        rows, last, _ = at_last(i)
+                        rows, last = at_last(i)
                         x[rows, last] = view.base[name]
                 return x
 
@@ -134,7 +131,7 @@ def path_patch_heads(
 
     method = "path/resid" + ("/frozen-mlps" if freeze_mlps else "")
     with cell_progress(progress, L * H * batch.n, method) as advance:
-        patched, metric_ref = run_cells(
+        patched, metric_ref, metric_cf = run_cells(
             model,
             batch.ref,
             batch.ref_last,
@@ -146,6 +143,7 @@ def path_patch_heads(
             start=batch.ref_last,
             engine=engine,
             base_hooks=frozen_names,
+            source=source,
             advance=advance,
         )
     values = (patched - metric_ref).view(L, H, batch.n)

@@ -146,7 +146,7 @@ def path_patch_to_receivers(
             first_layer=lambda c: c // H,
             **common,
         )
-        patched, metric_ref = run_cells(
+        patched, metric_ref, _ = run_cells(
             model,
             batch.ref,
             batch.ref_last,

@@ -243,20 +243,30 @@ def test_each_position_agrees_with_last_position(tiny, aligned):
 
 
 def test_source_run_caches_only_the_patched_hook(tiny, aligned, monkeypatch):
+    """The source side keeps only the patched hook's activations: at the last position it runs
+    beside each example chunk (run_cells' Source), elsewhere as one forward first."""
     seen = []
-    real = activation.observe
+    real_observe, real_run = activation.observe, activation.run_cells
 
-    def spy(model, ids, last, metric, example, names=()):
-        seen.append(list(names))
-        return real(model, ids, last, metric, example, names)
+    def spy_observe(model, ids, last, metric, example, names=()):
+        seen.append(("observe", list(names)))
+        return real_observe(model, ids, last, metric, example, names)
 
-    monkeypatch.setattr(activation, "observe", spy)
+    def spy_run(*args, source=None, **kwargs):
+        if source is not None:
+            seen.append(("beside", list(source.names)))
+        return real_run(*args, source=source, **kwargs)
+
+    monkeypatch.setattr(activation, "observe", spy_observe)
+    monkeypatch.setattr(activation, "run_cells", spy_run)
     patch_heads(tiny, aligned, _metric(aligned), component="k")
     patch_layers(tiny, aligned, _metric(aligned), component="mlp_out", position="last")
+    patch_layers(tiny, aligned, _metric(aligned), component="mlp_out", position="all")
     L = tiny.cfg.n_layers
     assert seen == [
-        [f"blocks.{l}.attn.hook_k" for l in range(L)],
-        [f"blocks.{l}.hook_mlp_out" for l in range(L)],
+        ("beside", [f"blocks.{l}.attn.hook_k" for l in range(L)]),
+        ("beside", [f"blocks.{l}.hook_mlp_out" for l in range(L)]),
+        ("observe", [f"blocks.{l}.hook_mlp_out" for l in range(L)]),
     ]
 
 

@@ -214,7 +214,7 @@ def test_the_base_run_gives_the_unpatched_logits_metric_and_observed_hooks(tiny,
     for engine in ("resume", "hooked"):
         seen.clear()
         kwargs = {"start": last, "base_hooks": names, "engine": engine}
-        patched, base = run_cells(tiny, batch.ref, last, 2, look, metric, 2, **kwargs)
+        patched, base, _ = run_cells(tiny, batch.ref, last, 2, look, metric, 2, **kwargs)
         expected = metric(full.float(), rows)
         assert torch.allclose(base, expected, atol=ATOL)
         assert torch.allclose(patched, expected.expand(2, -1), atol=ATOL)  # no hooks: unpatched
@@ -304,3 +304,32 @@ def test_unfold_hook_refuses_activations_outside_the_blocks():
     hook = unfold_hook("ln_final.hook_normalized", lambda x, hook: x, rep=4, suffix=16)
     with pytest.raises(ValueError, match="inside the decoder blocks"):
         hook(torch.zeros(3, 64))  # [rows, d_model]: no position axis, even though 64 == 4 * 16
+
+
+def test_the_other_side_resumes_from_the_base_runs_shared_prefix(tiny, questions):
+    """``resume_tokens``: the counterfactual prompts run only from where they first differ from
+    the reference, reading the reference's cached keys; logits and activations equal a full
+    forward of the counterfactual (``observe``). Prompts that differ before their start, or a
+    start past the state's prefix, are refused."""
+    from sycointerp.patching._engine import Source, _source_run
+    from sycointerp.patching._resume import resume_tokens
+
+    pairs = build_pairs(questions, tiny.tokenizer, position="reply")
+    batch = PairBatch.from_pairs(pairs, tiny.tokenizer.pad_token_id or 0)
+    metric = apology_logit_diff_metric(tiny.tokenizer)
+    state = build_state(tiny, batch.ref, batch.ref_last, batch.ref_last, metric.token_ids)
+    every = torch.arange(batch.n)
+    names = ("blocks.0.attn.hook_z", "blocks.1.hook_resid_pre")
+    full, full_metric = observe(tiny, batch.cf, batch.cf_last, metric, every, names)
+    kept, resumed_metric = _source_run(
+        tiny, Source(batch.cf, batch.cf_last, names), every, state, metric
+    )
+    assert (batch.shared_prefix > 0.6 * batch.cf_last).all()  # most of the prompt is skipped
+    torch.testing.assert_close(resumed_metric, full_metric, atol=ATOL, rtol=0)
+    for name in names:
+        torch.testing.assert_close(kept[name], full[name][every, batch.cf_last], atol=ATOL, rtol=0)
+    with pytest.raises(ValueError, match="differ from the state's base run"):
+        resume_tokens(tiny, state, batch.cf, batch.shared_prefix + 1, batch.cf_last)
+    with pytest.raises(ValueError, match="within the state's prefix"):
+        beyond = torch.full_like(batch.cf_last, state.prefix + 1)
+        resume_tokens(tiny, state, batch.cf, beyond, beyond)
