@@ -61,6 +61,7 @@ __all__ = [
     "load_model",
     "load_hf_model",
     "hook_model",
+    "run_device",
     "boot_bridge",
     "sha256_file",
     "expected_size",
@@ -649,18 +650,18 @@ def hook_model(
     placed = getattr(hf_model, "hf_device_map", None)
     if placed and len(set(placed.values())) > 1:
         return boot_bridge(hf_model, tokenizer, name, compat, None)
-    return boot_bridge(hf_model, tokenizer, name, compat, _run_device(hf_model))
+    return boot_bridge(hf_model, tokenizer, name, compat, run_device(hf_model))
 
 
-def _run_device(hf_model: torch.nn.Module) -> torch.device | None:
-    """Where ``hf_model`` computes: its first real weight's device, or, when every weight is
-    offloaded (``accelerate.cpu_offload``: meta placeholders), its offload hook's execution
-    device (``None`` if it has none)."""
-    real = next((p.device for p in hf_model.parameters() if not p.is_meta), None)
-    if real is not None:
-        return real
-    hook = getattr(hf_model, "_hf_hook", None)
-    return getattr(hook, "execution_device", None)
+def run_device(module: torch.nn.Module) -> torch.device | None:
+    """Where ``module`` computes: the execution device of its accelerate placement hook (on it,
+    or on the HuggingFace module a bridge component wraps), else its first real weight's device;
+    ``None`` when neither says (every weight a meta placeholder, no hook)."""
+    inner = getattr(module, "original_component", module)
+    device = getattr(getattr(inner, "_hf_hook", None), "execution_device", None)
+    if device is not None:
+        return torch.device(device)
+    return next((p.device for p in module.parameters() if not p.is_meta), None)
 
 
 def load_model(

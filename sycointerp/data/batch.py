@@ -9,7 +9,15 @@ from jaxtyping import Int
 from sycointerp.chat import pad_right
 from sycointerp.data.pairs import PromptPair
 
-__all__ = ["PairBatch"]
+__all__ = ["PairBatch", "agreeing_prefix"]
+
+
+def agreeing_prefix(
+    a: Int[torch.Tensor, "example pos_a"], b: Int[torch.Tensor, "example pos_b"]
+) -> Int[torch.Tensor, " example"]:
+    """Per row, how many leading positions ``a`` and ``b`` agree on."""
+    width = min(a.shape[1], b.shape[1])
+    return (a[:, :width] == b[:, :width]).int().cumprod(1).sum(1)
 
 
 @dataclass(frozen=True)
@@ -46,8 +54,7 @@ class PairBatch:
     def shared_prefix(self) -> Int[torch.Tensor, " example"]:
         """Per example, the number of leading positions where the two prompts agree (at most
         the last position of either): a patch between the runs changes nothing before it."""
-        width = min(self.ref.shape[1], self.cf.shape[1])
-        same = (self.ref[:, :width] == self.cf[:, :width]).int().cumprod(1).sum(1)
+        same = agreeing_prefix(self.ref, self.cf)
         return torch.minimum(same, torch.minimum(self.ref_last, self.cf_last))
 
     def side(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:

@@ -32,7 +32,7 @@ from jaxtyping import Float, Int
 from tqdm.auto import tqdm
 from transformer_lens.model_bridge import TransformerBridge
 
-from sycointerp.data.batch import PairBatch
+from sycointerp.data.batch import PairBatch, agreeing_prefix
 from sycointerp.metrics import PatchMetric
 from sycointerp.patching._resume import (
     ResumeState,
@@ -389,8 +389,7 @@ def _source_run(
         cached, value = observe(model, ids, last, metric, ex_idx, source.names)
         rows = torch.arange(len(ex_idx))
         return {n: x[rows, last] for n, x in cached.items()}, value
-    width = min(ids.shape[1], state.ids.shape[1])
-    same = (ids[:, :width] == state.ids[:, :width]).int().cumprod(1).sum(1)
+    same = agreeing_prefix(ids, state.ids)
     # Recompute at least the last position, and never start past the base state's own start
     # (its cached keys end there for the shortest rows).
     start = torch.minimum(torch.minimum(same, last), state.start)

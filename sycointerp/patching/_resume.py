@@ -28,8 +28,9 @@ Placed models (``device_map``, including layers offloaded to CPU or disk): every
 stays where the layer that made it runs (a layer's prefix keys/values, residual inputs and
 observed activations on that layer's device), each layer is called as a module so that the
 placement's own hooks move its inputs and bring offloaded weights in, and an offloaded
-``lm_head`` is called whole (its weight is a placeholder outside its forward). Tests: disk and
-CPU offload of tiny MHA and GQA models and of SmolLM2, every engine method, to 1e-5.
+``lm_head``'s weight (a placeholder outside its forward) is filled for the unembedding, so the
+numbers are bit for bit the unplaced model's. Tests: disk and CPU offload of tiny MHA and GQA
+models and of SmolLM2, every engine method, to 1e-5.
 
 Supported: decoder stacks reachable as ``model.model.layers`` (Llama, Mistral, Qwen2, SmolLM,
 Gemma, ... with ``rotary_emb``) or ``transformer.h`` (GPT-2). Others fall back to full hooked
@@ -55,6 +56,7 @@ from transformer_lens.model_bridge import TransformerBridge
 from transformer_lens.model_bridge.generalized_components.attention import AttentionBridge
 
 from sycointerp._compat import CACHE_ARG, output_cache
+from sycointerp.models import run_device
 
 __all__ = [
     "ResumeState",
@@ -465,22 +467,12 @@ def _embed(parts: _Parts, tokens: torch.Tensor, positions: torch.Tensor) -> torc
     rotary models add positions inside attention)."""
     decoder = parts.decoder
     embed = getattr(decoder, "embed_tokens", None) or decoder.wte
-    device = _run_device_of(embed)
+    device = run_device(embed) or tokens.device
     hidden = embed(tokens.to(device))
     learned = getattr(decoder, "wpe", None)
     if learned is not None:
         hidden = hidden + learned(positions.to(device))
     return hidden
-
-
-def _run_device_of(module: torch.nn.Module) -> torch.device:
-    """Where ``module`` computes: its placement hook's execution device, else its weights'."""
-    hook = getattr(getattr(module, "original_component", module), "_hf_hook", None)
-    device = getattr(hook, "execution_device", None)
-    if device is not None:
-        return torch.device(device)
-    weight = next(module.parameters())
-    return weight.device if not weight.is_meta else torch.device("cpu")
 
 
 def _hooked(module: torch.nn.Module) -> bool:
