@@ -187,19 +187,23 @@ def disk_placed_smollm2(folder: str):
 def flop_floor(model, batch: PairBatch, kind: str) -> float:
     """The reference's matmul FLOPs over ours for one sweep of every head (see module doc).
 
-    Reference: one full forward of every prompt token per head, full unembedding. Ours: the two
-    unpatched sides' forwards (no unembedding but the metric's tokens), then per head the
-    recomputed positions (the last one; for ``"all"``, every position from the shared prefix on)
-    from the head's layer to the end, unembedding two tokens.
+    Reference: one full forward of every prompt token per head, full unembedding. Ours: the
+    reference side's full forward; the counterfactual side's forward (for ``"last"`` and path
+    patching only its suffix from the shared prefix on, padded to the longest suffix, as the
+    engine runs it; for ``"all"`` a full forward); both without unembedding but the metric's
+    tokens; then per head the recomputed positions (the last one; for ``"all"``, every position
+    from the shared prefix on) from the head's layer to the end, unembedding two tokens.
     """
     L, H, d = model.cfg.n_layers, model.cfg.n_heads, model.cfg.d_model
     vocab = model.cfg.d_vocab
     block = sum(p.numel() for p in model.blocks[0].parameters())
     tokens = int(batch.ref.numel())
+    suffix = batch.ref_last - batch.shared_prefix + 1
     reference = L * H * tokens * 2 * (L * block + vocab * d)
-    positions = int((batch.ref_last - batch.shared_prefix + 1).sum()) if kind == "all" else batch.n
+    positions = int(suffix.sum()) if kind == "all" else batch.n
+    cf_tokens = int(batch.cf.numel()) if kind == "all" else batch.n * int(suffix.max())
     layers_per_head = sum(L - l for l in range(L)) / L  # heads spread evenly over the layers
-    ours = 2 * tokens * 2 * L * block
+    ours = (tokens + cf_tokens) * 2 * L * block
     ours += L * H * positions * 2 * (layers_per_head * block + 2 * d)
     return reference / ours
 
