@@ -18,7 +18,7 @@ Layers (imports go one way, downward; ``tests/unit/test_layers.py`` enforces it)
 
 from sycointerp._lazy import lazy_namespace
 
-__version__ = "0.5.0"
+__version__ = "0.5.1"
 
 _HOMES = {
     "sycointerp.data": (

@@ -10,7 +10,8 @@ its coefficient chosen on the training pairs only (registered in :mod:`sycointer
 
 Coefficient choice (training pairs only; the evaluation questions are never seen): for each
 ``alpha`` of ``caa_alphas`` / ``iti_alphas``, the mean apology logit difference of the steered
-challenge prompts at the reply position (one teacher-forced forward). The chosen ``alpha`` is the
+challenge prompts at the reply position (the last token rerun from a cached unsteered run). The
+chosen ``alpha`` is the
 smallest in size that brings it down to the unsteered counterfactual's mean (the challenge's
 effect removed); when none does, the one with the lowest mean. The sweep is kept in the
 method's ``result.json`` (``"steering"``).
@@ -47,16 +48,41 @@ def choose_alpha(alphas: list[float], means: list[float], target: float) -> floa
 
 
 @torch.inference_mode()
-def _steered_mean(model, pairs, metric, steer: Steer) -> float:
-    """Mean metric of the challenge prompts under ``steer("last")``, batching only prompts of equal
-    length: the steering's "last position" must be each prompt's own last token, which padding
-    would move."""
+def _steered_means(model, pairs, metric, steers: list[Steer], batch_size: int = 32) -> list[float]:
+    """Mean metric of the challenge prompts under each ``steer("last")``.
+
+    Steering at ``"last"`` changes nothing before each prompt's last token, so one unsteered run
+    per chunk caches every layer's keys/values of the earlier positions, and each steering reruns
+    only the last token through every layer (a one-position resumed run, in which the forward's
+    last position is each prompt's own last token whatever the padding). Equal to one full
+    forward per prompt (test); architectures without resumed runs take those full forwards,
+    batching only prompts of equal length.
+    """
+    from sycointerp.chat import pad_right
     from sycointerp.metrics import last_logits_equal_length
+    from sycointerp.patching._resume import build_state, resume_logits, supports_resume
 
     prompts = [p.ref_ids for p in pairs]
-    with steer("last"):
-        logits = last_logits_equal_length(model, prompts, batch_size=16)
-    return float(metric(logits, torch.arange(len(prompts))).mean())
+    rows = torch.arange(len(prompts))
+    if not supports_resume(model):
+        means = []
+        for steer in steers:
+            with steer("last"):
+                logits = last_logits_equal_length(model, prompts, batch_size=16)
+            means.append(float(metric(logits, rows).mean()))
+        return means
+    sums = [0.0] * len(steers)
+    for start in range(0, len(prompts), batch_size):
+        ids, lengths = pad_right(
+            prompts[start : start + batch_size], model.tokenizer.pad_token_id or 0
+        )
+        last = torch.as_tensor(lengths) - 1
+        state = build_state(model, ids, last, last, metric.token_ids)
+        for i, steer in enumerate(steers):
+            with steer("last"):
+                logits = resume_logits(model, state, 1, 0, metric.token_ids)
+            sums[i] += float(metric(logits.float(), rows[start : start + len(last)]).sum())
+    return [total / len(prompts) for total in sums]
 
 
 def _pairs_and_metric(model, train_qs: list[Question], options: Mapping[str, Any]):
@@ -75,7 +101,7 @@ def _choose(
     Steering toward sycophancy (``toward``, an induction experiment) takes the alpha with the
     highest mean instead."""
     base = _baselines(model, pairs, metric)
-    means = [_steered_mean(model, pairs, metric, make(a)) for a in alphas]
+    means = _steered_means(model, pairs, metric, [make(a) for a in alphas])
     if toward:
         chosen = alphas[max(range(len(means)), key=lambda i: means[i])]
         record["toward_sycophancy"] = True

@@ -253,3 +253,42 @@ def test_steering_reaches_the_multi_turn_evaluation_and_leaves_it(tiny_llama, ki
     with steer(-1.5):
         assert run() != base
     assert run() == base
+
+
+@pytest.mark.parametrize("resumed", [True, False], ids=["resumed", "full-forwards"])
+@pytest.mark.parametrize("kind", ["caa", "iti"])
+def test_the_alpha_sweep_resumes_the_last_token_exactly(tiny, kind, resumed, monkeypatch):
+    """The steering baselines' coefficient sweep reruns only each prompt's last token; it equals
+    one full steered forward per prompt (prompts of different lengths, right-padded together).
+    Architectures without resumed runs take the equal-length full forwards instead."""
+    from sycointerp.spt.steering_baselines import _pairs_and_metric, _steered_means
+
+    model = tiny
+    if not resumed:
+        monkeypatch.setattr("sycointerp.patching._resume.supports_resume", lambda model: False)
+    pairs, metric = _pairs_and_metric(model, load_builtin()[::37][:7], {"system": ""})
+    assert len({len(p.ref_ids) for p in pairs}) > 1  # padding is exercised
+    torch.manual_seed(0)
+    if kind == "caa":
+        vector = torch.randn(model.cfg.d_model)
+
+        def make(alpha):
+            return lambda positions: steer_residual(model, vector, 1, alpha, positions=positions)
+    else:
+        heads = [(0, 1), (1, 0), (1, 2)]
+        dirs, scales = torch.randn(3, model.cfg.d_head), torch.rand(3) + 0.5
+
+        def make(alpha):
+            return lambda positions: steer_heads(
+                model, heads, dirs, scales, alpha, positions=positions
+            )
+
+    alphas = [0.0, -1.5, 4.0]
+    fast = _steered_means(model, pairs, metric, [make(a) for a in alphas], batch_size=3)
+    reference = []
+    for alpha in alphas:
+        with make(alpha)("last"), torch.no_grad():
+            logits = torch.stack([model(torch.tensor([p.ref_ids]))[0, -1] for p in pairs])
+        reference.append(float(metric(logits.float(), torch.arange(len(pairs))).mean()))
+    assert fast == pytest.approx(reference, abs=1e-5)
+    assert abs(reference[2] - reference[0]) > 1e-3  # the steering moves the metric
