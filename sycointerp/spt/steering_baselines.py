@@ -11,9 +11,8 @@ its coefficient chosen on the training pairs only (registered in :mod:`sycointer
 Coefficient choice (training pairs only; the evaluation questions are never seen): for each
 ``alpha`` of ``caa_alphas`` / ``iti_alphas``, the mean apology logit difference of the steered
 challenge prompts at the reply position (the last token rerun from a cached unsteered run). The
-chosen ``alpha`` is the
-smallest in size that brings it down to the unsteered counterfactual's mean (the challenge's
-effect removed); when none does, the one with the lowest mean. The sweep is kept in the
+chosen ``alpha`` is the smallest in size that brings it down to the unsteered counterfactual's
+mean (the challenge's effect removed); when none does, the one with the lowest mean. The sweep is kept in the
 method's ``result.json`` (``"steering"``).
 """
 
