@@ -199,9 +199,10 @@ def flop_floor(model, batch: PairBatch, kind: str) -> float:
     block = sum(p.numel() for p in model.blocks[0].parameters())
     tokens = int(batch.ref.numel())
     suffix = batch.ref_last - batch.shared_prefix + 1
+    cf_suffix = batch.cf_last - batch.shared_prefix + 1
     reference = L * H * tokens * 2 * (L * block + vocab * d)
     positions = int(suffix.sum()) if kind == "all" else batch.n
-    cf_tokens = int(batch.cf.numel()) if kind == "all" else batch.n * int(suffix.max())
+    cf_tokens = int(batch.cf.numel()) if kind == "all" else batch.n * int(cf_suffix.max())
     layers_per_head = sum(L - l for l in range(L)) / L  # heads spread evenly over the layers
     ours = (tokens + cf_tokens) * 2 * L * block
     ours += L * H * positions * 2 * (layers_per_head * block + 2 * d)

@@ -12,8 +12,8 @@ Coefficient choice (training pairs only; the evaluation questions are never seen
 ``alpha`` of ``caa_alphas`` / ``iti_alphas``, the mean apology logit difference of the steered
 challenge prompts at the reply position (the last token rerun from a cached unsteered run). The
 chosen ``alpha`` is the smallest in size that brings it down to the unsteered counterfactual's
-mean (the challenge's effect removed); when none does, the one with the lowest mean. The sweep is kept in the
-method's ``result.json`` (``"steering"``).
+mean (the challenge's effect removed); when none does, the one with the lowest mean. The sweep
+is kept in the method's ``result.json`` (``"steering"``).
 """
 
 from collections.abc import Callable, Mapping
@@ -55,7 +55,9 @@ def _steered_means(model, pairs, metric, steers: list[Steer], batch_size: int = 
     only the last token through every layer (a one-position resumed run, in which the forward's
     last position is each prompt's own last token whatever the padding). Equal to one full
     forward per prompt (test); architectures without resumed runs take those full forwards,
-    batching only prompts of equal length.
+    batching only prompts of equal length. The resumed run starts at the first layer from the
+    cached residual stream, so a steering hooked before it (the embeddings) would not fire there;
+    both baselines steer inside the layers.
     """
     from sycointerp.chat import pad_right
     from sycointerp.metrics import last_logits_equal_length

@@ -264,6 +264,9 @@ def test_the_alpha_sweep_resumes_the_last_token_exactly(tiny, kind, resumed, mon
     from sycointerp.spt.steering_baselines import _pairs_and_metric, _steered_means
 
     model = tiny
+    from sycointerp.patching._resume import supports_resume
+
+    assert supports_resume(model)  # the resumed case really resumes
     if not resumed:
         monkeypatch.setattr("sycointerp.patching._resume.supports_resume", lambda model: False)
     pairs, metric = _pairs_and_metric(model, load_builtin()[::37][:7], {"system": ""})
@@ -272,8 +275,8 @@ def test_the_alpha_sweep_resumes_the_last_token_exactly(tiny, kind, resumed, mon
     if kind == "caa":
         vector = torch.randn(model.cfg.d_model)
 
-        def make(alpha):
-            return lambda positions: steer_residual(model, vector, 1, alpha, positions=positions)
+        def make(alpha):  # at block 0: the resumed run's first layer reads the cached input
+            return lambda positions: steer_residual(model, vector, 0, alpha, positions=positions)
     else:
         heads = [(0, 1), (1, 0), (1, 2)]
         dirs, scales = torch.randn(3, model.cfg.d_head), torch.rand(3) + 0.5
